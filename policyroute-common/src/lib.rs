@@ -1,0 +1,137 @@
+//! Map layouts shared by the eBPF classifier and the userspace controller.
+//!
+//! The classifier implements tuple space search: every rule is compiled into one or more
+//! entries, each belonging to a *shape* (which fields it matches and with which masks).
+//! Per packet the program does one masked hash lookup per shape of the packet's family and
+//! keeps the hit with the lowest priority number, so its cost depends on the number of
+//! shapes, never on the number of rules.
+#![no_std]
+
+/// Most shapes one address family may have. Bounds the per-packet work: at worst
+/// `MAX_SHAPES` hash lookups for a packet that matches nothing.
+pub const MAX_SHAPES: usize = 64;
+
+/// Index of the IPv4 table in [`TABLES_MAP`] within one generation.
+pub const FAMILY_V4: u32 = 0;
+/// Index of the IPv6 table in [`TABLES_MAP`] within one generation.
+pub const FAMILY_V6: u32 = 1;
+/// Generations the program can switch between atomically (see [`Control::generation`]).
+pub const GENERATIONS: u32 = 2;
+
+/// Name of the hash map `RuleKey -> RuleValue`.
+pub const RULES_MAP: &str = "PR_RULES";
+/// Name of the array map `generation * 2 + family -> ShapeTable`.
+pub const TABLES_MAP: &str = "PR_TABLES";
+/// Name of the one-entry array map holding [`Control`].
+pub const CONTROL_MAP: &str = "PR_CONTROL";
+/// Name of the per-CPU array map `counter slot -> Counter`.
+pub const COUNTERS_MAP: &str = "PR_COUNTERS";
+
+/// Default capacities compiled into the object; the loader may raise them.
+pub const DEFAULT_MAX_ENTRIES: u32 = 1 << 22;
+pub const DEFAULT_MAX_COUNTERS: u32 = 1 << 17;
+
+/// Shape flag: the key carries the L4 protocol.
+pub const SHAPE_PROTO: u8 = 1;
+/// Shape flag: the key carries the DSCP.
+pub const SHAPE_DSCP: u8 = 2;
+/// Shape flag: the key carries (masked) ports, so packets without ports skip this shape.
+pub const SHAPE_PORTS: u8 = 4;
+
+/// Hash key: the packet's fields masked by one shape, tagged with the shape's id.
+/// Addresses are kept as the packet's bytes (network order) viewed as native u32 words;
+/// IPv4 uses word 0 only. Ports are host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RuleKey {
+    pub shape: u16,
+    pub proto: u8,
+    pub dscp: u8,
+    pub sport: u16,
+    pub dport: u16,
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+}
+
+/// What a hit yields. `prio` is the rule's position in the policy (lower wins).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RuleValue {
+    pub prio: u32,
+    pub mark: u32,
+    pub counter: u32,
+    pub _pad: u32,
+}
+
+/// One shape: which fields and bits of a packet its entries match.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Shape {
+    pub id: u16,
+    pub flags: u8,
+    pub _pad: u8,
+    pub sport_mask: u16,
+    pub dport_mask: u16,
+    /// Lowest priority number among this shape's entries: once the best hit so far is
+    /// better than this, the shape (and every later one, they are sorted by it) can be skipped.
+    pub min_prio: u32,
+    pub src_mask: [u32; 4],
+    pub dst_mask: [u32; 4],
+}
+
+/// The shapes of one address family, sorted by `min_prio`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShapeTable {
+    pub len: u32,
+    pub mark_mask: u32,
+    pub shapes: [Shape; MAX_SHAPES],
+}
+
+impl Default for ShapeTable {
+    fn default() -> Self {
+        Self {
+            len: 0,
+            mark_mask: 0,
+            shapes: [Shape::default(); MAX_SHAPES],
+        }
+    }
+}
+
+/// Global switches. `generation` selects which pair of shape tables is live, so a new
+/// policy's tables are written first and made visible with one 4-byte store.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Control {
+    pub generation: u32,
+    pub _pad: u32,
+}
+
+/// Per-rule traffic counter (one per CPU; userspace sums them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Byte offset of `mark` in `struct __sk_buff` (ctx_out of BPF_PROG_TEST_RUN).
+pub const SKB_MARK_OFFSET: usize = 8;
+
+/// Protocols whose first four L4 bytes are source and destination port.
+#[inline(always)]
+pub fn proto_has_ports(proto: u8) -> bool {
+    matches!(proto, 6 | 17 | 33 | 132 | 136)
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are #[repr(C)], contain only integers and have explicit padding.
+    unsafe impl aya::Pod for RuleKey {}
+    unsafe impl aya::Pod for RuleValue {}
+    unsafe impl aya::Pod for Shape {}
+    unsafe impl aya::Pod for ShapeTable {}
+    unsafe impl aya::Pod for Control {}
+    unsafe impl aya::Pod for Counter {}
+}

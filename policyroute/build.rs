@@ -1,0 +1,69 @@
+//! Builds the eBPF programs in `policyroute-ebpf` (nightly, `-Z build-std=core`,
+//! bpfel-unknown-none) and copies the objects into OUT_DIR, where `src/object.rs` embeds them.
+//! `cargo xtask setup` installs what this needs (nightly rust-src, bpf-linker).
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+const TARGET: &str = "bpfel-unknown-none";
+const OBJECTS: [&str; 2] = ["policyroute-classifier", "policyroute-noop"];
+
+fn main() {
+    let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
+    let root = manifest.parent().unwrap();
+    let ebpf_dir = root.join("policyroute-ebpf");
+    for watched in ["src", "Cargo.toml", "Cargo.lock", ".cargo/config.toml"] {
+        println!(
+            "cargo:rerun-if-changed={}",
+            ebpf_dir.join(watched).display()
+        );
+    }
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("policyroute-common/src").display()
+    );
+    let target_dir = env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+        .join("ebpf");
+    build(&ebpf_dir, &target_dir);
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").unwrap());
+    for name in OBJECTS {
+        let built = target_dir.join(TARGET).join("release").join(name);
+        std::fs::copy(&built, out_dir.join(name))
+            .unwrap_or_else(|e| panic!("copy {}: {e}", built.display()));
+    }
+}
+
+fn build(ebpf_dir: &Path, target_dir: &Path) {
+    let mut cmd = Command::new("rustup");
+    cmd.args(["run", "nightly", "cargo", "build", "--locked", "--release"])
+        .args(["-Z", "build-std=core", "--target", TARGET, "--target-dir"])
+        .arg(target_dir)
+        .current_dir(ebpf_dir)
+        // Lines a build script prints on stdout are cargo directives; keep the child off it.
+        .stdout(std::io::stderr());
+    // The outer (stable) cargo's settings must not leak into the nightly build.
+    for var in [
+        "RUSTUP_TOOLCHAIN",
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_TARGET_DIR",
+    ] {
+        cmd.env_remove(var);
+    }
+    let status = cmd.status().unwrap_or_else(|e| {
+        panic!("cannot run rustup ({e}); run `cargo xtask setup` to install the eBPF toolchain")
+    });
+    assert!(
+        status.success(),
+        "building policyroute-ebpf failed ({status}); `cargo xtask setup` installs nightly \
+         rust-src and bpf-linker"
+    );
+}

@@ -1,0 +1,268 @@
+//! Compiles an ordered rule list into tuple-space tables: shapes and hash entries.
+//!
+//! A shape is the set of fields an entry matches and their masks (address prefix lengths,
+//! port block masks, whether protocol and DSCP are keyed). Every rule becomes one entry
+//! per (family, source-port block, destination-port block); entries sharing a shape share
+//! one hash lookup per packet. The packet cost is therefore bounded by the number of
+//! shapes per family (at most `MAX_SHAPES`), whatever the number of rules.
+use std::collections::{BTreeMap, HashMap};
+
+use ipnet::IpNet;
+use policyroute_common::{
+    RuleKey, RuleValue, Shape, ShapeTable, MAX_SHAPES, SHAPE_DSCP, SHAPE_PORTS, SHAPE_PROTO,
+};
+
+use crate::rule::{Family, Rule, RuleError};
+
+/// Everything that identifies a shape within a family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ShapeDesc {
+    pub family: Family,
+    pub flags: u8,
+    pub src_len: u8,
+    pub dst_len: u8,
+    pub sport_mask: u16,
+    pub dport_mask: u16,
+}
+
+/// Compiled form of a policy, ready to be written into the maps.
+#[derive(Clone, Debug)]
+pub struct Compiled {
+    /// Shape tables indexed by `Family::index()`.
+    pub tables: [ShapeTable; 2],
+    pub entries: HashMap<RuleKey, RuleValue>,
+    pub shapes: BTreeMap<ShapeDesc, u16>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CompileError {
+    #[error("rule {index} ({name}): {source}")]
+    Rule {
+        index: usize,
+        name: String,
+        source: RuleError,
+    },
+    #[error(
+        "the policy needs {count} distinct {family:?} rule shapes, the classifier handles \
+         {MAX_SHAPES}; use fewer distinct prefix lengths or port ranges that align to powers of two"
+    )]
+    TooManyShapes { family: Family, count: usize },
+    #[error("the policy has {0} rules; at most {1} fit the counter map")]
+    TooManyRules(usize, u32),
+}
+
+/// Compiles `rules` (first match wins) with marks restricted to `mark_mask`.
+///
+/// `previous` keeps shape ids stable across updates: shapes that already exist keep their
+/// id, so unchanged entries keep their keys and an update touches only what changed.
+pub fn compile(
+    rules: &[Rule],
+    mark_mask: u32,
+    previous: &BTreeMap<ShapeDesc, u16>,
+) -> Result<Compiled, CompileError> {
+    let mut staged: Vec<(ShapeDesc, RuleKey, RuleValue)> = Vec::new();
+    for (index, rule) in rules.iter().enumerate() {
+        let fail = |source| CompileError::Rule {
+            index,
+            name: rule.name.clone(),
+            source,
+        };
+        rule.matcher.validate().map_err(fail)?;
+        let value = RuleValue {
+            prio: index as u32,
+            mark: rule.mark & mark_mask,
+            counter: index as u32,
+            _pad: 0,
+        };
+        for family in rule.matcher.families().map_err(fail)? {
+            expand(rule, family, value, &mut staged);
+        }
+    }
+    let shapes = assign_ids(&staged, previous)?;
+    let mut entries: HashMap<RuleKey, RuleValue> = HashMap::with_capacity(staged.len());
+    let mut min_prio: HashMap<ShapeDesc, u32> = HashMap::new();
+    for (desc, mut key, value) in staged {
+        key.shape = shapes[&desc];
+        // Identical keys: the earlier rule shadows the later one completely.
+        entries.entry(key).or_insert(value);
+        let m = min_prio.entry(desc).or_insert(value.prio);
+        *m = (*m).min(value.prio);
+    }
+    let tables = [Family::V4, Family::V6].map(|f| table(f, &shapes, &min_prio, mark_mask));
+    Ok(Compiled {
+        tables,
+        entries,
+        shapes,
+    })
+}
+
+fn expand(
+    rule: &Rule,
+    family: Family,
+    value: RuleValue,
+    out: &mut Vec<(ShapeDesc, RuleKey, RuleValue)>,
+) {
+    let m = &rule.matcher;
+    let any = vec![(0u16, 0u16)];
+    let sports = m
+        .sport
+        .as_ref()
+        .map_or_else(|| any.clone(), |s| s.prefixes());
+    let dports = m
+        .dport
+        .as_ref()
+        .map_or_else(|| any.clone(), |s| s.prefixes());
+    let mut flags = 0;
+    if m.proto.is_some() {
+        flags |= SHAPE_PROTO;
+    }
+    if m.dscp.is_some() {
+        flags |= SHAPE_DSCP;
+    }
+    if m.has_ports() {
+        flags |= SHAPE_PORTS;
+    }
+    let (src, src_len) = prefix_words(m.src.as_ref());
+    let (dst, dst_len) = prefix_words(m.dst.as_ref());
+    for &(sp, sport_mask) in &sports {
+        for &(dp, dport_mask) in &dports {
+            let desc = ShapeDesc {
+                family,
+                flags,
+                src_len,
+                dst_len,
+                sport_mask,
+                dport_mask,
+            };
+            let key = RuleKey {
+                shape: 0,
+                proto: m.proto.unwrap_or(0),
+                dscp: m.dscp.unwrap_or(0),
+                sport: sp,
+                dport: dp,
+                src,
+                dst,
+            };
+            out.push((desc, key, value));
+        }
+    }
+}
+
+/// The prefix's address as the classifier sees it (network-order bytes as native words)
+/// and its length; no prefix is length 0.
+fn prefix_words(net: Option<&IpNet>) -> ([u32; 4], u8) {
+    match net {
+        None => ([0; 4], 0),
+        Some(n) => (addr_words(&n.network()), n.prefix_len()),
+    }
+}
+
+pub fn addr_words(addr: &std::net::IpAddr) -> [u32; 4] {
+    let mut bytes = [0u8; 16];
+    match addr {
+        std::net::IpAddr::V4(a) => bytes[..4].copy_from_slice(&a.octets()),
+        std::net::IpAddr::V6(a) => bytes.copy_from_slice(&a.octets()),
+    }
+    std::array::from_fn(|i| u32::from_ne_bytes(bytes[i * 4..i * 4 + 4].try_into().unwrap()))
+}
+
+/// Mask words for a prefix length within a family's address width.
+pub fn mask_words(len: u8) -> [u32; 4] {
+    let bits: u128 = if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - u32::from(len))
+    };
+    let bytes = bits.to_be_bytes();
+    std::array::from_fn(|i| u32::from_ne_bytes(bytes[i * 4..i * 4 + 4].try_into().unwrap()))
+}
+
+/// Keeps ids of shapes present in `previous`; new shapes get the lowest free ids.
+fn assign_ids(
+    staged: &[(ShapeDesc, RuleKey, RuleValue)],
+    previous: &BTreeMap<ShapeDesc, u16>,
+) -> Result<BTreeMap<ShapeDesc, u16>, CompileError> {
+    let wanted: std::collections::BTreeSet<ShapeDesc> = staged.iter().map(|s| s.0).collect();
+    for family in [Family::V4, Family::V6] {
+        let count = wanted.iter().filter(|d| d.family == family).count();
+        if count > MAX_SHAPES {
+            return Err(CompileError::TooManyShapes { family, count });
+        }
+    }
+    let mut ids: BTreeMap<ShapeDesc, u16> = wanted
+        .iter()
+        .filter_map(|d| previous.get(d).map(|&id| (*d, id)))
+        .collect();
+    let mut used: std::collections::BTreeSet<u16> = ids.values().copied().collect();
+    let mut next = 0u16;
+    for d in &wanted {
+        if ids.contains_key(d) {
+            continue;
+        }
+        while used.contains(&next) {
+            next += 1;
+        }
+        ids.insert(*d, next);
+        used.insert(next);
+    }
+    Ok(ids)
+}
+
+fn table(
+    family: Family,
+    shapes: &BTreeMap<ShapeDesc, u16>,
+    min_prio: &HashMap<ShapeDesc, u32>,
+    mark_mask: u32,
+) -> ShapeTable {
+    let mut list: Vec<(u32, Shape)> = shapes
+        .iter()
+        .filter(|(d, _)| d.family == family)
+        .map(|(d, &id)| (min_prio[d], shape(d, id, min_prio[d])))
+        .collect();
+    list.sort_by_key(|(p, s)| (*p, s.id));
+    let mut t = ShapeTable {
+        len: list.len() as u32,
+        mark_mask,
+        ..ShapeTable::default()
+    };
+    for (slot, (_, s)) in t.shapes.iter_mut().zip(list) {
+        *slot = s;
+    }
+    t
+}
+
+fn shape(d: &ShapeDesc, id: u16, min_prio: u32) -> Shape {
+    Shape {
+        id,
+        flags: d.flags,
+        _pad: 0,
+        sport_mask: d.sport_mask,
+        dport_mask: d.dport_mask,
+        min_prio,
+        src_mask: mask_words(d.src_len),
+        dst_mask: mask_words(d.dst_len),
+    }
+}
+
+/// Recovers the shape ids of a live table pair, for [`compile`]'s `previous`.
+pub fn shapes_of(tables: &[ShapeTable; 2]) -> BTreeMap<ShapeDesc, u16> {
+    let mut out = BTreeMap::new();
+    for (family, t) in [Family::V4, Family::V6].into_iter().zip(tables) {
+        for s in &t.shapes[..(t.len as usize).min(MAX_SHAPES)] {
+            let desc = ShapeDesc {
+                family,
+                flags: s.flags,
+                src_len: prefix_len(&s.src_mask),
+                dst_len: prefix_len(&s.dst_mask),
+                sport_mask: s.sport_mask,
+                dport_mask: s.dport_mask,
+            };
+            out.insert(desc, s.id);
+        }
+    }
+    out
+}
+
+fn prefix_len(mask: &[u32; 4]) -> u8 {
+    mask.iter().map(|w| w.count_ones() as u8).sum()
+}

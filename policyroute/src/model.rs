@@ -1,0 +1,170 @@
+//! Reference model of the classifier in plain Rust: parses a frame exactly as the eBPF
+//! program does and scans the rules in order. It is deliberately the slow, obvious
+//! algorithm: differential tests hold the tuple-space dataplane to it, and `explain` and
+//! dry runs use it.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use policyroute_common::proto_has_ports;
+
+use crate::rule::{Family, Match, Rule};
+
+const ETH_HLEN: usize = 14;
+const MAX_VLAN_TAGS: usize = 2;
+const MAX_EXT_HEADERS: usize = 8;
+
+/// The fields of a frame that rules can match.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Packet {
+    pub family: Family,
+    pub proto: u8,
+    pub dscp: u8,
+    /// `None` for protocols without ports, non-first fragments and truncated L4 headers.
+    pub ports: Option<(u16, u16)>,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+}
+
+fn be16(b: &[u8], off: usize) -> Option<u16> {
+    Some(u16::from_be_bytes(b.get(off..off + 2)?.try_into().ok()?))
+}
+
+/// Parses an Ethernet frame; `None` means the classifier leaves it untouched (not IP, or
+/// an IP header that is malformed or truncated).
+pub fn parse(frame: &[u8]) -> Option<Packet> {
+    let mut ethertype = be16(frame, 12)?;
+    let mut off = ETH_HLEN;
+    for _ in 0..MAX_VLAN_TAGS {
+        if ethertype != 0x8100 && ethertype != 0x88a8 {
+            break;
+        }
+        ethertype = be16(frame, off + 2)?;
+        off += 4;
+    }
+    match ethertype {
+        0x0800 => ipv4(frame, off),
+        0x86dd => ipv6(frame, off),
+        _ => None,
+    }
+}
+
+fn ipv4(frame: &[u8], l3: usize) -> Option<Packet> {
+    let h = frame.get(l3..l3 + 20)?;
+    let ihl = usize::from(h[0] & 0x0f) * 4;
+    if h[0] >> 4 != 4 || ihl < 20 {
+        return None;
+    }
+    let non_first = u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0;
+    let proto = h[9];
+    let ports = if non_first {
+        None
+    } else {
+        ports(frame, l3 + ihl, proto)
+    };
+    Some(Packet {
+        family: Family::V4,
+        proto,
+        dscp: h[1] >> 2,
+        ports,
+        src: IpAddr::V4(Ipv4Addr::new(h[12], h[13], h[14], h[15])),
+        dst: IpAddr::V4(Ipv4Addr::new(h[16], h[17], h[18], h[19])),
+    })
+}
+
+fn ipv6(frame: &[u8], l3: usize) -> Option<Packet> {
+    let h = frame.get(l3..l3 + 40)?;
+    if h[0] >> 4 != 6 {
+        return None;
+    }
+    let traffic_class = (h[0] << 4) | (h[1] >> 4);
+    let mut nh = h[6];
+    let mut off = l3 + 40;
+    let mut first_fragment = true;
+    for _ in 0..MAX_EXT_HEADERS {
+        match nh {
+            0 | 43 | 60 => {
+                let e = frame.get(off..off + 2)?;
+                nh = e[0];
+                off += (usize::from(e[1]) + 1) * 8;
+            }
+            51 => {
+                let e = frame.get(off..off + 2)?;
+                nh = e[0];
+                off += (usize::from(e[1]) + 2) * 4;
+            }
+            44 => {
+                let e = frame.get(off..off + 4)?;
+                nh = e[0];
+                off += 8;
+                if u16::from_be_bytes([e[2], e[3]]) & 0xfff8 != 0 {
+                    first_fragment = false;
+                    break;
+                }
+            }
+            _ => break,
+        }
+    }
+    if first_fragment && matches!(nh, 0 | 43 | 44 | 51 | 60) {
+        return None;
+    }
+    let addr = |at: usize| -> IpAddr {
+        let b: [u8; 16] = h[at..at + 16].try_into().unwrap();
+        IpAddr::V6(Ipv6Addr::from(b))
+    };
+    Some(Packet {
+        family: Family::V6,
+        proto: nh,
+        dscp: traffic_class >> 2,
+        ports: if first_fragment {
+            ports(frame, off, nh)
+        } else {
+            None
+        },
+        src: addr(8),
+        dst: addr(24),
+    })
+}
+
+fn ports(frame: &[u8], l4: usize, proto: u8) -> Option<(u16, u16)> {
+    if !proto_has_ports(proto) {
+        return None;
+    }
+    Some((be16(frame, l4)?, be16(frame, l4 + 2)?))
+}
+
+impl Match {
+    /// Whether a parsed packet satisfies every condition of this rule.
+    pub fn matches(&self, pkt: &Packet) -> bool {
+        let Ok(families) = self.families() else {
+            return false;
+        };
+        families.contains(&pkt.family)
+            && self.proto.is_none_or(|p| p == pkt.proto)
+            && self.dscp.is_none_or(|d| d == pkt.dscp)
+            && self.src.is_none_or(|n| n.contains(&pkt.src))
+            && self.dst.is_none_or(|n| n.contains(&pkt.dst))
+            && port_ok(self.sport.as_ref(), pkt.ports.map(|p| p.0))
+            && port_ok(self.dport.as_ref(), pkt.ports.map(|p| p.1))
+    }
+}
+
+fn port_ok(cond: Option<&crate::ports::PortSet>, port: Option<u16>) -> bool {
+    match (cond, port) {
+        (None, _) => true,
+        (Some(set), Some(p)) => set.contains(p),
+        (Some(_), None) => false,
+    }
+}
+
+/// Index of the first rule that matches, if any.
+pub fn first_match(rules: &[Rule], pkt: &Packet) -> Option<usize> {
+    rules.iter().position(|r| r.matcher.matches(pkt))
+}
+
+/// The mark a frame leaves with: the first matching rule's mark under `mark_mask`,
+/// bits outside the mask kept; unchanged when nothing matches.
+pub fn mark_after(rules: &[Rule], mark_mask: u32, frame: &[u8], mark_in: u32) -> u32 {
+    match parse(frame).and_then(|p| first_match(rules, &p)) {
+        Some(i) => (mark_in & !mark_mask) | (rules[i].mark & mark_mask),
+        None => mark_in,
+    }
+}

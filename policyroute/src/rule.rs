@@ -1,0 +1,132 @@
+//! Classifier rules: what a packet must look like, and the mark it then gets.
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use policyroute_common::proto_has_ports;
+
+use crate::ports::PortSet;
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_ICMPV6: u8 = 58;
+
+/// IP version of a packet or of a rule's scope.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(addr: &IpAddr) -> Self {
+        match addr {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+
+    pub fn of_net(net: &IpNet) -> Self {
+        match net {
+            IpNet::V4(_) => Family::V4,
+            IpNet::V6(_) => Family::V6,
+        }
+    }
+
+    /// Index of this family's shape table (see `policyroute_common::FAMILY_V4`).
+    pub fn index(self) -> u32 {
+        match self {
+            Family::V4 => policyroute_common::FAMILY_V4,
+            Family::V6 => policyroute_common::FAMILY_V6,
+        }
+    }
+}
+
+/// Conditions of one rule; `None` is "any". All present conditions must hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Match {
+    pub proto: Option<u8>,
+    pub src: Option<IpNet>,
+    pub dst: Option<IpNet>,
+    pub sport: Option<PortSet>,
+    pub dport: Option<PortSet>,
+    pub dscp: Option<u8>,
+}
+
+/// A rule of the classifier: conditions and the mark it sets. Its position in the policy
+/// is its priority (first match wins) and its counter slot.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Rule {
+    pub name: String,
+    pub matcher: Match,
+    pub mark: u32,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RuleError {
+    #[error("source and destination prefixes are of different IP versions")]
+    MixedFamilies,
+    #[error("protocol {proto} exists only for {only:?}, but a prefix of the rule is {other:?}")]
+    ProtoFamily {
+        proto: u8,
+        only: Family,
+        other: Family,
+    },
+    #[error("protocol {0} has no ports, so a port condition can never match")]
+    PortsWithoutPortProto(u8),
+    #[error("DSCP {0} is out of range (0-63)")]
+    Dscp(u8),
+    #[error("prefix {0} has host bits set (did you mean {1}?)")]
+    HostBits(IpNet, IpNet),
+}
+
+impl Match {
+    /// The address families this rule can match, or why the combination is impossible.
+    pub fn families(&self) -> Result<Vec<Family>, RuleError> {
+        let mut fams: Option<Family> = None;
+        for net in [&self.src, &self.dst].into_iter().flatten() {
+            let f = Family::of_net(net);
+            if fams.is_some_and(|g| g != f) {
+                return Err(RuleError::MixedFamilies);
+            }
+            fams = Some(f);
+        }
+        let proto_only = match self.proto {
+            Some(IPPROTO_ICMP) => Some(Family::V4),
+            Some(IPPROTO_ICMPV6) => Some(Family::V6),
+            _ => None,
+        };
+        match (fams, proto_only) {
+            (Some(f), Some(only)) if f != only => Err(RuleError::ProtoFamily {
+                proto: self.proto.unwrap_or_default(),
+                only,
+                other: f,
+            }),
+            (Some(f), _) | (None, Some(f)) => Ok(vec![f]),
+            (None, None) => Ok(vec![Family::V4, Family::V6]),
+        }
+    }
+
+    pub fn has_ports(&self) -> bool {
+        self.sport.is_some() || self.dport.is_some()
+    }
+
+    /// Everything that makes a rule unable to ever match, or ambiguous.
+    pub fn validate(&self) -> Result<(), RuleError> {
+        self.families()?;
+        if let Some(p) = self.proto {
+            if self.has_ports() && !proto_has_ports(p) {
+                return Err(RuleError::PortsWithoutPortProto(p));
+            }
+        }
+        if let Some(d) = self.dscp {
+            if d > 63 {
+                return Err(RuleError::Dscp(d));
+            }
+        }
+        for net in [&self.src, &self.dst].into_iter().flatten() {
+            if net.trunc() != *net {
+                return Err(RuleError::HostBits(*net, net.trunc()));
+            }
+        }
+        Ok(())
+    }
+}
