@@ -1,1 +1,56 @@
-fn main() {}
+//! Project automation: `cargo xtask setup | build | test | bench | demo`.
+//!
+//! Every command first runs `setup`, which installs (idempotently) what building and
+//! testing need on a fresh machine: nightly rust-src, bpf-linker built against nightly's
+//! LLVM, and the Debian packages the tests use.
+mod bench;
+mod cmd;
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "policyroute build, test and benchmark automation"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install the eBPF toolchain and test dependencies (idempotent).
+    Setup,
+    /// Build the release binary target/release/policyroute (eBPF object embedded).
+    Build,
+    /// Check formatting and lints, then run every test (needs root for the kernel tests).
+    Test {
+        /// Extra arguments passed to `cargo test` (a test name filter, for example).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Benchmarks (never part of the test suite).
+    Bench {
+        #[command(subcommand)]
+        which: bench::Which,
+    },
+    /// Build, run a throwaway multi-uplink topology and show where each flow went.
+    Demo,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    setup::ensure()?;
+    match cli.command {
+        Command::Setup => Ok(()),
+        Command::Build => cmd::cargo(&["build", "--release", "--package", "policyroute"]),
+        Command::Test { args } => test::run(&args),
+        Command::Bench { which } => bench::run(which),
+        Command::Demo => anyhow::bail!(
+            "the demo needs the controller (apply/status/flush), which is not implemented yet"
+        ),
+    }
+}

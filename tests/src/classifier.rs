@@ -1,0 +1,61 @@
+//! The loaded classifier with a policy in its maps, run by BPF_PROG_TEST_RUN, and held to
+//! the reference model on every run.
+use policyroute::{
+    compile::{compile, Compiled},
+    dataplane::{Dataplane, InstallStats},
+    model,
+    rule::Rule,
+    testrun::{self, RunOutcome},
+};
+
+pub struct Classifier {
+    pub dp: Dataplane,
+    pub rules: Vec<Rule>,
+    pub mark_mask: u32,
+}
+
+/// `TC_ACT_UNSPEC`: the classifier's only verdict, so later tc programs still run.
+pub const TC_ACT_UNSPEC: i32 = -1;
+
+impl Classifier {
+    /// Loads the program (the caller should be inside a test network namespace).
+    pub fn load() -> Self {
+        Self {
+            dp: Dataplane::load(None).expect("load the classifier"),
+            rules: Vec::new(),
+            mark_mask: u32::MAX,
+        }
+    }
+
+    /// Compiles `rules` and writes them into the maps.
+    pub fn set_policy(&mut self, rules: Vec<Rule>, mark_mask: u32) -> InstallStats {
+        let compiled = self.compile(&rules, mark_mask);
+        let stats = self.dp.maps.install(&compiled).expect("install");
+        self.rules = rules;
+        self.mark_mask = mark_mask;
+        stats
+    }
+
+    pub fn compile(&self, rules: &[Rule], mark_mask: u32) -> Compiled {
+        let previous = self.dp.maps.live_shapes().expect("read live shapes");
+        compile(rules, mark_mask, &previous).expect("compile")
+    }
+
+    /// Runs `frame` once through the kernel program.
+    pub fn run(&mut self, frame: &[u8], mark_in: u32) -> RunOutcome {
+        let prog = self.dp.program().expect("program");
+        testrun::run(prog, frame, mark_in, 1).expect("BPF_PROG_TEST_RUN")
+    }
+
+    /// The mark the kernel program gives `frame`, asserted equal to the reference model's.
+    pub fn mark(&mut self, frame: &[u8], mark_in: u32) -> u32 {
+        let out = self.run(frame, mark_in);
+        assert_eq!(out.verdict, TC_ACT_UNSPEC, "verdict");
+        let want = model::mark_after(&self.rules, self.mark_mask, frame, mark_in);
+        assert_eq!(
+            out.mark, want,
+            "kernel and model disagree on {frame:02x?} (mark in {mark_in:#x})"
+        );
+        out.mark
+    }
+}

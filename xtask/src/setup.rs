@@ -1,0 +1,119 @@
+//! Idempotent installation of the build and test prerequisites.
+//!
+//! - nightly's rust-src (the eBPF crate is built with `-Z build-std=core`);
+//! - bpf-linker 0.13 built against the LLVM that nightly rustc ships, found through a
+//!   directory of symlinks outside `target/` so `cargo clean` cannot break the linker;
+//! - Debian packages the tests use as independent witnesses.
+use std::{
+    fs,
+    os::unix::fs::symlink,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context};
+
+use crate::cmd::{output, run};
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Debian packages (binary, package) the tests and benchmarks call.
+const PACKAGES: &[(&str, &str)] = &[("ip", "iproute2")];
+
+pub fn ensure() -> anyhow::Result<()> {
+    nightly_rust_src()?;
+    bpf_linker()?;
+    debian_packages()
+}
+
+fn nightly_rust_src() -> anyhow::Result<()> {
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]))
+    .unwrap_or_default();
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        return Ok(());
+    }
+    eprintln!("xtask: installing nightly toolchain with rust-src");
+    run(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        "nightly",
+        "--profile",
+        "minimal",
+        "--component",
+        "rust-src",
+    ]))
+}
+
+/// Nightly's sysroot and the file name of the LLVM shared library inside its lib/.
+fn nightly_llvm() -> anyhow::Result<(PathBuf, String, String)> {
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
+        .context("rustc +nightly --print sysroot")?;
+    let sysroot = PathBuf::from(sysroot.trim());
+    let verbose = output(Command::new("rustc").args(["+nightly", "-vV"])).context("rustc -vV")?;
+    let major = verbose
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .context("nightly rustc reports no LLVM version")?
+        .to_string();
+    let lib = fs::read_dir(sysroot.join("lib"))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .find(|n| n.starts_with("libLLVM.so."))
+        .context("nightly ships no libLLVM.so.*")?;
+    Ok((sysroot, major, lib))
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    let (sysroot, major, lib) = nightly_llvm()?;
+    let stamp = format!("bpf-linker {BPF_LINKER_VERSION} llvm {lib}");
+    let home = std::env::var_os("HOME").context("HOME is not set")?;
+    let prefix = Path::new(&home)
+        .join(".cache/policyroute")
+        .join(lib.trim_start_matches("libLLVM.so."));
+    let stamp_file = prefix.join("bpf-linker.stamp");
+    let works = output(Command::new("bpf-linker").arg("--version")).is_some();
+    if works && fs::read_to_string(&stamp_file).is_ok_and(|s| s == stamp) {
+        return Ok(());
+    }
+    eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM {major}");
+    let libdir = prefix.join("lib");
+    fs::create_dir_all(&libdir)?;
+    let target = sysroot.join("lib").join(&lib);
+    for name in ["libLLVM.so", lib.as_str()] {
+        let link = libdir.join(name);
+        let _ = fs::remove_file(&link);
+        symlink(&target, &link).with_context(|| format!("symlink {}", link.display()))?;
+    }
+    run(Command::new("cargo")
+        .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+        .args(["--locked", "--force", "--no-default-features", "--features"])
+        .arg(format!("llvm-{major}"))
+        .env("LLVM_PREFIX", &prefix))?;
+    if output(Command::new("bpf-linker").arg("--version")).is_none() {
+        bail!("bpf-linker was installed but does not run; is ~/.cargo/bin on PATH?");
+    }
+    fs::write(&stamp_file, stamp)?;
+    Ok(())
+}
+
+fn debian_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(bin, _)| output(Command::new("which").arg(bin)).is_none())
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing Debian packages {missing:?}");
+    run(Command::new("apt-get").arg("update").arg("-q"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
