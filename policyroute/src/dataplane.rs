@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use aya::{
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
     programs::{ProgramError, SchedClassifier},
     Ebpf, EbpfError, EbpfLoader,
 };
@@ -25,6 +25,8 @@ pub enum DataplaneError {
     Program(#[from] ProgramError),
     #[error("eBPF map: {0}")]
     Map(#[from] MapError),
+    #[error("counting possible CPUs: {0}")]
+    Cpus(std::io::Error),
     #[error("the eBPF object has no {0}")]
     Missing(&'static str),
 }
@@ -121,6 +123,20 @@ impl Maps {
             _pad: 0,
         };
         self.control.set(0, control, 0)?;
+        Ok(())
+    }
+
+    /// Zeroes the counters of `slots` on every CPU (a slot given to a new rule starts at 0).
+    pub fn zero_counters(
+        &mut self,
+        slots: impl IntoIterator<Item = u32>,
+    ) -> Result<(), DataplaneError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?;
+        for slot in slots {
+            let zeros = PerCpuValues::try_from(vec![Counter::default(); cpus])
+                .map_err(DataplaneError::Cpus)?;
+            self.counters.set(slot, zeros, 0)?;
+        }
         Ok(())
     }
 

@@ -1,7 +1,7 @@
 //! The loaded classifier with a policy in its maps, run by BPF_PROG_TEST_RUN, and held to
 //! the reference model on every run.
 use policyroute::{
-    compile::{compile, Compiled},
+    compile::{compile, CompileError, Compiled},
     dataplane::{Dataplane, InstallStats},
     model,
     rule::Rule,
@@ -29,16 +29,16 @@ impl Classifier {
 
     /// Compiles `rules` and writes them into the maps.
     pub fn set_policy(&mut self, rules: Vec<Rule>, mark_mask: u32) -> InstallStats {
-        let compiled = self.compile(&rules, mark_mask);
+        let compiled = self.compile(&rules, mark_mask).expect("compile");
         let stats = self.dp.maps.install(&compiled).expect("install");
         self.rules = rules;
         self.mark_mask = mark_mask;
         stats
     }
 
-    pub fn compile(&self, rules: &[Rule], mark_mask: u32) -> Compiled {
+    pub fn compile(&self, rules: &[Rule], mark_mask: u32) -> Result<Compiled, CompileError> {
         let previous = self.dp.maps.live_shapes().expect("read live shapes");
-        compile(rules, mark_mask, &previous).expect("compile")
+        compile(rules, mark_mask, &previous)
     }
 
     /// Runs `frame` once through the kernel program.

@@ -1,4 +1,5 @@
 //! Helpers shared by the integration tests.
 pub mod classifier;
 pub mod netns;
+pub mod random;
 pub mod rules;
