@@ -66,11 +66,8 @@ fn classify(pkt: &Packet) -> Option<Hit> {
         best_mark: 0,
         best_counter: 0,
     };
-    let step = unsafe {
-        core::mem::transmute::<unsafe extern "C" fn(u32, *mut Search) -> i64, *mut c_void>(
-            search_step,
-        )
-    };
+    // A function pointer (not an integer) so the linker emits a BPF_PSEUDO_FUNC relocation.
+    let step = search_step as *mut c_void;
     let n = table.len.min(MAX_SHAPES as u32);
     unsafe { bpf_loop(n, step, (&mut search as *mut Search).cast(), 0) };
     if search.best_prio == u32::MAX {
@@ -122,7 +119,7 @@ unsafe extern "C" fn search_step(index: u32, ctx: *mut Search) -> i64 {
         src: mask(&pkt.src, &shape.src_mask),
         dst: mask(&pkt.dst, &shape.dst_mask),
     };
-    if let Some(v) = unsafe { RULES.get(&key) } {
+    if let Some(v) = unsafe { RULES.get(key) } {
         if v.prio < s.best_prio {
             s.best_prio = v.prio;
             s.best_mark = v.mark;

@@ -32,6 +32,8 @@ pub struct Compiled {
     pub tables: [ShapeTable; 2],
     pub entries: HashMap<RuleKey, RuleValue>,
     pub shapes: BTreeMap<ShapeDesc, u16>,
+    /// Number of rules (counter slots `0..rules`).
+    pub rules: usize,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -47,8 +49,6 @@ pub enum CompileError {
          {MAX_SHAPES}; use fewer distinct prefix lengths or port ranges that align to powers of two"
     )]
     TooManyShapes { family: Family, count: usize },
-    #[error("the policy has {0} rules; at most {1} fit the counter map")]
-    TooManyRules(usize, u32),
 }
 
 /// Compiles `rules` (first match wins) with marks restricted to `mark_mask`.
@@ -93,6 +93,7 @@ pub fn compile(
         tables,
         entries,
         shapes,
+        rules: rules.len(),
     })
 }
 
@@ -265,4 +266,103 @@ pub fn shapes_of(tables: &[ShapeTable; 2]) -> BTreeMap<ShapeDesc, u16> {
 
 fn prefix_len(mask: &[u32; 4]) -> u8 {
     mask.iter().map(|w| w.count_ones() as u8).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ports::PortSet, rule::Match};
+
+    fn tcp_dport(name: &str, port: u16, mark: u32) -> Rule {
+        Rule {
+            name: name.into(),
+            matcher: Match {
+                proto: Some(6),
+                dport: Some(PortSet::single(port)),
+                ..Match::default()
+            },
+            mark,
+        }
+    }
+
+    #[test]
+    fn rules_of_one_shape_share_it_per_family() {
+        let rules: Vec<Rule> = (0..100).map(|i| tcp_dport("r", 1000 + i, 1)).collect();
+        let c = compile(&rules, u32::MAX, &BTreeMap::new()).unwrap();
+        assert_eq!(c.tables[0].len, 1);
+        assert_eq!(c.tables[1].len, 1);
+        assert_eq!(c.entries.len(), 200);
+    }
+
+    #[test]
+    fn shadowed_duplicate_keeps_the_first_rule() {
+        let rules = vec![tcp_dport("a", 80, 1), tcp_dport("b", 80, 2)];
+        let c = compile(&rules, u32::MAX, &BTreeMap::new()).unwrap();
+        assert_eq!(c.entries.len(), 2);
+        assert!(c.entries.values().all(|v| v.prio == 0 && v.mark == 1));
+    }
+
+    #[test]
+    fn shape_ids_survive_recompilation() {
+        let first = compile(&[tcp_dport("a", 80, 1)], u32::MAX, &BTreeMap::new()).unwrap();
+        let mut rules = vec![Rule {
+            name: "new".into(),
+            matcher: Match {
+                dscp: Some(46),
+                ..Match::default()
+            },
+            mark: 3,
+        }];
+        rules.push(tcp_dport("a", 80, 1));
+        let second = compile(&rules, u32::MAX, &shapes_of(&first.tables)).unwrap();
+        for (desc, id) in &first.shapes {
+            assert_eq!(second.shapes[desc], *id);
+        }
+        assert_eq!(shapes_of(&second.tables), second.shapes);
+    }
+
+    #[test]
+    fn too_many_shapes_is_an_error_not_a_truncation() {
+        let rules: Vec<Rule> = (0..=MAX_SHAPES as u8)
+            .map(|len| Rule {
+                name: format!("r{len}"),
+                matcher: Match {
+                    dst: Some(
+                        format!("2001:db8::/{}", 32 + len)
+                            .parse::<IpNet>()
+                            .unwrap()
+                            .trunc(),
+                    ),
+                    ..Match::default()
+                },
+                mark: 1,
+            })
+            .collect();
+        let err = compile(&rules, u32::MAX, &BTreeMap::new()).unwrap_err();
+        assert!(matches!(
+            err,
+            CompileError::TooManyShapes {
+                family: Family::V6,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn invalid_rules_are_named() {
+        let bad = Rule {
+            name: "icmp-ports".into(),
+            matcher: Match {
+                proto: Some(1),
+                dport: Some(PortSet::single(1)),
+                ..Match::default()
+            },
+            mark: 1,
+        };
+        let err = compile(&[bad], u32::MAX, &BTreeMap::new()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "rule 0 (icmp-ports): protocol 1 has no ports, so a port condition can never match"
+        );
+    }
 }

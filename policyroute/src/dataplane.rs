@@ -8,8 +8,8 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use policyroute_common::{
-    Control, Counter, RuleKey, RuleValue, ShapeTable, CONTROL_MAP, COUNTERS_MAP, GENERATIONS,
-    RULES_MAP, TABLES_MAP,
+    Control, Counter, RuleKey, RuleValue, ShapeTable, CONTROL_MAP, COUNTERS_MAP,
+    DEFAULT_MAX_COUNTERS, DEFAULT_MAX_ENTRIES, GENERATIONS, RULES_MAP, TABLES_MAP,
 };
 
 use crate::{
@@ -25,6 +25,12 @@ pub enum DataplaneError {
     Program(#[from] ProgramError),
     #[error("eBPF map: {0}")]
     Map(#[from] MapError),
+    #[error("the policy needs {need} {what}; the loaded dataplane holds {have}")]
+    Capacity {
+        what: &'static str,
+        need: usize,
+        have: usize,
+    },
     #[error("counting possible CPUs: {0}")]
     Cpus(std::io::Error),
     #[error("the eBPF object has no {0}")]
@@ -81,6 +87,14 @@ impl Maps {
     /// for packets in flight: new entries first (unreachable until their shape is
     /// published), then the shape tables switch in one store, then stale entries go.
     pub fn install(&mut self, compiled: &Compiled) -> Result<InstallStats, DataplaneError> {
+        let capacity = self.counters.len();
+        if compiled.rules > capacity as usize {
+            return Err(DataplaneError::Capacity {
+                what: "rules",
+                need: compiled.rules,
+                have: capacity as usize,
+            });
+        }
         let mut stats = InstallStats::default();
         let mut stale = Vec::new();
         let mut seen = HashSet::new();
@@ -160,13 +174,31 @@ pub struct Dataplane {
     pub maps: Maps,
 }
 
-impl Dataplane {
-    /// Loads and verifies the classifier. `max_entries` raises the rule map's capacity.
-    pub fn load(max_entries: Option<u32>) -> Result<Self, DataplaneError> {
-        let mut loader = EbpfLoader::new();
-        if let Some(n) = max_entries {
-            loader.map_max_entries(RULES_MAP, n);
+/// Map capacities chosen at load time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    /// Hash entries (a rule takes one per family and port block combination).
+    pub entries: u32,
+    /// Rules with a counter (per-CPU memory: 16 bytes per rule per possible CPU).
+    pub rules: u32,
+}
+
+impl Default for Capacity {
+    fn default() -> Self {
+        Self {
+            entries: DEFAULT_MAX_ENTRIES,
+            rules: DEFAULT_MAX_COUNTERS,
         }
+    }
+}
+
+impl Dataplane {
+    /// Loads and verifies the classifier with maps of the given capacity.
+    pub fn load(capacity: Capacity) -> Result<Self, DataplaneError> {
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries(RULES_MAP, capacity.entries)
+            .map_max_entries(COUNTERS_MAP, capacity.rules);
         let mut ebpf = loader.load(object::classifier())?;
         classifier_mut(&mut ebpf, object::CLASSIFIER_PROGRAM)?.load()?;
         let maps = Maps::take(&mut ebpf)?;

@@ -168,3 +168,50 @@ pub fn mark_after(rules: &[Rule], mark_mask: u32, frame: &[u8], mark_in: u32) ->
         None => mark_in,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{ExtHeader, FrameSpec};
+
+    #[test]
+    fn parses_ports_behind_extension_headers() {
+        let mut f = FrameSpec::new(
+            17,
+            "2001:db8::1".parse().unwrap(),
+            5,
+            "2001:db8::2".parse().unwrap(),
+            53,
+        );
+        f.ipv6_ext = vec![
+            ExtHeader::HopByHop { len8: 1 },
+            ExtHeader::Fragment {
+                offset: 0,
+                more: true,
+            },
+        ];
+        f.dscp = 46;
+        let p = parse(&f.build()).unwrap();
+        assert_eq!((p.proto, p.ports, p.dscp), (17, Some((5, 53)), 46));
+        f.ipv6_ext = vec![ExtHeader::Fragment {
+            offset: 3,
+            more: false,
+        }];
+        assert_eq!(parse(&f.build()).unwrap().ports, None);
+    }
+
+    #[test]
+    fn non_ip_is_none() {
+        let mut b = FrameSpec::new(
+            6,
+            "192.0.2.1".parse().unwrap(),
+            1,
+            "192.0.2.2".parse().unwrap(),
+            2,
+        )
+        .build();
+        b[12] = 0x08;
+        b[13] = 0x06;
+        assert_eq!(parse(&b), None);
+    }
+}

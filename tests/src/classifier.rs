@@ -2,7 +2,7 @@
 //! the reference model on every run.
 use policyroute::{
     compile::{compile, CompileError, Compiled},
-    dataplane::{Dataplane, InstallStats},
+    dataplane::{Capacity, Dataplane, InstallStats},
     model,
     rule::Rule,
     testrun::{self, RunOutcome},
@@ -21,7 +21,7 @@ impl Classifier {
     /// Loads the program (the caller should be inside a test network namespace).
     pub fn load() -> Self {
         Self {
-            dp: Dataplane::load(None).expect("load the classifier"),
+            dp: Dataplane::load(Capacity::default()).expect("load the classifier"),
             rules: Vec::new(),
             mark_mask: u32::MAX,
         }
