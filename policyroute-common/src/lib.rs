@@ -27,6 +27,15 @@ pub const CONTROL_MAP: &str = "PR_CONTROL";
 /// Name of the per-CPU array map `counter slot -> Counter`.
 pub const COUNTERS_MAP: &str = "PR_COUNTERS";
 
+/// Name of the hash map `chunk index -> StateChunk`: the controller's record of what it
+/// installed (rule names, counter slots, gateways), kept in the kernel next to the maps so
+/// any later process in the namespace finds it without files or pins. The program does not
+/// read it; the loader binds it to the program (BPF_PROG_BIND_MAP) so it shares its lifetime.
+pub const STATE_MAP: &str = "PR_STATE";
+/// Payload bytes per state chunk.
+pub const STATE_CHUNK: usize = 4092;
+pub const MAX_STATE_CHUNKS: u32 = 1 << 16;
+
 /// Default capacities compiled into the object; the loader may raise them.
 pub const DEFAULT_MAX_ENTRIES: u32 = 1 << 22;
 pub const DEFAULT_MAX_COUNTERS: u32 = 1 << 17;
@@ -115,6 +124,14 @@ pub struct Counter {
     pub bytes: u64,
 }
 
+/// One piece of the controller's state record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct StateChunk {
+    pub len: u32,
+    pub data: [u8; STATE_CHUNK],
+}
+
 /// Byte offset of `mark` in `struct __sk_buff` (ctx_out of BPF_PROG_TEST_RUN).
 pub const SKB_MARK_OFFSET: usize = 8;
 
@@ -134,4 +151,5 @@ mod pod {
     unsafe impl aya::Pod for ShapeTable {}
     unsafe impl aya::Pod for Control {}
     unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for StateChunk {}
 }

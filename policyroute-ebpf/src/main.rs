@@ -18,8 +18,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use policyroute_common::{
-    Control, Counter, RuleKey, RuleValue, ShapeTable, DEFAULT_MAX_COUNTERS, DEFAULT_MAX_ENTRIES,
-    GENERATIONS, MAX_SHAPES, SHAPE_DSCP, SHAPE_PORTS, SHAPE_PROTO,
+    Control, Counter, RuleKey, RuleValue, ShapeTable, StateChunk, DEFAULT_MAX_COUNTERS,
+    DEFAULT_MAX_ENTRIES, GENERATIONS, MAX_SHAPES, MAX_STATE_CHUNKS, SHAPE_DSCP, SHAPE_PORTS,
+    SHAPE_PROTO,
 };
 
 use parse::Packet;
@@ -40,6 +41,10 @@ static CONTROL: Array<Control> = Array::with_max_entries(1, 0);
 
 #[map(name = "PR_COUNTERS")]
 static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(DEFAULT_MAX_COUNTERS, 0);
+
+/// Read only by userspace (see `policyroute_common::STATE_MAP`).
+#[map(name = "PR_STATE")]
+static STATE: HashMap<u32, StateChunk> = HashMap::with_max_entries(MAX_STATE_CHUNKS, BPF_F_NO_PREALLOC);
 
 #[classifier]
 pub fn policyroute_tc(ctx: TcContext) -> i32 {

@@ -2,17 +2,20 @@
 //! policy is written into them.
 use std::collections::{BTreeMap, HashSet};
 
+use std::os::fd::{AsFd, BorrowedFd};
+
 use aya::{
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
-    programs::{ProgramError, SchedClassifier},
+    maps::{Array, HashMap, IterableMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
+    programs::{ProgramError, ProgramFd, ProgramInfo, SchedClassifier},
     Ebpf, EbpfError, EbpfLoader,
 };
 use policyroute_common::{
-    Control, Counter, RuleKey, RuleValue, ShapeTable, CONTROL_MAP, COUNTERS_MAP,
-    DEFAULT_MAX_COUNTERS, DEFAULT_MAX_ENTRIES, GENERATIONS, RULES_MAP, TABLES_MAP,
+    Control, Counter, RuleKey, RuleValue, ShapeTable, StateChunk, CONTROL_MAP, COUNTERS_MAP,
+    DEFAULT_MAX_COUNTERS, DEFAULT_MAX_ENTRIES, GENERATIONS, RULES_MAP, STATE_MAP, TABLES_MAP,
 };
 
 use crate::{
+    bpfcall,
     compile::{shapes_of, Compiled, ShapeDesc},
     object,
 };
@@ -35,6 +38,10 @@ pub enum DataplaneError {
     Cpus(std::io::Error),
     #[error("the eBPF object has no {0}")]
     Missing(&'static str),
+    #[error("binding the state map to the program: {0}")]
+    Bind(std::io::Error),
+    #[error("a program opened by id cannot be test-run through aya")]
+    NotLoadedHere,
 }
 
 /// Typed handles on the classifier's maps.
@@ -43,6 +50,7 @@ pub struct Maps {
     pub tables: Array<MapData, ShapeTable>,
     pub control: Array<MapData, Control>,
     pub counters: PerCpuArray<MapData, Counter>,
+    pub state: HashMap<MapData, u32, StateChunk>,
 }
 
 /// What [`Maps::install`] changed.
@@ -55,13 +63,33 @@ pub struct InstallStats {
 
 impl Maps {
     fn take(ebpf: &mut Ebpf) -> Result<Self, DataplaneError> {
-        let mut take =
-            |name: &'static str| ebpf.take_map(name).ok_or(DataplaneError::Missing(name));
+        Self::build(|name| ebpf.take_map(name).ok_or(DataplaneError::Missing(name)))
+    }
+
+    /// The maps of an already loaded classifier, found through the program's map ids.
+    fn of_program(info: &ProgramInfo) -> Result<Self, DataplaneError> {
+        let mut by_name = std::collections::HashMap::new();
+        for id in info.map_ids()?.unwrap_or_default() {
+            let data = MapData::from_id(id)?;
+            if let Some(name) = data.info()?.name_as_str() {
+                by_name.insert(name.to_string(), data);
+            }
+        }
+        Self::build(|name| {
+            let data = by_name.remove(name).ok_or(DataplaneError::Missing(name))?;
+            Ok(Map::from_map_data(data)?)
+        })
+    }
+
+    fn build(
+        mut take: impl FnMut(&'static str) -> Result<Map, DataplaneError>,
+    ) -> Result<Self, DataplaneError> {
         Ok(Self {
             rules: HashMap::try_from(take(RULES_MAP)?)?,
             tables: Array::try_from(take(TABLES_MAP)?)?,
             control: Array::try_from(take(CONTROL_MAP)?)?,
             counters: PerCpuArray::try_from(take(COUNTERS_MAP)?)?,
+            state: HashMap::try_from(take(STATE_MAP)?)?,
         })
     }
 
@@ -168,12 +196,6 @@ impl Maps {
     }
 }
 
-/// The classifier object loaded into the kernel (program verified, not attached).
-pub struct Dataplane {
-    pub ebpf: Ebpf,
-    pub maps: Maps,
-}
-
 /// Map capacities chosen at load time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Capacity {
@@ -192,6 +214,15 @@ impl Default for Capacity {
     }
 }
 
+/// A classifier program in the kernel and its maps: freshly loaded by this process, or
+/// found attached somewhere and opened by id.
+pub struct Dataplane {
+    pub prog_id: u32,
+    prog_fd: ProgramFd,
+    pub maps: Maps,
+    ebpf: Option<Ebpf>,
+}
+
 impl Dataplane {
     /// Loads and verifies the classifier with maps of the given capacity.
     pub fn load(capacity: Capacity) -> Result<Self, DataplaneError> {
@@ -200,13 +231,39 @@ impl Dataplane {
             .map_max_entries(RULES_MAP, capacity.entries)
             .map_max_entries(COUNTERS_MAP, capacity.rules);
         let mut ebpf = loader.load(object::classifier())?;
-        classifier_mut(&mut ebpf, object::CLASSIFIER_PROGRAM)?.load()?;
+        let prog = classifier_mut(&mut ebpf, object::CLASSIFIER_PROGRAM)?;
+        prog.load()?;
+        let prog_fd = prog.fd()?.try_clone().map_err(ProgramError::from)?;
+        let prog_id = prog.info()?.id();
         let maps = Maps::take(&mut ebpf)?;
-        Ok(Self { ebpf, maps })
+        bpfcall::prog_bind_map(prog_fd.as_fd(), maps.state.map().fd().as_fd())
+            .map_err(DataplaneError::Bind)?;
+        Ok(Self {
+            prog_id,
+            prog_fd,
+            maps,
+            ebpf: Some(ebpf),
+        })
     }
 
+    /// Opens a loaded classifier (e.g. found attached to a device) and its maps.
+    pub fn open(info: &ProgramInfo) -> Result<Self, DataplaneError> {
+        Ok(Self {
+            prog_id: info.id(),
+            prog_fd: info.fd()?,
+            maps: Maps::of_program(info)?,
+            ebpf: None,
+        })
+    }
+
+    pub fn prog_fd(&self) -> BorrowedFd<'_> {
+        self.prog_fd.as_fd()
+    }
+
+    /// The aya program object, for test runs; only for a program this process loaded.
     pub fn program(&mut self) -> Result<&mut SchedClassifier, DataplaneError> {
-        classifier_mut(&mut self.ebpf, object::CLASSIFIER_PROGRAM)
+        let ebpf = self.ebpf.as_mut().ok_or(DataplaneError::NotLoadedHere)?;
+        classifier_mut(ebpf, object::CLASSIFIER_PROGRAM)
     }
 }
 

@@ -1,0 +1,86 @@
+//! The few bpf(2) commands aya 0.14 does not offer.
+//!
+//! tcx attachments are made with BPF_PROG_ATTACH rather than a bpf_link: such an
+//! attachment holds its own reference to the program, so the dataplane outlives the
+//! `policyroute apply` process without any pin (pins are invisible to the next process when
+//! operators run `ip netns exec NS policyroute ...`, which gives each command a fresh /sys).
+use std::{
+    io,
+    os::fd::{AsRawFd, BorrowedFd},
+};
+
+const BPF_PROG_ATTACH: libc::c_long = 8;
+const BPF_PROG_DETACH: libc::c_long = 9;
+const BPF_PROG_BIND_MAP: libc::c_long = 35;
+pub const BPF_TCX_INGRESS: u32 = 46;
+pub const BPF_TCX_EGRESS: u32 = 47;
+
+/// `union bpf_attr` as used by BPF_PROG_ATTACH / BPF_PROG_DETACH.
+#[repr(C)]
+#[derive(Default)]
+struct AttachAttr {
+    target_ifindex: u32,
+    attach_bpf_fd: u32,
+    attach_type: u32,
+    attach_flags: u32,
+    replace_bpf_fd: u32,
+    relative_fd: u32,
+    expected_revision: u64,
+}
+
+/// `union bpf_attr` as used by BPF_PROG_BIND_MAP.
+#[repr(C)]
+struct BindMapAttr {
+    prog_fd: u32,
+    map_fd: u32,
+    flags: u32,
+}
+
+fn bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<()> {
+    // SAFETY: attr is a valid, initialized bpf_attr prefix of the size passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *const T,
+            std::mem::size_of::<T>() as u32,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Appends `prog` to the tcx chain of `ifindex` (`attach_type`: BPF_TCX_INGRESS/EGRESS).
+pub fn tcx_attach(ifindex: u32, prog: BorrowedFd<'_>, attach_type: u32) -> io::Result<()> {
+    let attr = AttachAttr {
+        target_ifindex: ifindex,
+        attach_bpf_fd: prog.as_raw_fd() as u32,
+        attach_type,
+        ..AttachAttr::default()
+    };
+    bpf(BPF_PROG_ATTACH, &attr)
+}
+
+/// Removes `prog` from the tcx chain of `ifindex`.
+pub fn tcx_detach(ifindex: u32, prog: BorrowedFd<'_>, attach_type: u32) -> io::Result<()> {
+    let attr = AttachAttr {
+        target_ifindex: ifindex,
+        attach_bpf_fd: prog.as_raw_fd() as u32,
+        attach_type,
+        ..AttachAttr::default()
+    };
+    bpf(BPF_PROG_DETACH, &attr)
+}
+
+/// Ties `map` to `prog`'s lifetime and lists it among the program's maps.
+pub fn prog_bind_map(prog: BorrowedFd<'_>, map: BorrowedFd<'_>) -> io::Result<()> {
+    let attr = BindMapAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        map_fd: map.as_raw_fd() as u32,
+        flags: 0,
+    };
+    bpf(BPF_PROG_BIND_MAP, &attr)
+}
