@@ -84,3 +84,24 @@ pub fn prog_bind_map(prog: BorrowedFd<'_>, map: BorrowedFd<'_>) -> io::Result<()
     };
     bpf(BPF_PROG_BIND_MAP, &attr)
 }
+
+const BPF_OBJ_PIN: libc::c_long = 6;
+
+/// `union bpf_attr` as used by BPF_OBJ_PIN.
+#[repr(C)]
+struct PinAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+}
+
+/// Pins a program or map fd at `path` (on a bpf filesystem).
+pub fn obj_pin(fd: BorrowedFd<'_>, path: &std::path::Path) -> io::Result<()> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    let attr = PinAttr {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: fd.as_raw_fd() as u32,
+        file_flags: 0,
+    };
+    bpf(BPF_OBJ_PIN, &attr)
+}

@@ -32,8 +32,8 @@ pub struct Compiled {
     pub tables: [ShapeTable; 2],
     pub entries: HashMap<RuleKey, RuleValue>,
     pub shapes: BTreeMap<ShapeDesc, u16>,
-    /// Number of rules (counter slots `0..rules`).
-    pub rules: usize,
+    /// Counter slots the rules use are all below this.
+    pub counter_slots: usize,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -60,6 +60,19 @@ pub fn compile(
     mark_mask: u32,
     previous: &BTreeMap<ShapeDesc, u16>,
 ) -> Result<Compiled, CompileError> {
+    let slots: Vec<u32> = (0..rules.len() as u32).collect();
+    compile_with_slots(rules, &slots, mark_mask, previous)
+}
+
+/// [`compile`] with the counter slot of each rule given (`slots[i]` for `rules[i]`), so a
+/// rule keeps its counters across updates that add, remove or reorder others.
+pub fn compile_with_slots(
+    rules: &[Rule],
+    slots: &[u32],
+    mark_mask: u32,
+    previous: &BTreeMap<ShapeDesc, u16>,
+) -> Result<Compiled, CompileError> {
+    assert_eq!(rules.len(), slots.len(), "one counter slot per rule");
     let mut staged: Vec<(ShapeDesc, RuleKey, RuleValue)> = Vec::new();
     for (index, rule) in rules.iter().enumerate() {
         let fail = |source| CompileError::Rule {
@@ -71,7 +84,7 @@ pub fn compile(
         let value = RuleValue {
             prio: index as u32,
             mark: rule.mark & mark_mask,
-            counter: index as u32,
+            counter: slots[index],
             _pad: 0,
         };
         for family in rule.matcher.families().map_err(fail)? {
@@ -93,7 +106,7 @@ pub fn compile(
         tables,
         entries,
         shapes,
-        rules: rules.len(),
+        counter_slots: slots.iter().map(|&s| s as usize + 1).max().unwrap_or(0),
     })
 }
 

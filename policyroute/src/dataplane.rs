@@ -53,8 +53,26 @@ pub struct Maps {
     pub state: HashMap<MapData, u32, StateChunk>,
 }
 
+/// Entry changes between a compiled policy and the maps.
+#[derive(Clone, Debug, Default)]
+pub struct EntryDiff {
+    pub insert: Vec<(RuleKey, RuleValue)>,
+    pub update: Vec<(RuleKey, RuleValue)>,
+    pub remove: Vec<RuleKey>,
+}
+
+impl EntryDiff {
+    pub fn stats(&self) -> InstallStats {
+        InstallStats {
+            inserted: self.insert.len(),
+            updated: self.update.len(),
+            removed: self.remove.len(),
+        }
+    }
+}
+
 /// What [`Maps::install`] changed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct InstallStats {
     pub inserted: usize,
     pub updated: usize,
@@ -111,49 +129,66 @@ impl Maps {
         Ok(shapes_of(&self.live_tables()?))
     }
 
-    /// Makes the maps hold `compiled`, touching only entries that differ. Order matters
-    /// for packets in flight: new entries first (unreachable until their shape is
-    /// published), then the shape tables switch in one store, then stale entries go.
-    pub fn install(&mut self, compiled: &Compiled) -> Result<InstallStats, DataplaneError> {
-        let capacity = self.counters.len();
-        if compiled.rules > capacity as usize {
-            return Err(DataplaneError::Capacity {
-                what: "rules",
-                need: compiled.rules,
-                have: capacity as usize,
-            });
-        }
-        let mut stats = InstallStats::default();
-        let mut stale = Vec::new();
-        let mut seen = HashSet::new();
+    /// What [`Maps::install`] would change (a dry run reads, never writes).
+    pub fn diff(&self, compiled: &Compiled) -> Result<EntryDiff, DataplaneError> {
+        let mut diff = EntryDiff::default();
+        let mut same = HashSet::new();
         for item in self.rules.iter() {
             let (k, v) = item?;
             match compiled.entries.get(&k) {
                 Some(want) if *want == v => {
-                    seen.insert(k);
+                    same.insert(k);
                 }
-                Some(_) => {}
-                None => stale.push(k),
+                Some(want) => {
+                    diff.update.push((k, *want));
+                    same.insert(k);
+                }
+                None => diff.remove.push(k),
             }
         }
-        for (k, v) in &compiled.entries {
-            if seen.contains(k) {
-                continue;
+        diff.insert = compiled
+            .entries
+            .iter()
+            .filter(|(k, _)| !same.contains(*k))
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        Ok(diff)
+    }
+
+    /// Map capacities of this dataplane.
+    pub fn capacity(&self) -> Result<Capacity, DataplaneError> {
+        Ok(Capacity {
+            entries: self.rules.map().info()?.max_entries(),
+            rules: self.counters.len(),
+        })
+    }
+
+    /// Makes the maps hold `compiled`, touching only entries that differ. Order matters
+    /// for packets in flight: new entries first (unreachable until their shape is
+    /// published), then the shape tables switch in one store, then stale entries go.
+    pub fn install(&mut self, compiled: &Compiled) -> Result<InstallStats, DataplaneError> {
+        let have = self.capacity()?;
+        for (what, need, cap) in [
+            ("rules", compiled.counter_slots, have.rules),
+            ("hash entries", compiled.entries.len(), have.entries),
+        ] {
+            if need > cap as usize {
+                return Err(DataplaneError::Capacity {
+                    what,
+                    need,
+                    have: cap as usize,
+                });
             }
-            let existed = self.rules.get(k, 0).is_ok();
+        }
+        let diff = self.diff(compiled)?;
+        for (k, v) in diff.insert.iter().chain(&diff.update) {
             self.rules.insert(k, v, 0)?;
-            if existed {
-                stats.updated += 1;
-            } else {
-                stats.inserted += 1;
-            }
         }
         self.publish(&compiled.tables)?;
-        for k in &stale {
+        for k in &diff.remove {
             self.rules.remove(k)?;
         }
-        stats.removed = stale.len();
-        Ok(stats)
+        Ok(diff.stats())
     }
 
     fn publish(&mut self, tables: &[ShapeTable; 2]) -> Result<(), DataplaneError> {
@@ -218,6 +253,8 @@ impl Default for Capacity {
 /// found attached somewhere and opened by id.
 pub struct Dataplane {
     pub prog_id: u32,
+    /// Ids of the program's maps (for pinning them).
+    pub map_ids: Vec<u32>,
     prog_fd: ProgramFd,
     pub maps: Maps,
     ebpf: Option<Ebpf>,
@@ -238,8 +275,13 @@ impl Dataplane {
         let maps = Maps::take(&mut ebpf)?;
         bpfcall::prog_bind_map(prog_fd.as_fd(), maps.state.map().fd().as_fd())
             .map_err(DataplaneError::Bind)?;
+        let map_ids = classifier_mut(&mut ebpf, object::CLASSIFIER_PROGRAM)?
+            .info()?
+            .map_ids()?
+            .unwrap_or_default();
         Ok(Self {
             prog_id,
+            map_ids,
             prog_fd,
             maps,
             ebpf: Some(ebpf),
@@ -250,6 +292,7 @@ impl Dataplane {
     pub fn open(info: &ProgramInfo) -> Result<Self, DataplaneError> {
         Ok(Self {
             prog_id: info.id(),
+            map_ids: info.map_ids()?.unwrap_or_default(),
             prog_fd: info.fd()?,
             maps: Maps::of_program(info)?,
             ebpf: None,

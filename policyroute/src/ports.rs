@@ -3,7 +3,9 @@
 use std::fmt;
 
 /// An inclusive port range; a single port is `lo == hi`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct PortRange {
     pub lo: u16,
     pub hi: u16,
@@ -55,7 +57,7 @@ impl fmt::Display for PortRange {
 }
 
 /// A non-empty union of port ranges.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct PortSet(Vec<PortRange>);
 
 impl PortSet {

@@ -10,7 +10,7 @@ pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_ICMPV6: u8 = 58;
 
 /// IP version of a packet or of a rule's scope.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub enum Family {
     V4,
     V6,
@@ -41,7 +41,7 @@ impl Family {
 }
 
 /// Conditions of one rule; `None` is "any". All present conditions must hold.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Match {
     pub proto: Option<u8>,
     pub src: Option<IpNet>,
@@ -128,5 +128,47 @@ impl Match {
             }
         }
         Ok(())
+    }
+}
+
+impl std::fmt::Display for Match {
+    /// iptables-like: `proto 6 src 192.0.2.0/24 dport 80,443`, or `all`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(p) = self.proto {
+            parts.push(format!("proto {}", proto_name(p)));
+        }
+        if let Some(n) = self.src {
+            parts.push(format!("src {n}"));
+        }
+        if let Some(n) = self.dst {
+            parts.push(format!("dst {n}"));
+        }
+        if let Some(p) = &self.sport {
+            parts.push(format!("sport {p}"));
+        }
+        if let Some(p) = &self.dport {
+            parts.push(format!("dport {p}"));
+        }
+        if let Some(d) = self.dscp {
+            parts.push(format!("dscp {d}"));
+        }
+        if parts.is_empty() {
+            f.write_str("all")
+        } else {
+            f.write_str(&parts.join(" "))
+        }
+    }
+}
+
+/// The usual name of an IP protocol number, or the number.
+pub fn proto_name(p: u8) -> String {
+    match p {
+        1 => "icmp".into(),
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        58 => "icmpv6".into(),
+        132 => "sctp".into(),
+        other => other.to_string(),
     }
 }

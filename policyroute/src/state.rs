@@ -13,7 +13,9 @@ pub enum StateError {
     Map(#[from] MapError),
     #[error("the state record is {0} bytes; at most {1} fit")]
     TooLarge(usize, usize),
-    #[error("the state record is incomplete or corrupt (an apply was interrupted?); run apply again")]
+    #[error(
+        "the state record is incomplete or corrupt (an apply was interrupted?); run apply again"
+    )]
     Corrupt,
 }
 
@@ -24,7 +26,10 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 /// Replaces the record with `payload`.
-pub fn write(map: &mut HashMap<MapData, u32, StateChunk>, payload: &[u8]) -> Result<(), StateError> {
+pub fn write(
+    map: &mut HashMap<MapData, u32, StateChunk>,
+    payload: &[u8],
+) -> Result<(), StateError> {
     let mut bytes = Vec::with_capacity(HEADER + payload.len());
     bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     bytes.extend_from_slice(&fnv1a(payload).to_le_bytes());
@@ -43,7 +48,11 @@ pub fn write(map: &mut HashMap<MapData, u32, StateChunk>, payload: &[u8]) -> Res
         chunk.data[..piece.len()].copy_from_slice(piece);
         map.insert(i as u32, chunk, 0)?;
     }
-    let stale: Vec<u32> = map.keys().filter_map(Result::ok).filter(|&k| k >= count).collect();
+    let stale: Vec<u32> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|&k| k >= count)
+        .collect();
     for k in stale {
         map.remove(&k)?;
     }

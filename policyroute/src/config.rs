@@ -1,0 +1,196 @@
+//! The policy file (TOML): gateways, ordered classifier rules, attach points.
+//!
+//! ```toml
+//! mark_mask = 0xffffffff     # bits the policy may set in skb->mark (non-zero)
+//! rule_priority = 10000      # first ip rule priority the tool uses
+//! main_routes_first = true   # `lookup main suppress_prefixlength 0` ahead of the fwmark rules
+//!
+//! [[gateway]]
+//! name = "isp2"
+//! dev = "wan2"
+//! via = "203.0.113.2"        # or a list, at most one address per family; absent: device route
+//! table = 100                # or an rt_tables name
+//! mark = 4                   # optional; derived when absent
+//!
+//! [[rule]]                   # first match in file order wins
+//! name = "web-via-isp2"      # optional, default "rule-N"
+//! proto = "tcp"
+//! src = "192.168.99.0/24"
+//! dport = [80, 443, "8000-8099"]
+//! gateway = "isp2"           # or mark = N (a mark consumed elsewhere; 0 exempts the traffic)
+//!
+//! [attach]
+//! ingress = ["lan0"]
+//! ```
+//!
+//! Everything is validated before any kernel change. Errors read `FILE:LINE: KEY: MESSAGE`
+//! where KEY is the path of the offending value. **Indices in keys are 1-based**, for tables
+//! and list elements alike, matching the default rule names: `gateway[1].table` is the
+//! first `[[gateway]]`, `rule[3].dport[2]` the second element of the third rule's `dport`,
+//! `attach.ingress[1]` the first ingress device.
+use std::net::IpAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::rt_tables::RtTables;
+use crate::rule::{Match, Rule};
+
+mod error;
+mod marks;
+mod read;
+mod rules;
+mod toml_tree;
+
+#[cfg(test)]
+mod tests;
+
+pub use error::ConfigError;
+
+pub const DEFAULT_MARK_MASK: u32 = 0xffff_ffff;
+pub const DEFAULT_RULE_PRIORITY: u32 = 10_000;
+/// The priority of the kernel's `lookup main` rule; the tool's rules must come before it
+/// (and `32767 lookup default` after it).
+pub const MAIN_RULE_PRIORITY: u32 = 32_766;
+
+/// A validated policy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    pub mark_mask: u32,
+    pub rule_priority: u32,
+    pub main_routes_first: bool,
+    pub gateways: Vec<Gateway>,
+    /// In file order: the first matching rule wins.
+    pub rules: Vec<PolicyRule>,
+    pub attach: Attach,
+    /// Where values were written, for errors found after parsing.
+    #[serde(skip)]
+    pub origin: Origin,
+}
+
+/// A next hop with its own routing table and the mark that selects it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gateway {
+    pub name: String,
+    pub dev: String,
+    /// At most one address per family; empty: a device-only (point-to-point) route.
+    pub via: Vec<IpAddr>,
+    pub table: u32,
+    /// The rt_tables name when the file named the table, `None` when it gave a number.
+    pub table_name: Option<String>,
+    /// As written, or derived (see [`Policy::parse`]).
+    pub mark: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRule {
+    pub name: String,
+    pub matcher: Match,
+    pub target: Target,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    /// Route via this gateway (by name): the rule sets the gateway's mark.
+    Gateway(String),
+    /// Set this mark, for something other than this policy's gateways to act on.
+    /// 0 clears the bits under the mask: the traffic is exempt from later rules.
+    Mark(u32),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attach {
+    /// Devices whose tc ingress hook gets the classifier.
+    pub ingress: Vec<String>,
+}
+
+/// Source lines of the values that can only be checked against the running system.
+///
+/// Not part of what the policy means, so equality ignores it: the same policy written
+/// with different layout (or in another file) compares equal, and a reload can tell
+/// whether anything changed.
+#[derive(Clone, Debug, Default)]
+pub struct Origin {
+    /// The file label errors name.
+    pub file: String,
+    /// 1-based line of `gateway[i].dev`, by gateway index.
+    pub gateway_dev: Vec<usize>,
+    /// 1-based line of `attach.ingress[i]`, by device index.
+    pub ingress: Vec<usize>,
+}
+
+impl PartialEq for Origin {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Origin {}
+
+impl Policy {
+    /// Reads and validates the policy at `path`; errors are labelled with `path`.
+    pub fn load(path: &Path, tables: &RtTables) -> Result<Policy, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string(), tables)
+    }
+
+    /// Parses and validates policy text; errors are labelled `file_label`. All problems
+    /// found are reported ([`ConfigError::Many`] when there is more than one), except that
+    /// a TOML syntax error stops at the first.
+    ///
+    /// A gateway without `mark` gets the k-th smallest value representable under
+    /// `mark_mask` (k's bits deposited into the mask's set bits, lowest first), for the
+    /// smallest k whose value no other gateway or rule uses explicitly.
+    pub fn parse(text: &str, file_label: &str, tables: &RtTables) -> Result<Policy, ConfigError> {
+        read::policy(text, file_label, tables)
+    }
+
+    /// Reports gateway devices and ingress devices for which `exists` is false.
+    pub fn check_devices(&self, exists: impl Fn(&str) -> bool) -> Result<(), ConfigError> {
+        let line = |lines: &[usize], i: usize| lines.get(i).copied().unwrap_or(0);
+        let gateways = self.gateways.iter().enumerate().map(|(i, g)| {
+            let key = format!("gateway[{}].dev", i + 1);
+            (&g.dev, line(&self.origin.gateway_dev, i), key)
+        });
+        let ingress = self.attach.ingress.iter().enumerate().map(|(i, dev)| {
+            let key = format!("attach.ingress[{}]", i + 1);
+            (dev, line(&self.origin.ingress, i), key)
+        });
+        let errors = gateways
+            .chain(ingress)
+            .filter(|(dev, _, _)| !exists(dev))
+            .map(|(dev, line, key)| ConfigError::Invalid {
+                file: self.origin.file.clone(),
+                line,
+                key,
+                message: format!("device {dev} does not exist"),
+            })
+            .collect();
+        ConfigError::from_all(errors)
+    }
+
+    /// Classifier rules in file order with each target resolved to a mark (the gateway's
+    /// mark or the raw mark). A gateway name that does not exist (possible only in a
+    /// policy built by hand) resolves to 0, which leaves the traffic unrouted by the policy.
+    pub fn classifier_rules(&self) -> Vec<Rule> {
+        self.rules
+            .iter()
+            .map(|r| Rule {
+                name: r.name.clone(),
+                matcher: r.matcher.clone(),
+                mark: match &r.target {
+                    Target::Gateway(name) => self.gateway(name).map_or(0, |g| g.mark),
+                    Target::Mark(mark) => *mark,
+                },
+            })
+            .collect()
+    }
+
+    pub fn gateway(&self, name: &str) -> Option<&Gateway> {
+        self.gateways.iter().find(|g| g.name == name)
+    }
+}

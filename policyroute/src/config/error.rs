@@ -1,0 +1,112 @@
+//! Errors of the policy file, each located by file, line and key.
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// `line` is 1-based; `key` is a path like `rule[2].dport` (1-based indices).
+    #[error("{file}:{line}: {key}: {message}")]
+    Invalid {
+        file: String,
+        line: usize,
+        key: String,
+        message: String,
+    },
+    /// Several problems, in file order, one per line; each is `Invalid`.
+    #[error("{}", one_per_line(.0))]
+    Many(Vec<ConfigError>),
+}
+
+impl ConfigError {
+    /// The individual problems (`Many` flattened; otherwise just this one).
+    pub fn errors(&self) -> Vec<&ConfigError> {
+        match self {
+            ConfigError::Many(all) => all.iter().flat_map(ConfigError::errors).collect(),
+            one => vec![one],
+        }
+    }
+
+    /// `Ok` for no errors, the error itself for one, `Many` (sorted by line) for more.
+    pub(crate) fn from_all(mut errors: Vec<ConfigError>) -> Result<(), ConfigError> {
+        errors.sort_by_key(|e| match e {
+            ConfigError::Invalid { line, .. } => *line,
+            _ => 0,
+        });
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            _ => Err(ConfigError::Many(errors)),
+        }
+    }
+}
+
+fn one_per_line(errors: &[ConfigError]) -> String {
+    let mut out = String::new();
+    for (i, e) in errors.iter().enumerate() {
+        let sep = if i == 0 { "" } else { "\n" };
+        let _ = write!(out, "{sep}{e}");
+    }
+    out
+}
+
+/// 1-based line of a byte offset.
+pub(super) fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+/// Best guess at the key a TOML syntax error is in, since the parser reports only a
+/// position: the last table header before `line` (with its 1-based array index) and the
+/// key at the start of `line`. Falls back to `syntax`.
+pub(super) fn key_near(text: &str, line: usize) -> String {
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    let mut table = String::new();
+    for (i, l) in text.lines().take(line).enumerate() {
+        let l = l.trim();
+        let at_error = i + 1 == line;
+        if let Some(name) = header(l, "[[", "]]") {
+            let n = match counts.iter_mut().find(|(c, _)| *c == name) {
+                Some((_, n)) => {
+                    *n += 1;
+                    *n
+                }
+                None => {
+                    counts.push((name, 1));
+                    1
+                }
+            };
+            table = format!("{name}[{n}]");
+        } else if let Some(name) = header(l, "[", "]") {
+            table = name.to_owned();
+        } else if at_error {
+            return join_key(&table, bare_key(l));
+        }
+    }
+    join_key(&table, None)
+}
+
+fn header<'a>(line: &'a str, open: &str, close: &str) -> Option<&'a str> {
+    let rest = line.strip_prefix(open)?;
+    let name = rest.split(close).next()?.trim();
+    (rest.contains(close) && !name.is_empty() && !name.starts_with('[')).then_some(name)
+}
+
+fn bare_key(line: &str) -> Option<&str> {
+    let key = line.split('=').next()?.trim();
+    let bare = |c: char| c.is_ascii_alphanumeric() || "_-.".contains(c);
+    (line.contains('=') && !key.is_empty() && key.chars().all(bare)).then_some(key)
+}
+
+fn join_key(table: &str, key: Option<&str>) -> String {
+    match (table.is_empty(), key) {
+        (true, None) => "syntax".to_owned(),
+        (true, Some(k)) => k.to_owned(),
+        (false, None) => table.to_owned(),
+        (false, Some(k)) => format!("{table}.{k}"),
+    }
+}

@@ -1,0 +1,126 @@
+//! The network namespace the process runs in: its identity (state is per namespace), the
+//! lock that serializes policyroute commands in it, and the bpffs directory for pins.
+use std::{
+    fs::{self, File},
+    io,
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    path::{Path, PathBuf},
+};
+
+/// Where per-namespace lock files live. /run is shared by `ip netns exec` children (only
+/// /sys is remounted), so every command in one namespace sees the same lock file.
+const LOCK_DIR: &str = "/run/policyroute";
+const BPFFS_ROOT: &str = "/sys/fs/bpf";
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+/// Identifies the current network namespace: the inode of /proc/self/ns/net.
+pub fn id() -> io::Result<u64> {
+    Ok(fs::metadata("/proc/thread-self/ns/net")?.ino())
+}
+
+/// `net-<inode>`: used in lock and pin paths.
+pub fn label() -> io::Result<String> {
+    Ok(format!("net-{}", id()?))
+}
+
+/// An exclusive lock on this namespace's policyroute state, released on drop.
+pub struct Lock {
+    _file: File,
+}
+
+impl Lock {
+    /// Takes the lock, waiting for a concurrent command in the same namespace to finish.
+    /// `on_wait` is called once if the lock is busy (to tell the operator why we wait).
+    pub fn acquire(on_wait: impl FnOnce()) -> io::Result<Self> {
+        fs::create_dir_all(LOCK_DIR)?;
+        let path = Path::new(LOCK_DIR).join(format!("{}.lock", label()?));
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)?;
+        if flock(&file, libc::LOCK_EX | libc::LOCK_NB).is_err() {
+            on_wait();
+            flock(&file, libc::LOCK_EX)?;
+        }
+        Ok(Self { _file: file })
+    }
+}
+
+fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
+    // SAFETY: flock on an fd we own.
+    if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The default pin directory of this namespace: /sys/fs/bpf/policyroute/net-<inode>.
+pub fn default_pin_dir() -> io::Result<PathBuf> {
+    Ok(Path::new(BPFFS_ROOT).join("policyroute").join(label()?))
+}
+
+/// Makes sure `dir` lies on a bpf filesystem, mounting one at /sys/fs/bpf when that is
+/// missing (under `ip netns exec` every command starts with a fresh /sys).
+pub fn ensure_bpffs(dir: &Path) -> io::Result<()> {
+    let root = Path::new(BPFFS_ROOT);
+    if dir.starts_with(root) && !is_bpffs(root) {
+        fs::create_dir_all(root)?;
+        mount_bpffs(root)?;
+    }
+    fs::create_dir_all(dir)?;
+    if !is_bpffs(dir) {
+        return Err(io::Error::other(format!(
+            "{} is not on a bpf filesystem",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid C string and out pointer.
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
+}
+
+fn mount_bpffs(at: &Path) -> io::Result<()> {
+    let target = std::ffi::CString::new(at.as_os_str().as_encoded_bytes())?;
+    // SAFETY: constant C strings and a valid target path.
+    let rc = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            target.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Whether the process has what loading eBPF and changing routing needs.
+pub fn has_privileges() -> bool {
+    const CAP_NET_ADMIN: u32 = 12;
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_BPF: u32 = 39;
+    let Some(eff) = effective_caps() else {
+        return false;
+    };
+    let has = |cap: u32| eff & (1u64 << cap) != 0;
+    has(CAP_NET_ADMIN) && (has(CAP_BPF) || has(CAP_SYS_ADMIN))
+}
+
+fn effective_caps() -> Option<u64> {
+    let status = fs::read_to_string("/proc/thread-self/status").ok()?;
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
+}

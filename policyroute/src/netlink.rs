@@ -1,0 +1,531 @@
+//! Ip rules, routes, links and addresses through rtnetlink (never through `ip`).
+//!
+//! Every rule and route policyroute installs carries the routing protocol
+//! [`RTPROT_POLICYROUTE`], so [`Netlink::rules`] and [`Netlink::routes`] find exactly its own
+//! objects and reconciliation never touches anyone else's. What they return parses back into
+//! the same [`IpRule`] / [`IpRoute`] that created it, so comparing desired and installed state
+//! is plain equality.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use futures::{Stream, TryStreamExt};
+use ipnet::IpNet;
+use netlink_packet_route::{
+    address::{AddressAttribute, AddressMessage},
+    link::{LinkAttribute, LinkMessage},
+    route::{
+        RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol,
+        RouteScope, RouteType, RouteVia,
+    },
+    rule::{RuleAction, RuleAttribute, RuleMessage},
+    AddressFamily,
+};
+use rtnetlink::{Handle, IpVersion};
+
+pub use crate::rule::Family;
+
+/// Routing protocol number tagging every rule and route policyroute installs (rtm_protocol /
+/// FRA_PROTOCOL), so it finds exactly its own objects later and never touches anyone else's.
+pub const RTPROT_POLICYROUTE: u8 = 211;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("opening a netlink socket: {0}")]
+    Socket(std::io::Error),
+    #[error("a netlink connection needs a running tokio runtime")]
+    NoRuntime,
+    /// EEXIST: the object is already installed (idempotent callers may ignore it).
+    #[error("{what}: already exists")]
+    Exists { what: String },
+    /// ENOENT / ESRCH: nothing matched (idempotent callers may ignore it on delete).
+    #[error("{what}: no such object")]
+    NotFound { what: String },
+    /// Any other errno from the kernel (`source.raw_os_error()` has it).
+    #[error("{what}: {source}")]
+    Kernel {
+        what: String,
+        source: std::io::Error,
+    },
+    /// The conversation itself failed (unexpected or undecodable message).
+    #[error("{what}: {source}")]
+    Protocol {
+        what: String,
+        source: rtnetlink::Error,
+    },
+    #[error("{what}: the kernel sent no answer")]
+    NoAnswer { what: String },
+}
+
+/// A network interface.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+}
+
+/// An ip rule as policyroute uses them (action `lookup TABLE`). Equality is what
+/// reconciliation compares.
+///
+/// The kernel cannot tell some values from "absent", so write them as absent to read them
+/// back equal: `fwmark` with mask 0 (matches everything) and `src` of length 0 (`from all`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct IpRule {
+    pub family: Family,
+    pub priority: u32,
+    pub table: u32,
+    /// `fwmark VALUE/MASK`
+    pub fwmark: Option<(u32, u32)>,
+    /// `suppress_prefixlength N` (used as `lookup main suppress_prefixlength 0`)
+    pub suppress_prefixlen: Option<u32>,
+    /// `from PREFIX`
+    pub src: Option<IpNet>,
+}
+
+/// A unicast route. `dst` must have its host bits clear (the kernel refuses or masks them).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct IpRoute {
+    pub family: Family,
+    pub table: u32,
+    /// `0.0.0.0/0` or `::/0` for default.
+    pub dst: IpNet,
+    /// `None`: device-only route (point-to-point links). An IPv6 gateway on an IPv4 route is
+    /// sent as RTA_VIA.
+    pub gateway: Option<IpAddr>,
+    /// Output interface index.
+    pub oif: u32,
+}
+
+/// What `ip route get DST [from SRC] [iif DEV] mark MARK [ipproto P sport S dport D]` asks.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RouteQuery {
+    pub dst: IpAddr,
+    pub src: Option<IpAddr>,
+    /// Pretend the packet arrived on this interface (IPv4 then needs forwarding and `src`).
+    pub iif: Option<u32>,
+    pub mark: u32,
+    pub proto: Option<u8>,
+    pub sport: Option<u16>,
+    pub dport: Option<u16>,
+}
+
+impl RouteQuery {
+    /// A locally originated packet to `dst` carrying `mark`.
+    pub fn new(dst: IpAddr, mark: u32) -> Self {
+        Self {
+            dst,
+            src: None,
+            iif: None,
+            mark,
+            proto: None,
+            sport: None,
+            dport: None,
+        }
+    }
+}
+
+/// The kernel's routing decision for a [`RouteQuery`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct RouteAnswer {
+    pub table: u32,
+    pub gateway: Option<IpAddr>,
+    pub oif: Option<u32>,
+    pub prefsrc: Option<IpAddr>,
+}
+
+/// A connection to rtnetlink in one network namespace.
+#[derive(Clone, Debug)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    /// Opens a netlink connection in the *calling thread's current network namespace* (the
+    /// socket binds to it for good) and spawns the connection task on the current tokio
+    /// runtime.
+    pub fn new() -> Result<Self, NetlinkError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| NetlinkError::NoRuntime)?;
+        let (connection, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Socket)?;
+        runtime.spawn(connection);
+        Ok(Self { handle })
+    }
+
+    /// The index of the link called `name`, `None` if there is none.
+    pub async fn link_index(&self, name: &str) -> Result<Option<u32>, NetlinkError> {
+        let request = self.handle.link().get().match_name(name).execute();
+        match collect(request, || format!("link {name}")).await {
+            Ok(links) => Ok(links.first().map(|l| l.header.index)),
+            // RTM_GETLINK by name answers ENODEV for a missing link.
+            Err(NetlinkError::Kernel { source, .. })
+                if source.raw_os_error() == Some(libc::ENODEV) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn links(&self) -> Result<Vec<Link>, NetlinkError> {
+        let links = collect(self.handle.link().get().execute(), || "dump links".into()).await?;
+        Ok(links.iter().filter_map(parse_link).collect())
+    }
+
+    /// All ip rules (IPv4 and IPv6) whose FRA_PROTOCOL is `proto` and whose shape an
+    /// [`IpRule`] can hold; policyroute installs no other shape.
+    pub async fn rules(&self, proto: u8) -> Result<Vec<IpRule>, NetlinkError> {
+        let mut rules = Vec::new();
+        for version in [IpVersion::V4, IpVersion::V6] {
+            let dump = self.handle.rule().get(version).execute();
+            let messages = collect(dump, || "dump rules".into()).await?;
+            let owned = messages.iter().filter(|m| rule_protocol(m) == Some(proto));
+            rules.extend(owned.filter_map(parse_rule));
+        }
+        Ok(rules)
+    }
+
+    /// Adds `rule` tagged with `proto`; [`NetlinkError::Exists`] if it is already there.
+    pub async fn add_rule(&self, rule: &IpRule, proto: u8) -> Result<(), NetlinkError> {
+        let mut request = self.handle.rule().add();
+        *request.message_mut() = rule_message(rule, proto);
+        let what = || format!("add {rule:?}");
+        request.execute().await.map_err(|e| error(what(), e))
+    }
+
+    /// Deletes exactly `rule` tagged with `proto`; [`NetlinkError::NotFound`] if absent.
+    pub async fn del_rule(&self, rule: &IpRule, proto: u8) -> Result<(), NetlinkError> {
+        let request = self.handle.rule().del(rule_message(rule, proto));
+        let what = || format!("delete {rule:?}");
+        request.execute().await.map_err(|e| error(what(), e))
+    }
+
+    /// All unicast routes (IPv4 and IPv6, all tables) whose rtm_protocol is `proto`; cached
+    /// clones and multipath routes are left out.
+    pub async fn routes(&self, proto: u8) -> Result<Vec<IpRoute>, NetlinkError> {
+        let mut routes = Vec::new();
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            // Without strict checking the kernel ignores every filter but the family: this
+            // dumps all tables, and the protocol is filtered here.
+            let mut query = RouteMessage::default();
+            query.header.address_family = family;
+            let dump = self.handle.route().get(query).execute();
+            let messages = collect(dump, || "dump routes".into()).await?;
+            let owned = messages
+                .iter()
+                .filter(|m| u8::from(m.header.protocol) == proto);
+            routes.extend(owned.filter_map(parse_route));
+        }
+        Ok(routes)
+    }
+
+    /// Adds `route` tagged with `proto`; [`NetlinkError::Exists`] if the table already has a
+    /// route to `dst` (also with another gateway: no silent multipath).
+    pub async fn add_route(&self, route: &IpRoute, proto: u8) -> Result<(), NetlinkError> {
+        let request = self.handle.route().add(route_message(route, proto));
+        let what = || format!("add {route:?}");
+        request.execute().await.map_err(|e| error(what(), e))
+    }
+
+    /// Deletes exactly `route` tagged with `proto`; [`NetlinkError::NotFound`] if absent.
+    pub async fn del_route(&self, route: &IpRoute, proto: u8) -> Result<(), NetlinkError> {
+        let request = self.handle.route().del(route_message(route, proto));
+        let what = || format!("delete {route:?}");
+        request.execute().await.map_err(|e| error(what(), e))
+    }
+
+    /// RTM_GETROUTE as `ip route get` does it: the table, gateway, output device and preferred
+    /// source the kernel chose for a packet like `q`.
+    pub async fn route_get(&self, q: &RouteQuery) -> Result<RouteAnswer, NetlinkError> {
+        let what = || format!("route get {q:?}");
+        let answers = collect(self.handle.route().get(query_message(q)).execute(), what).await?;
+        let answer = answers
+            .first()
+            .ok_or_else(|| NetlinkError::NoAnswer { what: what() })?;
+        Ok(parse_answer(answer))
+    }
+
+    /// Addresses configured on link `index`, with their prefix length (host bits kept).
+    pub async fn addresses(&self, index: u32) -> Result<Vec<IpNet>, NetlinkError> {
+        let dump = self.handle.address().get().set_link_index_filter(index);
+        let messages = collect(dump.execute(), || format!("addresses of link {index}")).await?;
+        Ok(messages.iter().filter_map(parse_address).collect())
+    }
+}
+
+/// Drains a response stream, naming the request in the error.
+async fn collect<T>(
+    stream: impl Stream<Item = Result<T, rtnetlink::Error>>,
+    what: impl Fn() -> String,
+) -> Result<Vec<T>, NetlinkError> {
+    stream.try_collect().await.map_err(|e| error(what(), e))
+}
+
+/// Sorts kernel errors into what callers act on: exists, not found, anything else.
+fn error(what: String, e: rtnetlink::Error) -> NetlinkError {
+    let rtnetlink::Error::NetlinkError(message) = e else {
+        return NetlinkError::Protocol { what, source: e };
+    };
+    match message.raw_code().abs() {
+        libc::EEXIST => NetlinkError::Exists { what },
+        // Rules answer ENOENT, routes ESRCH.
+        libc::ENOENT | libc::ESRCH => NetlinkError::NotFound { what },
+        _ => NetlinkError::Kernel {
+            what,
+            source: message.to_io(),
+        },
+    }
+}
+
+fn address_family(family: Family) -> AddressFamily {
+    match family {
+        Family::V4 => AddressFamily::Inet,
+        Family::V6 => AddressFamily::Inet6,
+    }
+}
+
+fn family_of(family: AddressFamily) -> Option<Family> {
+    match family {
+        AddressFamily::Inet => Some(Family::V4),
+        AddressFamily::Inet6 => Some(Family::V6),
+        _ => None,
+    }
+}
+
+/// The header's table field is a u8: larger ids go only in FRA_TABLE / RTA_TABLE, which the
+/// kernel prefers anyway, with the header left unspecified (as iproute2 does).
+fn header_table(table: u32) -> u8 {
+    u8::try_from(table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC)
+}
+
+fn parse_link(link: &LinkMessage) -> Option<Link> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(name) => Some(Link {
+            index: link.header.index,
+            name: name.clone(),
+        }),
+        _ => None,
+    })
+}
+
+fn parse_address(message: &AddressMessage) -> Option<IpNet> {
+    // IFA_LOCAL is the local end on point-to-point links, where IFA_ADDRESS is the peer;
+    // IPv6 usually sends IFA_ADDRESS only.
+    let find = |local: bool| {
+        message.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Local(ip) if local => Some(*ip),
+            AddressAttribute::Address(ip) if !local => Some(*ip),
+            _ => None,
+        })
+    };
+    let ip = find(true).or_else(|| find(false))?;
+    IpNet::new(ip, message.header.prefix_len).ok()
+}
+
+fn rule_message(rule: &IpRule, proto: u8) -> RuleMessage {
+    let mut message = RuleMessage::default();
+    let header = &mut message.header;
+    header.family = address_family(rule.family);
+    // The default action is Unspec, which makes lookups fail.
+    header.action = RuleAction::ToTable;
+    header.table = header_table(rule.table);
+    header.src_len = rule.src.map_or(0, |src| src.prefix_len());
+    let attributes = &mut message.attributes;
+    attributes.push(RuleAttribute::Protocol(RouteProtocol::from(proto)));
+    // Always explicit: without it the kernel picks a priority of its own.
+    attributes.push(RuleAttribute::Priority(rule.priority));
+    attributes.push(RuleAttribute::Table(rule.table));
+    if let Some((mark, mask)) = rule.fwmark {
+        attributes.push(RuleAttribute::FwMark(mark));
+        attributes.push(RuleAttribute::FwMask(mask));
+    }
+    if let Some(len) = rule.suppress_prefixlen {
+        attributes.push(RuleAttribute::SuppressPrefixLen(len));
+    }
+    if let Some(src) = rule.src {
+        attributes.push(RuleAttribute::Source(src.addr()));
+    }
+    message
+}
+
+fn rule_protocol(message: &RuleMessage) -> Option<u8> {
+    message.attributes.iter().find_map(|a| match a {
+        RuleAttribute::Protocol(p) => Some(u8::from(*p)),
+        _ => None,
+    })
+}
+
+/// The [`IpRule`] a dumped rule is, `None` if it has a condition or action an `IpRule`
+/// cannot hold (reporting it anyway would make deleting it delete something else).
+fn parse_rule(message: &RuleMessage) -> Option<IpRule> {
+    let header = &message.header;
+    let plain = header.action == RuleAction::ToTable
+        && header.flags.is_empty()
+        && header.tos == 0
+        && header.dst_len == 0;
+    if !plain {
+        return None;
+    }
+    let mut rule = IpRule {
+        family: family_of(header.family)?,
+        priority: 0, // the kernel leaves FRA_PRIORITY out for 0
+        table: header.table.into(),
+        fwmark: None,
+        suppress_prefixlen: None,
+        src: None,
+    };
+    let (mut mark, mut mask) = (None, None);
+    for attribute in &message.attributes {
+        match attribute {
+            RuleAttribute::Priority(p) => rule.priority = *p,
+            RuleAttribute::Table(t) => rule.table = *t,
+            RuleAttribute::FwMark(v) => mark = Some(*v),
+            RuleAttribute::FwMask(v) => mask = Some(*v),
+            // The kernel sends -1 for "not set".
+            RuleAttribute::SuppressPrefixLen(len) => {
+                rule.suppress_prefixlen = (*len != u32::MAX).then_some(*len)
+            }
+            RuleAttribute::SuppressIfGroup(u32::MAX) => {}
+            RuleAttribute::Source(ip) => rule.src = IpNet::new(*ip, header.src_len).ok(),
+            RuleAttribute::Protocol(_) => {}
+            _ => return None,
+        }
+    }
+    rule.fwmark = fwmark(mark, mask);
+    Some(rule)
+}
+
+/// The kernel sends FRA_FWMARK only when the value is non-zero and FRA_FWMASK whenever a
+/// mark is set, so `fwmark 0/0xff` comes back as a mask alone.
+fn fwmark(mark: Option<u32>, mask: Option<u32>) -> Option<(u32, u32)> {
+    match (mark, mask) {
+        (None, None) => None,
+        _ => Some((mark.unwrap_or(0), mask.unwrap_or(u32::MAX))),
+    }
+}
+
+fn route_message(route: &IpRoute, proto: u8) -> RouteMessage {
+    let mut message = RouteMessage::default();
+    let header = &mut message.header;
+    header.address_family = address_family(route.family);
+    header.destination_prefix_length = route.dst.prefix_len();
+    header.table = header_table(route.table);
+    header.protocol = RouteProtocol::from(proto);
+    header.kind = RouteType::Unicast;
+    // As iproute2: a route without gateway reaches only the link. IPv4 deletes match the
+    // scope too, which this keeps the same as at creation.
+    header.scope = match route.gateway {
+        Some(_) => RouteScope::Universe,
+        None => RouteScope::Link,
+    };
+    let attributes = &mut message.attributes;
+    attributes.push(RouteAttribute::Table(route.table));
+    if route.dst.prefix_len() > 0 {
+        attributes.push(RouteAttribute::Destination(route.dst.addr().into()));
+    }
+    match route.gateway {
+        Some(gw) if Family::of(&gw) == route.family => {
+            attributes.push(RouteAttribute::Gateway(gw.into()))
+        }
+        Some(gw) => attributes.push(RouteAttribute::Via(RouteVia::from(gw))),
+        None => {}
+    }
+    attributes.push(RouteAttribute::Oif(route.oif));
+    message
+}
+
+/// The [`IpRoute`] a dumped route is, `None` for cached clones, non-unicast routes and
+/// multipath routes (no single RTA_OIF).
+fn parse_route(message: &RouteMessage) -> Option<IpRoute> {
+    let header = &message.header;
+    if header.kind != RouteType::Unicast || header.flags.contains(RouteFlags::Cloned) {
+        return None;
+    }
+    let family = family_of(header.address_family)?;
+    let (mut dst, mut gateway, mut oif) = (None, None, None);
+    let mut table = u32::from(header.table);
+    for attribute in &message.attributes {
+        match attribute {
+            RouteAttribute::Destination(a) => dst = Some(route_ip(a)?),
+            RouteAttribute::Gateway(a) => gateway = Some(route_ip(a)?),
+            RouteAttribute::Via(v) => gateway = Some(via_ip(v)?),
+            RouteAttribute::Oif(index) => oif = Some(*index),
+            RouteAttribute::Table(t) => table = *t,
+            _ => {}
+        }
+    }
+    let dst = dst.unwrap_or_else(|| unspecified(family));
+    Some(IpRoute {
+        family,
+        table,
+        dst: IpNet::new(dst, header.destination_prefix_length).ok()?,
+        gateway,
+        oif: oif?,
+    })
+}
+
+fn unspecified(family: Family) -> IpAddr {
+    match family {
+        Family::V4 => Ipv4Addr::UNSPECIFIED.into(),
+        Family::V6 => Ipv6Addr::UNSPECIFIED.into(),
+    }
+}
+
+fn route_ip(address: &RouteAddress) -> Option<IpAddr> {
+    match address {
+        RouteAddress::Inet(ip) => Some((*ip).into()),
+        RouteAddress::Inet6(ip) => Some((*ip).into()),
+        _ => None,
+    }
+}
+
+fn via_ip(via: &RouteVia) -> Option<IpAddr> {
+    match via {
+        RouteVia::Inet(ip) => Some((*ip).into()),
+        RouteVia::Inet6(ip) => Some((*ip).into()),
+        _ => None,
+    }
+}
+
+fn full_length(ip: &IpAddr) -> u8 {
+    match ip {
+        IpAddr::V4(_) => 32,
+        IpAddr::V6(_) => 128,
+    }
+}
+
+fn query_message(q: &RouteQuery) -> RouteMessage {
+    let mut message = RouteMessage::default();
+    let header = &mut message.header;
+    header.address_family = address_family(Family::of(&q.dst));
+    header.destination_prefix_length = full_length(&q.dst);
+    header.source_prefix_length = q.src.as_ref().map_or(0, full_length);
+    // Report the id of the table that matched, not that of the cached route.
+    header.flags = RouteFlags::LookupTable;
+    let attributes = &mut message.attributes;
+    attributes.push(RouteAttribute::Destination(q.dst.into()));
+    attributes.extend(q.src.map(|ip| RouteAttribute::Source(ip.into())));
+    attributes.extend(q.iif.map(RouteAttribute::Iif));
+    attributes.push(RouteAttribute::Mark(q.mark));
+    // RTA_IP_PROTO / RTA_SPORT / RTA_DPORT need kernel >= 4.17.
+    attributes.extend(q.proto.map(RouteAttribute::IpProto));
+    attributes.extend(q.sport.map(RouteAttribute::Sport));
+    attributes.extend(q.dport.map(RouteAttribute::Dport));
+    message
+}
+
+fn parse_answer(message: &RouteMessage) -> RouteAnswer {
+    let mut answer = RouteAnswer {
+        table: message.header.table.into(),
+        gateway: None,
+        oif: None,
+        prefsrc: None,
+    };
+    for attribute in &message.attributes {
+        match attribute {
+            RouteAttribute::Table(t) => answer.table = *t,
+            RouteAttribute::Gateway(a) => answer.gateway = route_ip(a),
+            RouteAttribute::Via(v) => answer.gateway = via_ip(v),
+            RouteAttribute::Oif(index) => answer.oif = Some(*index),
+            RouteAttribute::PrefSource(a) => answer.prefsrc = route_ip(a),
+            _ => {}
+        }
+    }
+    answer
+}
