@@ -91,18 +91,29 @@ struct Current {
 }
 
 async fn current(nl: &Netlink) -> Result<Current, ControlError> {
-    let links: Vec<(u32, String)> = nl.links().await?.into_iter().map(|l| (l.index, l.name)).collect();
+    let links: Vec<(u32, String)> = nl
+        .links()
+        .await?
+        .into_iter()
+        .map(|l| (l.index, l.name))
+        .collect();
     let attached = attach::find(&links)?;
     let mut uses: std::collections::BTreeMap<u32, usize> = Default::default();
     for a in &attached {
         *uses.entry(a.program.id()).or_default() += 1;
     }
-    let keep = uses.iter().max_by_key(|(id, n)| (**n, **id)).map(|(id, _)| *id);
+    let keep = uses
+        .iter()
+        .max_by_key(|(id, n)| (**n, **id))
+        .map(|(id, _)| *id);
     let dataplane = match keep.and_then(|id| attached.iter().find(|a| a.program.id() == id)) {
         Some(a) => Some(Dataplane::open(&a.program)?),
         None => None,
     };
-    Ok(Current { attached, dataplane })
+    Ok(Current {
+        attached,
+        dataplane,
+    })
 }
 
 /// Test hook: `POLICYROUTE_CRASH_AFTER=<step>` aborts right after that step of an apply,
@@ -118,7 +129,8 @@ fn crash_point(step: &str) {
 /// from pins.
 fn pin(dp: &Dataplane, opts: &Options) -> Result<(), ControlError> {
     let dir = opts.pin_dir()?;
-    namespace::ensure_bpffs(&dir).map_err(ControlError::io(format!("bpffs at {}", dir.display())))?;
+    namespace::ensure_bpffs(&dir)
+        .map_err(ControlError::io(format!("bpffs at {}", dir.display())))?;
     let replace = |name: &str| {
         let path = dir.join(name);
         let _ = std::fs::remove_file(&path);
@@ -130,8 +142,10 @@ fn pin(dp: &Dataplane, opts: &Options) -> Result<(), ControlError> {
         let map = aya::maps::MapData::from_id(id).map_err(DataplaneError::from)?;
         let info = map.info().map_err(DataplaneError::from)?;
         let name = info.name_as_str().unwrap_or("map").to_string();
-        map.pin(replace(&name))
-            .map_err(|e| ControlError::Io { what: format!("pinning map {name}"), source: std::io::Error::other(e) })?;
+        map.pin(replace(&name)).map_err(|e| ControlError::Io {
+            what: format!("pinning map {name}"),
+            source: std::io::Error::other(e),
+        })?;
     }
     Ok(())
 }
@@ -143,8 +157,11 @@ fn unpin(opts: &Options) -> Result<bool, ControlError> {
         return Ok(false);
     }
     for entry in std::fs::read_dir(&dir).map_err(ControlError::io("reading the pin directory"))? {
-        let path = entry.map_err(ControlError::io("reading the pin directory"))?.path();
-        std::fs::remove_file(&path).map_err(ControlError::io(format!("unpinning {}", path.display())))?;
+        let path = entry
+            .map_err(ControlError::io("reading the pin directory"))?
+            .path();
+        std::fs::remove_file(&path)
+            .map_err(ControlError::io(format!("unpinning {}", path.display())))?;
     }
     std::fs::remove_dir(&dir).map_err(ControlError::io("removing the pin directory"))?;
     Ok(true)

@@ -71,7 +71,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .context("starting the runtime")?;
     rt.block_on(async {
         match cli.command {
-            Command::Apply { config, dry_run, json } => {
+            Command::Apply {
+                config,
+                dry_run,
+                json,
+            } => {
                 let report = apply::apply(&config, &opts, dry_run).await?;
                 print(json, &report, || apply_text(&report))
             }
@@ -95,7 +99,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     })
 }
 
-fn print<T: serde::Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) -> anyhow::Result<()> {
+fn print<T: serde::Serialize>(
+    json: bool,
+    value: &T,
+    text: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(value)?);
     } else {
@@ -116,7 +124,11 @@ fn apply_text(r: &apply::Report) -> String {
     }
     let e = &r.entries;
     if e.inserted + e.updated + e.removed > 0 {
-        let _ = writeln!(o, "{verb} write classifier entries: +{} ~{} -{}", e.inserted, e.updated, e.removed);
+        let _ = writeln!(
+            o,
+            "{verb} write classifier entries: +{} ~{} -{}",
+            e.inserted, e.updated, e.removed
+        );
     }
     for dev in &r.attach {
         let _ = writeln!(o, "{verb} attach at tcx ingress of {dev}");

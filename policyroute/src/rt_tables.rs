@@ -11,7 +11,12 @@ const USR_DIRS: [&str; 2] = ["/usr/lib/iproute2", "/usr/share/iproute2"];
 /// The names iproute2 knows without any file (`unspec` comes from the shipped file, but
 /// every distribution has it, and a policy must not be able to pick table 0 by a name
 /// that happens to be missing).
-const BUILTIN: [(u32, &str); 4] = [(0, "unspec"), (253, "default"), (254, "main"), (255, "local")];
+const BUILTIN: [(u32, &str); 4] = [
+    (0, "unspec"),
+    (253, "default"),
+    (254, "main"),
+    (255, "local"),
+];
 
 /// A two-way map between routing table ids and names. When a name or an id is defined
 /// twice, the later definition wins.
@@ -206,7 +211,11 @@ not-a-number bogus
         fs::write(etc.join("rt_tables.d/b.conf"), "14 admin_b\n").unwrap();
 
         let t = RtTables::from_dirs(&etc, &[&usr]);
-        assert_eq!(t.id("vendor_main"), Some(10), "no etc/rt_tables: vendor's is read");
+        assert_eq!(
+            t.id("vendor_main"),
+            Some(10),
+            "no etc/rt_tables: vendor's is read"
+        );
         assert_eq!(t.id("vendor_a"), Some(11));
         assert_eq!(t.id("vendor_b"), None, "etc/rt_tables.d/b.conf replaces it");
         assert_eq!(t.id("not_conf"), None);
@@ -215,13 +224,20 @@ not-a-number bogus
         fs::write(etc.join("rt_tables"), "20 admin_main\n").unwrap();
         let t = RtTables::from_dirs(&etc, &[&usr]);
         assert_eq!(t.id("admin_main"), Some(20));
-        assert_eq!(t.id("vendor_main"), None, "etc/rt_tables replaces the vendor's");
+        assert_eq!(
+            t.id("vendor_main"),
+            None,
+            "etc/rt_tables replaces the vendor's"
+        );
         fs::remove_dir_all(root).unwrap();
     }
 
     #[test]
     fn missing_directories_give_the_builtins() {
         let nowhere = Path::new("/nonexistent/policyroute");
-        assert_eq!(RtTables::from_dirs(nowhere, &[nowhere]), RtTables::builtin());
+        assert_eq!(
+            RtTables::from_dirs(nowhere, &[nowhere]),
+            RtTables::builtin()
+        );
     }
 }

@@ -1,5 +1,8 @@
 //! Helpers shared by the integration tests.
 pub mod classifier;
+pub mod cli;
+pub mod files;
 pub mod netns;
 pub mod random;
 pub mod rules;
+pub mod topology;

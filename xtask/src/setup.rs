@@ -17,7 +17,11 @@ use crate::cmd::{output, run};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages (binary, package) the tests and benchmarks call.
-const PACKAGES: &[(&str, &str)] = &[("ip", "iproute2")];
+const PACKAGES: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("bpftool", "bpftool"),
+    ("setpriv", "util-linux"),
+];
 
 pub fn ensure() -> anyhow::Result<()> {
     nightly_rust_src()?;

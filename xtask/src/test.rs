@@ -33,9 +33,16 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         "-D",
         "warnings",
     ])?;
-    let mut test_args = vec!["test", "--workspace", "--"];
-    test_args.extend(args.iter().map(String::as_str));
-    cargo(&test_args)
+    // Integration tests run the CLI as operators do (`ip netns exec NS policyroute ...`).
+    cargo(&["build", "--package", "policyroute", "--bin", "policyroute"])?;
+    let bin = root().join("target/debug/policyroute");
+    cmd::run(
+        Command::new(env!("CARGO"))
+            .args(["test", "--workspace", "--"])
+            .args(args)
+            .env("POLICYROUTE_BIN", bin)
+            .current_dir(root()),
+    )
 }
 
 fn rust_files(dir: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {

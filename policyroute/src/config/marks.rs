@@ -14,10 +14,14 @@ pub(super) fn assign(
     rules: &[RuleDraft],
     mask: u32,
 ) -> Vec<u32> {
-    let explicit = gateways.iter().filter_map(|g| g.mark.as_ref().map(|(m, _)| *m));
+    let explicit = gateways
+        .iter()
+        .filter_map(|g| g.mark.as_ref().map(|(m, _)| *m));
     // A rule's raw mark belongs to whatever consumes it; a gateway sharing it would
     // route that rule's traffic through the gateway's table.
-    let taken: BTreeSet<u32> = explicit.chain(rules.iter().filter_map(RuleDraft::raw_mark)).collect();
+    let taken: BTreeSet<u32> = explicit
+        .chain(rules.iter().filter_map(RuleDraft::raw_mark))
+        .collect();
     let mut free = derived(mask).filter(|m| !taken.contains(m));
     gateways
         .iter()
@@ -76,7 +80,10 @@ mod tests {
             let marks: Vec<u32> = derived(mask).collect();
             assert_eq!(marks.len(), (1usize << mask.count_ones()) - 1, "{mask:#x}");
             assert!(marks.iter().all(|&m| m != 0 && m & !mask == 0));
-            assert!(marks.windows(2).all(|w| w[0] < w[1]), "ascending, so unique");
+            assert!(
+                marks.windows(2).all(|w| w[0] < w[1]),
+                "ascending, so unique"
+            );
         }
     }
 }

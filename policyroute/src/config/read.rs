@@ -70,7 +70,11 @@ pub(super) fn policy(text: &str, file: &str, tables: &RtTables) -> Result<Policy
             gateway_dev: gateways.iter().map(|g| g.dev_line).collect(),
             ingress: ingress_lines,
         },
-        gateways: gateways.into_iter().zip(marks).map(finish_gateway).collect(),
+        gateways: gateways
+            .into_iter()
+            .zip(marks)
+            .map(finish_gateway)
+            .collect(),
         rules: rules.into_iter().map(RuleDraft::finish).collect(),
         attach,
     };
@@ -83,7 +87,11 @@ fn mark_mask(doc: &mut Doc<'_>, top: &Section<'_, '_>) -> u32 {
     };
     match doc.u32(f) {
         Some(0) => {
-            doc.error(&f.value.span(), f.key, "must be non-zero (no mark bits to set)");
+            doc.error(
+                &f.value.span(),
+                f.key,
+                "must be non-zero (no mark bits to set)",
+            );
             DEFAULT_MARK_MASK
         }
         Some(mask) => mask,
@@ -100,9 +108,13 @@ fn rule_priority(doc: &mut Doc<'_>, top: &Section<'_, '_>, gateways: usize) -> u
     let Some(prio) = doc.u32(f) else {
         return DEFAULT_RULE_PRIORITY;
     };
-    let highest = u64::from(MAIN_RULE_PRIORITY) - 1 - 1 - gateways as u64;
+    let highest = u64::from(MAIN_RULE_PRIORITY - 2).saturating_sub(gateways as u64);
     if prio == 0 {
-        doc.error(&f.value.span(), f.key, "priority 0 is the local table's rule; use 1 or more");
+        doc.error(
+            &f.value.span(),
+            f.key,
+            "priority 0 is the local table's rule; use 1 or more",
+        );
     } else if u64::from(prio) > highest {
         let msg = format!(
             "{prio} leaves no room for {gateways} gateway rules before main's rule at \
@@ -130,7 +142,12 @@ fn array_of_tables<'a, 'i>(
     items
         .iter()
         .enumerate()
-        .filter_map(|(i, v)| Some((i + 1, doc.section(&format!("{name}[{}]", i + 1), v, allowed)?)))
+        .filter_map(|(i, v)| {
+            Some((
+                i + 1,
+                doc.section(&format!("{name}[{}]", i + 1), v, allowed)?,
+            ))
+        })
         .collect()
 }
 
@@ -187,9 +204,13 @@ pub(super) fn non_empty(doc: &mut Doc<'_>, f: Field<'_, '_>) -> Option<String> {
 /// A name the kernel could accept for a device (its `dev_valid_name`).
 fn ifname(doc: &mut Doc<'_>, f: Field<'_, '_>) -> Option<String> {
     let name = non_empty(doc, f)?;
-    let bad = name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace());
+    let bad = name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace());
     let problem = if name.len() > IFNAME_MAX {
-        Some(format!("device name {name:?} is longer than {IFNAME_MAX} bytes"))
+        Some(format!(
+            "device name {name:?} is longer than {IFNAME_MAX} bytes"
+        ))
     } else if bad || name == "." || name == ".." {
         Some(format!("{name:?} is not a valid device name"))
     } else {
@@ -220,7 +241,13 @@ fn via(doc: &mut Doc<'_>, f: Field<'_, '_>) -> Vec<IpAddr> {
             Err(_) => doc.error(&span, key, format!("invalid IP address {text:?}")),
             Ok(addr) if out.iter().any(|a| Family::of(a) == Family::of(&addr)) => {
                 let family = if addr.is_ipv4() { "IPv4" } else { "IPv6" };
-                doc.error(&span, key, format!("a second {family} next hop {addr}; a gateway has at most one per family"));
+                doc.error(
+                    &span,
+                    key,
+                    format!(
+                        "a second {family} next hop {addr}; a gateway has at most one per family"
+                    ),
+                );
             }
             Ok(addr) => out.push(addr),
         }
@@ -236,7 +263,11 @@ fn table(doc: &mut Doc<'_>, f: Field<'_, '_>, tables: &RtTables) -> Option<(u32,
             (Some(id), _) => (id, Some(s.to_string())),
             (None, Ok(id)) => (id, None),
             (None, Err(_)) => {
-                doc.error(&f.value.span(), f.key, format!("table name {s:?} is not defined in rt_tables"));
+                doc.error(
+                    &f.value.span(),
+                    f.key,
+                    format!("table name {s:?} is not defined in rt_tables"),
+                );
                 return None;
             }
         },
@@ -246,7 +277,11 @@ fn table(doc: &mut Doc<'_>, f: Field<'_, '_>, tables: &RtTables) -> Option<(u32,
         }
     };
     if let Some(kernel) = reserved_table(id) {
-        doc.error(&f.value.span(), f.key, format!("table {id} ({kernel}) is reserved"));
+        doc.error(
+            &f.value.span(),
+            f.key,
+            format!("table {id} ({kernel}) is reserved"),
+        );
         return None;
     }
     Some((id, name))
@@ -265,15 +300,28 @@ fn reserved_table(id: u32) -> Option<&'static str> {
 fn gateway_mark(doc: &mut Doc<'_>, f: Field<'_, '_>, mask: u32) -> Option<u32> {
     let mark = doc.u32(f)?;
     if mark == 0 {
-        doc.error(&f.value.span(), f.key, "mark 0 means unmarked; a gateway needs a non-zero mark");
+        doc.error(
+            &f.value.span(),
+            f.key,
+            "mark 0 means unmarked; a gateway needs a non-zero mark",
+        );
         return None;
     }
     inside_mask(doc, f, mark, mask)
 }
 
-pub(super) fn inside_mask(doc: &mut Doc<'_>, f: Field<'_, '_>, mark: u32, mask: u32) -> Option<u32> {
+pub(super) fn inside_mask(
+    doc: &mut Doc<'_>,
+    f: Field<'_, '_>,
+    mark: u32,
+    mask: u32,
+) -> Option<u32> {
     if mark & !mask != 0 {
-        doc.error(&f.value.span(), f.key, format!("mark {mark:#x} is outside mark_mask {mask:#x}"));
+        doc.error(
+            &f.value.span(),
+            f.key,
+            format!("mark {mark:#x} is outside mark_mask {mask:#x}"),
+        );
         return None;
     }
     Some(mark)
@@ -293,7 +341,11 @@ fn check_gateways(doc: &mut Doc<'_>, gateways: &[GatewayDraft]) {
     report_duplicates(doc, tables, "table");
     let marks = gateways.iter().filter_map(|g| {
         let (mark, span) = g.mark.as_ref()?;
-        Some((format!("{mark:#x}"), span.clone(), format!("{}.mark", g.key)))
+        Some((
+            format!("{mark:#x}"),
+            span.clone(),
+            format!("{}.mark", g.key),
+        ))
     });
     report_duplicates(doc, marks, "mark");
 }
@@ -320,17 +372,25 @@ pub(super) fn report_duplicates(
 }
 
 fn attach(doc: &mut Doc<'_>, top: &Section<'_, '_>) -> (Attach, Vec<usize>) {
-    let Some(sec) = top.get("attach").and_then(|f| doc.section(f.key, f.value, ATTACH_KEYS)) else {
+    let Some(sec) = top
+        .get("attach")
+        .and_then(|f| doc.section(f.key, f.value, ATTACH_KEYS))
+    else {
         return (Attach::default(), Vec::new());
     };
-    let items = sec.get("ingress").and_then(|f| doc.array(f)).unwrap_or_default();
+    let items = sec
+        .get("ingress")
+        .and_then(|f| doc.array(f))
+        .unwrap_or_default();
     let mut devs = Vec::new();
     for (key, value) in &items {
         if let Some(dev) = ifname(doc, Field { key, value }) {
             devs.push((dev, value.span(), key.as_str()));
         }
     }
-    let dup = devs.iter().map(|(d, s, k)| (format!("{d:?}"), s.clone(), k.to_string()));
+    let dup = devs
+        .iter()
+        .map(|(d, s, k)| (format!("{d:?}"), s.clone(), k.to_string()));
     report_duplicates(doc, dup, "device");
     let lines = devs.iter().map(|(_, s, _)| doc.line(s)).collect();
     let ingress = devs.into_iter().map(|(d, _, _)| d).collect();

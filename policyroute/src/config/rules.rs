@@ -59,7 +59,12 @@ impl RuleDraft {
 }
 
 /// Rule `n` (1-based): its default name is `rule-n`.
-pub(super) fn rule(doc: &mut Doc<'_>, sec: &Section<'_, '_>, n: usize, mark_mask: u32) -> RuleDraft {
+pub(super) fn rule(
+    doc: &mut Doc<'_>,
+    sec: &Section<'_, '_>,
+    n: usize,
+    mark_mask: u32,
+) -> RuleDraft {
     let (name, name_span) = match sec.get("name") {
         Some(f) => (non_empty(doc, f).unwrap_or_default(), f.value.span()),
         None => (format!("rule-{n}"), sec.span.clone()),
@@ -83,7 +88,9 @@ fn matcher(doc: &mut Doc<'_>, sec: &Section<'_, '_>) -> Match {
         dst: sec.get("dst").and_then(|f| prefix(doc, f)),
         sport: sec.get("sport").and_then(|f| ports(doc, f)),
         dport: sec.get("dport").and_then(|f| ports(doc, f)),
-        dscp: sec.get("dscp").and_then(|f| doc.int(f, 0..=63).map(|d| d as u8)),
+        dscp: sec
+            .get("dscp")
+            .and_then(|f| doc.int(f, 0..=63).map(|d| d as u8)),
     };
     if doc.error_count() == errors_before {
         validate(doc, sec, &m);
@@ -118,7 +125,10 @@ fn proto(doc: &mut Doc<'_>, f: Field<'_, '_>) -> Option<u8> {
     let found = known.or_else(|| lower.parse().ok());
     if found.is_none() {
         let names: Vec<&str> = PROTOCOLS.iter().map(|(n, _)| *n).collect();
-        let msg = format!("unknown protocol {name:?} (known: {}, or a number 0-255)", names.join(", "));
+        let msg = format!(
+            "unknown protocol {name:?} (known: {}, or a number 0-255)",
+            names.join(", ")
+        );
         doc.error(&f.value.span(), f.key, msg);
     }
     found
@@ -143,7 +153,11 @@ fn ports(doc: &mut Doc<'_>, f: Field<'_, '_>) -> Option<PortSet> {
         _ => vec![(f.key.to_owned(), f.value)],
     };
     if items.is_empty() {
-        doc.error(&f.value.span(), f.key, "empty port list (omit the key to match any port)");
+        doc.error(
+            &f.value.span(),
+            f.key,
+            "empty port list (omit the key to match any port)",
+        );
         return None;
     }
     let ranges: Vec<Option<PortRange>> = items
@@ -180,10 +194,18 @@ fn parse_range(text: &str) -> Result<PortRange, String> {
 }
 
 /// Exactly one of `gateway = NAME` and `mark = N` (inside the mask).
-fn target(doc: &mut Doc<'_>, sec: &Section<'_, '_>, mark_mask: u32) -> Option<(Target, Range<usize>)> {
+fn target(
+    doc: &mut Doc<'_>,
+    sec: &Section<'_, '_>,
+    mark_mask: u32,
+) -> Option<(Target, Range<usize>)> {
     match (sec.get("gateway"), sec.get("mark")) {
         (Some(_), Some(m)) => {
-            doc.error(&m.value.span(), m.key, "a rule has either gateway or mark, not both");
+            doc.error(
+                &m.value.span(),
+                m.key,
+                "a rule has either gateway or mark, not both",
+            );
             None
         }
         (None, None) => {
@@ -202,17 +224,30 @@ fn target(doc: &mut Doc<'_>, sec: &Section<'_, '_>, mark_mask: u32) -> Option<(T
 
 /// Rule names are unique; gateways that rules name exist.
 pub(super) fn check(doc: &mut Doc<'_>, rules: &[RuleDraft], gateways: &[GatewayDraft]) {
-    let names = rules
-        .iter()
-        .map(|r| (format!("{:?}", r.name), r.name_span.clone(), format!("{}.name", r.key)));
+    let names = rules.iter().map(|r| {
+        (
+            format!("{:?}", r.name),
+            r.name_span.clone(),
+            format!("{}.name", r.key),
+        )
+    });
     report_duplicates(doc, names.filter(|(n, _, _)| n != "\"\""), "rule name");
-    let known: Vec<&str> = gateways.iter().filter_map(|g| Some(g.name.as_ref()?.0.as_str())).collect();
+    let mut known: Vec<&str> = gateways
+        .iter()
+        .filter_map(|g| Some(g.name.as_ref()?.0.as_str()))
+        .collect();
+    known.sort_unstable();
+    known.dedup();
     for rule in rules {
         let Some((Target::Gateway(name), span)) = &rule.target else {
             continue;
         };
         if !known.contains(&name.as_str()) {
-            let defined = if known.is_empty() { "none".to_owned() } else { known.join(", ") };
+            let defined = if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            };
             let msg = format!("unknown gateway {name:?} (defined: {defined})");
             doc.error(span, &format!("{}.gateway", rule.key), msg);
         }

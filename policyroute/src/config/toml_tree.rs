@@ -106,7 +106,11 @@ impl<'t> Doc<'t> {
                 fields.push((name, path, value));
             } else {
                 let expected = allowed.join(", ");
-                self.error(&value.span(), &path, format_args!("unknown key (expected one of: {expected})"));
+                self.error(
+                    &value.span(),
+                    &path,
+                    format_args!("unknown key (expected one of: {expected})"),
+                );
             }
         }
         Section {
@@ -118,7 +122,11 @@ impl<'t> Doc<'t> {
 
     pub fn mismatch(&mut self, key: &str, value: &Value<'_>, expected: &str) {
         let found = value.get_ref().type_str();
-        self.error(&value.span(), key, format_args!("expected {expected}, found {found}"));
+        self.error(
+            &value.span(),
+            key,
+            format_args!("expected {expected}, found {found}"),
+        );
     }
 
     pub fn string(&mut self, f: Field<'_, '_>) -> Option<String> {
@@ -152,7 +160,11 @@ impl<'t> Doc<'t> {
             Some(n) => Some(n),
             None => {
                 let (lo, hi) = (range.start(), range.end());
-                self.error(&f.value.span(), f.key, format_args!("{i} is out of range ({lo} to {hi})"));
+                self.error(
+                    &f.value.span(),
+                    f.key,
+                    format_args!("{i} is out of range ({lo} to {hi})"),
+                );
                 None
             }
         }

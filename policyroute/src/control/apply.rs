@@ -66,8 +66,12 @@ pub async fn apply(path: &Path, opts: &Options, dry_run: bool) -> Result<Report,
     let policy = Policy::load(path, &load_tables(opts)?)?;
     let _lock = lock()?;
     let nl = Netlink::new()?;
-    let index_of: BTreeMap<String, u32> =
-        nl.links().await?.into_iter().map(|l| (l.name, l.index)).collect();
+    let index_of: BTreeMap<String, u32> = nl
+        .links()
+        .await?
+        .into_iter()
+        .map(|l| (l.name, l.index))
+        .collect();
     policy.check_devices(|d| index_of.contains_key(d))?;
     let want = plan::desired(&policy, &index_of);
     let mut cur = current(&nl).await?;
@@ -81,14 +85,24 @@ pub async fn apply(path: &Path, opts: &Options, dry_run: bool) -> Result<Report,
         Some(dp) => dp.maps.live_shapes()?,
         None => Default::default(),
     };
-    let compiled =
-        compile_with_slots(&policy.classifier_rules(), &slots, policy.mark_mask, &shapes)?;
+    let compiled = compile_with_slots(
+        &policy.classifier_rules(),
+        &slots,
+        policy.mark_mask,
+        &shapes,
+    )?;
     let reuse = reusable(&cur, &compiled)?;
     if !reuse {
         cur.dataplane = None;
     }
-    report.ip_rules = Diff::between(&nl.rules(RTPROT_POLICYROUTE).await?.into_iter().collect(), &want.rules);
-    report.routes = Diff::between(&nl.routes(RTPROT_POLICYROUTE).await?.into_iter().collect(), &want.routes);
+    report.ip_rules = Diff::between(
+        &nl.rules(RTPROT_POLICYROUTE).await?.into_iter().collect(),
+        &want.rules,
+    );
+    report.routes = Diff::between(
+        &nl.routes(RTPROT_POLICYROUTE).await?.into_iter().collect(),
+        &want.routes,
+    );
     if want.ingress.is_empty() {
         report
             .warnings
@@ -117,7 +131,9 @@ fn previous_record(cur: &Current, report: &mut Report) -> Option<Record> {
     match Record::read(&dp.maps) {
         Ok(r) => r,
         Err(e) => {
-            report.warnings.push(format!("{e}; rule counters restart at 0"));
+            report
+                .warnings
+                .push(format!("{e}; rule counters restart at 0"));
             None
         }
     }
@@ -129,14 +145,19 @@ fn reusable(cur: &Current, compiled: &Compiled) -> Result<bool, ControlError> {
         return Ok(false);
     };
     let cap = dp.maps.capacity()?;
-    Ok(compiled.counter_slots <= cap.rules as usize && compiled.entries.len() <= cap.entries as usize)
+    Ok(compiled.counter_slots <= cap.rules as usize
+        && compiled.entries.len() <= cap.entries as usize)
 }
 
 fn capacity_for(compiled: &Compiled) -> Capacity {
     let d = Capacity::default();
     Capacity {
-        entries: d.entries.max((compiled.entries.len() as u32).saturating_mul(2)),
-        rules: d.rules.max((compiled.counter_slots as u32).next_power_of_two() * 2),
+        entries: d
+            .entries
+            .max((compiled.entries.len() as u32).saturating_mul(2)),
+        rules: d
+            .rules
+            .max((compiled.counter_slots as u32).next_power_of_two() * 2),
     }
 }
 

@@ -25,7 +25,9 @@ pub async fn flush(opts: &Options) -> Result<FlushReport, ControlError> {
     let mut report = FlushReport::default();
     for a in &cur.attached {
         crate::attach::detach(a)?;
-        report.detached.push(format!("{} (program {})", a.dev, a.program.id()));
+        report
+            .detached
+            .push(format!("{} (program {})", a.dev, a.program.id()));
     }
     // Rules before routes: no moment where a rule points at an emptied table.
     for rule in nl.rules(RTPROT_POLICYROUTE).await? {

@@ -82,7 +82,9 @@ pub async fn status() -> Result<Status, ControlError> {
     if let Some(dp) = &cur.dataplane {
         match Record::read(&dp.maps) {
             Ok(Some(record)) => fill_from_record(&mut s, &record, dp)?,
-            Ok(None) => s.warnings.push("the classifier holds no policy record".into()),
+            Ok(None) => s
+                .warnings
+                .push("the classifier holds no policy record".into()),
             Err(e) => s.warnings.push(e.to_string()),
         }
     }
@@ -109,7 +111,12 @@ fn fill_from_record(
             via: g.via.clone(),
         })
         .collect();
-    let slots = record.slots.iter().map(|&x| x as usize + 1).max().unwrap_or(0);
+    let slots = record
+        .slots
+        .iter()
+        .map(|&x| x as usize + 1)
+        .max()
+        .unwrap_or(0);
     let counters = dp.maps.counters(slots)?;
     let marks = policy.classifier_rules();
     for ((rule, &slot), resolved) in policy.rules.iter().zip(&record.slots).zip(&marks) {
@@ -144,16 +151,42 @@ impl Status {
         for h in &self.hooks {
             let _ = writeln!(o, "  {:<12} {:<12} program {}", h.dev, h.hook, h.program_id);
         }
-        let _ = writeln!(o, "\ngateways:\n  {:<16} {:>10} {:>10} {:<12} via", "name", "table", "mark", "dev");
+        let _ = writeln!(
+            o,
+            "\ngateways:\n  {:<16} {:>10} {:>10} {:<12} via",
+            "name", "table", "mark", "dev"
+        );
         for g in &self.gateways {
-            let table = g.table_name.as_ref().map_or(g.table.to_string(), |n| format!("{n}({})", g.table));
+            let table = g
+                .table_name
+                .as_ref()
+                .map_or(g.table.to_string(), |n| format!("{n}({})", g.table));
             let via: Vec<String> = g.via.iter().map(ToString::to_string).collect();
-            let via = if via.is_empty() { "(device)".to_string() } else { via.join(", ") };
-            let _ = writeln!(o, "  {:<16} {:>10} {:>10} {:<12} {via}", g.name, table, format!("{:#x}", g.mark), g.dev);
+            let via = if via.is_empty() {
+                "(device)".to_string()
+            } else {
+                via.join(", ")
+            };
+            let _ = writeln!(
+                o,
+                "  {:<16} {:>10} {:>10} {:<12} {via}",
+                g.name,
+                table,
+                format!("{:#x}", g.mark),
+                g.dev
+            );
         }
-        let _ = writeln!(o, "\nrules (first match wins):\n  {:>10} {:>12}  {:<20} {:<22} match", "pkts", "bytes", "name", "target");
+        let _ = writeln!(
+            o,
+            "\nrules (first match wins):\n  {:>10} {:>12}  {:<20} {:<22} match",
+            "pkts", "bytes", "name", "target"
+        );
         for r in &self.rules {
-            let _ = writeln!(o, "  {:>10} {:>12}  {:<20} {:<22} {}", r.packets, r.bytes, r.name, r.target, r.matches);
+            let _ = writeln!(
+                o,
+                "  {:>10} {:>12}  {:<20} {:<22} {}",
+                r.packets, r.bytes, r.name, r.target, r.matches
+            );
         }
         let _ = writeln!(o, "\nip rules (protocol {RTPROT_POLICYROUTE}):");
         for r in &self.ip_rules {
@@ -178,7 +211,12 @@ fn family(f: Family) -> &'static str {
 }
 
 pub fn describe_rule(r: &IpRule) -> String {
-    let mut s = format!("{} {}: from {}", family(r.family), r.priority, r.src.map_or("all".into(), |n| n.to_string()));
+    let mut s = format!(
+        "{} {}: from {}",
+        family(r.family),
+        r.priority,
+        r.src.map_or("all".into(), |n| n.to_string())
+    );
     if let Some((v, m)) = r.fwmark {
         let _ = write!(s, " fwmark {v:#x}/{m:#x}");
     }
@@ -191,5 +229,11 @@ pub fn describe_rule(r: &IpRule) -> String {
 
 pub fn describe_route(r: &IpRoute) -> String {
     let via = r.gateway.map_or(String::new(), |g| format!(" via {g}"));
-    format!("{} table {}: {}{via} dev #{}", family(r.family), r.table, r.dst, r.oif)
+    format!(
+        "{} table {}: {}{via} dev #{}",
+        family(r.family),
+        r.table,
+        r.dst,
+        r.oif
+    )
 }

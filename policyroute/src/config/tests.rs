@@ -1,0 +1,803 @@
+use std::net::IpAddr;
+use std::path::Path;
+
+use super::*;
+use crate::ports::{PortRange, PortSet};
+
+const FILE: &str = "policy.toml";
+
+fn tables() -> RtTables {
+    RtTables::parse("100 isp2\n101 cheap\n")
+}
+
+/// Lines joined, so a test reads its line numbers off the array (index + 1).
+fn doc(lines: &[&str]) -> String {
+    lines.join("\n")
+}
+
+fn parse(text: &str) -> Result<Policy, ConfigError> {
+    Policy::parse(text, FILE, &tables())
+}
+
+/// Asserts that parsing fails with an error starting `policy.toml:LINE: KEY: ` whose
+/// message contains `message`.
+#[track_caller]
+fn assert_error(lines: &[&str], line: usize, key: &str, message: &str) {
+    let err = match parse(&doc(lines)) {
+        Ok(policy) => panic!("parsed, expected an error at {key}: {policy:#?}"),
+        Err(e) => e.to_string(),
+    };
+    let prefix = format!("{FILE}:{line}: {key}: ");
+    let found = err
+        .lines()
+        .any(|l| l.starts_with(&prefix) && l.contains(message));
+    assert!(found, "expected `{prefix}...{message}...`, got:\n{err}");
+}
+
+/// A valid gateway section, for tests about something else.
+const GATEWAY: [&str; 4] = [
+    "[[gateway]]",
+    "name = \"isp2\"",
+    "dev = \"wan2\"",
+    "table = 100",
+];
+
+fn with_gateway(rest: &[&'static str]) -> Vec<&'static str> {
+    GATEWAY.iter().chain(rest).copied().collect()
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+const EXAMPLE: &str = r#"mark_mask = 0xffffffff
+rule_priority = 10000
+main_routes_first = true
+
+[[gateway]]
+name = "isp2"
+dev = "wan2"
+via = "203.0.113.2"
+table = 100
+mark = 4
+
+[[rule]]
+name = "web-via-isp2"
+proto = "tcp"
+src = "192.168.99.0/24"
+dst = "0.0.0.0/0"
+sport = 80
+dport = [80, 443]
+dscp = 46
+gateway = "isp2"
+
+[attach]
+ingress = ["lan0"]
+"#;
+
+#[test]
+fn full_example_parses_to_the_expected_policy() {
+    let policy = parse(EXAMPLE).unwrap();
+    let expected = Policy {
+        mark_mask: 0xffff_ffff,
+        rule_priority: 10_000,
+        main_routes_first: true,
+        gateways: vec![Gateway {
+            name: "isp2".into(),
+            dev: "wan2".into(),
+            via: vec![ip("203.0.113.2")],
+            table: 100,
+            table_name: None,
+            mark: 4,
+        }],
+        rules: vec![PolicyRule {
+            name: "web-via-isp2".into(),
+            matcher: Match {
+                proto: Some(6),
+                src: Some("192.168.99.0/24".parse().unwrap()),
+                dst: Some("0.0.0.0/0".parse().unwrap()),
+                sport: Some(PortSet::single(80)),
+                dport: PortSet::new(vec![PortRange::single(80), PortRange::single(443)]),
+                dscp: Some(46),
+            },
+            target: Target::Gateway("isp2".into()),
+        }],
+        attach: Attach {
+            ingress: vec!["lan0".into()],
+        },
+        origin: Origin::default(),
+    };
+    assert_eq!(policy, expected);
+    assert_eq!(policy.origin.file, FILE);
+    assert_eq!(policy.origin.gateway_dev, vec![7]);
+    assert_eq!(policy.origin.ingress, vec![23]);
+}
+
+#[test]
+fn defaults() {
+    let policy = parse("").unwrap();
+    assert_eq!(policy.mark_mask, DEFAULT_MARK_MASK);
+    assert_eq!(policy.rule_priority, DEFAULT_RULE_PRIORITY);
+    assert!(policy.main_routes_first);
+    assert!(policy.gateways.is_empty() && policy.rules.is_empty());
+    assert!(policy.attach.ingress.is_empty());
+
+    let policy = parse(&doc(&with_gateway(&[
+        "[[rule]]",
+        "gateway = \"isp2\"",
+        "[[rule]]",
+        "mark = 7",
+        "[attach]",
+    ])))
+    .unwrap();
+    let gw = &policy.gateways[0];
+    assert!(gw.via.is_empty(), "no via: a device route");
+    assert_eq!(gw.mark, 1, "first derived mark under the full mask");
+    let names: Vec<&str> = policy.rules.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["rule-1", "rule-2"]);
+    assert_eq!(
+        policy.rules[0].matcher,
+        Match::default(),
+        "no conditions: any"
+    );
+    assert!(policy.attach.ingress.is_empty());
+}
+
+#[test]
+fn values_in_their_other_forms() {
+    let policy = parse(&doc(&[
+        "main_routes_first = false",
+        "[[gateway]]",
+        "name = \"isp2\"",
+        "dev = \"wan2\"",
+        "via = [\"2001:db8::1\", \"203.0.113.1\"]",
+        "table = \"isp2\"",
+        "[[rule]]",
+        "proto = 17",
+        "src = \"2001:db8::5\"",
+        "sport = \"1024-65535\"",
+        "dport = [\"53\", 5353, \"6000-6010\"]",
+        "gateway = \"isp2\"",
+        "[[rule]]",
+        "proto = \"ICMPv6\"",
+        "dst = \"2001:db8::/32\"",
+        "mark = 0x10",
+    ]))
+    .unwrap();
+    assert!(!policy.main_routes_first);
+    let gw = &policy.gateways[0];
+    assert_eq!(gw.via, vec![ip("2001:db8::1"), ip("203.0.113.1")]);
+    assert_eq!((gw.table, gw.table_name.as_deref()), (100, Some("isp2")));
+    let m = &policy.rules[0].matcher;
+    assert_eq!(m.src, Some("2001:db8::5/128".parse().unwrap()));
+    assert_eq!(m.sport.as_ref().unwrap().to_string(), "1024-65535");
+    assert_eq!(m.dport.as_ref().unwrap().to_string(), "53,5353,6000-6010");
+    assert_eq!(policy.rules[1].matcher.proto, Some(58));
+    assert_eq!(policy.rules[1].target, Target::Mark(0x10));
+}
+
+#[test]
+fn derived_marks_are_unique_and_inside_the_mask() {
+    let policy = parse(&doc(&[
+        "mark_mask = 0xff00",
+        "[[gateway]]",
+        "name = \"a\"",
+        "dev = \"wan1\"",
+        "table = 1",
+        "[[gateway]]",
+        "name = \"b\"",
+        "dev = \"wan2\"",
+        "table = 2",
+        "mark = 0x200",
+        "[[gateway]]",
+        "name = \"c\"",
+        "dev = \"wan3\"",
+        "table = 3",
+        "[[gateway]]",
+        "name = \"d\"",
+        "dev = \"wan4\"",
+        "table = 4",
+        "[[rule]]",
+        "mark = 0x300",
+    ]))
+    .unwrap();
+    let marks: Vec<u32> = policy.gateways.iter().map(|g| g.mark).collect();
+    // 0x200 is b's, 0x300 a rule's: the derived ones skip both.
+    assert_eq!(marks, vec![0x100, 0x200, 0x400, 0x500]);
+}
+
+#[test]
+fn derived_marks_run_out() {
+    let gw = |n: &'static str, t: &'static str| ["[[gateway]]", n, "dev = \"wan1\"", t];
+    let lines: Vec<&str> = ["mark_mask = 0x1"]
+        .into_iter()
+        .chain(gw("name = \"a\"", "table = 1"))
+        .chain(gw("name = \"b\"", "table = 2"))
+        .collect();
+    assert_error(
+        &lines,
+        6,
+        "gateway[2].mark",
+        "no free mark under mark_mask 0x1",
+    );
+}
+
+#[test]
+fn classifier_rules_resolve_targets_in_file_order() {
+    let policy = parse(&doc(&with_gateway(&[
+        "mark = 4",
+        "[[rule]]",
+        "name = \"raw\"",
+        "mark = 9",
+        "[[rule]]",
+        "name = \"via\"",
+        "proto = \"tcp\"",
+        "gateway = \"isp2\"",
+    ])))
+    .unwrap();
+    let rules = policy.classifier_rules();
+    let got: Vec<(&str, u32)> = rules.iter().map(|r| (r.name.as_str(), r.mark)).collect();
+    assert_eq!(got, [("raw", 9), ("via", 4)]);
+    assert_eq!(rules[1].matcher.proto, Some(6));
+    assert_eq!(policy.gateway("isp2").map(|g| g.table), Some(100));
+    assert!(policy.gateway("nope").is_none());
+}
+
+#[test]
+fn serde_round_trip() {
+    let policy = parse(EXAMPLE).unwrap();
+    let json = serde_json::to_string(&policy).unwrap();
+    assert_eq!(serde_json::from_str::<Policy>(&json).unwrap(), policy);
+}
+
+#[test]
+fn example_file_parses() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/two-uplinks.toml");
+    let policy = Policy::load(&path, &RtTables::builtin()).unwrap();
+    assert_eq!(policy.gateways.len(), 2);
+    assert_eq!(policy.gateway("cheap").map(|g| g.mark), Some(1));
+    assert!(policy.rules.len() >= 4);
+    assert!(policy
+        .classifier_rules()
+        .iter()
+        .all(|r| r.matcher.validate().is_ok()));
+}
+
+#[test]
+fn load_reports_a_missing_file() {
+    let err = Policy::load(Path::new("/nonexistent/policy.toml"), &tables()).unwrap_err();
+    assert!(matches!(err, ConfigError::Io { .. }), "{err}");
+    assert!(err.to_string().starts_with("/nonexistent/policy.toml: "));
+}
+
+#[test]
+fn load_labels_errors_with_the_path() {
+    let path = std::env::temp_dir().join(format!("policyroute-config-{}.toml", std::process::id()));
+    std::fs::write(&path, "\nbogus = 1\n").unwrap();
+    let err = Policy::load(&path, &tables()).unwrap_err();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(
+        err.to_string(),
+        format!("{}:2: bogus: unknown key (expected one of: mark_mask, rule_priority, main_routes_first, gateway, rule, attach)", path.display())
+    );
+}
+
+#[test]
+fn check_devices_names_the_missing_ones() {
+    let policy = parse(EXAMPLE).unwrap();
+    assert!(policy.check_devices(|_| true).is_ok());
+    let err = policy.check_devices(|d| d == "wan2").unwrap_err();
+    match &err {
+        ConfigError::Invalid {
+            file, line, key, ..
+        } => {
+            assert_eq!(
+                (file.as_str(), *line, key.as_str()),
+                (FILE, 23, "attach.ingress[1]")
+            );
+        }
+        other => panic!("{other}"),
+    }
+    let err = policy.check_devices(|_| false).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "policy.toml:7: gateway[1].dev: device wan2 does not exist\n\
+         policy.toml:23: attach.ingress[1]: device lan0 does not exist"
+    );
+}
+
+#[test]
+fn all_errors_are_reported_in_line_order() {
+    let err = parse(&doc(&[
+        "[[rule]]",
+        "dport = \"443-80\"",
+        "gateway = \"nope\"",
+        "[[gateway]]",
+        "name = \"a\"",
+        "dev = \"wan1\"",
+        "table = 254",
+    ]))
+    .unwrap_err();
+    let ConfigError::Many(all) = &err else {
+        panic!("expected several errors: {err}");
+    };
+    let lines: Vec<usize> = all
+        .iter()
+        .map(|e| match e {
+            ConfigError::Invalid { line, .. } => *line,
+            other => panic!("{other}"),
+        })
+        .collect();
+    assert_eq!(lines, [2, 3, 7]);
+    assert_eq!(err.errors().len(), 3);
+}
+
+// One test per kind of invalid input. Each asserts file, line and key.
+
+#[test]
+fn toml_syntax_errors() {
+    assert_error(
+        &["[[gateway]]", "name = \"a\"", "dev = wan2"],
+        3,
+        "gateway[1].dev",
+        "",
+    );
+    assert_error(&["[[rule]]", "dport = [80,"], 2, "rule[1].dport", "");
+    assert_error(
+        &["mark_mask = 1", "mark_mask = 2"],
+        2,
+        "mark_mask",
+        "duplicate key",
+    );
+    assert_error(&["[attach", "ingress = []"], 1, "syntax", "");
+}
+
+#[test]
+fn unknown_keys() {
+    assert_error(&["colour = \"blue\""], 1, "colour", "unknown key");
+    assert_error(
+        &with_gateway(&["metric = 5"]),
+        5,
+        "gateway[1].metric",
+        "unknown key",
+    );
+    assert_error(
+        &with_gateway(&["[[rule]]", "gateway = \"isp2\"", "port = 80"]),
+        7,
+        "rule[1].port",
+        "unknown key",
+    );
+    assert_error(
+        &["[attach]", "egress = [\"lan0\"]"],
+        2,
+        "attach.egress",
+        "unknown key",
+    );
+}
+
+#[test]
+fn wrong_types() {
+    assert_error(
+        &["mark_mask = \"0xff\""],
+        1,
+        "mark_mask",
+        "expected an integer, found string",
+    );
+    assert_error(
+        &["main_routes_first = 1"],
+        1,
+        "main_routes_first",
+        "expected true or false, found integer",
+    );
+    assert_error(
+        &["rule_priority = 1.5"],
+        1,
+        "rule_priority",
+        "expected an integer, found float",
+    );
+    assert_error(
+        &["[gateway]", "name = \"a\""],
+        1,
+        "gateway",
+        "expected an array of tables ([[gateway]])",
+    );
+    assert_error(
+        &["[[gateway]]", "name = \"a\"", "dev = 5", "table = 1"],
+        3,
+        "gateway[1].dev",
+        "expected a string, found integer",
+    );
+    assert_error(
+        &with_gateway(&["[[rule]]", "gateway = \"isp2\"", "dport = 1.5"]),
+        7,
+        "rule[1].dport",
+        "expected a port number",
+    );
+    assert_error(
+        &with_gateway(&["[[rule]]", "gateway = \"isp2\"", "sport = [80, true]"]),
+        7,
+        "rule[1].sport[2]",
+        "found boolean",
+    );
+    assert_error(
+        &["attach = 1"],
+        1,
+        "attach",
+        "expected a table, found integer",
+    );
+    assert_error(
+        &["[attach]", "ingress = \"lan0\""],
+        2,
+        "attach.ingress",
+        "expected an array, found string",
+    );
+    assert_error(
+        &["mark_mask = 0x1_0000_0000"],
+        1,
+        "mark_mask",
+        "out of range",
+    );
+    assert_error(&["rule_priority = -1"], 1, "rule_priority", "out of range");
+}
+
+#[test]
+fn missing_required_gateway_keys() {
+    assert_error(
+        &["[[gateway]]", "name = \"a\"", "table = 1"],
+        1,
+        "gateway[1].dev",
+        "missing",
+    );
+    assert_error(
+        &["[[gateway]]", "dev = \"a\"", "table = 1"],
+        1,
+        "gateway[1].name",
+        "missing",
+    );
+    assert_error(
+        &["[[gateway]]", "name = \"a\"", "dev = \"a\""],
+        1,
+        "gateway[1].table",
+        "missing",
+    );
+    assert_error(
+        &["[[gateway]]", "name = \"\"", "dev = \"a\"", "table = 1"],
+        2,
+        "gateway[1].name",
+        "must not be empty",
+    );
+}
+
+#[test]
+fn bad_device_names() {
+    assert_error(
+        &[
+            "[[gateway]]",
+            "name = \"a\"",
+            "dev = \"a-very-long-device0\"",
+            "table = 1",
+        ],
+        3,
+        "gateway[1].dev",
+        "longer than 15",
+    );
+    assert_error(
+        &["[attach]", "ingress = [\"lan0\", \"lan 1\"]"],
+        2,
+        "attach.ingress[2]",
+        "not a valid device name",
+    );
+    assert_error(
+        &["[attach]", "ingress = [\"lan0\",", "  \"lan0\"]"],
+        3,
+        "attach.ingress[2]",
+        "duplicate device \"lan0\"",
+    );
+}
+
+#[test]
+fn duplicate_gateway_names() {
+    let mut lines = with_gateway(&[]);
+    lines.extend([
+        "[[gateway]]",
+        "name = \"isp2\"",
+        "dev = \"wan3\"",
+        "table = 101",
+    ]);
+    assert_error(
+        &lines,
+        6,
+        "gateway[2].name",
+        "duplicate gateway name \"isp2\" (first at gateway[1].name, line 2)",
+    );
+}
+
+#[test]
+fn duplicate_rule_names() {
+    let lines = with_gateway(&[
+        "[[rule]]",
+        "name = \"web\"",
+        "gateway = \"isp2\"",
+        "[[rule]]",
+        "name = \"web\"",
+        "gateway = \"isp2\"",
+    ]);
+    assert_error(&lines, 9, "rule[2].name", "duplicate rule name \"web\"");
+    // A default name counts too; it is reported at the rule's header.
+    let lines = with_gateway(&[
+        "[[rule]]",
+        "name = \"rule-2\"",
+        "mark = 1",
+        "[[rule]]",
+        "mark = 1",
+    ]);
+    assert_error(&lines, 8, "rule[2].name", "duplicate rule name \"rule-2\"");
+}
+
+#[test]
+fn marks_outside_the_mask() {
+    assert_error(
+        &[
+            "mark_mask = 0xff00",
+            "[[gateway]]",
+            "name = \"a\"",
+            "dev = \"a\"",
+            "table = 1",
+            "mark = 0x10",
+        ],
+        6,
+        "gateway[1].mark",
+        "mark 0x10 is outside mark_mask 0xff00",
+    );
+    assert_error(
+        &["mark_mask = 0xff", "[[rule]]", "mark = 0x100"],
+        3,
+        "rule[1].mark",
+        "outside mark_mask 0xff",
+    );
+}
+
+#[test]
+fn mark_mask_zero() {
+    assert_error(&["", "mark_mask = 0"], 2, "mark_mask", "non-zero");
+}
+
+#[test]
+fn gateway_mark_zero() {
+    assert_error(
+        &with_gateway(&["mark = 0"]),
+        5,
+        "gateway[1].mark",
+        "mark 0 means unmarked",
+    );
+}
+
+#[test]
+fn shared_gateway_marks() {
+    let mut lines = with_gateway(&["mark = 4"]);
+    lines.extend([
+        "[[gateway]]",
+        "name = \"b\"",
+        "dev = \"wan3\"",
+        "table = 101",
+        "mark = 0x4",
+    ]);
+    assert_error(
+        &lines,
+        10,
+        "gateway[2].mark",
+        "duplicate mark 0x4 (first at gateway[1].mark, line 5)",
+    );
+}
+
+#[test]
+fn rule_targets() {
+    assert_error(
+        &with_gateway(&["[[rule]]", "gateway = \"isp3\""]),
+        6,
+        "rule[1].gateway",
+        "unknown gateway \"isp3\" (defined: isp2)",
+    );
+    assert_error(
+        &with_gateway(&["[[rule]]", "gateway = \"isp2\"", "mark = 4"]),
+        7,
+        "rule[1].mark",
+        "not both",
+    );
+    assert_error(
+        &with_gateway(&["[[rule]]", "name = \"x\""]),
+        5,
+        "rule[1]",
+        "needs a target",
+    );
+}
+
+#[test]
+fn reserved_tables() {
+    for (table, name) in [
+        ("0", "unspec"),
+        ("253", "default"),
+        ("254", "main"),
+        ("255", "local"),
+    ] {
+        let line = format!("table = {table}");
+        let lines = ["[[gateway]]", "name = \"a\"", "dev = \"a\"", &line];
+        assert_error(
+            &lines,
+            4,
+            "gateway[1].table",
+            &format!("table {table} ({name}) is reserved"),
+        );
+        let line = format!("table = \"{name}\"");
+        let lines = ["[[gateway]]", "name = \"a\"", "dev = \"a\"", &line];
+        assert_error(
+            &lines,
+            4,
+            "gateway[1].table",
+            &format!("table {table} ({name}) is reserved"),
+        );
+    }
+}
+
+#[test]
+fn shared_tables() {
+    let mut lines = with_gateway(&[]);
+    lines.extend([
+        "[[gateway]]",
+        "name = \"b\"",
+        "dev = \"wan3\"",
+        "table = \"isp2\"",
+    ]);
+    assert_error(&lines, 8, "gateway[2].table", "duplicate table 100");
+}
+
+#[test]
+fn undefined_table_name() {
+    let lines = [
+        "[[gateway]]",
+        "name = \"a\"",
+        "dev = \"a\"",
+        "table = \"isp9\"",
+    ];
+    assert_error(
+        &lines,
+        4,
+        "gateway[1].table",
+        "table name \"isp9\" is not defined in rt_tables",
+    );
+}
+
+#[test]
+fn host_bits_suggest_the_prefix() {
+    let lines = with_gateway(&[
+        "[[rule]]",
+        "gateway = \"isp2\"",
+        "src = \"192.168.99.1/24\"",
+    ]);
+    assert_error(&lines, 7, "rule[1].src", "did you mean 192.168.99.0/24?");
+    let lines = with_gateway(&["[[rule]]", "gateway = \"isp2\"", "dst = \"2001:db8::1/32\""]);
+    assert_error(&lines, 7, "rule[1].dst", "did you mean 2001:db8::/32?");
+}
+
+#[test]
+fn bad_prefixes() {
+    let lines = with_gateway(&["[[rule]]", "gateway = \"isp2\"", "dst = \"192.168.1.0/33\""]);
+    assert_error(&lines, 7, "rule[1].dst", "invalid prefix");
+}
+
+#[test]
+fn port_problems() {
+    let rule = |port: &'static str| {
+        with_gateway(&["[[rule]]", "gateway = \"isp2\"", "proto = \"tcp\"", port])
+    };
+    assert_error(
+        &rule("dport = \"443-80\""),
+        8,
+        "rule[1].dport",
+        "empty port range 443-80",
+    );
+    assert_error(
+        &rule("dport = [80, \"443-80\"]"),
+        8,
+        "rule[1].dport[2]",
+        "empty port range 443-80",
+    );
+    assert_error(&rule("dport = []"), 8, "rule[1].dport", "empty port list");
+    assert_error(&rule("sport = 65536"), 8, "rule[1].sport", "out of range");
+    assert_error(
+        &rule("sport = \"http\""),
+        8,
+        "rule[1].sport",
+        "invalid port range \"http\"",
+    );
+}
+
+#[test]
+fn ports_without_a_port_protocol() {
+    let lines = with_gateway(&[
+        "[[rule]]",
+        "gateway = \"isp2\"",
+        "proto = \"icmp\"",
+        "dport = 80",
+    ]);
+    assert_error(&lines, 8, "rule[1].dport", "has no ports");
+}
+
+#[test]
+fn mixed_families() {
+    let lines = with_gateway(&[
+        "[[rule]]",
+        "gateway = \"isp2\"",
+        "src = \"192.0.2.0/24\"",
+        "dst = \"2001:db8::/32\"",
+    ]);
+    assert_error(&lines, 8, "rule[1].dst", "different IP versions");
+}
+
+#[test]
+fn protocol_of_the_other_family() {
+    let lines = with_gateway(&[
+        "[[rule]]",
+        "gateway = \"isp2\"",
+        "proto = \"icmp\"",
+        "dst = \"2001:db8::/32\"",
+    ]);
+    assert_error(&lines, 7, "rule[1].proto", "exists only for V4");
+}
+
+#[test]
+fn dscp_out_of_range() {
+    let lines = with_gateway(&["[[rule]]", "gateway = \"isp2\"", "dscp = 64"]);
+    assert_error(&lines, 7, "rule[1].dscp", "64 is out of range (0 to 63)");
+}
+
+#[test]
+fn unknown_protocol() {
+    let lines = with_gateway(&["[[rule]]", "gateway = \"isp2\"", "proto = \"tpc\""]);
+    assert_error(&lines, 7, "rule[1].proto", "unknown protocol \"tpc\"");
+    let lines = with_gateway(&["[[rule]]", "gateway = \"isp2\"", "proto = 256"]);
+    assert_error(&lines, 7, "rule[1].proto", "out of range");
+}
+
+#[test]
+fn bad_via() {
+    let via = |v: &'static str| with_gateway(&[v]);
+    assert_error(
+        &via("via = [\"203.0.113.1\", \"203.0.113.2\"]"),
+        5,
+        "gateway[1].via[2]",
+        "a second IPv4 next hop",
+    );
+    assert_error(
+        &via("via = [\"2001:db8::1\", \"2001:db8::2\"]"),
+        5,
+        "gateway[1].via[2]",
+        "a second IPv6 next hop",
+    );
+    assert_error(
+        &via("via = \"203.0.113.300\""),
+        5,
+        "gateway[1].via",
+        "invalid IP address",
+    );
+    assert_error(
+        &via("via = \"203.0.113.0/24\""),
+        5,
+        "gateway[1].via",
+        "invalid IP address",
+    );
+}
+
+#[test]
+fn rule_priority_must_leave_room() {
+    let lines = with_gateway(&[]);
+    let at = |prio: &'static str| [&["", prio][..], &lines].concat();
+    assert!(parse(&doc(&at("rule_priority = 32763"))).is_ok());
+    assert_error(
+        &at("rule_priority = 32764"),
+        2,
+        "rule_priority",
+        "use at most 32763",
+    );
+    assert_error(&at("rule_priority = 0"), 2, "rule_priority", "priority 0");
+}

@@ -1,0 +1,108 @@
+//! Running the `policyroute` binary the way operators (and acceptance tests) do:
+//! `ip netns exec NS policyroute ...`, one process per command.
+use std::{
+    path::PathBuf,
+    process::{Command, ExitStatus},
+};
+
+use crate::netns::NetNs;
+
+/// The binary under test: `$POLICYROUTE_BIN`, else `policyroute` next to the test
+/// executable's `deps/` directory (`cargo xtask test` builds it first).
+pub fn bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("POLICYROUTE_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join("policyroute");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p policyroute` (cargo xtask test does)",
+        bin.display()
+    );
+    bin
+}
+
+pub struct Output {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// `ip netns exec NS policyroute ARGS`, with extra environment variables.
+pub fn run_env(ns: &NetNs, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .arg(bin())
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run policyroute");
+    Output {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+pub fn run(ns: &NetNs, args: &[&str]) -> Output {
+    run_env(ns, args, &[])
+}
+
+/// Runs and asserts success; returns stdout.
+pub fn ok(ns: &NetNs, args: &[&str]) -> String {
+    let out = run(ns, args);
+    assert!(
+        out.status.success(),
+        "policyroute {args:?} failed: {}{}",
+        out.stderr,
+        out.stdout
+    );
+    out.stdout
+}
+
+pub fn json(ns: &NetNs, args: &[&str]) -> serde_json::Value {
+    let mut full = args.to_vec();
+    full.push("--json");
+    serde_json::from_str(&ok(ns, &full)).expect("valid JSON")
+}
+
+/// Packets counted for the rule named `name` in `status --json`.
+pub fn packets(ns: &NetNs, name: &str) -> u64 {
+    let s = json(ns, &["status"]);
+    s["rules"]
+        .as_array()
+        .expect("rules array")
+        .iter()
+        .find(|r| r["name"] == name)
+        .unwrap_or_else(|| panic!("no rule {name} in status"))["packets"]
+        .as_u64()
+        .expect("packets")
+}
+
+/// Everything policyroute owns in `ns` as independent tools see it: ip rules and routes
+/// tagged with its protocol, and tcx programs attached anywhere (bpftool).
+pub fn owned_objects(ns: &NetNs) -> Vec<String> {
+    let mut out = Vec::new();
+    for args in [
+        &["-4", "rule", "show"][..],
+        &["-6", "rule", "show"],
+        &["-4", "route", "show", "table", "all"],
+        &["-6", "route", "show", "table", "all"],
+    ] {
+        out.extend(
+            ns.exec("ip", args)
+                .lines()
+                .filter(|l| l.contains("proto 211"))
+                .map(|l| format!("{args:?} {l}")),
+        );
+    }
+    out.extend(
+        ns.exec("bpftool", &["net", "show"])
+            .lines()
+            .filter(|l| l.contains("policyroute"))
+            .map(String::from),
+    );
+    out
+}

@@ -1,0 +1,261 @@
+//! A throwaway router topology in network namespaces, and real-packet probes that tell
+//! which namespace a flow reached and what source address it saw there.
+//!
+//! ```text
+//!  lan  192.0.2.10, .99 /25   ── lan0  router  wan1 198.51.100.1 ── up1 198.51.100.2
+//!       2001:db8:1::10/64            │          wan2 203.0.113.1  ── up2 203.0.113.2
+//!  lan2 192.0.2.130/25        ── lan1┘   main default via up1
+//! ```
+//! Both upstreams own the "internet" addresses 198.18.0.1, 198.18.1.1, 2001:db8:ffff::1 and
+//! 2001:db8:ffff:1::1, so a flow to them is received by whichever upstream the router chose.
+use std::{
+    io::{ErrorKind, Read, Write},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::fd::AsRawFd,
+    time::{Duration, Instant},
+};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::netns::NetNs;
+
+pub const LAN_HOST: &str = "192.0.2.10";
+pub const LAN_HOST_ALT: &str = "192.0.2.99";
+pub const LAN_HOST6: &str = "2001:db8:1::10";
+pub const LAN2_HOST: &str = "192.0.2.130";
+pub const LAN2_HOST6: &str = "2001:db8:2::130";
+pub const INTERNET: [&str; 4] = [
+    "198.18.0.1",
+    "198.18.1.1",
+    "2001:db8:ffff::1",
+    "2001:db8:ffff:1::1",
+];
+
+pub struct Topology {
+    pub lan: NetNs,
+    pub lan2: NetNs,
+    pub router: NetNs,
+    pub up1: NetNs,
+    pub up2: NetNs,
+}
+
+/// Where a probe arrived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Place {
+    Up1,
+    Up2,
+    Lan2,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Arrival {
+    pub at: Place,
+    /// The source address and port the receiver saw.
+    pub peer: SocketAddr,
+}
+
+fn veth(a: &NetNs, a_dev: &str, b: &NetNs, b_dev: &str) {
+    a.exec(
+        "ip",
+        &[
+            "link", "add", a_dev, "type", "veth", "peer", "name", b_dev, "netns", &b.name,
+        ],
+    );
+    a.exec("ip", &["link", "set", a_dev, "up"]);
+    b.exec("ip", &["link", "set", b_dev, "up"]);
+}
+
+fn addr(ns: &NetNs, dev: &str, cidr: &str) {
+    if cidr.contains(':') {
+        ns.exec("ip", &["-6", "addr", "add", cidr, "dev", dev, "nodad"]);
+    } else {
+        ns.exec("ip", &["addr", "add", cidr, "dev", dev]);
+    }
+}
+
+fn route(ns: &NetNs, args: &[&str]) {
+    let mut full = vec!["route", "add"];
+    full.extend_from_slice(args);
+    ns.exec("ip", &full);
+}
+
+/// Forwarding on, reverse-path filtering off (replies from the second uplink come back on
+/// a device the main table does not point at). Only these namespaces' own sysctls.
+fn router_sysctls(ns: &NetNs) {
+    for kv in [
+        "net.ipv4.ip_forward=1",
+        "net.ipv6.conf.all.forwarding=1",
+        "net.ipv4.conf.all.rp_filter=0",
+        "net.ipv4.conf.default.rp_filter=0",
+    ] {
+        ns.exec("sysctl", &["-qw", kv]);
+    }
+}
+
+impl Topology {
+    pub fn new(tag: &str) -> Self {
+        let t = Self {
+            lan: NetNs::new(&format!("{tag}-lan")),
+            lan2: NetNs::new(&format!("{tag}-lan2")),
+            router: NetNs::new(&format!("{tag}-rtr")),
+            up1: NetNs::new(&format!("{tag}-up1")),
+            up2: NetNs::new(&format!("{tag}-up2")),
+        };
+        for ns in [&t.lan, &t.lan2, &t.router, &t.up1, &t.up2] {
+            router_sysctls(ns);
+        }
+        t.wire();
+        t
+    }
+
+    fn wire(&self) {
+        let (lan, lan2, r, up1, up2) = (&self.lan, &self.lan2, &self.router, &self.up1, &self.up2);
+        veth(r, "lan0", lan, "eth0");
+        veth(r, "lan1", lan2, "eth0");
+        veth(r, "wan1", up1, "eth0");
+        veth(r, "wan2", up2, "eth0");
+        for (ns, dev, cidr) in [
+            (r, "lan0", "192.0.2.1/25"),
+            (r, "lan0", "2001:db8:1::1/64"),
+            (r, "lan1", "192.0.2.129/25"),
+            (r, "lan1", "2001:db8:2::1/64"),
+            (r, "wan1", "198.51.100.1/24"),
+            (r, "wan1", "2001:db8:a::1/64"),
+            (r, "wan2", "203.0.113.1/24"),
+            (r, "wan2", "2001:db8:b::1/64"),
+            (lan, "eth0", "192.0.2.10/25"),
+            (lan, "eth0", "192.0.2.99/25"),
+            (lan, "eth0", "2001:db8:1::10/64"),
+            (lan2, "eth0", "192.0.2.130/25"),
+            (lan2, "eth0", "2001:db8:2::130/64"),
+            (up1, "eth0", "198.51.100.2/24"),
+            (up1, "eth0", "2001:db8:a::2/64"),
+            (up2, "eth0", "203.0.113.2/24"),
+            (up2, "eth0", "2001:db8:b::2/64"),
+        ] {
+            addr(ns, dev, cidr);
+        }
+        route(lan, &["default", "via", "192.0.2.1"]);
+        route(lan, &["default", "via", "2001:db8:1::1"]);
+        route(lan2, &["default", "via", "192.0.2.129"]);
+        route(lan2, &["default", "via", "2001:db8:2::1"]);
+        route(r, &["default", "via", "198.51.100.2"]);
+        route(r, &["default", "via", "2001:db8:a::2"]);
+        for (up, router_addr, router_addr6) in [
+            (up1, "198.51.100.1", "2001:db8:a::1"),
+            (up2, "203.0.113.1", "2001:db8:b::1"),
+        ] {
+            for a in INTERNET {
+                let len = if a.contains(':') { "128" } else { "32" };
+                addr(up, "lo", &format!("{a}/{len}"));
+            }
+            route(up, &["192.0.2.0/24", "via", router_addr]);
+            route(up, &["2001:db8:1::/64", "via", router_addr6]);
+            route(up, &["2001:db8:2::/64", "via", router_addr6]);
+        }
+    }
+
+    fn receivers(&self) -> [(Place, &NetNs); 3] {
+        [
+            (Place::Up1, &self.up1),
+            (Place::Up2, &self.up2),
+            (Place::Lan2, &self.lan2),
+        ]
+    }
+
+    /// Sends one UDP datagram from the LAN host (`src`, `sport`) to `dst:dport` and reports
+    /// which namespace received it.
+    pub fn udp(&self, src: &str, sport: u16, dst: &str, dport: u16) -> Option<Arrival> {
+        let dst: IpAddr = dst.parse().unwrap();
+        let listeners: Vec<(Place, UdpSocket)> = self
+            .receivers()
+            .into_iter()
+            .filter_map(|(place, ns)| {
+                let _in = ns.enter();
+                UdpSocket::bind((dst, dport)).ok().map(|s| (place, s))
+            })
+            .collect();
+        let sender = {
+            let _in = self.lan.enter();
+            UdpSocket::bind((src.parse::<IpAddr>().unwrap(), sport)).expect("bind LAN source")
+        };
+        sender
+            .send_to(b"policyroute probe", (dst, dport))
+            .expect("send");
+        let ready = wait_readable(listeners.iter().map(|(_, s)| s.as_raw_fd()))?;
+        let (place, sock) = &listeners[ready];
+        let mut buf = [0u8; 64];
+        let (_, peer) = sock.recv_from(&mut buf).expect("recv");
+        Some(Arrival { at: *place, peer })
+    }
+
+    /// Opens a TCP connection from the LAN host (`src`, `sport`) to `dst:dport`, checks that
+    /// data flows both ways, and reports which namespace accepted it.
+    pub fn tcp(&self, src: &str, sport: u16, dst: &str, dport: u16) -> Option<Arrival> {
+        let dst: IpAddr = dst.parse().unwrap();
+        let listeners: Vec<(Place, TcpListener)> = self
+            .receivers()
+            .into_iter()
+            .filter_map(|(place, ns)| {
+                let _in = ns.enter();
+                TcpListener::bind((dst, dport)).ok().map(|l| (place, l))
+            })
+            .collect();
+        let mut client = {
+            let _in = self.lan.enter();
+            connect_from(src.parse().unwrap(), sport, SocketAddr::new(dst, dport))?
+        };
+        let ready = wait_readable(listeners.iter().map(|(_, l)| l.as_raw_fd()))?;
+        let (place, listener) = &listeners[ready];
+        let (mut conn, peer) = listener.accept().expect("accept");
+        conn.write_all(b"pong").expect("server write");
+        let mut buf = [0u8; 4];
+        client.set_read_timeout(Some(PROBE_TIMEOUT)).unwrap();
+        client
+            .read_exact(&mut buf)
+            .expect("reply reaches the LAN host");
+        Some(Arrival { at: *place, peer })
+    }
+}
+
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+fn connect_from(src: IpAddr, sport: u16, dst: SocketAddr) -> Option<TcpStream> {
+    let domain = if dst.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP)).expect("socket");
+    s.set_reuse_address(true).unwrap();
+    s.bind(&SocketAddr::new(src, sport).into())
+        .expect("bind LAN source");
+    match s.connect_timeout(&dst.into(), PROBE_TIMEOUT) {
+        Ok(()) => Some(s.into()),
+        Err(e) if e.kind() == ErrorKind::TimedOut => None,
+        Err(e) => panic!("connect {dst}: {e}"),
+    }
+}
+
+/// Index of the first fd that becomes readable within the probe timeout.
+fn wait_readable(fds: impl Iterator<Item = i32>) -> Option<usize> {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .map(|fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let deadline = Instant::now() + PROBE_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        // SAFETY: pfds is a valid array of pollfd.
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as _, left.as_millis() as i32) };
+        if n > 0 {
+            return pfds.iter().position(|p| p.revents & libc::POLLIN != 0);
+        }
+    }
+}
