@@ -55,7 +55,8 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
-        eprintln!("policyroute: {e:#}");
+        // Our errors carry their cause in their own message; `{:#}` would repeat it.
+        eprintln!("policyroute: {e}");
         std::process::exit(1);
     }
 }

@@ -82,7 +82,8 @@ pub fn packets(ns: &NetNs, name: &str) -> u64 {
 }
 
 /// Everything policyroute owns in `ns` as independent tools see it: ip rules and routes
-/// tagged with its protocol, and tcx programs attached anywhere (bpftool).
+/// tagged with its protocol (`ip`), and tcx programs attached to any device (asked with
+/// BPF_PROG_QUERY through aya; Debian 12's bpftool predates tcx).
 pub fn owned_objects(ns: &NetNs) -> Vec<String> {
     let mut out = Vec::new();
     for args in [
@@ -98,11 +99,30 @@ pub fn owned_objects(ns: &NetNs) -> Vec<String> {
                 .map(|l| format!("{args:?} {l}")),
         );
     }
-    out.extend(
-        ns.exec("bpftool", &["net", "show"])
-            .lines()
-            .filter(|l| l.contains("policyroute"))
-            .map(String::from),
-    );
+    out.extend(tcx_programs(ns));
+    out
+}
+
+/// `dev: program-name` for every tcx ingress program on every device of `ns`.
+pub fn tcx_programs(ns: &NetNs) -> Vec<String> {
+    use aya::programs::{tc::TcAttachType, SchedClassifier};
+    let links = ns.exec("ip", &["-o", "link", "show"]);
+    let devs: Vec<String> = links
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|d| d.split('@').next().unwrap_or(d).to_string())
+        .collect();
+    let _in = ns.enter();
+    let mut out = Vec::new();
+    for dev in devs {
+        let (_, progs) =
+            SchedClassifier::query_tcx(&dev, TcAttachType::Ingress).expect("query tcx");
+        for p in progs {
+            out.push(format!(
+                "{dev}: tcx ingress {}",
+                p.name_as_str().unwrap_or("?")
+            ));
+        }
+    }
     out
 }

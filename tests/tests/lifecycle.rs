@@ -1,0 +1,442 @@
+//! apply / status / flush lifecycle: idempotence, reconciliation, dry runs, invalid
+//! policies, crashes, concurrency, privileges and namespace isolation. Every kernel object
+//! is checked with independent tools (`ip`, `bpftool`) as well as through `status`.
+use policyroute_tests::{
+    cli,
+    files::TempFile,
+    netns::NetNs,
+    topology::{Place, Topology, LAN_HOST},
+};
+
+/// A router namespace with a LAN device and two uplink devices (veth pairs, no peers
+/// needed for these tests).
+fn router(tag: &str) -> NetNs {
+    let ns = NetNs::new(tag);
+    for (dev, peer) in [("lan0", "lanp"), ("wan1", "wan1p"), ("wan2", "wan2p")] {
+        ns.exec(
+            "ip",
+            &["link", "add", dev, "type", "veth", "peer", "name", peer],
+        );
+        ns.exec("ip", &["link", "set", dev, "up"]);
+        ns.exec("ip", &["link", "set", peer, "up"]);
+    }
+    ns.exec("ip", &["addr", "add", "203.0.113.1/24", "dev", "wan2"]);
+    ns.exec(
+        "ip",
+        &[
+            "-6",
+            "addr",
+            "add",
+            "2001:db8:b::1/64",
+            "dev",
+            "wan2",
+            "nodad",
+        ],
+    );
+    ns.exec("ip", &["addr", "add", "198.51.100.1/24", "dev", "wan1"]);
+    ns
+}
+
+const BASE: &str = r#"
+mark_mask = 0xff00
+[[gateway]]
+name = "isp2"
+dev = "wan2"
+via = ["203.0.113.2", "2001:db8:b::2"]
+table = 100
+
+[[gateway]]
+name = "p2p"
+dev = "wan1"
+table = 101
+
+[[rule]]
+name = "web"
+proto = "tcp"
+dport = [80, 443]
+gateway = "isp2"
+
+[[rule]]
+name = "ssh"
+proto = "tcp"
+dport = 22
+gateway = "p2p"
+
+[[rule]]
+name = "dns"
+proto = "udp"
+dport = "53-54"
+gateway = "isp2"
+
+[attach]
+ingress = ["lan0"]
+"#;
+
+#[test]
+fn apply_is_idempotent_and_flush_removes_everything() {
+    let ns = router("idem");
+    let policy = TempFile::new("idem.toml", BASE);
+    assert!(cli::owned_objects(&ns).is_empty());
+    cli::ok(&ns, &["apply", "-c", policy.arg()]);
+    let first = cli::owned_objects(&ns);
+    // 2 suppress rules, 3 fwmark rules (isp2 v4+v6, p2p v4+v6 = 4), 4 routes, 1 hook.
+    assert_eq!(first.len(), 2 + 4 + 4 + 1, "{first:#?}");
+    let again = cli::json(&ns, &["apply", "-c", policy.arg()]);
+    assert_eq!(again["entries"]["inserted"], 0);
+    assert!(again["ip_rules"]["add"].as_array().unwrap().is_empty());
+    assert!(again["attach"].as_array().unwrap().is_empty());
+    assert_eq!(
+        cli::owned_objects(&ns),
+        first,
+        "a second apply changes nothing"
+    );
+    let marks = ns.exec("ip", &["rule", "show"]);
+    assert!(
+        marks.contains("fwmark 0x100/0xff00 lookup 100 proto 211"),
+        "{marks}"
+    );
+    assert!(
+        marks.contains("lookup main suppress_prefixlength 0 proto 211"),
+        "{marks}"
+    );
+    let p2p = ns.exec("ip", &["route", "show", "table", "101"]);
+    assert!(p2p.contains("default dev wan1 proto 211"), "{p2p}");
+    cli::ok(&ns, &["flush"]);
+    assert!(cli::owned_objects(&ns).is_empty());
+    cli::ok(&ns, &["flush"]);
+}
+
+#[test]
+fn dry_run_changes_nothing() {
+    let ns = router("dry");
+    let policy = TempFile::new("dry.toml", BASE);
+    let plan = cli::json(&ns, &["apply", "-c", policy.arg(), "--dry-run"]);
+    assert_eq!(plan["dry_run"], true);
+    assert_eq!(plan["attach"][0], "lan0");
+    assert_eq!(plan["routes"]["add"].as_array().unwrap().len(), 4);
+    assert!(cli::owned_objects(&ns).is_empty());
+}
+
+#[test]
+fn foreign_rules_and_routes_are_left_alone() {
+    let ns = router("foreign");
+    ns.exec(
+        "ip",
+        &[
+            "rule",
+            "add",
+            "fwmark",
+            "0x100/0xff00",
+            "lookup",
+            "100",
+            "priority",
+            "10001",
+        ],
+    );
+    ns.exec(
+        "ip",
+        &[
+            "route",
+            "add",
+            "default",
+            "via",
+            "203.0.113.9",
+            "table",
+            "555",
+        ],
+    );
+    let policy = TempFile::new("foreign.toml", BASE);
+    cli::ok(&ns, &["apply", "-c", policy.arg()]);
+    cli::ok(&ns, &["flush"]);
+    let rules = ns.exec("ip", &["rule", "show"]);
+    assert!(
+        rules.contains("10001:\tfrom all fwmark 0x100/0xff00 lookup 100"),
+        "{rules}"
+    );
+    assert!(ns
+        .exec("ip", &["route", "show", "table", "555"])
+        .contains("203.0.113.9"));
+}
+
+#[test]
+fn invalid_policies_change_nothing() {
+    let ns = router("invalid");
+    let good = TempFile::new("good.toml", BASE);
+    cli::ok(&ns, &["apply", "-c", good.arg()]);
+    let before = cli::owned_objects(&ns);
+    let status_before = cli::json(&ns, &["status"])["rules"].clone();
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "unknown key",
+            "[[gateway]]\nname='a'\ndev='wan2'\ntable=100\ncolour='red'\n",
+            ":5:",
+        ),
+        (
+            "missing device",
+            "[[gateway]]\nname='a'\ndev='nope0'\ntable=100\n",
+            "does not exist",
+        ),
+        (
+            "reserved table",
+            "[[gateway]]\nname='a'\ndev='wan2'\ntable=254\n",
+            ":4:",
+        ),
+        (
+            "unknown gateway",
+            "[[rule]]\nproto='tcp'\ngateway='zzz'\n",
+            ":3:",
+        ),
+        ("host bits", "[[rule]]\nsrc='192.0.2.1/24'\nmark=1\n", ":2:"),
+        (
+            "empty range",
+            "[[rule]]\nproto='tcp'\ndport='90-80'\nmark=1\n",
+            ":3:",
+        ),
+        (
+            "ports without ports",
+            "[[rule]]\nproto='icmp'\ndport=1\nmark=1\n",
+            "[[rule]]",
+        ),
+        (
+            "both targets",
+            "[[gateway]]\nname='a'\ndev='wan2'\ntable=100\n[[rule]]\ngateway='a'\nmark=1\n",
+            "rule",
+        ),
+        (
+            "mark outside mask",
+            "mark_mask=0xff\n[[gateway]]\nname='a'\ndev='wan2'\ntable=100\nmark=0x100\n",
+            ":6:",
+        ),
+        (
+            "undefined table name",
+            "[[gateway]]\nname='a'\ndev='wan2'\ntable='nosuch'\n",
+            ":4:",
+        ),
+        ("syntax", "[[rule]\n", ":1:"),
+    ];
+    for (what, text, needle) in cases {
+        let f = TempFile::new("bad.toml", text);
+        let out = cli::run(&ns, &["apply", "-c", f.arg()]);
+        assert!(!out.status.success(), "{what}: apply succeeded");
+        let needle = if needle.starts_with('[') {
+            "bad.toml"
+        } else {
+            needle
+        };
+        assert!(
+            out.stderr.contains("bad.toml") && out.stderr.contains(needle),
+            "{what}: {}",
+            out.stderr
+        );
+        assert_eq!(cli::owned_objects(&ns), before, "{what}: kernel changed");
+    }
+    assert_eq!(cli::json(&ns, &["status"])["rules"], status_before);
+}
+
+#[test]
+fn reapply_reconciles_and_keeps_counters() {
+    let t = Topology::new("recon");
+    let both = TempFile::new(
+        "both.toml",
+        r#"
+[[gateway]]
+name = "isp2"
+dev = "wan2"
+via = "203.0.113.2"
+table = 100
+[[rule]]
+name = "web"
+proto = "tcp"
+dport = 80
+gateway = "isp2"
+[[rule]]
+name = "dns"
+proto = "udp"
+dport = 53
+gateway = "isp2"
+[attach]
+ingress = ["lan0"]
+"#,
+    );
+    cli::ok(&t.router, &["apply", "-c", both.arg()]);
+    assert_eq!(
+        t.udp(LAN_HOST, 7001, "198.18.0.1", 53).map(|a| a.at),
+        Some(Place::Up2)
+    );
+    assert_eq!(
+        t.tcp(LAN_HOST, 7002, "198.18.0.1", 80).map(|a| a.at),
+        Some(Place::Up2)
+    );
+    let dns_before = cli::packets(&t.router, "dns");
+    assert!(dns_before >= 1);
+    let hook_before = cli::json(&t.router, &["status"])["hooks"][0]["program_id"].clone();
+    let web_removed = TempFile::new("dns-only.toml", &both_without_web());
+    let report = cli::json(&t.router, &["apply", "-c", web_removed.arg()]);
+    assert!(report["entries"]["removed"].as_u64().unwrap() >= 1);
+    let status = cli::json(&t.router, &["status"]);
+    let names: Vec<&str> = status["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["dns"]);
+    assert_eq!(
+        status["hooks"][0]["program_id"], hook_before,
+        "maps updated in place, program kept"
+    );
+    assert_eq!(
+        t.tcp(LAN_HOST, 7003, "198.18.0.1", 80).map(|a| a.at),
+        Some(Place::Up1),
+        "web rule gone"
+    );
+    assert_eq!(
+        t.udp(LAN_HOST, 7004, "198.18.0.1", 53).map(|a| a.at),
+        Some(Place::Up2)
+    );
+    assert!(
+        cli::packets(&t.router, "dns") > dns_before,
+        "dns kept counting"
+    );
+}
+
+fn both_without_web() -> String {
+    r#"
+[[gateway]]
+name = "isp2"
+dev = "wan2"
+via = "203.0.113.2"
+table = 100
+[[rule]]
+name = "dns"
+proto = "udp"
+dport = 53
+gateway = "isp2"
+[attach]
+ingress = ["lan0"]
+"#
+    .to_string()
+}
+
+#[test]
+fn namespaces_do_not_interfere() {
+    let a = router("nsa");
+    let b = router("nsb");
+    let pa = TempFile::new("a.toml", BASE);
+    let pb = TempFile::new(
+        "b.toml",
+        &BASE.replace("name = \"ssh\"", "name = \"ssh-b\""),
+    );
+    cli::ok(&a, &["apply", "-c", pa.arg()]);
+    cli::ok(&b, &["apply", "-c", pb.arg()]);
+    let sa = cli::json(&a, &["status"]);
+    let sb = cli::json(&b, &["status"]);
+    assert_eq!(sa["rules"][1]["name"], "ssh");
+    assert_eq!(sb["rules"][1]["name"], "ssh-b");
+    assert_ne!(sa["hooks"][0]["program_id"], sb["hooks"][0]["program_id"]);
+    let b_objects = cli::owned_objects(&b);
+    cli::ok(&a, &["flush"]);
+    assert!(cli::owned_objects(&a).is_empty());
+    assert_eq!(cli::owned_objects(&b), b_objects, "flush in a left b alone");
+    assert_eq!(cli::json(&b, &["status"])["rules"][1]["name"], "ssh-b");
+}
+
+#[test]
+fn an_apply_killed_at_any_step_is_repaired_and_flushable() {
+    let clean = router("crash-ref");
+    let policy = TempFile::new("crash.toml", BASE);
+    cli::ok(&clean, &["apply", "-c", policy.arg()]);
+    let want = cli::owned_objects(&clean).len();
+    for step in ["maps", "record", "routes", "rules", "attach"] {
+        let ns = router(&format!("crash-{step}"));
+        let out = cli::run_env(
+            &ns,
+            &["apply", "-c", policy.arg()],
+            &[("POLICYROUTE_CRASH_AFTER", step)],
+        );
+        assert!(!out.status.success(), "{step}: the crash hook did not fire");
+        let _ = cli::run(&ns, &["status"]);
+        cli::ok(&ns, &["apply", "-c", policy.arg()]);
+        assert_eq!(cli::owned_objects(&ns).len(), want, "{step}: repaired");
+        let again = cli::json(&ns, &["apply", "-c", policy.arg()]);
+        assert_eq!(again["entries"]["inserted"], 0, "{step}: settled");
+        let out = cli::run_env(
+            &ns,
+            &["apply", "-c", policy.arg()],
+            &[("POLICYROUTE_CRASH_AFTER", step)],
+        );
+        assert!(!out.status.success(), "{step}: the crash hook fires on a no-op apply too");
+        cli::ok(&ns, &["flush"]);
+        assert!(
+            cli::owned_objects(&ns).is_empty(),
+            "{step}: flush after a crash"
+        );
+    }
+}
+
+#[test]
+fn concurrent_applies_are_serialized() {
+    let ns = router("conc");
+    let a = TempFile::new("conc-a.toml", BASE);
+    let b = TempFile::new("conc-b.toml", &BASE.replace("table = 101", "table = 102"));
+    let runs: Vec<_> = (0..6)
+        .map(|i| {
+            let (ns_name, file) = (
+                ns.name.clone(),
+                if i % 2 == 0 {
+                    a.arg().to_string()
+                } else {
+                    b.arg().to_string()
+                },
+            );
+            std::thread::spawn(move || {
+                std::process::Command::new("ip")
+                    .args(["netns", "exec", &ns_name])
+                    .arg(cli::bin())
+                    .args(["apply", "-c", &file])
+                    .output()
+                    .expect("spawn")
+            })
+        })
+        .collect();
+    for r in runs {
+        let out = r.join().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let objects = cli::owned_objects(&ns);
+    assert_eq!(
+        objects.len(),
+        2 + 4 + 4 + 1,
+        "exactly one policy's objects: {objects:#?}"
+    );
+    cli::ok(&ns, &["flush"]);
+}
+
+#[test]
+fn without_privileges_the_error_is_one_clear_line() {
+    let ns = router("priv");
+    let policy = TempFile::new("priv.toml", BASE);
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ])
+        .arg(cli::bin())
+        .args(["apply", "-c", policy.arg()])
+        .output()
+        .expect("spawn");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("CAP_NET_ADMIN"), "{stderr}");
+    assert!(cli::owned_objects(&ns).is_empty());
+}
