@@ -46,6 +46,11 @@ pub const SHAPE_PROTO: u8 = 1;
 pub const SHAPE_DSCP: u8 = 2;
 /// Shape flag: the key carries (masked) ports, so packets without ports skip this shape.
 pub const SHAPE_PORTS: u8 = 4;
+/// Shape flag: the key carries a source prefix longer than /0 (socket hooks know the
+/// source only when the socket is bound).
+pub const SHAPE_SRC: u8 = 8;
+/// Shape flag: the rule has a source-port condition (known at socket hooks only when bound).
+pub const SHAPE_SPORT: u8 = 16;
 
 /// Hash key: the packet's fields masked by one shape, tagged with the shape's id.
 /// Addresses are kept as the packet's bytes (network order) viewed as native u32 words;
@@ -113,8 +118,76 @@ impl Default for ShapeTable {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Control {
     pub generation: u32,
-    pub _pad: u32,
+    /// `CONTROL_*` bits.
+    pub flags: u32,
+    /// Socket hooks act only on sockets of this network namespace.
+    pub netns_cookie: u64,
+    /// A recorded sticky flow is honoured this long after its last inbound packet.
+    pub sticky_ttl_ns: u64,
 }
+
+/// Control flag: consult [`DEVICES_MAP`] for the role of the device a packet is on.
+pub const CONTROL_DEVICE_ROLES: u32 = 1;
+/// Control flag: restore the gateway of flows recorded by sticky gateways.
+pub const CONTROL_STICKY: u32 = 2;
+
+/// Name of the hash map `ifindex -> DeviceRole`. Devices without an entry classify.
+pub const DEVICES_MAP: &str = "PR_DEVICES";
+/// Role flag: classify packets (and restore sticky flows) on this device.
+pub const ROLE_CLASSIFY: u32 = 1;
+/// Role flag: record inbound flows on this device with `DeviceRole::mark` (a sticky gateway).
+pub const ROLE_RECORD: u32 = 2;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceRole {
+    pub flags: u32,
+    pub mark: u32,
+}
+
+/// Name of the LRU hash map `FlowKey -> FlowValue`: flows that entered through a sticky
+/// gateway, so their replies (forwarded, or from this host's sockets) leave through it too.
+pub const FLOWS_MAP: &str = "PR_FLOWS";
+pub const MAX_FLOWS: u32 = 1 << 16;
+
+/// A flow as seen from this host: the remote end and the local port. The local address is
+/// left out so that port-preserving DNAT (public address at the WAN, private at the LAN)
+/// still matches.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub family: u8,
+    pub proto: u8,
+    pub remote_port: u16,
+    pub local_port: u16,
+    pub _pad: u16,
+    pub remote: [u32; 4],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowValue {
+    pub mark: u32,
+    pub _pad: u32,
+    pub seen_ns: u64,
+}
+
+/// Name of the hash map `mark -> GatewaySource`: the address unconnected UDP sends from
+/// when a rule picks that gateway at the sendmsg hook (the socket mark set there only
+/// applies from the next datagram; a source address routed by a `from` rule applies now).
+pub const SOURCES_MAP: &str = "PR_SOURCES";
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GatewaySource {
+    pub has_v4: u32,
+    pub v4: u32,
+    pub has_v6: u32,
+    pub v6: [u32; 4],
+}
+
+/// `cb[0]` of a test-run context that asks the program not to count or record (explain).
+pub const EXPLAIN_MAGIC: u32 = 0x7072_6578;
 
 /// Per-rule traffic counter (one per CPU; userspace sums them).
 #[repr(C)]
@@ -152,4 +225,8 @@ mod pod {
     unsafe impl aya::Pod for Control {}
     unsafe impl aya::Pod for Counter {}
     unsafe impl aya::Pod for StateChunk {}
+    unsafe impl aya::Pod for DeviceRole {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowValue {}
+    unsafe impl aya::Pod for GatewaySource {}
 }

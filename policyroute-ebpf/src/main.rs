@@ -1,5 +1,8 @@
-//! The policyroute TC classifier: parses a frame, looks its fields up in the tuple-space
-//! maps and sets `skb->mark` from the best (lowest priority number) hit under the mark mask.
+//! The policyroute programs. The TC classifier parses a frame, looks its fields up in the
+//! tuple-space maps and sets `skb->mark` from the best (lowest priority number) hit under
+//! the mark mask; on sticky gateways it records inbound flows, and on classifying devices
+//! it restores their gateway. The socket hooks (`sock`) do the same for this host's own
+//! traffic. All share one set of maps.
 //!
 //! It never drops, redirects or rewrites packet bytes. It always returns `TC_ACT_UNSPEC`
 //! (-1), which is `TCX_NEXT` for tcx and "continue with the next filter" for cls_bpf in
@@ -8,19 +11,20 @@
 #![no_main]
 
 mod parse;
-
-use core::ffi::c_void;
+mod search;
+mod sock;
+mod sticky;
 
 use aya_ebpf::{
-    helpers::generated::bpf_loop,
-    macros::{classifier, map},
-    maps::{Array, HashMap, PerCpuArray},
-    programs::TcContext,
+    macros::{cgroup_sock_addr, classifier, map},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    programs::{SockAddrContext, TcContext},
 };
 use policyroute_common::{
-    Control, Counter, RuleKey, RuleValue, ShapeTable, StateChunk, DEFAULT_MAX_COUNTERS,
-    DEFAULT_MAX_ENTRIES, GENERATIONS, MAX_SHAPES, MAX_STATE_CHUNKS, SHAPE_DSCP, SHAPE_PORTS,
-    SHAPE_PROTO,
+    Control, Counter, DeviceRole, FlowKey, FlowValue, GatewaySource, RuleKey, RuleValue,
+    ShapeTable, StateChunk, CONTROL_DEVICE_ROLES, CONTROL_STICKY, DEFAULT_MAX_COUNTERS,
+    DEFAULT_MAX_ENTRIES, EXPLAIN_MAGIC, GENERATIONS, MAX_FLOWS, MAX_STATE_CHUNKS, ROLE_CLASSIFY,
+    ROLE_RECORD,
 };
 
 use parse::Packet;
@@ -42,121 +46,115 @@ static CONTROL: Array<Control> = Array::with_max_entries(1, 0);
 #[map(name = "PR_COUNTERS")]
 static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(DEFAULT_MAX_COUNTERS, 0);
 
+#[map(name = "PR_DEVICES")]
+static DEVICES: HashMap<u32, DeviceRole> = HashMap::with_max_entries(1024, 0);
+
+#[map(name = "PR_FLOWS")]
+static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+#[map(name = "PR_SOURCES")]
+static SOURCES: HashMap<u32, GatewaySource> = HashMap::with_max_entries(1024, 0);
+
 /// Read only by userspace (see `policyroute_common::STATE_MAP`).
 #[map(name = "PR_STATE")]
-static STATE: HashMap<u32, StateChunk> = HashMap::with_max_entries(MAX_STATE_CHUNKS, BPF_F_NO_PREALLOC);
+static STATE: HashMap<u32, StateChunk> =
+    HashMap::with_max_entries(MAX_STATE_CHUNKS, BPF_F_NO_PREALLOC);
 
 #[classifier]
 pub fn policyroute_tc(ctx: TcContext) -> i32 {
-    if let Some(pkt) = parse::packet(&ctx) {
-        if let Some(hit) = classify(&pkt) {
-            apply(&ctx, &hit);
+    if let (Some(control), Some(pkt)) = (CONTROL.get(0), parse::packet(&ctx)) {
+        tc(&ctx, &pkt, control);
+    }
+    TC_ACT_UNSPEC
+}
+
+/// Tc egress: classification only (no stickiness). The route is already chosen here, so
+/// these marks serve later consumers (qdiscs, accounting), not routing.
+#[classifier]
+pub fn policyroute_eg(ctx: TcContext) -> i32 {
+    if let (Some(control), Some(pkt)) = (CONTROL.get(0), parse::packet(&ctx)) {
+        if let Some(hit) = search::classify(&pkt, control) {
+            if !is_explain(&ctx) {
+                count(hit.counter, u64::from(ctx.len()));
+            }
+            set_mark(&ctx, hit.mark, hit.mark_mask);
         }
     }
     TC_ACT_UNSPEC
 }
 
-/// Tuple space search over the shapes of the packet's family: one masked hash lookup per
-/// shape, best priority wins. The loop runs through `bpf_loop`, so the verifier checks its
-/// body once; its trip count is the number of shapes (at most MAX_SHAPES), whatever the
-/// number of rules.
+/// Explain runs the program on a synthesized packet: it must not count or record.
 #[inline(always)]
-fn classify(pkt: &Packet) -> Option<Hit> {
-    let generation = CONTROL.get(0)?.generation % GENERATIONS;
-    let table = TABLES.get(generation * 2 + pkt.family)?;
-    let mut search = Search {
-        pkt,
-        table,
-        best_prio: u32::MAX,
-        best_mark: 0,
-        best_counter: 0,
-    };
-    // A function pointer (not an integer) so the linker emits a BPF_PSEUDO_FUNC relocation.
-    let step = search_step as *mut c_void;
-    let n = table.len.min(MAX_SHAPES as u32);
-    unsafe { bpf_loop(n, step, (&mut search as *mut Search).cast(), 0) };
-    if search.best_prio == u32::MAX {
-        return None;
-    }
-    Some(Hit {
-        mark: search.best_mark & table.mark_mask,
-        mark_mask: table.mark_mask,
-        counter: search.best_counter,
-    })
+fn is_explain(ctx: &TcContext) -> bool {
+    ctx.cb()[0] == EXPLAIN_MAGIC
 }
 
-struct Search<'a> {
-    pkt: &'a Packet,
-    table: &'a ShapeTable,
-    best_prio: u32,
-    best_mark: u32,
-    best_counter: u32,
-}
-
-/// One shape of the search; returns 1 to stop the loop.
-unsafe extern "C" fn search_step(index: u32, ctx: *mut Search) -> i64 {
-    let s = unsafe { &mut *ctx };
-    let Some(shape) = s.table.shapes.get(index as usize) else {
-        return 1;
-    };
-    // Shapes are sorted by their best priority: none from here on can win.
-    if s.best_prio < shape.min_prio {
-        return 1;
-    }
-    let pkt = s.pkt;
-    if shape.flags & SHAPE_PORTS != 0 && !pkt.has_ports {
-        return 0;
-    }
-    let key = RuleKey {
-        shape: shape.id,
-        proto: if shape.flags & SHAPE_PROTO != 0 {
-            pkt.proto
-        } else {
-            0
-        },
-        dscp: if shape.flags & SHAPE_DSCP != 0 {
-            pkt.dscp
-        } else {
-            0
-        },
-        sport: pkt.sport & shape.sport_mask,
-        dport: pkt.dport & shape.dport_mask,
-        src: mask(&pkt.src, &shape.src_mask),
-        dst: mask(&pkt.dst, &shape.dst_mask),
-    };
-    if let Some(v) = unsafe { RULES.get(key) } {
-        if v.prio < s.best_prio {
-            s.best_prio = v.prio;
-            s.best_mark = v.mark;
-            s.best_counter = v.counter;
+#[inline(always)]
+fn tc(ctx: &TcContext, pkt: &Packet, control: &Control) {
+    let explain = is_explain(ctx);
+    let mut role = ROLE_CLASSIFY;
+    if control.flags & CONTROL_DEVICE_ROLES != 0 {
+        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+        if let Some(r) = unsafe { DEVICES.get(&ifindex) } {
+            role = r.flags;
+            if role & ROLE_RECORD != 0 && !explain {
+                sticky::record(pkt, r.mark, control);
+            }
         }
     }
-    0
+    if role & ROLE_CLASSIFY == 0 {
+        return;
+    }
+    if control.flags & CONTROL_STICKY != 0 {
+        if let Some(mark) = sticky::restore(&sticky::outbound_key(pkt), control) {
+            set_mark(ctx, mark, search::mark_mask(pkt, control));
+            return;
+        }
+    }
+    if let Some(hit) = search::classify(pkt, control) {
+        if !explain {
+            count(hit.counter, u64::from(ctx.len()));
+        }
+        set_mark(ctx, hit.mark, hit.mark_mask);
+    }
 }
 
+/// Per-CPU counters: no atomics on the hot path.
 #[inline(always)]
-fn mask(a: &[u32; 4], m: &[u32; 4]) -> [u32; 4] {
-    [a[0] & m[0], a[1] & m[1], a[2] & m[2], a[3] & m[3]]
-}
-
-struct Hit {
-    mark: u32,
-    mark_mask: u32,
-    counter: u32,
-}
-
-/// Counts the hit (per-CPU, no atomics) and sets the mark bits under the mask, keeping
-/// the bits outside it.
-#[inline(always)]
-fn apply(ctx: &TcContext, hit: &Hit) {
-    if let Some(c) = COUNTERS.get_ptr_mut(hit.counter) {
+fn count(slot: u32, bytes: u64) {
+    if let Some(c) = COUNTERS.get_ptr_mut(slot) {
         unsafe {
             (*c).packets += 1;
-            (*c).bytes += u64::from(ctx.len());
+            (*c).bytes += bytes;
         }
     }
+}
+
+/// Sets the mark bits under the mask, keeping the bits outside it.
+#[inline(always)]
+fn set_mark(ctx: &TcContext, mark: u32, mask: u32) {
     let old = unsafe { (*ctx.skb.skb).mark };
-    ctx.set_mark((old & !hit.mark_mask) | hit.mark);
+    ctx.set_mark((old & !mask) | (mark & mask));
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn pr_connect4(ctx: SockAddrContext) -> i32 {
+    sock::handle(&ctx, false, false)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn pr_connect6(ctx: SockAddrContext) -> i32 {
+    sock::handle(&ctx, true, false)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn pr_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock::handle(&ctx, false, true)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn pr_sendmsg6(ctx: SockAddrContext) -> i32 {
+    sock::handle(&ctx, true, true)
 }
 
 #[cfg(not(test))]

@@ -4,7 +4,7 @@
 use core::mem::size_of;
 
 use aya_ebpf::programs::TcContext;
-use policyroute_common::{proto_has_ports, FAMILY_V4, FAMILY_V6};
+use policyroute_common::{proto_has_ports, FAMILY_V4, FAMILY_V6, SHAPE_PORTS, SHAPE_SPORT};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -22,16 +22,21 @@ const IPPROTO_FRAGMENT: u8 = 44;
 const IPPROTO_AH: u8 = 51;
 const IPPROTO_DSTOPTS: u8 = 60;
 
+/// The fields rules match. `unknown` holds the `SHAPE_*` flags of fields this packet
+/// lacks; shapes keyed on any of them are skipped.
 pub struct Packet {
     pub family: u32,
     pub proto: u8,
     pub dscp: u8,
-    pub has_ports: bool,
+    pub unknown: u8,
     pub sport: u16,
     pub dport: u16,
     pub src: [u32; 4],
     pub dst: [u32; 4],
 }
+
+/// What a frame without readable ports lacks.
+const NO_PORTS: u8 = SHAPE_PORTS | SHAPE_SPORT;
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -107,7 +112,7 @@ fn ipv4(ctx: &TcContext, l3: usize) -> Option<Packet> {
         family: FAMILY_V4,
         proto: h.proto,
         dscp: h.tos >> 2,
-        has_ports: false,
+        unknown: NO_PORTS,
         sport: 0,
         dport: 0,
         src: [u32::from_ne_bytes(h.src), 0, 0, 0],
@@ -161,7 +166,7 @@ fn ipv6(ctx: &TcContext, l3: usize) -> Option<Packet> {
         family: FAMILY_V6,
         proto: nh,
         dscp: traffic_class >> 2,
-        has_ports: false,
+        unknown: NO_PORTS,
         sport: 0,
         dport: 0,
         src: words(h.src),
@@ -201,6 +206,6 @@ fn ports(ctx: &TcContext, l4: usize, pkt: &mut Packet) {
     if let Some(p) = load::<[u8; 4]>(ctx, l4) {
         pkt.sport = u16::from_be_bytes([p[0], p[1]]);
         pkt.dport = u16::from_be_bytes([p[2], p[3]]);
-        pkt.has_ports = true;
+        pkt.unknown = 0;
     }
 }

@@ -1,9 +1,22 @@
-//! Attaching the classifier at tcx ingress and finding where it is attached. The kernel is
-//! the source of truth: a later process (another `ip netns exec`) finds the dataplane by
-//! querying each device's tcx chain for our program, then the program's maps by id.
-use aya::programs::{tc::TcAttachType, ProgramError, ProgramInfo, SchedClassifier};
+//! The hooks the dataplane uses and how to find, attach and detach them. The kernel is the
+//! source of truth: a later process (another `ip netns exec`) finds the dataplane by
+//! querying each device's tcx chains and the policy's cgroup for our programs, then the
+//! programs' maps by id.
+use std::{
+    fs::File,
+    os::fd::{AsFd, BorrowedFd},
+    path::Path,
+};
 
-use crate::{bpfcall, object::CLASSIFIER_PROGRAM};
+use aya::programs::{
+    loaded_programs, tc::TcAttachType, ProgramError, ProgramInfo, SchedClassifier,
+};
+use serde::Serialize;
+
+use crate::{
+    bpfcall,
+    dataplane::{CONNECT4, CONNECT6, SENDMSG4, SENDMSG6, TC_EGRESS, TC_INGRESS},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
@@ -11,70 +24,208 @@ pub enum AttachError {
         "querying tcx programs on {dev}: {source} (policyroute needs tcx, Linux 6.6 or newer)"
     )]
     Query { dev: String, source: ProgramError },
-    #[error("attaching to {dev}: {source}")]
-    Attach { dev: String, source: std::io::Error },
-    #[error("detaching from {dev}: {source}")]
-    Detach { dev: String, source: std::io::Error },
+    #[error("{what} {hook}: {source}")]
+    Io {
+        what: &'static str,
+        hook: String,
+        source: std::io::Error,
+    },
     #[error("opening program {id}: {source}")]
     Open { id: u32, source: ProgramError },
 }
 
-/// One of our programs attached at a device's tcx ingress.
+/// Socket hooks of the cgroup attachment, with their kernel attach types.
+pub const SOCK_HOOKS: [(&str, u32); 4] = [
+    (CONNECT4, bpfcall::BPF_CGROUP_INET4_CONNECT),
+    (CONNECT6, bpfcall::BPF_CGROUP_INET6_CONNECT),
+    (SENDMSG4, bpfcall::BPF_CGROUP_UDP4_SENDMSG),
+    (SENDMSG6, bpfcall::BPF_CGROUP_UDP6_SENDMSG),
+];
+
+/// Where a program is attached.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(tag = "hook", rename_all = "kebab-case")]
+pub enum Hook {
+    TcxIngress {
+        dev: String,
+        ifindex: u32,
+    },
+    TcxEgress {
+        dev: String,
+        ifindex: u32,
+    },
+    /// A cgroup socket hook; `cgroup` is the v2 path (`/` is the root).
+    Cgroup {
+        cgroup: String,
+        program: &'static str,
+    },
+}
+
+impl Hook {
+    /// The program that belongs on this hook.
+    pub fn program(&self) -> &'static str {
+        match self {
+            Hook::TcxIngress { .. } => TC_INGRESS,
+            Hook::TcxEgress { .. } => TC_EGRESS,
+            Hook::Cgroup { program, .. } => program,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Hook::TcxIngress { dev, .. } => format!("tcx ingress of {dev}"),
+            Hook::TcxEgress { dev, .. } => format!("tcx egress of {dev}"),
+            Hook::Cgroup { cgroup, program } => format!("cgroup {cgroup} ({program})"),
+        }
+    }
+}
+
+/// One of our programs found on a hook.
 pub struct Attached {
-    pub dev: String,
-    pub ifindex: u32,
+    pub hook: Hook,
     pub program: ProgramInfo,
 }
 
-/// Our classifier programs at the tcx ingress of the given devices (index, name).
-pub fn find(links: &[(u32, String)]) -> Result<Vec<Attached>, AttachError> {
+impl Attached {
+    /// Whether the program belongs to the dataplane whose rules map has this id.
+    pub fn uses_map(&self, map_id: u32) -> bool {
+        self.program
+            .map_ids()
+            .ok()
+            .flatten()
+            .is_some_and(|ids| ids.contains(&map_id))
+    }
+}
+
+fn ours(name: Option<&str>) -> Option<&'static str> {
+    let name = name?;
+    [TC_INGRESS, TC_EGRESS]
+        .into_iter()
+        .chain(SOCK_HOOKS.map(|(n, _)| n))
+        .find(|n| *n == name)
+}
+
+/// Our programs on the tcx hooks of the given devices (index, name).
+pub fn find_tcx(links: &[(u32, String)]) -> Result<Vec<Attached>, AttachError> {
     let mut found = Vec::new();
     for (ifindex, dev) in links {
-        let (_, programs) =
-            SchedClassifier::query_tcx(dev, TcAttachType::Ingress).map_err(|source| {
-                AttachError::Query {
+        for (kind, name) in [
+            (TcAttachType::Ingress, TC_INGRESS),
+            (TcAttachType::Egress, TC_EGRESS),
+        ] {
+            let (_, programs) =
+                SchedClassifier::query_tcx(dev, kind).map_err(|source| AttachError::Query {
                     dev: dev.clone(),
                     source,
-                }
-            })?;
-        for program in programs {
-            if program.name_as_str() == Some(CLASSIFIER_PROGRAM) {
-                found.push(Attached {
-                    dev: dev.clone(),
-                    ifindex: *ifindex,
-                    program,
-                });
+                })?;
+            for program in programs
+                .into_iter()
+                .filter(|p| p.name_as_str() == Some(name))
+            {
+                let (dev, ifindex) = (dev.clone(), *ifindex);
+                let hook = match kind {
+                    TcAttachType::Ingress => Hook::TcxIngress { dev, ifindex },
+                    _ => Hook::TcxEgress { dev, ifindex },
+                };
+                found.push(Attached { hook, program });
             }
         }
     }
     Ok(found)
 }
 
-/// Attaches the program behind `prog` at the end of `dev`'s tcx ingress chain.
-pub fn attach(
-    dev: &str,
-    ifindex: u32,
-    prog: std::os::fd::BorrowedFd<'_>,
-) -> Result<(), AttachError> {
-    bpfcall::tcx_attach(ifindex, prog, bpfcall::BPF_TCX_INGRESS).map_err(|source| {
-        AttachError::Attach {
-            dev: dev.to_string(),
-            source,
+/// Our programs on the socket hooks of a cgroup (`root` is a cgroup2 mount point).
+pub fn find_cgroup(root: &Path, cgroup: &str) -> Result<Vec<Attached>, AttachError> {
+    let Ok(dir) = File::open(root.join(cgroup.trim_start_matches('/'))) else {
+        return Ok(Vec::new());
+    };
+    let mut found = Vec::new();
+    for (name, attach_type) in SOCK_HOOKS {
+        let ids =
+            bpfcall::cgroup_query(dir.as_fd(), attach_type).map_err(|source| AttachError::Io {
+                what: "querying",
+                hook: format!("cgroup {cgroup}"),
+                source,
+            })?;
+        for program in by_ids(&ids)?
+            .into_iter()
+            .filter(|p| ours(p.name_as_str()) == Some(name))
+        {
+            let hook = Hook::Cgroup {
+                cgroup: cgroup.to_string(),
+                program: name,
+            };
+            found.push(Attached { hook, program });
         }
-    })
+    }
+    Ok(found)
 }
 
-/// Removes one attachment found by [`find`].
-pub fn detach(a: &Attached) -> Result<(), AttachError> {
+fn by_ids(ids: &[u32]) -> Result<Vec<ProgramInfo>, AttachError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for p in loaded_programs() {
+        let p = p.map_err(|source| AttachError::Open { id: 0, source })?;
+        if ids.contains(&p.id()) {
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
+fn attach_type(program: &str) -> u32 {
+    SOCK_HOOKS
+        .iter()
+        .find(|(n, _)| *n == program)
+        .map_or(0, |(_, t)| *t)
+}
+
+fn io(what: &'static str, hook: &Hook) -> impl FnOnce(std::io::Error) -> AttachError {
+    let hook = hook.describe();
+    move |source| AttachError::Io { what, hook, source }
+}
+
+fn open_cgroup(root: &Path, hook: &Hook, cgroup: &str) -> Result<File, AttachError> {
+    File::open(root.join(cgroup.trim_start_matches('/'))).map_err(io("opening", hook))
+}
+
+/// Attaches `prog` (the hook's program) at the end of the hook's chain.
+pub fn attach(hook: &Hook, prog: BorrowedFd<'_>, cgroup_root: &Path) -> Result<(), AttachError> {
+    match hook {
+        Hook::TcxIngress { ifindex, .. } => {
+            bpfcall::tcx_attach(*ifindex, prog, bpfcall::BPF_TCX_INGRESS)
+        }
+        Hook::TcxEgress { ifindex, .. } => {
+            bpfcall::tcx_attach(*ifindex, prog, bpfcall::BPF_TCX_EGRESS)
+        }
+        Hook::Cgroup { cgroup, program } => {
+            let dir = open_cgroup(cgroup_root, hook, cgroup)?;
+            bpfcall::cgroup_attach(dir.as_fd(), prog, attach_type(program))
+        }
+    }
+    .map_err(io("attaching to", hook))
+}
+
+/// Removes one attachment found by the `find_*` functions.
+pub fn detach(a: &Attached, cgroup_root: &Path) -> Result<(), AttachError> {
     let fd = a.program.fd().map_err(|source| AttachError::Open {
         id: a.program.id(),
         source,
     })?;
-    use std::os::fd::AsFd;
-    bpfcall::tcx_detach(a.ifindex, fd.as_fd(), bpfcall::BPF_TCX_INGRESS).map_err(|source| {
-        AttachError::Detach {
-            dev: a.dev.clone(),
-            source,
+    let prog = fd.as_fd();
+    match &a.hook {
+        Hook::TcxIngress { ifindex, .. } => {
+            bpfcall::tcx_detach(*ifindex, prog, bpfcall::BPF_TCX_INGRESS)
         }
-    })
+        Hook::TcxEgress { ifindex, .. } => {
+            bpfcall::tcx_detach(*ifindex, prog, bpfcall::BPF_TCX_EGRESS)
+        }
+        Hook::Cgroup { cgroup, program } => {
+            let dir = open_cgroup(cgroup_root, &a.hook, cgroup)?;
+            bpfcall::cgroup_detach(dir.as_fd(), prog, attach_type(program))
+        }
+    }
+    .map_err(io("detaching from", &a.hook))
 }

@@ -105,3 +105,76 @@ pub fn obj_pin(fd: BorrowedFd<'_>, path: &std::path::Path) -> io::Result<()> {
     };
     bpf(BPF_OBJ_PIN, &attr)
 }
+
+const BPF_PROG_QUERY: libc::c_long = 16;
+pub const BPF_CGROUP_INET4_CONNECT: u32 = 10;
+pub const BPF_CGROUP_INET6_CONNECT: u32 = 11;
+pub const BPF_CGROUP_UDP4_SENDMSG: u32 = 14;
+pub const BPF_CGROUP_UDP6_SENDMSG: u32 = 15;
+/// Lets other programs stay attached to the same cgroup hook next to ours.
+pub const BPF_F_ALLOW_MULTI: u32 = 2;
+
+/// `union bpf_attr` as used by BPF_PROG_QUERY.
+#[repr(C)]
+#[derive(Default)]
+struct QueryAttr {
+    target_fd: u32,
+    attach_type: u32,
+    query_flags: u32,
+    attach_flags: u32,
+    prog_ids: u64,
+    prog_cnt: u32,
+    _pad: u32,
+    prog_attach_flags: u64,
+    link_ids: u64,
+    link_attach_flags: u64,
+    revision: u64,
+}
+
+/// Attaches `prog` to a cgroup hook, next to any programs already there.
+pub fn cgroup_attach(
+    cgroup: BorrowedFd<'_>,
+    prog: BorrowedFd<'_>,
+    attach_type: u32,
+) -> io::Result<()> {
+    let attr = AttachAttr {
+        target_ifindex: cgroup.as_raw_fd() as u32,
+        attach_bpf_fd: prog.as_raw_fd() as u32,
+        attach_type,
+        attach_flags: BPF_F_ALLOW_MULTI,
+        ..AttachAttr::default()
+    };
+    bpf(BPF_PROG_ATTACH, &attr)
+}
+
+/// Detaches `prog` from a cgroup hook.
+pub fn cgroup_detach(
+    cgroup: BorrowedFd<'_>,
+    prog: BorrowedFd<'_>,
+    attach_type: u32,
+) -> io::Result<()> {
+    let attr = AttachAttr {
+        target_ifindex: cgroup.as_raw_fd() as u32,
+        attach_bpf_fd: prog.as_raw_fd() as u32,
+        attach_type,
+        ..AttachAttr::default()
+    };
+    bpf(BPF_PROG_DETACH, &attr)
+}
+
+/// Ids of the programs attached directly to a cgroup hook (not inherited).
+pub fn cgroup_query(cgroup: BorrowedFd<'_>, attach_type: u32) -> io::Result<Vec<u32>> {
+    let mut ids = vec![0u32; 64];
+    let attr = QueryAttr {
+        target_fd: cgroup.as_raw_fd() as u32,
+        attach_type,
+        prog_ids: ids.as_mut_ptr() as u64,
+        prog_cnt: ids.len() as u32,
+        ..QueryAttr::default()
+    };
+    bpf(BPF_PROG_QUERY, &attr)?;
+    // SAFETY: the kernel wrote prog_cnt back into attr (read through a volatile load).
+    let count = unsafe { std::ptr::read_volatile(&attr.prog_cnt) } as usize;
+    ids.truncate(count.min(64));
+    Ok(ids)
+}

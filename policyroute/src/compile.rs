@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use ipnet::IpNet;
 use policyroute_common::{
     RuleKey, RuleValue, Shape, ShapeTable, MAX_SHAPES, SHAPE_DSCP, SHAPE_PORTS, SHAPE_PROTO,
+    SHAPE_SPORT, SHAPE_SRC,
 };
 
 use crate::rule::{Family, Rule, RuleError};
@@ -136,7 +137,13 @@ fn expand(
     if m.has_ports() {
         flags |= SHAPE_PORTS;
     }
+    if m.sport.is_some() {
+        flags |= SHAPE_SPORT;
+    }
     let (src, src_len) = prefix_words(m.src.as_ref());
+    if src_len > 0 {
+        flags |= SHAPE_SRC;
+    }
     let (dst, dst_len) = prefix_words(m.dst.as_ref());
     for &(sp, sport_mask) in &sports {
         for &(dp, dport_mask) in &dports {

@@ -48,6 +48,10 @@ mod tests;
 pub use error::ConfigError;
 
 pub const DEFAULT_MARK_MASK: u32 = 0xffff_ffff;
+
+fn default_sticky_timeout() -> u32 {
+    read::DEFAULT_STICKY_TIMEOUT
+}
 pub const DEFAULT_RULE_PRIORITY: u32 = 10_000;
 /// The priority of the kernel's `lookup main` rule; the tool's rules must come before it
 /// (and `32767 lookup default` after it).
@@ -59,6 +63,9 @@ pub struct Policy {
     pub mark_mask: u32,
     pub rule_priority: u32,
     pub main_routes_first: bool,
+    /// Seconds a sticky flow is remembered after its last inbound packet.
+    #[serde(default = "default_sticky_timeout")]
+    pub sticky_timeout: u32,
     pub gateways: Vec<Gateway>,
     /// In file order: the first matching rule wins.
     pub rules: Vec<PolicyRule>,
@@ -80,6 +87,9 @@ pub struct Gateway {
     pub table_name: Option<String>,
     /// As written, or derived (see [`Policy::parse`]).
     pub mark: u32,
+    /// Connections that arrive through this gateway are answered through it.
+    #[serde(default)]
+    pub sticky: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,6 +113,16 @@ pub enum Target {
 pub struct Attach {
     /// Devices whose tc ingress hook gets the classifier.
     pub ingress: Vec<String>,
+    /// Devices whose tc egress hook gets the classifier: marks for consumers after routing
+    /// (qdiscs, accounting); an egress mark does not re-route.
+    #[serde(default)]
+    pub egress: Vec<String>,
+    /// Classify this host's own sockets (cgroup connect/sendmsg hooks).
+    #[serde(default)]
+    pub local: bool,
+    /// The cgroup (v2 path, e.g. `/` or `/system.slice`) whose sockets are classified.
+    #[serde(default)]
+    pub local_cgroup: Option<String>,
 }
 
 /// Source lines of the values that can only be checked against the running system.
@@ -118,6 +138,8 @@ pub struct Origin {
     pub gateway_dev: Vec<usize>,
     /// 1-based line of `attach.ingress[i]`, by device index.
     pub ingress: Vec<usize>,
+    /// 1-based line of `attach.egress[i]`, by device index.
+    pub egress: Vec<usize>,
 }
 
 impl PartialEq for Origin {
@@ -160,8 +182,13 @@ impl Policy {
             let key = format!("attach.ingress[{}]", i + 1);
             (dev, line(&self.origin.ingress, i), key)
         });
+        let egress = self.attach.egress.iter().enumerate().map(|(i, dev)| {
+            let key = format!("attach.egress[{}]", i + 1);
+            (dev, line(&self.origin.egress, i), key)
+        });
         let errors = gateways
             .chain(ingress)
+            .chain(egress)
             .filter(|(dev, _, _)| !exists(dev))
             .map(|(dev, line, key)| ConfigError::Invalid {
                 file: self.origin.file.clone(),

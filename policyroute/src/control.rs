@@ -8,7 +8,10 @@ pub mod plan;
 pub mod record;
 pub mod status;
 
-use std::path::PathBuf;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+};
 
 use crate::{
     attach::{self, AttachError, Attached},
@@ -83,36 +86,52 @@ fn lock() -> Result<namespace::Lock, ControlError> {
     .map_err(ControlError::io("taking the namespace lock"))
 }
 
-/// What is attached now: every attachment of our classifier in this namespace, and the
-/// dataplane to keep (the program attached to the most devices; others are stale).
+/// What is attached now: every attachment of our programs in this namespace, and the
+/// dataplane to keep (the one with the most attachments; others are stale).
 struct Current {
     attached: Vec<Attached>,
     dataplane: Option<Dataplane>,
+    /// Where the cgroup v2 hierarchy is mounted for this process.
+    cgroup_root: PathBuf,
 }
 
-async fn current(nl: &Netlink) -> Result<Current, ControlError> {
+/// Finds our attachments: tcx hooks of every device, and the socket hooks of the root
+/// cgroup, of `cgroups`, and of the cgroups earlier applies in this namespace used.
+async fn current(nl: &Netlink, cgroups: &[String]) -> Result<Current, ControlError> {
     let links: Vec<(u32, String)> = nl
         .links()
         .await?
         .into_iter()
         .map(|l| (l.index, l.name))
         .collect();
-    let attached = attach::find(&links)?;
-    let mut uses: std::collections::BTreeMap<u32, usize> = Default::default();
-    for a in &attached {
-        *uses.entry(a.program.id()).or_default() += 1;
+    let mut attached = attach::find_tcx(&links)?;
+    let cgroup_root = namespace::cgroup2_root().map_err(ControlError::io("finding cgroup2"))?;
+    let mut candidates: BTreeSet<String> = cgroups.iter().cloned().collect();
+    candidates.insert("/".into());
+    candidates.extend(namespace::cgroup_hints());
+    let cookie = namespace::netns_cookie().map_err(ControlError::io("netns cookie"))?;
+    for cg in &candidates {
+        for a in attach::find_cgroup(&cgroup_root, cg)? {
+            // Sockets hooks of other namespaces' policies may share a cgroup with ours.
+            if Dataplane::open(&a.program)?.maps.netns_cookie()? == cookie {
+                attached.push(a);
+            }
+        }
     }
-    let keep = uses
-        .iter()
-        .max_by_key(|(id, n)| (**n, **id))
-        .map(|(id, _)| *id);
-    let dataplane = match keep.and_then(|id| attached.iter().find(|a| a.program.id() == id)) {
-        Some(a) => Some(Dataplane::open(&a.program)?),
+    let mut uses: BTreeMap<u32, (usize, usize)> = BTreeMap::new();
+    for (i, a) in attached.iter().enumerate() {
+        let dp = Dataplane::open(&a.program)?;
+        uses.entry(dp.rules_map_id).or_insert((0, i)).0 += 1;
+    }
+    let keep = uses.iter().max_by_key(|(id, (n, _))| (*n, **id));
+    let dataplane = match keep {
+        Some((_, (_, i))) => Some(Dataplane::open(&attached[*i].program)?),
         None => None,
     };
     Ok(Current {
         attached,
         dataplane,
+        cgroup_root,
     })
 }
 
@@ -124,10 +143,10 @@ fn crash_point(step: &str) {
     }
 }
 
-/// Pins the program and its maps under the pin directory, replacing older pins. An extra
-/// for operators whose bpffs is shared (bpftool, other tools); state is never read back
-/// from pins.
-fn pin(dp: &Dataplane, opts: &Options) -> Result<(), ControlError> {
+/// Pins the maps (and the programs this process loaded) under the pin directory,
+/// replacing older pins. Used to share the maps with a newly loaded program set, and an
+/// extra for operators whose bpffs is shared (bpftool); state is never read from pins.
+fn pin(dp: &Dataplane, opts: &Options) -> Result<PathBuf, ControlError> {
     let dir = opts.pin_dir()?;
     namespace::ensure_bpffs(&dir)
         .map_err(ControlError::io(format!("bpffs at {}", dir.display())))?;
@@ -136,8 +155,12 @@ fn pin(dp: &Dataplane, opts: &Options) -> Result<(), ControlError> {
         let _ = std::fs::remove_file(&path);
         path
     };
-    crate::bpfcall::obj_pin(dp.prog_fd(), &replace("program"))
-        .map_err(ControlError::io("pinning the program"))?;
+    for name in crate::dataplane::PROGRAM_NAMES {
+        if let Some(fd) = dp.program_fd(name) {
+            crate::bpfcall::obj_pin(fd, &replace(name))
+                .map_err(ControlError::io(format!("pinning program {name}")))?;
+        }
+    }
     for &id in &dp.map_ids {
         let map = aya::maps::MapData::from_id(id).map_err(DataplaneError::from)?;
         let info = map.info().map_err(DataplaneError::from)?;
@@ -147,7 +170,7 @@ fn pin(dp: &Dataplane, opts: &Options) -> Result<(), ControlError> {
             source: std::io::Error::other(e),
         })?;
     }
-    Ok(())
+    Ok(dir)
 }
 
 /// Removes the pin directory (nothing to do when it does not exist or bpffs is absent).

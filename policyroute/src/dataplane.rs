@@ -6,12 +6,13 @@ use std::os::fd::{AsFd, BorrowedFd};
 
 use aya::{
     maps::{Array, HashMap, IterableMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
-    programs::{ProgramError, ProgramFd, ProgramInfo, SchedClassifier},
+    programs::{CgroupSockAddr, ProgramError, ProgramFd, ProgramInfo, SchedClassifier},
     Ebpf, EbpfError, EbpfLoader,
 };
 use policyroute_common::{
-    Control, Counter, RuleKey, RuleValue, ShapeTable, StateChunk, CONTROL_MAP, COUNTERS_MAP,
-    DEFAULT_MAX_COUNTERS, DEFAULT_MAX_ENTRIES, GENERATIONS, RULES_MAP, STATE_MAP, TABLES_MAP,
+    Control, Counter, DeviceRole, FlowKey, FlowValue, GatewaySource, RuleKey, RuleValue,
+    ShapeTable, StateChunk, CONTROL_MAP, COUNTERS_MAP, DEFAULT_MAX_COUNTERS, DEFAULT_MAX_ENTRIES,
+    DEVICES_MAP, FLOWS_MAP, GENERATIONS, RULES_MAP, SOURCES_MAP, STATE_MAP, TABLES_MAP,
 };
 
 use crate::{
@@ -51,6 +52,9 @@ pub struct Maps {
     pub control: Array<MapData, Control>,
     pub counters: PerCpuArray<MapData, Counter>,
     pub state: HashMap<MapData, u32, StateChunk>,
+    pub devices: HashMap<MapData, u32, DeviceRole>,
+    pub flows: HashMap<MapData, FlowKey, FlowValue>,
+    pub sources: HashMap<MapData, u32, GatewaySource>,
 }
 
 /// Entry changes between a compiled policy and the maps.
@@ -84,6 +88,24 @@ impl Maps {
         Self::build(|name| ebpf.take_map(name).ok_or(DataplaneError::Missing(name)))
     }
 
+    fn all(&self) -> [&MapData; 8] {
+        [
+            self.rules.map(),
+            self.tables.map(),
+            self.control.map(),
+            self.counters.map(),
+            self.state.map(),
+            self.devices.map(),
+            self.flows.map(),
+            self.sources.map(),
+        ]
+    }
+
+    /// The network namespace cookie the socket hooks act on.
+    pub fn netns_cookie(&self) -> Result<u64, DataplaneError> {
+        Ok(self.control.get(&0, 0)?.netns_cookie)
+    }
+
     /// The maps of an already loaded classifier, found through the program's map ids.
     fn of_program(info: &ProgramInfo) -> Result<Self, DataplaneError> {
         let mut by_name = std::collections::HashMap::new();
@@ -108,6 +130,9 @@ impl Maps {
             control: Array::try_from(take(CONTROL_MAP)?)?,
             counters: PerCpuArray::try_from(take(COUNTERS_MAP)?)?,
             state: HashMap::try_from(take(STATE_MAP)?)?,
+            devices: HashMap::try_from(take(DEVICES_MAP)?)?,
+            flows: HashMap::try_from(take(FLOWS_MAP)?)?,
+            sources: HashMap::try_from(take(SOURCES_MAP)?)?,
         })
     }
 
@@ -197,10 +222,56 @@ impl Maps {
         self.tables.set(next * 2 + 1, tables[1], 0)?;
         let control = Control {
             generation: next,
-            _pad: 0,
+            ..self.control.get(&0, 0)?
         };
         self.control.set(0, control, 0)?;
         Ok(())
+    }
+
+    /// Sets the switches other than the table generation.
+    pub fn set_control(
+        &mut self,
+        flags: u32,
+        netns_cookie: u64,
+        sticky_ttl_ns: u64,
+    ) -> Result<(), DataplaneError> {
+        let control = Control {
+            flags,
+            netns_cookie,
+            sticky_ttl_ns,
+            ..self.control.get(&0, 0)?
+        };
+        self.control.set(0, control, 0)?;
+        Ok(())
+    }
+
+    /// Makes `map` hold exactly `want`.
+    fn sync<K: aya::Pod + Ord, V: aya::Pod + PartialEq>(
+        map: &mut HashMap<MapData, K, V>,
+        want: &std::collections::BTreeMap<K, V>,
+    ) -> Result<(), DataplaneError> {
+        let have: Vec<(K, V)> = map.iter().collect::<Result<_, _>>()?;
+        for (k, v) in want {
+            if !have.iter().any(|(hk, hv)| hk == k && hv == v) {
+                map.insert(k, v, 0)?;
+            }
+        }
+        for (k, _) in have {
+            if !want.contains_key(&k) {
+                map.remove(&k)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Device roles (ifindex -> role) and gateway source addresses (mark -> addresses).
+    pub fn set_roles(
+        &mut self,
+        devices: &std::collections::BTreeMap<u32, DeviceRole>,
+        sources: &std::collections::BTreeMap<u32, GatewaySource>,
+    ) -> Result<(), DataplaneError> {
+        Self::sync(&mut self.devices, devices)?;
+        Self::sync(&mut self.sources, sources)
     }
 
     /// Zeroes the counters of `slots` on every CPU (a slot given to a new rule starts at 0).
@@ -249,64 +320,123 @@ impl Default for Capacity {
     }
 }
 
-/// A classifier program in the kernel and its maps: freshly loaded by this process, or
-/// found attached somewhere and opened by id.
+/// The programs of the object, by the name the kernel reports (at most 15 characters).
+pub const TC_INGRESS: &str = object::CLASSIFIER_PROGRAM;
+pub const TC_EGRESS: &str = "policyroute_eg";
+pub const CONNECT4: &str = "pr_connect4";
+pub const CONNECT6: &str = "pr_connect6";
+pub const SENDMSG4: &str = "pr_sendmsg4";
+pub const SENDMSG6: &str = "pr_sendmsg6";
+const TC_PROGRAMS: [&str; 2] = [TC_INGRESS, TC_EGRESS];
+pub const PROGRAM_NAMES: [&str; 6] = [
+    TC_INGRESS, TC_EGRESS, CONNECT4, CONNECT6, SENDMSG4, SENDMSG6,
+];
+const SOCK_PROGRAMS: [&str; 4] = [CONNECT4, CONNECT6, SENDMSG4, SENDMSG6];
+/// Maps in the object, for sharing them with a newly loaded program set.
+pub const MAP_NAMES: [&str; 8] = [
+    RULES_MAP,
+    TABLES_MAP,
+    CONTROL_MAP,
+    COUNTERS_MAP,
+    STATE_MAP,
+    DEVICES_MAP,
+    FLOWS_MAP,
+    SOURCES_MAP,
+];
+
+/// The dataplane: maps, and the programs this process loaded (none when it was only
+/// found attached and opened by id).
 pub struct Dataplane {
-    pub prog_id: u32,
-    /// Ids of the program's maps (for pinning them).
+    /// Identifies the dataplane: every program of one load shares this rules map.
+    pub rules_map_id: u32,
+    /// Ids of its maps (for pinning them).
     pub map_ids: Vec<u32>,
-    prog_fd: ProgramFd,
     pub maps: Maps,
+    programs: std::collections::BTreeMap<&'static str, ProgramFd>,
     ebpf: Option<Ebpf>,
 }
 
 impl Dataplane {
-    /// Loads and verifies the classifier with maps of the given capacity.
+    /// Loads and verifies all programs with new maps of the given capacity.
     pub fn load(capacity: Capacity) -> Result<Self, DataplaneError> {
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(RULES_MAP, capacity.entries)
             .map_max_entries(COUNTERS_MAP, capacity.rules);
+        Self::load_with(loader)
+    }
+
+    /// Loads all programs again, sharing the maps of a dataplane pinned (by map name) in
+    /// `pin_dir`: new hooks can be attached while counters, rules and flows stay.
+    pub fn load_sharing(pin_dir: &std::path::Path) -> Result<Self, DataplaneError> {
+        let mut loader = EbpfLoader::new();
+        for name in MAP_NAMES {
+            loader.map_pin_path(name, pin_dir.join(name));
+        }
+        Self::load_with(loader)
+    }
+
+    fn load_with(mut loader: EbpfLoader<'_>) -> Result<Self, DataplaneError> {
         let mut ebpf = loader.load(object::classifier())?;
-        let prog = classifier_mut(&mut ebpf, object::CLASSIFIER_PROGRAM)?;
-        prog.load()?;
-        let prog_fd = prog.fd()?.try_clone().map_err(ProgramError::from)?;
-        let prog_id = prog.info()?.id();
+        let mut programs = std::collections::BTreeMap::new();
+        for name in TC_PROGRAMS {
+            let prog = classifier_mut(&mut ebpf, name)?;
+            prog.load()?;
+            programs.insert(name, prog.fd()?.try_clone().map_err(ProgramError::from)?);
+        }
+        for name in SOCK_PROGRAMS {
+            let prog: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .ok_or(DataplaneError::Missing(name))?
+                .try_into()?;
+            prog.load()?;
+            programs.insert(name, prog.fd()?.try_clone().map_err(ProgramError::from)?);
+        }
         let maps = Maps::take(&mut ebpf)?;
-        bpfcall::prog_bind_map(prog_fd.as_fd(), maps.state.map().fd().as_fd())
-            .map_err(DataplaneError::Bind)?;
-        let map_ids = classifier_mut(&mut ebpf, object::CLASSIFIER_PROGRAM)?
-            .info()?
-            .map_ids()?
-            .unwrap_or_default();
+        // Every program lists every map, so whichever program a later process finds
+        // attached leads it to all of them (the state record is read only by userspace,
+        // the gateway sources only by the socket hooks).
+        for fd in programs.values() {
+            for map in maps.all() {
+                bpfcall::prog_bind_map(fd.as_fd(), map.fd().as_fd())
+                    .map_err(DataplaneError::Bind)?;
+            }
+        }
+        let info = classifier_mut(&mut ebpf, TC_INGRESS)?.info()?;
         Ok(Self {
-            prog_id,
-            map_ids,
-            prog_fd,
+            rules_map_id: maps.rules.map().info()?.id(),
+            map_ids: info.map_ids()?.unwrap_or_default(),
             maps,
+            programs,
             ebpf: Some(ebpf),
         })
     }
 
-    /// Opens a loaded classifier (e.g. found attached to a device) and its maps.
+    /// Opens the maps of a loaded program (e.g. found attached to a device).
     pub fn open(info: &ProgramInfo) -> Result<Self, DataplaneError> {
+        let maps = Maps::of_program(info)?;
         Ok(Self {
-            prog_id: info.id(),
+            rules_map_id: maps.rules.map().info()?.id(),
             map_ids: info.map_ids()?.unwrap_or_default(),
-            prog_fd: info.fd()?,
-            maps: Maps::of_program(info)?,
+            maps,
+            programs: Default::default(),
             ebpf: None,
         })
     }
 
-    pub fn prog_fd(&self) -> BorrowedFd<'_> {
-        self.prog_fd.as_fd()
+    /// A program this process loaded, by name.
+    pub fn program_fd(&self, name: &str) -> Option<BorrowedFd<'_>> {
+        self.programs.get(name).map(|fd| fd.as_fd())
     }
 
-    /// The aya program object, for test runs; only for a program this process loaded.
+    pub fn has_programs(&self) -> bool {
+        !self.programs.is_empty()
+    }
+
+    /// The aya TC ingress program, for test runs; only for programs this process loaded.
     pub fn program(&mut self) -> Result<&mut SchedClassifier, DataplaneError> {
         let ebpf = self.ebpf.as_mut().ok_or(DataplaneError::NotLoadedHere)?;
-        classifier_mut(ebpf, object::CLASSIFIER_PROGRAM)
+        classifier_mut(ebpf, TC_INGRESS)
     }
 }
 

@@ -138,7 +138,11 @@ fn apply_text(r: &apply::Report) -> String {
         let _ = writeln!(o, "{verb} detach from {d}");
     }
     for x in &r.routes.add {
-        let _ = writeln!(o, "{verb} add route {}", status::describe_route(x));
+        let _ = writeln!(
+            o,
+            "{verb} add route {}",
+            status::describe_route(x, &r.devices)
+        );
     }
     for x in &r.ip_rules.add {
         let _ = writeln!(o, "{verb} add ip rule {}", status::describe_rule(x));
@@ -147,7 +151,11 @@ fn apply_text(r: &apply::Report) -> String {
         let _ = writeln!(o, "{verb} remove ip rule {}", status::describe_rule(x));
     }
     for x in &r.routes.remove {
-        let _ = writeln!(o, "{verb} remove route {}", status::describe_route(x));
+        let _ = writeln!(
+            o,
+            "{verb} remove route {}",
+            status::describe_route(x, &r.devices)
+        );
     }
     for w in &r.warnings {
         let _ = writeln!(o, "warning: {w}");

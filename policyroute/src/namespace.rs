@@ -124,3 +124,111 @@ fn effective_caps() -> Option<u64> {
     let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
     u64::from_str_radix(hex.trim(), 16).ok()
 }
+
+/// Where the cgroup v2 hierarchy is mounted, mounting it at /sys/fs/cgroup when no cgroup2
+/// mount is visible (under `ip netns exec`, /sys is fresh and has none; the mount lives in
+/// the command's private mount namespace and goes with it).
+pub fn cgroup2_root() -> io::Result<PathBuf> {
+    let mounts = fs::read_to_string("/proc/self/mountinfo")?;
+    if let Some(dir) = cgroup2_mount(&mounts) {
+        return Ok(dir);
+    }
+    let dir = Path::new("/sys/fs/cgroup");
+    fs::create_dir_all(dir)?;
+    let target = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
+    // SAFETY: constant C strings and a valid target path.
+    let rc = unsafe {
+        libc::mount(
+            c"cgroup2".as_ptr(),
+            target.as_ptr(),
+            c"cgroup2".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(dir.to_path_buf())
+}
+
+/// The mount point of a cgroup2 filesystem in a mountinfo table.
+fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let fstype = right.split_whitespace().next()?;
+        let mount_point = left.split_whitespace().nth(4)?;
+        (fstype == "cgroup2").then(|| PathBuf::from(mount_point))
+    })
+}
+
+/// The network namespace cookie (what socket hooks compare to act only on sockets of this
+/// namespace).
+pub fn netns_cookie() -> io::Result<u64> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let sock =
+        std::net::UdpSocket::bind("0.0.0.0:0").or_else(|_| std::net::UdpSocket::bind("[::]:0"))?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: valid socket, out pointer and length.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cookie)
+}
+
+fn hints_file() -> io::Result<PathBuf> {
+    Ok(Path::new(LOCK_DIR).join(format!("{}.cgroups", label()?)))
+}
+
+/// Cgroups earlier applies in this namespace attached socket hooks to: where `status` and
+/// `flush` look besides the root cgroup. Only a hint; what is attached is asked of the
+/// kernel, and programs of other namespaces are told apart by their netns cookie.
+pub fn cgroup_hints() -> Vec<String> {
+    let Ok(path) = hints_file() else {
+        return Vec::new();
+    };
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+pub fn set_cgroup_hints(cgroups: &[String]) -> io::Result<()> {
+    let path = hints_file()?;
+    if cgroups.is_empty() {
+        return match fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
+    }
+    fs::create_dir_all(LOCK_DIR)?;
+    fs::write(path, cgroups.join("\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn finds_the_cgroup2_mount() {
+        let info = "30 23 0:26 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw\n\
+                    31 23 0:27 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n";
+        assert_eq!(
+            super::cgroup2_mount(info),
+            Some("/sys/fs/cgroup/unified".into())
+        );
+        assert_eq!(
+            super::cgroup2_mount("31 23 0:27 / /x rw - cgroup cgroup rw\n"),
+            None
+        );
+    }
+}

@@ -112,7 +112,7 @@ fn dry_run_changes_nothing() {
     let policy = TempFile::new("dry.toml", BASE);
     let plan = cli::json(&ns, &["apply", "-c", policy.arg(), "--dry-run"]);
     assert_eq!(plan["dry_run"], true);
-    assert_eq!(plan["attach"][0], "lan0");
+    assert_eq!(plan["attach"][0], "tcx ingress of lan0");
     assert_eq!(plan["routes"]["add"].as_array().unwrap().len(), 4);
     assert!(cli::owned_objects(&ns).is_empty());
 }
@@ -365,7 +365,10 @@ fn an_apply_killed_at_any_step_is_repaired_and_flushable() {
             &["apply", "-c", policy.arg()],
             &[("POLICYROUTE_CRASH_AFTER", step)],
         );
-        assert!(!out.status.success(), "{step}: the crash hook fires on a no-op apply too");
+        assert!(
+            !out.status.success(),
+            "{step}: the crash hook fires on a no-op apply too"
+        );
         cli::ok(&ns, &["flush"]);
         assert!(
             cli::owned_objects(&ns).is_empty(),

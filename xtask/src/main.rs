@@ -49,8 +49,6 @@ fn main() -> anyhow::Result<()> {
         Command::Build => cmd::cargo(&["build", "--release", "--package", "policyroute"]),
         Command::Test { args } => test::run(&args),
         Command::Bench { which } => bench::run(which),
-        Command::Demo => anyhow::bail!(
-            "the demo needs the controller (apply/status/flush), which is not implemented yet"
-        ),
+        Command::Demo => bench::demo(),
     }
 }

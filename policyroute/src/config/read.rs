@@ -18,12 +18,15 @@ const TOP_KEYS: &[&str] = &[
     "mark_mask",
     "rule_priority",
     "main_routes_first",
+    "sticky_timeout",
     "gateway",
     "rule",
     "attach",
 ];
-const GATEWAY_KEYS: &[&str] = &["name", "dev", "via", "table", "mark"];
-const ATTACH_KEYS: &[&str] = &["ingress"];
+const GATEWAY_KEYS: &[&str] = &["name", "dev", "via", "table", "mark", "sticky"];
+const ATTACH_KEYS: &[&str] = &["ingress", "egress", "local", "local_cgroup"];
+/// Default lifetime of a sticky flow record after its last inbound packet, in seconds.
+pub const DEFAULT_STICKY_TIMEOUT: u32 = 300;
 
 /// Linux's IFNAMSIZ less the terminating NUL.
 const IFNAME_MAX: usize = 15;
@@ -40,6 +43,7 @@ pub(super) struct GatewayDraft {
     table: Option<(u32, Option<String>, Range<usize>)>,
     /// Explicit mark; derived later when absent.
     pub mark: Option<(u32, Range<usize>)>,
+    sticky: bool,
 }
 
 pub(super) fn policy(text: &str, file: &str, tables: &RtTables) -> Result<Policy, ConfigError> {
@@ -60,7 +64,8 @@ pub(super) fn policy(text: &str, file: &str, tables: &RtTables) -> Result<Policy
     rules::check(&mut doc, &rules, &gateways);
     let marks = marks::assign(&mut doc, &gateways, &rules, mark_mask);
     let rule_priority = rule_priority(&mut doc, &top, gateways.len());
-    let (attach, ingress_lines) = attach(&mut doc, &top);
+    let (attach, ingress_lines, egress_lines) = attach(&mut doc, &top);
+    let sticky_timeout = sticky_timeout(&mut doc, &top);
     let policy = Policy {
         mark_mask,
         rule_priority,
@@ -69,7 +74,9 @@ pub(super) fn policy(text: &str, file: &str, tables: &RtTables) -> Result<Policy
             file: file.to_owned(),
             gateway_dev: gateways.iter().map(|g| g.dev_line).collect(),
             ingress: ingress_lines,
+            egress: egress_lines,
         },
+        sticky_timeout,
         gateways: gateways
             .into_iter()
             .zip(marks)
@@ -177,6 +184,10 @@ fn gateway(
         mark: sec
             .get("mark")
             .and_then(|f| Some((gateway_mark(doc, f, mark_mask)?, f.value.span()))),
+        sticky: sec
+            .get("sticky")
+            .and_then(|f| doc.boolean(f))
+            .unwrap_or(false),
     }
 }
 
@@ -189,6 +200,7 @@ fn finish_gateway((draft, mark): (GatewayDraft, u32)) -> Gateway {
         table,
         table_name,
         mark,
+        sticky: draft.sticky,
     }
 }
 
@@ -371,17 +383,47 @@ pub(super) fn report_duplicates(
     }
 }
 
-fn attach(doc: &mut Doc<'_>, top: &Section<'_, '_>) -> (Attach, Vec<usize>) {
+fn sticky_timeout(doc: &mut Doc<'_>, top: &Section<'_, '_>) -> u32 {
+    let Some(f) = top.get("sticky_timeout") else {
+        return DEFAULT_STICKY_TIMEOUT;
+    };
+    match doc.int(f, 1..=86_400) {
+        Some(secs) => secs as u32,
+        None => DEFAULT_STICKY_TIMEOUT,
+    }
+}
+
+fn attach(doc: &mut Doc<'_>, top: &Section<'_, '_>) -> (Attach, Vec<usize>, Vec<usize>) {
     let Some(sec) = top
         .get("attach")
         .and_then(|f| doc.section(f.key, f.value, ATTACH_KEYS))
     else {
-        return (Attach::default(), Vec::new());
+        return (Attach::default(), Vec::new(), Vec::new());
     };
-    let items = sec
-        .get("ingress")
-        .and_then(|f| doc.array(f))
-        .unwrap_or_default();
+    let (ingress, ingress_lines) = devices(doc, &sec, "ingress");
+    let (egress, egress_lines) = devices(doc, &sec, "egress");
+    let local = sec
+        .get("local")
+        .and_then(|f| doc.boolean(f))
+        .unwrap_or(false);
+    let local_cgroup = sec.get("local_cgroup").and_then(|f| non_empty(doc, f));
+    if local_cgroup.is_some() && !local {
+        if let Some(f) = sec.get("local_cgroup") {
+            doc.error(&f.value.span(), f.key, "has no effect without local = true");
+        }
+    }
+    let attach = Attach {
+        ingress,
+        egress,
+        local,
+        local_cgroup,
+    };
+    (attach, ingress_lines, egress_lines)
+}
+
+/// A list of device names with the lines they were written on; duplicates are errors.
+fn devices(doc: &mut Doc<'_>, sec: &Section<'_, '_>, name: &str) -> (Vec<String>, Vec<usize>) {
+    let items = sec.get(name).and_then(|f| doc.array(f)).unwrap_or_default();
     let mut devs = Vec::new();
     for (key, value) in &items {
         if let Some(dev) = ifname(doc, Field { key, value }) {
@@ -393,6 +435,5 @@ fn attach(doc: &mut Doc<'_>, top: &Section<'_, '_>) -> (Attach, Vec<usize>) {
         .map(|(d, s, k)| (format!("{d:?}"), s.clone(), k.to_string()));
     report_duplicates(doc, dup, "device");
     let lines = devs.iter().map(|(_, s, _)| doc.line(s)).collect();
-    let ingress = devs.into_iter().map(|(d, _, _)| d).collect();
-    (Attach { ingress }, lines)
+    (devs.into_iter().map(|(d, _, _)| d).collect(), lines)
 }

@@ -82,6 +82,7 @@ fn full_example_parses_to_the_expected_policy() {
         mark_mask: 0xffff_ffff,
         rule_priority: 10_000,
         main_routes_first: true,
+        sticky_timeout: 300,
         gateways: vec![Gateway {
             name: "isp2".into(),
             dev: "wan2".into(),
@@ -89,6 +90,7 @@ fn full_example_parses_to_the_expected_policy() {
             table: 100,
             table_name: None,
             mark: 4,
+            sticky: false,
         }],
         rules: vec![PolicyRule {
             name: "web-via-isp2".into(),
@@ -104,6 +106,7 @@ fn full_example_parses_to_the_expected_policy() {
         }],
         attach: Attach {
             ingress: vec!["lan0".into()],
+            ..Attach::default()
         },
         origin: Origin::default(),
     };
@@ -278,7 +281,7 @@ fn load_labels_errors_with_the_path() {
     std::fs::remove_file(&path).unwrap();
     assert_eq!(
         err.to_string(),
-        format!("{}:2: bogus: unknown key (expected one of: mark_mask, rule_priority, main_routes_first, gateway, rule, attach)", path.display())
+        format!("{}:2: bogus: unknown key (expected one of: mark_mask, rule_priority, main_routes_first, sticky_timeout, gateway, rule, attach)", path.display())
     );
 }
 
@@ -368,9 +371,9 @@ fn unknown_keys() {
         "unknown key",
     );
     assert_error(
-        &["[attach]", "egress = [\"lan0\"]"],
+        &["[attach]", "egres = [\"lan0\"]"],
         2,
-        "attach.egress",
+        "attach.egres",
         "unknown key",
     );
 }

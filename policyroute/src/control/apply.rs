@@ -3,21 +3,26 @@
 //! Nothing in the kernel changes until the file, the devices and the compiled classifier
 //! all check out. Each later step is idempotent, so an apply killed at any point leaves a
 //! state the next apply repairs (and `flush` removes).
-use std::{collections::BTreeMap, path::Path};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    path::Path,
+};
 
 use serde::Serialize;
 
 use super::{
-    crash_point, current, lock,
-    plan::{self, Desired, Diff},
+    crash_point, current, lock, pin,
+    plan::{self, Desired, Diff, System},
     record::{self, Record},
     require_privileges, ControlError, Current, Options,
 };
 use crate::{
-    attach,
+    attach::{self, Hook},
     compile::{compile_with_slots, Compiled},
     config::Policy,
     dataplane::{Capacity, Dataplane, InstallStats},
+    namespace,
     netlink::{IpRoute, IpRule, Netlink, NetlinkError, RTPROT_POLICYROUTE},
     rt_tables::RtTables,
 };
@@ -28,15 +33,17 @@ pub struct Report {
     pub dry_run: bool,
     pub ip_rules: Diff<IpRule>,
     pub routes: Diff<IpRoute>,
-    /// Devices the classifier gets attached to.
+    /// Hooks the programs get attached to.
     pub attach: Vec<String>,
-    /// `dev (program id)` attachments removed.
+    /// `hook (program id)` attachments removed.
     pub detach: Vec<String>,
     /// Classifier hash entries.
     pub entries: InstallStats,
-    /// A new classifier program was (or would be) loaded.
+    /// A new dataplane (programs and maps) was (or would be) loaded.
     pub new_dataplane: bool,
     pub warnings: Vec<String>,
+    #[serde(skip)]
+    pub devices: super::status::DeviceNames,
 }
 
 impl Report {
@@ -61,25 +68,79 @@ pub fn load_tables(opts: &Options) -> Result<RtTables, ControlError> {
     }
 }
 
+/// Everything an apply decided before touching the kernel.
+struct Prepared {
+    policy: Policy,
+    want: Desired,
+    compiled: Compiled,
+    slots: Vec<u32>,
+    fresh: Vec<u32>,
+    cur: Current,
+    cookie: u64,
+}
+
 pub async fn apply(path: &Path, opts: &Options, dry_run: bool) -> Result<Report, ControlError> {
     require_privileges()?;
     let policy = Policy::load(path, &load_tables(opts)?)?;
     let _lock = lock()?;
     let nl = Netlink::new()?;
-    let index_of: BTreeMap<String, u32> = nl
-        .links()
-        .await?
-        .into_iter()
-        .map(|l| (l.name, l.index))
-        .collect();
-    policy.check_devices(|d| index_of.contains_key(d))?;
-    let want = plan::desired(&policy, &index_of);
-    let mut cur = current(&nl).await?;
     let mut report = Report {
         dry_run,
         ..Report::default()
     };
-    let previous = previous_record(&cur, &mut report);
+    let prep = prepare(&nl, policy, &mut report).await?;
+    report.ip_rules = Diff::between(&owned_rules(&nl).await?, &prep.want.rules);
+    report.routes = Diff::between(&owned_routes(&nl).await?, &prep.want.routes);
+    if prep.want.hooks.is_empty() {
+        report
+            .warnings
+            .push("[attach] names no hook: the classifier marks no traffic".into());
+    }
+    if dry_run {
+        plan_dataplane(&prep, &mut report)?;
+        return Ok(report);
+    }
+    execute(&nl, path, opts, prep, &mut report).await?;
+    Ok(report)
+}
+
+async fn owned_rules(nl: &Netlink) -> Result<BTreeSet<IpRule>, ControlError> {
+    Ok(nl.rules(RTPROT_POLICYROUTE).await?.into_iter().collect())
+}
+
+async fn owned_routes(nl: &Netlink) -> Result<BTreeSet<IpRoute>, ControlError> {
+    Ok(nl.routes(RTPROT_POLICYROUTE).await?.into_iter().collect())
+}
+
+/// Validates against the running system and compiles; changes nothing.
+async fn prepare(
+    nl: &Netlink,
+    policy: Policy,
+    report: &mut Report,
+) -> Result<Prepared, ControlError> {
+    let links = nl.links().await?;
+    let index_of: BTreeMap<String, u32> = links.iter().map(|l| (l.name.clone(), l.index)).collect();
+    policy.check_devices(|d| index_of.contains_key(d))?;
+    report.devices = links.iter().map(|l| (l.index, l.name.clone())).collect();
+    let mut addresses = BTreeMap::new();
+    for gw in &policy.gateways {
+        addresses.insert(
+            gw.dev.clone(),
+            global_addresses(nl, index_of[&gw.dev]).await?,
+        );
+    }
+    let sys = System {
+        index_of: &index_of,
+        addresses: &addresses,
+    };
+    let want = plan::desired(&policy, &sys);
+    let cgroups = if policy.attach.local {
+        vec![plan::local_cgroup(&policy)]
+    } else {
+        Vec::new()
+    };
+    let mut cur = current(nl, &cgroups).await?;
+    let previous = previous_record(&cur, report);
     let (slots, fresh) = record::assign_slots(&policy, previous.as_ref());
     let shapes = match &cur.dataplane {
         Some(dp) => dp.maps.live_shapes()?,
@@ -91,38 +152,33 @@ pub async fn apply(path: &Path, opts: &Options, dry_run: bool) -> Result<Report,
         policy.mark_mask,
         &shapes,
     )?;
-    let reuse = reusable(&cur, &compiled)?;
-    if !reuse {
+    if !reusable(&cur, &compiled)? {
         cur.dataplane = None;
     }
-    report.ip_rules = Diff::between(
-        &nl.rules(RTPROT_POLICYROUTE).await?.into_iter().collect(),
-        &want.rules,
-    );
-    report.routes = Diff::between(
-        &nl.routes(RTPROT_POLICYROUTE).await?.into_iter().collect(),
-        &want.routes,
-    );
-    if want.ingress.is_empty() {
-        report
-            .warnings
-            .push("[attach] ingress lists no device: the classifier marks no traffic".into());
-    }
-    if dry_run {
-        plan_dataplane(&cur, &want, &compiled, &mut report)?;
-        return Ok(report);
-    }
-    let record = Record::new(path.display().to_string(), policy.clone(), slots);
-    let dp = install_dataplane(&mut cur, &want, &compiled, &fresh, &record, &mut report)?;
-    reconcile_routing(&nl, &report).await?;
-    attachments(&cur, dp.as_ref(), &want, &mut report)?;
-    remove_stale_routing(&nl, &report).await?;
-    if let Some(dp) = &dp {
-        if let Err(e) = super::pin(dp, opts) {
-            report.warnings.push(format!("pinning in bpffs: {e}"));
-        }
-    }
-    Ok(report)
+    let cookie = namespace::netns_cookie().map_err(ControlError::io("netns cookie"))?;
+    Ok(Prepared {
+        policy,
+        want,
+        compiled,
+        slots,
+        fresh,
+        cur,
+        cookie,
+    })
+}
+
+/// Addresses a gateway's device answers on (link-local ones route nowhere).
+async fn global_addresses(nl: &Netlink, ifindex: u32) -> Result<Vec<IpAddr>, ControlError> {
+    Ok(nl
+        .addresses(ifindex)
+        .await?
+        .into_iter()
+        .map(|n| n.addr())
+        .filter(|a| match a {
+            IpAddr::V4(v4) => !v4.is_link_local(),
+            IpAddr::V6(v6) => !v6.is_unicast_link_local(),
+        })
+        .collect())
 }
 
 /// The record of the previous apply; an unreadable one only costs counter continuity.
@@ -139,7 +195,7 @@ fn previous_record(cur: &Current, report: &mut Report) -> Option<Record> {
     }
 }
 
-/// Whether the attached dataplane can hold the compiled policy (else a larger one is loaded).
+/// Whether the current dataplane can hold the compiled policy (else a larger one is loaded).
 fn reusable(cur: &Current, compiled: &Compiled) -> Result<bool, ControlError> {
     let Some(dp) = &cur.dataplane else {
         return Ok(false);
@@ -161,85 +217,121 @@ fn capacity_for(compiled: &Compiled) -> Capacity {
     }
 }
 
-/// Dry run: what would happen to entries and attachments.
-fn plan_dataplane(
-    cur: &Current,
-    want: &Desired,
-    compiled: &Compiled,
-    report: &mut Report,
-) -> Result<(), ControlError> {
-    let keep = cur.dataplane.as_ref().map(|dp| dp.prog_id);
-    match &cur.dataplane {
-        Some(dp) => report.entries = dp.maps.diff(compiled)?.stats(),
-        None if !want.ingress.is_empty() => {
-            report.new_dataplane = true;
-            report.entries.inserted = compiled.entries.len();
-        }
-        None => {}
-    }
-    let (attach, detach) = attachment_plan(cur, keep, want);
-    report.attach = attach.into_iter().map(|(dev, _)| dev).collect();
-    report.detach = detach.iter().map(|&i| describe(&cur.attached[i])).collect();
-    Ok(())
-}
-
-fn describe(a: &attach::Attached) -> String {
-    format!("{} (program {})", a.dev, a.program.id())
-}
-
-/// Devices to attach `keep` to, and indexes into `cur.attached` to detach.
-fn attachment_plan(
-    cur: &Current,
-    keep: Option<u32>,
-    want: &Desired,
-) -> (Vec<(String, u32)>, Vec<usize>) {
-    let has = |dev: &str| {
-        cur.attached
-            .iter()
-            .any(|a| a.dev == dev && Some(a.program.id()) == keep)
-    };
+/// Hooks to attach, and indexes into `cur.attached` to detach, for keeping the dataplane
+/// whose rules map is `keep`.
+fn attachment_plan(cur: &Current, keep: Option<u32>, want: &Desired) -> (Vec<Hook>, Vec<usize>) {
+    let current = |i: usize| keep.is_some_and(|id| cur.attached[i].uses_map(id));
     let attach = want
-        .ingress
+        .hooks
         .iter()
-        .filter(|(dev, _)| !has(dev))
-        .map(|(dev, idx)| (dev.clone(), *idx))
+        .filter(|h| !(0..cur.attached.len()).any(|i| cur.attached[i].hook == **h && current(i)))
+        .cloned()
         .collect();
     let detach = (0..cur.attached.len())
-        .filter(|&i| {
-            let a = &cur.attached[i];
-            Some(a.program.id()) != keep || !want.ingress.contains_key(&a.dev)
-        })
+        .filter(|&i| !current(i) || !want.hooks.contains(&cur.attached[i].hook))
         .collect();
     (attach, detach)
 }
 
-/// Loads or reuses the classifier and writes the policy and its record into its maps.
+fn describe(a: &attach::Attached) -> String {
+    format!("{} (program {})", a.hook.describe(), a.program.id())
+}
+
+/// Dry run: what would happen to entries and attachments.
+fn plan_dataplane(prep: &Prepared, report: &mut Report) -> Result<(), ControlError> {
+    let keep = prep.cur.dataplane.as_ref().map(|dp| dp.rules_map_id);
+    match &prep.cur.dataplane {
+        Some(dp) => report.entries = dp.maps.diff(&prep.compiled)?.stats(),
+        None if !prep.want.hooks.is_empty() => {
+            report.new_dataplane = true;
+            report.entries.inserted = prep.compiled.entries.len();
+        }
+        None => {}
+    }
+    let (attach, detach) = attachment_plan(&prep.cur, keep, &prep.want);
+    report.attach = attach.iter().map(Hook::describe).collect();
+    report.detach = detach
+        .iter()
+        .map(|&i| describe(&prep.cur.attached[i]))
+        .collect();
+    Ok(())
+}
+
+async fn execute(
+    nl: &Netlink,
+    path: &Path,
+    opts: &Options,
+    mut prep: Prepared,
+    report: &mut Report,
+) -> Result<(), ControlError> {
+    let record = Record::new(
+        path.display().to_string(),
+        prep.policy.clone(),
+        prep.slots.clone(),
+    );
+    let dp = install_dataplane(&mut prep, &record, opts, report)?;
+    reconcile_routing(nl, report).await?;
+    attachments(&prep, dp.as_ref(), report)?;
+    remove_stale_routing(nl, report).await?;
+    if let Some(dp) = &dp {
+        if let Err(e) = pin(dp, opts) {
+            report.warnings.push(format!("pinning in bpffs: {e}"));
+        }
+    }
+    let cgroups: BTreeSet<String> = prep
+        .want
+        .hooks
+        .iter()
+        .filter_map(|h| match h {
+            Hook::Cgroup { cgroup, .. } => Some(cgroup.clone()),
+            _ => None,
+        })
+        .collect();
+    let cgroups: Vec<String> = cgroups.into_iter().collect();
+    namespace::set_cgroup_hints(&cgroups).map_err(ControlError::io("recording cgroups"))?;
+    Ok(())
+}
+
+/// Loads or reuses the dataplane and writes the policy, switches and record into its maps.
 fn install_dataplane(
-    cur: &mut Current,
-    want: &Desired,
-    compiled: &Compiled,
-    fresh: &[u32],
+    prep: &mut Prepared,
     record: &Record,
+    opts: &Options,
     report: &mut Report,
 ) -> Result<Option<Dataplane>, ControlError> {
-    if want.ingress.is_empty() {
+    if prep.want.hooks.is_empty() {
         return Ok(None);
     }
-    let mut dp = match cur.dataplane.take() {
+    let mut dp = match prep.cur.dataplane.take() {
         Some(mut dp) => {
-            dp.maps.zero_counters(fresh.iter().copied())?;
+            dp.maps.zero_counters(prep.fresh.iter().copied())?;
+            if needs_programs(&prep.cur, &dp, &prep.want) {
+                // New hooks need programs: load them sharing the current maps.
+                let dir = pin(&dp, opts)?;
+                dp = Dataplane::load_sharing(&dir)?;
+            }
             dp
         }
         None => {
             report.new_dataplane = true;
-            Dataplane::load(capacity_for(compiled))?
+            Dataplane::load(capacity_for(&prep.compiled))?
         }
     };
-    report.entries = dp.maps.install(compiled)?;
+    report.entries = dp.maps.install(&prep.compiled)?;
     crash_point("maps");
+    let ttl = u64::from(prep.policy.sticky_timeout) * 1_000_000_000;
+    dp.maps
+        .set_control(prep.want.control_flags, prep.cookie, ttl)?;
+    dp.maps.set_roles(&prep.want.roles, &prep.want.sources)?;
     record.write(&mut dp.maps)?;
     crash_point("record");
     Ok(Some(dp))
+}
+
+fn needs_programs(cur: &Current, dp: &Dataplane, want: &Desired) -> bool {
+    !attachment_plan(cur, Some(dp.rules_map_id), want)
+        .0
+        .is_empty()
 }
 
 /// Routes first, then the rules that point at them, so marked traffic never meets an
@@ -267,21 +359,24 @@ async fn remove_stale_routing(nl: &Netlink, report: &Report) -> Result<(), Contr
 }
 
 fn attachments(
-    cur: &Current,
+    prep: &Prepared,
     dp: Option<&Dataplane>,
-    want: &Desired,
     report: &mut Report,
 ) -> Result<(), ControlError> {
-    let (attach, detach) = attachment_plan(cur, dp.map(|d| d.prog_id), want);
+    let cur = &prep.cur;
+    let (attach, detach) = attachment_plan(cur, dp.map(|d| d.rules_map_id), &prep.want);
     if let Some(dp) = dp {
-        for (dev, ifindex) in attach {
-            attach::attach(&dev, ifindex, dp.prog_fd())?;
-            report.attach.push(dev);
+        for hook in attach {
+            let prog = dp
+                .program_fd(hook.program())
+                .ok_or(crate::dataplane::DataplaneError::Missing(hook.program()))?;
+            attach::attach(&hook, prog, &cur.cgroup_root)?;
+            report.attach.push(hook.describe());
         }
     }
     crash_point("attach");
     for i in detach {
-        attach::detach(&cur.attached[i])?;
+        attach::detach(&cur.attached[i], &cur.cgroup_root)?;
         report.detach.push(describe(&cur.attached[i]));
     }
     Ok(())

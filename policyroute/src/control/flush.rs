@@ -21,13 +21,15 @@ pub async fn flush(opts: &Options) -> Result<FlushReport, ControlError> {
     require_privileges()?;
     let _lock = lock()?;
     let nl = Netlink::new()?;
-    let cur = current(&nl).await?;
+    let cur = current(&nl, &[]).await?;
     let mut report = FlushReport::default();
     for a in &cur.attached {
-        crate::attach::detach(a)?;
-        report
-            .detached
-            .push(format!("{} (program {})", a.dev, a.program.id()));
+        crate::attach::detach(a, &cur.cgroup_root)?;
+        report.detached.push(format!(
+            "{} (program {})",
+            a.hook.describe(),
+            a.program.id()
+        ));
     }
     // Rules before routes: no moment where a rule points at an emptied table.
     for rule in nl.rules(RTPROT_POLICYROUTE).await? {
@@ -39,5 +41,7 @@ pub async fn flush(opts: &Options) -> Result<FlushReport, ControlError> {
         report.routes.push(route);
     }
     report.unpinned = unpin(opts)?;
+    crate::namespace::set_cgroup_hints(&[])
+        .map_err(ControlError::io("removing the cgroup hints"))?;
     Ok(report)
 }

@@ -7,20 +7,37 @@ use std::{
 use ipnet::IpNet;
 use serde::Serialize;
 
+use policyroute_common::{
+    DeviceRole, GatewaySource, CONTROL_DEVICE_ROLES, CONTROL_STICKY, ROLE_CLASSIFY, ROLE_RECORD,
+};
+
 use crate::{
+    attach::{Hook, SOCK_HOOKS},
     config::Policy,
     netlink::{Family, IpRoute, IpRule},
 };
 
 const MAIN_TABLE: u32 = 254;
 
-/// Kernel objects a policy asks for (besides the classifier's maps).
+/// Kernel objects a policy asks for (besides the classifier's rule tables).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Desired {
     pub rules: BTreeSet<IpRule>,
     pub routes: BTreeSet<IpRoute>,
-    /// Ingress devices by name, with their index.
-    pub ingress: BTreeMap<String, u32>,
+    pub hooks: BTreeSet<Hook>,
+    /// What the TC program does on each device (by ifindex).
+    pub roles: BTreeMap<u32, DeviceRole>,
+    /// Source addresses of gateways for unconnected UDP (by mark).
+    pub sources: BTreeMap<u32, GatewaySource>,
+    /// `CONTROL_*` flags.
+    pub control_flags: u32,
+}
+
+/// What `desired` needs from the running system.
+pub struct System<'a> {
+    pub index_of: &'a BTreeMap<String, u32>,
+    /// Global addresses of each device.
+    pub addresses: &'a BTreeMap<String, Vec<IpAddr>>,
 }
 
 /// Families a gateway routes: those of its next hops, or both for a device-only gateway.
@@ -38,9 +55,16 @@ fn default_route(family: Family) -> IpNet {
     }
 }
 
-/// `index_of` maps device names to interface indexes (all were checked to exist).
-pub fn desired(policy: &Policy, index_of: &BTreeMap<String, u32>) -> Desired {
+/// The whole kernel state for `policy` (its devices were checked to exist).
+pub fn desired(policy: &Policy, sys: &System<'_>) -> Desired {
     let mut d = Desired::default();
+    routing(policy, sys.index_of, &mut d);
+    sticky_and_local(policy, sys, &mut d);
+    hooks(policy, sys.index_of, &mut d);
+    d
+}
+
+fn routing(policy: &Policy, index_of: &BTreeMap<String, u32>, d: &mut Desired) {
     let prio = policy.rule_priority;
     if policy.main_routes_first {
         for family in [Family::V4, Family::V6] {
@@ -76,10 +100,94 @@ pub fn desired(policy: &Policy, index_of: &BTreeMap<String, u32>) -> Desired {
             });
         }
     }
-    for dev in &policy.attach.ingress {
-        d.ingress.insert(dev.clone(), index_of[dev]);
+}
+
+/// Sticky gateways record inbound flows on their device; sticky or local gateways get
+/// `from <their address> lookup T` rules so this host's replies (and datagrams the socket
+/// hook gives the gateway's source address) leave through them.
+fn sticky_and_local(policy: &Policy, sys: &System<'_>, d: &mut Desired) {
+    for gw in &policy.gateways {
+        let addrs = sys
+            .addresses
+            .get(&gw.dev)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        if gw.sticky {
+            let role = d.roles.entry(sys.index_of[&gw.dev]).or_default();
+            role.flags |= ROLE_RECORD;
+            role.mark = gw.mark & policy.mark_mask;
+            d.control_flags |= CONTROL_STICKY | CONTROL_DEVICE_ROLES;
+        }
+        if gw.sticky || policy.attach.local {
+            for addr in addrs {
+                d.rules.insert(IpRule {
+                    family: Family::of(addr),
+                    priority: policy.rule_priority + 2,
+                    table: gw.table,
+                    fwmark: None,
+                    suppress_prefixlen: None,
+                    src: Some(IpNet::from(*addr)),
+                });
+            }
+        }
+        if policy.attach.local {
+            d.sources.insert(gw.mark & policy.mark_mask, source(addrs));
+        }
     }
-    d
+    for dev in &policy.attach.ingress {
+        d.roles.entry(sys.index_of[dev]).or_default().flags |= ROLE_CLASSIFY;
+    }
+}
+
+fn source(addrs: &[IpAddr]) -> GatewaySource {
+    let mut s = GatewaySource::default();
+    for a in addrs {
+        match a {
+            IpAddr::V4(v4) if s.has_v4 == 0 => {
+                s.has_v4 = 1;
+                s.v4 = u32::from_ne_bytes(v4.octets());
+            }
+            IpAddr::V6(_) if s.has_v6 == 0 => {
+                s.has_v6 = 1;
+                s.v6 = crate::compile::addr_words(a);
+            }
+            _ => {}
+        }
+    }
+    s
+}
+
+fn hooks(policy: &Policy, index_of: &BTreeMap<String, u32>, d: &mut Desired) {
+    let sticky = policy.gateways.iter().filter(|g| g.sticky).map(|g| &g.dev);
+    for dev in policy.attach.ingress.iter().chain(sticky) {
+        let ifindex = index_of[dev];
+        d.hooks.insert(Hook::TcxIngress {
+            dev: dev.clone(),
+            ifindex,
+        });
+    }
+    for dev in &policy.attach.egress {
+        let ifindex = index_of[dev];
+        d.hooks.insert(Hook::TcxEgress {
+            dev: dev.clone(),
+            ifindex,
+        });
+    }
+    if policy.attach.local {
+        let cgroup = local_cgroup(policy);
+        for (program, _) in SOCK_HOOKS {
+            d.hooks.insert(Hook::Cgroup {
+                cgroup: cgroup.clone(),
+                program,
+            });
+        }
+    }
+}
+
+/// The cgroup whose sockets the local hooks classify (a cgroup v2 path; `/` by default).
+pub fn local_cgroup(policy: &Policy) -> String {
+    let cg = policy.attach.local_cgroup.as_deref().unwrap_or("/");
+    format!("/{}", cg.trim_matches('/'))
 }
 
 /// Changes that turn `have` into `want`.

@@ -18,18 +18,24 @@ pub struct Status {
     /// The policy file of the last apply.
     pub source: Option<String>,
     pub mark_mask: Option<u32>,
-    pub hooks: Vec<Hook>,
+    pub hooks: Vec<HookStatus>,
     pub gateways: Vec<GatewayStatus>,
     pub rules: Vec<RuleStatus>,
     pub ip_rules: Vec<IpRule>,
     pub routes: Vec<IpRoute>,
     pub warnings: Vec<String>,
+    /// Interface names by index, for rendering routes.
+    #[serde(skip)]
+    pub devices: DeviceNames,
 }
 
+/// Interface index to name.
+pub type DeviceNames = std::collections::BTreeMap<u32, String>;
+
 #[derive(Debug, Serialize)]
-pub struct Hook {
-    pub dev: String,
-    pub hook: &'static str,
+pub struct HookStatus {
+    #[serde(flatten)]
+    pub hook: crate::attach::Hook,
     pub program_id: u32,
 }
 
@@ -59,7 +65,13 @@ pub struct RuleStatus {
 pub async fn status() -> Result<Status, ControlError> {
     require_privileges()?;
     let nl = Netlink::new()?;
-    let cur = current(&nl).await?;
+    let cur = current(&nl, &[]).await?;
+    let devices = nl
+        .links()
+        .await?
+        .into_iter()
+        .map(|l| (l.index, l.name))
+        .collect();
     let mut s = Status {
         namespace: namespace::label().map_err(ControlError::io("namespace id"))?,
         source: None,
@@ -67,9 +79,8 @@ pub async fn status() -> Result<Status, ControlError> {
         hooks: cur
             .attached
             .iter()
-            .map(|a| Hook {
-                dev: a.dev.clone(),
-                hook: "tcx-ingress",
+            .map(|a| HookStatus {
+                hook: a.hook.clone(),
                 program_id: a.program.id(),
             })
             .collect(),
@@ -78,6 +89,7 @@ pub async fn status() -> Result<Status, ControlError> {
         ip_rules: nl.rules(RTPROT_POLICYROUTE).await?,
         routes: nl.routes(RTPROT_POLICYROUTE).await?,
         warnings: Vec::new(),
+        devices,
     };
     if let Some(dp) = &cur.dataplane {
         match Record::read(&dp.maps) {
@@ -149,7 +161,7 @@ impl Status {
             let _ = writeln!(o, "  (none)");
         }
         for h in &self.hooks {
-            let _ = writeln!(o, "  {:<12} {:<12} program {}", h.dev, h.hook, h.program_id);
+            let _ = writeln!(o, "  {:<40} program {}", h.hook.describe(), h.program_id);
         }
         let _ = writeln!(
             o,
@@ -194,7 +206,7 @@ impl Status {
         }
         let _ = writeln!(o, "\nroutes (protocol {RTPROT_POLICYROUTE}):");
         for r in &self.routes {
-            let _ = writeln!(o, "  {}", describe_route(r));
+            let _ = writeln!(o, "  {}", describe_route(r, &self.devices));
         }
         for w in &self.warnings {
             let _ = writeln!(o, "\nwarning: {w}");
@@ -220,20 +232,32 @@ pub fn describe_rule(r: &IpRule) -> String {
     if let Some((v, m)) = r.fwmark {
         let _ = write!(s, " fwmark {v:#x}/{m:#x}");
     }
-    let _ = write!(s, " lookup {}", r.table);
+    let _ = write!(s, " lookup {}", table_name(r.table));
     if let Some(p) = r.suppress_prefixlen {
         let _ = write!(s, " suppress_prefixlength {p}");
     }
     s
 }
 
-pub fn describe_route(r: &IpRoute) -> String {
+pub fn describe_route(r: &IpRoute, devices: &DeviceNames) -> String {
     let via = r.gateway.map_or(String::new(), |g| format!(" via {g}"));
+    let dev = devices
+        .get(&r.oif)
+        .cloned()
+        .unwrap_or_else(|| format!("#{}", r.oif));
     format!(
-        "{} table {}: {}{via} dev #{}",
+        "{} table {}: {}{via} dev {dev}",
         family(r.family),
-        r.table,
-        r.dst,
-        r.oif
+        table_name(r.table),
+        r.dst
     )
+}
+
+fn table_name(t: u32) -> String {
+    match t {
+        253 => "default".into(),
+        254 => "main".into(),
+        255 => "local".into(),
+        t => t.to_string(),
+    }
 }

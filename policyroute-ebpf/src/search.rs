@@ -1,0 +1,107 @@
+//! Tuple space search: one masked hash lookup per shape of the packet's family, the hit
+//! with the lowest priority number wins. The loop runs through `bpf_loop`, so the verifier
+//! checks its body once; its trip count is the number of shapes (at most MAX_SHAPES),
+//! whatever the number of rules.
+use core::ffi::c_void;
+
+use aya_ebpf::helpers::generated::bpf_loop;
+use policyroute_common::{
+    Control, RuleKey, ShapeTable, GENERATIONS, MAX_SHAPES, SHAPE_DSCP, SHAPE_PROTO,
+};
+
+use crate::{parse::Packet, RULES, TABLES};
+
+/// A rule's verdict: its mark (already under the mask), the mask, and its counter slot.
+pub struct Hit {
+    pub mark: u32,
+    pub mark_mask: u32,
+    pub counter: u32,
+}
+
+#[inline(always)]
+pub fn classify(pkt: &Packet, control: &Control) -> Option<Hit> {
+    let generation = control.generation % GENERATIONS;
+    let table = TABLES.get(generation * 2 + pkt.family)?;
+    let mut search = Search {
+        pkt,
+        table,
+        best_prio: u32::MAX,
+        best_mark: 0,
+        best_counter: 0,
+    };
+    // A function pointer (not an integer) so the linker emits a BPF_PSEUDO_FUNC relocation.
+    let step = search_step as *mut c_void;
+    let n = table.len.min(MAX_SHAPES as u32);
+    unsafe { bpf_loop(n, step, (&mut search as *mut Search).cast(), 0) };
+    if search.best_prio == u32::MAX {
+        return None;
+    }
+    Some(Hit {
+        mark: search.best_mark & table.mark_mask,
+        mark_mask: table.mark_mask,
+        counter: search.best_counter,
+    })
+}
+
+/// The mark mask of the live tables (for verdicts that do not come from a rule).
+#[inline(always)]
+pub fn mark_mask(pkt: &Packet, control: &Control) -> u32 {
+    let generation = control.generation % GENERATIONS;
+    TABLES
+        .get(generation * 2 + pkt.family)
+        .map_or(0, |t| t.mark_mask)
+}
+
+struct Search<'a> {
+    pkt: &'a Packet,
+    table: &'a ShapeTable,
+    best_prio: u32,
+    best_mark: u32,
+    best_counter: u32,
+}
+
+/// One shape of the search; returns 1 to stop the loop.
+unsafe extern "C" fn search_step(index: u32, ctx: *mut Search) -> i64 {
+    let s = unsafe { &mut *ctx };
+    let Some(shape) = s.table.shapes.get(index as usize) else {
+        return 1;
+    };
+    // Shapes are sorted by their best priority: none from here on can win.
+    if s.best_prio < shape.min_prio {
+        return 1;
+    }
+    let pkt = s.pkt;
+    if shape.flags & pkt.unknown != 0 {
+        return 0;
+    }
+    let key = RuleKey {
+        shape: shape.id,
+        proto: if shape.flags & SHAPE_PROTO != 0 {
+            pkt.proto
+        } else {
+            0
+        },
+        dscp: if shape.flags & SHAPE_DSCP != 0 {
+            pkt.dscp
+        } else {
+            0
+        },
+        sport: pkt.sport & shape.sport_mask,
+        dport: pkt.dport & shape.dport_mask,
+        src: mask(&pkt.src, &shape.src_mask),
+        dst: mask(&pkt.dst, &shape.dst_mask),
+    };
+    if let Some(v) = unsafe { RULES.get(key) } {
+        if v.prio < s.best_prio {
+            s.best_prio = v.prio;
+            s.best_mark = v.mark;
+            s.best_counter = v.counter;
+        }
+    }
+    0
+}
+
+#[inline(always)]
+fn mask(a: &[u32; 4], m: &[u32; 4]) -> [u32; 4] {
+    [a[0] & m[0], a[1] & m[1], a[2] & m[2], a[3] & m[3]]
+}

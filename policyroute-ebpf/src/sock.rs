@@ -1,0 +1,169 @@
+//! Socket hooks (cgroup sock_addr: connect4/6, sendmsg4/6): classify this host's own
+//! traffic when a socket picks its destination, before the kernel chooses the route, and
+//! set the socket mark so the route and the source address come from the gateway's table.
+//!
+//! At this hook the destination, protocol and destination port are known; the source
+//! address and port only when the socket is bound; DSCP never. Shapes keyed on an unknown
+//! field are skipped, so such rules do not match local traffic.
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    bindings::bpf_sock_addr,
+    helpers::generated::{bpf_get_netns_cookie, bpf_getsockopt, bpf_setsockopt},
+    programs::SockAddrContext,
+    EbpfContext,
+};
+use policyroute_common::{
+    proto_has_ports, Control, FAMILY_V4, FAMILY_V6, SHAPE_DSCP, SHAPE_PORTS, SHAPE_SPORT, SHAPE_SRC,
+};
+
+use crate::{count, parse::Packet, search, sticky, CONTROL, SOURCES};
+
+const SOL_SOCKET: i32 = 1;
+const SO_MARK: i32 = 36;
+/// sock_addr verdict: let the call proceed (the hook never refuses anything).
+const ALLOW: i32 = 1;
+
+pub fn handle(ctx: &SockAddrContext, v6: bool, sendmsg: bool) -> i32 {
+    let Some(control) = CONTROL.get(0) else {
+        return ALLOW;
+    };
+    // Sockets of other network namespaces in the same cgroup are not ours to steer.
+    if unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } != control.netns_cookie {
+        return ALLOW;
+    }
+    let sa = unsafe { &mut *ctx.sock_addr };
+    let pkt = packet(sa, v6);
+    if let Some((mark, mask, counter)) = verdict(&pkt, control) {
+        set_mark(ctx, mark, mask);
+        if let Some(slot) = counter {
+            count(slot, 0);
+        }
+        if sendmsg && pkt.unknown & SHAPE_SRC != 0 {
+            set_source(sa, mark, v6);
+        }
+    }
+    ALLOW
+}
+
+/// A sticky flow's gateway first (replies go back the way the flow came), then the rules.
+fn verdict(pkt: &Packet, control: &Control) -> Option<(u32, u32, Option<u32>)> {
+    let mask = search::mark_mask(pkt, control);
+    if control.flags & policyroute_common::CONTROL_STICKY != 0 && pkt.unknown & SHAPE_SPORT == 0 {
+        if let Some(mark) = sticky::restore(&sticky::outbound_key(pkt), control) {
+            return Some((mark & mask, mask, None));
+        }
+    }
+    let hit = search::classify(pkt, control)?;
+    Some((hit.mark, hit.mark_mask, Some(hit.counter)))
+}
+
+fn packet(sa: &bpf_sock_addr, v6: bool) -> Packet {
+    let proto = sa.protocol as u8;
+    let mut pkt = Packet {
+        family: if v6 { FAMILY_V6 } else { FAMILY_V4 },
+        proto,
+        dscp: 0,
+        unknown: SHAPE_DSCP,
+        sport: 0,
+        // user_port holds the port in network byte order in its low 16 bits.
+        dport: u16::from_be(sa.user_port as u16),
+        src: [0; 4],
+        dst: user_ip(sa, v6),
+    };
+    let sk = unsafe { sa.__bindgen_anon_1.sk };
+    if !sk.is_null() {
+        // One load per field at a constant offset: the verifier refuses arithmetic on
+        // socket pointers, which a copy of the whole array would need.
+        unsafe {
+            use core::ptr::{addr_of, read_volatile};
+            pkt.src = if v6 {
+                [
+                    read_volatile(addr_of!((*sk).src_ip6[0])),
+                    read_volatile(addr_of!((*sk).src_ip6[1])),
+                    read_volatile(addr_of!((*sk).src_ip6[2])),
+                    read_volatile(addr_of!((*sk).src_ip6[3])),
+                ]
+            } else {
+                [read_volatile(addr_of!((*sk).src_ip4)), 0, 0, 0]
+            };
+            pkt.sport = read_volatile(addr_of!((*sk).src_port)) as u16;
+        }
+    }
+    if pkt.src == [0; 4] {
+        pkt.unknown |= SHAPE_SRC;
+    }
+    if pkt.sport == 0 {
+        pkt.unknown |= SHAPE_SPORT;
+    }
+    if !proto_has_ports(proto) {
+        pkt.unknown |= SHAPE_PORTS | SHAPE_SPORT;
+        pkt.dport = 0;
+    }
+    pkt
+}
+
+/// The destination, one ctx load per word at a constant offset (see `set_source`).
+fn user_ip(sa: &bpf_sock_addr, v6: bool) -> [u32; 4] {
+    unsafe {
+        use core::ptr::{addr_of, read_volatile};
+        if v6 {
+            [
+                read_volatile(addr_of!(sa.user_ip6[0])),
+                read_volatile(addr_of!(sa.user_ip6[1])),
+                read_volatile(addr_of!(sa.user_ip6[2])),
+                read_volatile(addr_of!(sa.user_ip6[3])),
+            ]
+        } else {
+            [read_volatile(addr_of!(sa.user_ip4)), 0, 0, 0]
+        }
+    }
+}
+
+/// SO_MARK with the policy's bits replaced and the others kept.
+fn set_mark(ctx: &SockAddrContext, mark: u32, mask: u32) {
+    let mut old: u32 = 0;
+    let size = core::mem::size_of::<u32>() as i32;
+    let p = ctx.as_ptr();
+    unsafe {
+        bpf_getsockopt(
+            p,
+            SOL_SOCKET,
+            SO_MARK,
+            (&mut old as *mut u32).cast::<c_void>(),
+            size,
+        );
+        let mut new = (old & !mask) | mark;
+        bpf_setsockopt(
+            p,
+            SOL_SOCKET,
+            SO_MARK,
+            (&mut new as *mut u32).cast::<c_void>(),
+            size,
+        );
+    }
+}
+
+/// For an unbound unconnected UDP socket: send from the gateway's address, which a `from`
+/// rule routes through the gateway's table. The mark set above only takes effect from the
+/// socket's next datagram; the source address takes effect for this one.
+fn set_source(sa: &mut bpf_sock_addr, mark: u32, v6: bool) {
+    let Some(src) = (unsafe { SOURCES.get(&mark) }) else {
+        return;
+    };
+    // Word by word at constant offsets: the verifier refuses a modified ctx pointer.
+    unsafe {
+        use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
+        if v6 {
+            let unset = (0..4).all(|i| read_volatile(addr_of!(sa.msg_src_ip6[i])) == 0);
+            if src.has_v6 != 0 && unset {
+                write_volatile(addr_of_mut!(sa.msg_src_ip6[0]), src.v6[0]);
+                write_volatile(addr_of_mut!(sa.msg_src_ip6[1]), src.v6[1]);
+                write_volatile(addr_of_mut!(sa.msg_src_ip6[2]), src.v6[2]);
+                write_volatile(addr_of_mut!(sa.msg_src_ip6[3]), src.v6[3]);
+            }
+        } else if src.has_v4 != 0 && read_volatile(addr_of!(sa.msg_src_ip4)) == 0 {
+            write_volatile(addr_of_mut!(sa.msg_src_ip4), src.v4);
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! Sticky gateways, the eBPF analogue of CONNMARK --save-mark / --restore-mark: a packet
+//! entering through a sticky gateway records its flow with that gateway's mark; packets
+//! of the same flow going the other way (forwarded replies from the LAN, or this host's
+//! sockets answering) get the mark back while the record is fresh.
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use policyroute_common::{Control, FlowKey, FlowValue};
+
+use crate::{parse::Packet, FLOWS};
+
+/// Key of an inbound packet: its source is the remote end, its destination port ours.
+#[inline(always)]
+pub fn inbound_key(pkt: &Packet) -> FlowKey {
+    FlowKey {
+        family: pkt.family as u8,
+        proto: pkt.proto,
+        remote_port: pkt.sport,
+        local_port: pkt.dport,
+        _pad: 0,
+        remote: pkt.src,
+    }
+}
+
+/// Key of an outbound packet (a reply): its destination is the remote end.
+#[inline(always)]
+pub fn outbound_key(pkt: &Packet) -> FlowKey {
+    FlowKey {
+        family: pkt.family as u8,
+        proto: pkt.proto,
+        remote_port: pkt.dport,
+        local_port: pkt.sport,
+        _pad: 0,
+        remote: pkt.dst,
+    }
+}
+
+/// Records (or refreshes) an inbound flow. Rewrites the entry only when it is new, belongs
+/// to another gateway, or is half way to expiry, so a busy flow costs a lookup per packet,
+/// not a write.
+#[inline(always)]
+pub fn record(pkt: &Packet, mark: u32, control: &Control) {
+    let key = inbound_key(pkt);
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(v) = unsafe { FLOWS.get(&key) } {
+        if v.mark == mark && now.saturating_sub(v.seen_ns) < control.sticky_ttl_ns / 2 {
+            return;
+        }
+    }
+    let value = FlowValue {
+        mark,
+        _pad: 0,
+        seen_ns: now,
+    };
+    let _ = FLOWS.insert(&key, &value, 0);
+}
+
+/// The gateway mark of a fresh recorded flow `key`, if any.
+#[inline(always)]
+pub fn restore(key: &FlowKey, control: &Control) -> Option<u32> {
+    let v = unsafe { FLOWS.get(key) }?;
+    let now = unsafe { bpf_ktime_get_ns() };
+    (now.saturating_sub(v.seen_ns) < control.sticky_ttl_ns).then_some(v.mark)
+}
