@@ -95,7 +95,7 @@ fn tc(ctx: &TcContext, pkt: &Packet, control: &Control) {
     let mut role = ROLE_CLASSIFY;
     if control.flags & CONTROL_DEVICE_ROLES != 0 {
         let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-        if let Some(r) = unsafe { DEVICES.get(&ifindex) } {
+        if let Some(r) = unsafe { DEVICES.get(ifindex) } {
             role = r.flags;
             if role & ROLE_RECORD != 0 && !explain {
                 sticky::record(pkt, r.mark, control);

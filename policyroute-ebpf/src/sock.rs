@@ -148,7 +148,7 @@ fn set_mark(ctx: &SockAddrContext, mark: u32, mask: u32) {
 /// rule routes through the gateway's table. The mark set above only takes effect from the
 /// socket's next datagram; the source address takes effect for this one.
 fn set_source(sa: &mut bpf_sock_addr, mark: u32, v6: bool) {
-    let Some(src) = (unsafe { SOURCES.get(&mark) }) else {
+    let Some(src) = (unsafe { SOURCES.get(mark) }) else {
         return;
     };
     // Word by word at constant offsets: the verifier refuses a modified ctx pointer.

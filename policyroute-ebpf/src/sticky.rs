@@ -40,7 +40,7 @@ pub fn outbound_key(pkt: &Packet) -> FlowKey {
 pub fn record(pkt: &Packet, mark: u32, control: &Control) {
     let key = inbound_key(pkt);
     let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(v) = unsafe { FLOWS.get(&key) } {
+    if let Some(v) = unsafe { FLOWS.get(key) } {
         if v.mark == mark && now.saturating_sub(v.seen_ns) < control.sticky_ttl_ns / 2 {
             return;
         }
@@ -50,7 +50,7 @@ pub fn record(pkt: &Packet, mark: u32, control: &Control) {
         _pad: 0,
         seen_ns: now,
     };
-    let _ = FLOWS.insert(&key, &value, 0);
+    let _ = FLOWS.insert(key, value, 0);
 }
 
 /// The gateway mark of a fresh recorded flow `key`, if any.
