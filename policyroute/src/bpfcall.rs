@@ -178,3 +178,51 @@ pub fn cgroup_query(cgroup: BorrowedFd<'_>, attach_type: u32) -> io::Result<Vec<
     ids.truncate(count.min(64));
     Ok(ids)
 }
+
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+
+/// `union bpf_attr` as used by BPF_PROG_TEST_RUN.
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: u32,
+}
+
+/// Runs a program (by fd, also one this process did not load) once on `data` with the
+/// context `ctx`, which the kernel overwrites with the resulting context. Returns the
+/// program's return value.
+pub fn prog_test_run(prog: BorrowedFd<'_>, data: &[u8], ctx: &mut [u8]) -> io::Result<u32> {
+    let mut out = vec![0u8; data.len() + 256];
+    let ctx_in = ctx.to_vec();
+    let attr = TestRunAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        data_size_in: data.len() as u32,
+        data_size_out: out.len() as u32,
+        data_in: data.as_ptr() as u64,
+        data_out: out.as_mut_ptr() as u64,
+        repeat: 1,
+        ctx_size_in: ctx_in.len() as u32,
+        ctx_size_out: ctx.len() as u32,
+        ctx_in: ctx_in.as_ptr() as u64,
+        ctx_out: ctx.as_mut_ptr() as u64,
+        ..TestRunAttr::default()
+    };
+    bpf(BPF_PROG_TEST_RUN, &attr)?;
+    // SAFETY: the kernel wrote retval back into attr.
+    Ok(unsafe { std::ptr::read_volatile(&attr.retval) })
+}

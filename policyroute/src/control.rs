@@ -3,6 +3,7 @@
 //! ingress, its maps (with a record of the applied policy), and ip rules and routes tagged
 //! with policyroute's routing protocol number.
 pub mod apply;
+pub mod explain;
 pub mod flush;
 pub mod plan;
 pub mod record;
@@ -39,6 +40,8 @@ pub enum ControlError {
     Attach(#[from] AttachError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error("the dataplane gives mark {dataplane:#x} but the reference model {model:#x}: please report this")]
+    Disagree { dataplane: u32, model: u32 },
     #[error("{what}: {source}")]
     Io {
         what: String,

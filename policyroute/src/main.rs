@@ -3,7 +3,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use policyroute::control::{apply, flush, status, Options};
+use policyroute::control::{apply, explain, flush, status, Options};
 
 /// Policy routing with an eBPF classifier: traffic matching a rule (protocol, source or
 /// destination prefix, ports, DSCP) gets its gateway's mark at tc ingress, and fwmark ip
@@ -41,6 +41,34 @@ enum Command {
     Status {
         /// Print JSON (keys: rules[{name, mark, packets, bytes, ...}], gateways[{name, table,
         /// mark, dev, ...}], hooks, ip_rules, routes).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show which rule a flow matches, its mark, and the route the kernel takes for it.
+    /// With --iif the loaded classifier itself runs on a synthesized packet.
+    #[command(group(clap::ArgGroup::new("origin").required(true).args(["iif", "local"])))]
+    Explain {
+        /// The flow arrives on this device (forwarded, or to this host).
+        #[arg(long, value_name = "DEV")]
+        iif: Option<String>,
+        /// The flow is sent by this host.
+        #[arg(long)]
+        local: bool,
+        /// tcp, udp, icmp, icmpv6, sctp or a number.
+        #[arg(long, value_name = "PROTO")]
+        proto: String,
+        #[arg(long, value_name = "ADDR")]
+        src: std::net::IpAddr,
+        #[arg(long, value_name = "PORT")]
+        sport: Option<u16>,
+        #[arg(long, value_name = "ADDR")]
+        dst: std::net::IpAddr,
+        #[arg(long, value_name = "PORT")]
+        dport: Option<u16>,
+        /// DSCP of the packet (0-63).
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..64))]
+        dscp: u8,
+        /// Print JSON (keys: rule, mark, table, gateway, dev, src, ...).
         #[arg(long)]
         json: bool,
     },
@@ -83,6 +111,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Status { json } => {
                 let s = status::status().await?;
                 print(json, &s, || s.render())
+            }
+            Command::Explain {
+                iif,
+                local: _,
+                proto,
+                src,
+                sport,
+                dst,
+                dport,
+                dscp,
+                json,
+            } => {
+                let q = explain::Query {
+                    iif,
+                    proto: parse_proto(&proto)?,
+                    src,
+                    sport,
+                    dst,
+                    dport,
+                    dscp,
+                };
+                let e = explain::explain(&q).await?;
+                print(json, &e, || explain_text(&e))
             }
             Command::Flush { json } => {
                 let r = flush::flush(&opts).await?;
@@ -161,4 +212,36 @@ fn apply_text(r: &apply::Report) -> String {
         let _ = writeln!(o, "warning: {w}");
     }
     o
+}
+
+fn parse_proto(s: &str) -> anyhow::Result<u8> {
+    Ok(match s {
+        "tcp" => 6,
+        "udp" => 17,
+        "icmp" => 1,
+        "icmpv6" | "ipv6-icmp" => 58,
+        "sctp" => 132,
+        other => other.parse().map_err(|_| {
+            anyhow::anyhow!("unknown protocol {other:?} (tcp, udp, icmp, icmpv6, sctp or a number)")
+        })?,
+    })
+}
+
+fn explain_text(e: &explain::Explanation) -> String {
+    let rule = match (&e.rule, &e.target_gateway) {
+        (Some(r), Some(g)) => format!("{r} (gateway {g})"),
+        (Some(r), None) => r.clone(),
+        (None, _) if e.by == "sticky flow" => "none: a sticky flow's gateway".into(),
+        (None, _) => "none (not marked)".into(),
+    };
+    let via = e.gateway.map_or(String::new(), |g| format!(" via {g}"));
+    let dev = e
+        .dev
+        .as_deref()
+        .map_or(String::new(), |d| format!(" dev {d}"));
+    let src = e.src.map_or(String::new(), |s| format!(" src {s}"));
+    format!(
+        "rule:  {rule}\nmark:  {:#x} (by {})\nroute: table {}{via}{dev}{src}\n",
+        e.mark, e.by, e.table
+    )
 }

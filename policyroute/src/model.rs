@@ -155,6 +155,42 @@ fn port_ok(cond: Option<&crate::ports::PortSet>, port: Option<u16>) -> bool {
     }
 }
 
+/// A flow as this host's socket hooks see it: the source and its port only when the
+/// socket is bound, never a DSCP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalFlow {
+    pub proto: u8,
+    pub src: Option<IpAddr>,
+    pub sport: Option<u16>,
+    pub dst: IpAddr,
+    pub dport: Option<u16>,
+}
+
+impl Match {
+    /// Whether a local flow satisfies this rule: conditions on fields the hook does not
+    /// know (DSCP, an unbound source or source port) never hold, except a /0 prefix.
+    pub fn matches_local(&self, flow: &LocalFlow) -> bool {
+        let Ok(families) = self.families() else {
+            return false;
+        };
+        let ports = proto_has_ports(flow.proto);
+        families.contains(&Family::of(&flow.dst))
+            && self.proto.is_none_or(|p| p == flow.proto)
+            && self.dscp.is_none()
+            && self
+                .src
+                .is_none_or(|n| n.prefix_len() == 0 || flow.src.is_some_and(|a| n.contains(&a)))
+            && self.dst.is_none_or(|n| n.contains(&flow.dst))
+            && port_ok(self.sport.as_ref(), flow.sport.filter(|&p| ports && p != 0))
+            && port_ok(self.dport.as_ref(), flow.dport.filter(|_| ports))
+    }
+}
+
+/// Index of the first rule that matches a local flow, if any.
+pub fn first_match_local(rules: &[Rule], flow: &LocalFlow) -> Option<usize> {
+    rules.iter().position(|r| r.matcher.matches_local(flow))
+}
+
 /// Index of the first rule that matches, if any.
 pub fn first_match(rules: &[Rule], pkt: &Packet) -> Option<usize> {
     rules.iter().position(|r| r.matcher.matches(pkt))

@@ -1,8 +1,10 @@
 //! Helpers shared by the integration tests.
+pub mod cgroup;
 pub mod classifier;
 pub mod cli;
 pub mod files;
 pub mod netns;
+pub mod probe;
 pub mod random;
 pub mod rules;
 pub mod topology;

@@ -218,7 +218,78 @@ impl Topology {
     }
 }
 
-const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+impl Topology {
+    /// Listens for UDP on `dst:dport` in the upstreams and lan2, runs `send`, and collects
+    /// `count` datagrams (fewer if they stop arriving within the probe timeout).
+    pub fn expect_udp(
+        &self,
+        dst: &str,
+        dport: u16,
+        count: usize,
+        send: impl FnOnce(),
+    ) -> Vec<Arrival> {
+        let dst: IpAddr = dst.parse().unwrap();
+        let listeners: Vec<(Place, UdpSocket)> = self
+            .receivers()
+            .into_iter()
+            .filter_map(|(place, ns)| {
+                let _in = ns.enter();
+                UdpSocket::bind((dst, dport)).ok().map(|s| (place, s))
+            })
+            .collect();
+        send();
+        let mut got = Vec::new();
+        while got.len() < count {
+            let Some(ready) = wait_readable(listeners.iter().map(|(_, s)| s.as_raw_fd())) else {
+                break;
+            };
+            let (place, sock) = &listeners[ready];
+            let mut buf = [0u8; 64];
+            let (_, peer) = sock.recv_from(&mut buf).expect("recv");
+            got.push(Arrival { at: *place, peer });
+        }
+        got
+    }
+
+    /// Listens for TCP on `dst:dport` in the upstreams and lan2, starts `client` (which
+    /// connects, sends 4 bytes and waits for 4), answers it, and reports where it came in.
+    pub fn expect_tcp(
+        &self,
+        dst: &str,
+        dport: u16,
+        client: impl FnOnce() -> std::process::Child,
+    ) -> (Option<Arrival>, String) {
+        let dst: IpAddr = dst.parse().unwrap();
+        let listeners: Vec<(Place, TcpListener)> = self
+            .receivers()
+            .into_iter()
+            .filter_map(|(place, ns)| {
+                let _in = ns.enter();
+                TcpListener::bind((dst, dport)).ok().map(|l| (place, l))
+            })
+            .collect();
+        let child = client();
+        let arrival = wait_readable(listeners.iter().map(|(_, l)| l.as_raw_fd())).map(|ready| {
+            let (place, listener) = &listeners[ready];
+            let (mut conn, peer) = listener.accept().expect("accept");
+            let mut buf = [0u8; 4];
+            conn.set_read_timeout(Some(PROBE_TIMEOUT)).unwrap();
+            conn.read_exact(&mut buf).expect("client data");
+            conn.write_all(b"pong").expect("answer");
+            Arrival { at: *place, peer }
+        });
+        let out = child.wait_with_output().expect("client exits");
+        (arrival, String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+/// How long a probe waits for a packet before calling it lost.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A TCP connection from `src:sport` (in the calling thread's namespace) to `dst`.
+pub fn connect(src: IpAddr, sport: u16, dst: SocketAddr) -> Option<TcpStream> {
+    connect_from(src, sport, dst)
+}
 
 fn connect_from(src: IpAddr, sport: u16, dst: SocketAddr) -> Option<TcpStream> {
     let domain = if dst.is_ipv4() {
