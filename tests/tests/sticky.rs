@@ -1,0 +1,155 @@
+//! Sticky gateways: connections that arrive through uplink 2 are answered through uplink 2
+//! although the main default route points at uplink 1. Each case runs first without
+//! `sticky` (the answer is lost: it leaves through uplink 1, whose host drops it) and then
+//! with it, so the test proves the feature, not the topology.
+use std::{
+    io::{BufRead, Read, Write},
+    net::{IpAddr, SocketAddr, TcpListener, UdpSocket},
+};
+
+use policyroute_tests::{
+    cgroup::Cgroup,
+    cli,
+    files::TempFile,
+    probe,
+    topology::{connect, Topology, PROBE_TIMEOUT},
+};
+
+/// A client on the internet behind uplink 2.
+const CLIENT: &str = "198.18.0.1";
+const ROUTER_WAN2: &str = "203.0.113.1";
+const LAN_SERVER: &str = "192.0.2.10";
+
+/// With `local`, the router's own sockets are hooked too (and `from <wan2 address>` rules
+/// exist for them, which alone answer TCP services correctly): the control runs without.
+fn policy(sticky: bool, local: bool, cg: &Cgroup) -> String {
+    format!(
+        r#"
+[[gateway]]
+name = "isp2"
+dev = "wan2"
+via = "203.0.113.2"
+table = 100
+sticky = {sticky}
+
+[attach]
+ingress = ["lan0"]
+local = {local}
+{}
+"#,
+        if local {
+            format!("local_cgroup = \"{}\"", cg.path)
+        } else {
+            String::new()
+        }
+    )
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// Connects from the client in up2 to `server`, exchanges 4 bytes each way.
+fn tcp_round_trip(t: &Topology, sport: u16, server: SocketAddr) -> bool {
+    let listener = {
+        let ns = if server.ip() == ip(LAN_SERVER) {
+            &t.lan
+        } else {
+            &t.router
+        };
+        let _in = ns.enter();
+        TcpListener::bind(server).expect("bind server")
+    };
+    let stream = {
+        let _in = t.up2.enter();
+        connect(ip(CLIENT), sport, server)
+    };
+    let Some(mut stream) = stream else {
+        return false;
+    };
+    let (mut conn, _) = listener.accept().expect("accept");
+    conn.write_all(b"pong").unwrap();
+    stream.set_read_timeout(Some(PROBE_TIMEOUT)).unwrap();
+    let mut buf = [0u8; 4];
+    stream.read_exact(&mut buf).is_ok()
+}
+
+/// Sends one datagram from the client in up2 to `server` (already listening) and waits for
+/// the echo.
+fn udp_round_trip(t: &Topology, sport: u16, server: SocketAddr) -> bool {
+    let sock = {
+        let _in = t.up2.enter();
+        UdpSocket::bind((ip(CLIENT), sport)).expect("bind client")
+    };
+    sock.set_read_timeout(Some(PROBE_TIMEOUT)).unwrap();
+    sock.send_to(b"hello", server).unwrap();
+    let mut buf = [0u8; 64];
+    matches!(sock.recv_from(&mut buf), Ok((_, from)) if from == server)
+}
+
+/// An echo server on the router, in the policy's cgroup, bound to the wildcard address.
+fn router_udp_echo(cg: &Cgroup, t: &Topology, port: &str) -> std::process::Child {
+    let mut child = probe::spawn(cg, &t.router, &["udp-echo", "0.0.0.0", port]);
+    let mut ready = String::new();
+    let stdout = child.stdout.as_mut().expect("piped");
+    std::io::BufReader::new(stdout)
+        .read_line(&mut ready)
+        .expect("probe output");
+    assert_eq!(ready.trim(), "ready");
+    child
+}
+
+#[test]
+fn replies_leave_through_the_gateway_the_connection_came_in() {
+    let t = Topology::new("sticky");
+    let cg = Cgroup::new("sticky");
+    let r = &t.router;
+    let plain = TempFile::new("plain.toml", &policy(false, false, &cg));
+    let sticky = TempFile::new("sticky.toml", &policy(true, true, &cg));
+    let service: SocketAddr = (ip(ROUTER_WAN2), 8080).into();
+    let lan_service: SocketAddr = (ip(LAN_SERVER), 8080).into();
+
+    cli::ok(r, &["apply", "-c", plain.arg()]);
+    assert!(
+        !tcp_round_trip(&t, 41000, service),
+        "control: without sticky the answer is lost"
+    );
+    assert!(
+        !tcp_round_trip(&t, 41001, lan_service),
+        "control: forwarded, without sticky"
+    );
+
+    cli::ok(r, &["apply", "-c", sticky.arg()]);
+    // The host's own TCP service (answered from wan2's address, routed by a `from` rule).
+    assert!(
+        tcp_round_trip(&t, 41002, service),
+        "router service over TCP"
+    );
+    // The host's UDP service bound to the wildcard address (the sendmsg hook finds the flow).
+    let echo = router_udp_echo(&cg, &t, "8081");
+    assert!(
+        udp_round_trip(&t, 41003, (ip(ROUTER_WAN2), 8081).into()),
+        "router service over UDP"
+    );
+    assert!(echo.wait_with_output().unwrap().status.success());
+    // A LAN server reached through uplink 2 (the LAN ingress restores the flow's gateway).
+    assert!(
+        tcp_round_trip(&t, 41004, lan_service),
+        "LAN server over TCP"
+    );
+    let lan_udp: SocketAddr = (ip(LAN_SERVER), 8082).into();
+    let server = {
+        let _in = t.lan.enter();
+        UdpSocket::bind(lan_udp).unwrap()
+    };
+    let echo = std::thread::spawn(move || {
+        server.set_read_timeout(Some(PROBE_TIMEOUT)).unwrap();
+        let mut buf = [0u8; 64];
+        if let Ok((n, peer)) = server.recv_from(&mut buf) {
+            server.send_to(&buf[..n], peer).unwrap();
+        }
+    });
+    assert!(udp_round_trip(&t, 41005, lan_udp), "LAN server over UDP");
+    echo.join().unwrap();
+    cli::ok(r, &["flush"]);
+}
