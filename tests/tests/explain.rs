@@ -1,0 +1,132 @@
+//! `policyroute explain` against real packets: for a few hundred random flows, the uplink
+//! explain names must be the one the flow's packets actually took.
+use policyroute_tests::{
+    cgroup::Cgroup,
+    cli,
+    files::TempFile,
+    probe,
+    topology::{Arrival, Place, Topology, INTERNET, LAN_HOST, LAN_HOST6, LAN_HOST_ALT},
+};
+use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
+
+fn policy(cg: &Cgroup) -> String {
+    format!(
+        r#"
+[[gateway]]
+name = "isp2"
+dev = "wan2"
+via = ["203.0.113.2", "2001:db8:b::2"]
+table = 100
+
+[[rule]]
+name = "web"
+proto = "tcp"
+dport = [80, 443]
+gateway = "isp2"
+
+[[rule]]
+name = "mdns-sport"
+proto = "udp"
+sport = "5353-5354"
+gateway = "isp2"
+
+[[rule]]
+name = "from-alt"
+src = "192.0.2.99/32"
+gateway = "isp2"
+
+[[rule]]
+name = "to-net1"
+dst = "198.18.1.0/24"
+gateway = "isp2"
+
+[[rule]]
+name = "dns-stays"
+proto = "udp"
+dport = 53
+mark = 0
+
+[[rule]]
+name = "v6-dns"
+dst = "2001:db8:ffff::/48"
+proto = "udp"
+dport = "50-60"
+gateway = "isp2"
+
+[attach]
+ingress = ["lan0"]
+local = true
+local_cgroup = "{}"
+"#,
+        cg.path
+    )
+}
+
+fn uplink(dev: &str) -> Place {
+    match dev {
+        "wan1" => Place::Up1,
+        "wan2" => Place::Up2,
+        other => panic!("explain named device {other}"),
+    }
+}
+
+#[test]
+fn explain_agrees_with_real_packets() {
+    let t = Topology::new("explain");
+    let cg = Cgroup::new("explain");
+    let file = TempFile::new("explain.toml", &policy(&cg));
+    cli::ok(&t.router, &["apply", "-c", file.arg()]);
+    let seed: u64 = rand::random();
+    eprintln!("seed {seed}");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut by_uplink = [0usize; 2];
+    for i in 0..300u16 {
+        let tcp = rng.gen_bool(0.2);
+        let src = *[LAN_HOST, LAN_HOST_ALT, LAN_HOST6].choose(&mut rng).unwrap();
+        let v6 = src.contains(':');
+        let dst = *INTERNET.iter().filter(|a| a.contains(':') == v6).collect::<Vec<_>>().choose(&mut rng).unwrap();
+        let sport = if rng.gen_bool(0.3) { 5353 } else { 20_000 + i };
+        let dport = *[53u16, 55, 80, 443, 1234, 9999, rng.gen_range(1..65535)].choose(&mut rng).unwrap();
+        let proto = if tcp { "tcp" } else { "udp" };
+        let (sport_s, dport_s) = (sport.to_string(), dport.to_string());
+        let e = cli::json(
+            &t.router,
+            &["explain", "--iif", "lan0", "--proto", proto, "--src", src, "--sport", &sport_s, "--dst", dst, "--dport", &dport_s],
+        );
+        let arrival: Option<Arrival> = if tcp { t.tcp(src, sport, dst, dport) } else { t.udp(src, sport, dst, dport) };
+        let arrival = arrival.unwrap_or_else(|| panic!("flow {i} {proto} {src}:{sport} -> {dst}:{dport} was lost"));
+        let said = uplink(e["dev"].as_str().expect("explain names a device"));
+        assert_eq!(said, arrival.at, "flow {i} {proto} {src}:{sport} -> {dst}:{dport}: explain said {e}");
+        assert_eq!(e["table"].as_u64(), Some(if said == Place::Up2 { 100 } else { 254 }), "{e}");
+        by_uplink[usize::from(said == Place::Up2)] += 1;
+    }
+    assert!(by_uplink.iter().all(|&n| n > 30), "both uplinks exercised: {by_uplink:?}");
+    local_flows(&t, &cg);
+    cli::ok(&t.router, &["flush"]);
+}
+
+/// `--local` against the router's own sockets: device and source address.
+fn local_flows(t: &Topology, cg: &Cgroup) {
+    for (proto, dst, dport) in [
+        ("tcp", "198.18.0.1", 443),
+        ("tcp", "198.18.0.1", 22),
+        ("udp", "198.18.1.1", 9),
+        ("udp", "2001:db8:ffff::1", 55),
+        ("udp", "2001:db8:ffff::1", 123),
+    ] {
+        let src = if dst.contains(':') { "::" } else { "0.0.0.0" };
+        let dport_s = dport.to_string();
+        let e = cli::json(&t.router, &["explain", "--local", "--proto", proto, "--src", src, "--dst", dst, "--dport", &dport_s]);
+        let arrival = if proto == "tcp" {
+            t.expect_tcp(dst, dport, || probe::spawn(cg, &t.router, &["tcp", dst, &dport_s])).0
+        } else {
+            t.expect_udp(dst, dport, 1, || {
+                probe::run(cg, &t.router, &["udp", dst, &dport_s, "1"]);
+            })
+            .pop()
+        };
+        let arrival = arrival.expect("local flow arrived");
+        assert_eq!(uplink(e["dev"].as_str().unwrap()), arrival.at, "{proto} {dst}:{dport}: {e}");
+        assert_eq!(e["src"].as_str(), Some(arrival.peer.ip().to_string().as_str()), "{e}");
+    }
+}
