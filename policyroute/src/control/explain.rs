@@ -100,9 +100,14 @@ pub async fn explain(q: &Query) -> Result<Explanation, ControlError> {
                 dst: q.dst,
                 dport: q.dport,
             };
-            let rule = model::first_match_local(&rules, &flow);
-            let mask = record.as_ref().map_or(u32::MAX, |r| r.policy.mark_mask);
-            (rule, rule.map_or(0, |i| rules[i].mark & mask), "model")
+            let local = record.as_ref().is_some_and(|r| r.policy.attach.local);
+            if local {
+                let rule = model::first_match_local(&rules, &flow);
+                let mask = record.as_ref().map_or(u32::MAX, |r| r.policy.mark_mask);
+                (rule, rule.map_or(0, |i| rules[i].mark & mask), "model")
+            } else {
+                (None, 0, "no socket hooks ([attach] local is off)")
+            }
         }
     };
     let query = RouteQuery {
