@@ -232,7 +232,9 @@ fn explain_text(e: &explain::Explanation) -> String {
         (Some(r), Some(g)) => format!("{r} (gateway {g})"),
         (Some(r), None) => r.clone(),
         (None, _) if e.by == "sticky flow" => "none: a sticky flow's gateway".into(),
-        (None, _) if e.by.starts_with("no socket hooks") => "none: local traffic is not classified".into(),
+        (None, _) if e.by.starts_with("no socket hooks") => {
+            "none: local traffic is not classified".into()
+        }
         (None, _) => "none (not marked)".into(),
     };
     let via = e.gateway.map_or(String::new(), |g| format!(" via {g}"));

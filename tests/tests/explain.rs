@@ -82,25 +82,52 @@ fn explain_agrees_with_real_packets() {
     let mut by_uplink = [0usize; 2];
     for i in 0..300u16 {
         let tcp = rng.gen_bool(0.2);
-        let src = *[LAN_HOST, LAN_HOST_ALT, LAN_HOST6].choose(&mut rng).unwrap();
+        let src = *[LAN_HOST, LAN_HOST_ALT, LAN_HOST6]
+            .choose(&mut rng)
+            .unwrap();
         let v6 = src.contains(':');
-        let dst = *INTERNET.iter().filter(|a| a.contains(':') == v6).collect::<Vec<_>>().choose(&mut rng).unwrap();
+        let dst = *INTERNET
+            .iter()
+            .filter(|a| a.contains(':') == v6)
+            .collect::<Vec<_>>()
+            .choose(&mut rng)
+            .unwrap();
         let sport = if rng.gen_bool(0.3) { 5353 } else { 20_000 + i };
-        let dport = *[53u16, 55, 80, 443, 1234, 9999, rng.gen_range(1..65535)].choose(&mut rng).unwrap();
+        let dport = *[53u16, 55, 80, 443, 1234, 9999, rng.gen_range(1..65535)]
+            .choose(&mut rng)
+            .unwrap();
         let proto = if tcp { "tcp" } else { "udp" };
         let (sport_s, dport_s) = (sport.to_string(), dport.to_string());
         let e = cli::json(
             &t.router,
-            &["explain", "--iif", "lan0", "--proto", proto, "--src", src, "--sport", &sport_s, "--dst", dst, "--dport", &dport_s],
+            &[
+                "explain", "--iif", "lan0", "--proto", proto, "--src", src, "--sport", &sport_s,
+                "--dst", dst, "--dport", &dport_s,
+            ],
         );
-        let arrival: Option<Arrival> = if tcp { t.tcp(src, sport, dst, dport) } else { t.udp(src, sport, dst, dport) };
-        let arrival = arrival.unwrap_or_else(|| panic!("flow {i} {proto} {src}:{sport} -> {dst}:{dport} was lost"));
+        let arrival: Option<Arrival> = if tcp {
+            t.tcp(src, sport, dst, dport)
+        } else {
+            t.udp(src, sport, dst, dport)
+        };
+        let arrival = arrival
+            .unwrap_or_else(|| panic!("flow {i} {proto} {src}:{sport} -> {dst}:{dport} was lost"));
         let said = uplink(e["dev"].as_str().expect("explain names a device"));
-        assert_eq!(said, arrival.at, "flow {i} {proto} {src}:{sport} -> {dst}:{dport}: explain said {e}");
-        assert_eq!(e["table"].as_u64(), Some(if said == Place::Up2 { 100 } else { 254 }), "{e}");
+        assert_eq!(
+            said, arrival.at,
+            "flow {i} {proto} {src}:{sport} -> {dst}:{dport}: explain said {e}"
+        );
+        assert_eq!(
+            e["table"].as_u64(),
+            Some(if said == Place::Up2 { 100 } else { 254 }),
+            "{e}"
+        );
         by_uplink[usize::from(said == Place::Up2)] += 1;
     }
-    assert!(by_uplink.iter().all(|&n| n > 30), "both uplinks exercised: {by_uplink:?}");
+    assert!(
+        by_uplink.iter().all(|&n| n > 30),
+        "both uplinks exercised: {by_uplink:?}"
+    );
     local_flows(&t, &cg);
     cli::ok(&t.router, &["flush"]);
 }
@@ -116,9 +143,18 @@ fn local_flows(t: &Topology, cg: &Cgroup) {
     ] {
         let src = if dst.contains(':') { "::" } else { "0.0.0.0" };
         let dport_s = dport.to_string();
-        let e = cli::json(&t.router, &["explain", "--local", "--proto", proto, "--src", src, "--dst", dst, "--dport", &dport_s]);
+        let e = cli::json(
+            &t.router,
+            &[
+                "explain", "--local", "--proto", proto, "--src", src, "--dst", dst, "--dport",
+                &dport_s,
+            ],
+        );
         let arrival = if proto == "tcp" {
-            t.expect_tcp(dst, dport, || probe::spawn(cg, &t.router, &["tcp", dst, &dport_s])).0
+            t.expect_tcp(dst, dport, || {
+                probe::spawn(cg, &t.router, &["tcp", dst, &dport_s])
+            })
+            .0
         } else {
             t.expect_udp(dst, dport, 1, || {
                 probe::run(cg, &t.router, &["udp", dst, &dport_s, "1"]);
@@ -126,7 +162,15 @@ fn local_flows(t: &Topology, cg: &Cgroup) {
             .pop()
         };
         let arrival = arrival.expect("local flow arrived");
-        assert_eq!(uplink(e["dev"].as_str().unwrap()), arrival.at, "{proto} {dst}:{dport}: {e}");
-        assert_eq!(e["src"].as_str(), Some(arrival.peer.ip().to_string().as_str()), "{e}");
+        assert_eq!(
+            uplink(e["dev"].as_str().unwrap()),
+            arrival.at,
+            "{proto} {dst}:{dport}: {e}"
+        );
+        assert_eq!(
+            e["src"].as_str(),
+            Some(arrival.peer.ip().to_string().as_str()),
+            "{e}"
+        );
     }
 }
