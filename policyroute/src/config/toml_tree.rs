@@ -18,6 +18,9 @@ pub(super) struct Doc<'t> {
     pub file: &'t str,
     pub text: &'t str,
     errors: Vec<ConfigError>,
+    /// Byte offsets where lines start: a line number is a binary search, not a scan (a
+    /// policy of 100,000 rules asks for one per rule).
+    line_starts: Vec<usize>,
 }
 
 /// A value and its key path (`rule[2].dport`).
@@ -36,10 +39,14 @@ pub(super) struct Section<'a, 'i> {
 
 impl<'t> Doc<'t> {
     pub fn new(file: &'t str, text: &'t str) -> Self {
+        let line_starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
         Self {
             file,
             text,
             errors: Vec::new(),
+            line_starts,
         }
     }
 
@@ -57,7 +64,7 @@ impl<'t> Doc<'t> {
     }
 
     pub fn line(&self, span: &Range<usize>) -> usize {
-        line_of(self.text, span.start)
+        self.line_starts.partition_point(|&start| start <= span.start)
     }
 
     pub fn error(&mut self, span: &Range<usize>, key: &str, message: impl Display) {
