@@ -53,26 +53,37 @@ fn bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<()> {
     }
 }
 
-/// Appends `prog` to the tcx chain of `ifindex` (`attach_type`: BPF_TCX_INGRESS/EGRESS).
-pub fn tcx_attach(ifindex: u32, prog: BorrowedFd<'_>, attach_type: u32) -> io::Result<()> {
+/// BPF_PROG_ATTACH of `prog` to `target` (an ifindex for tcx, a cgroup fd otherwise).
+fn prog_attach(target: u32, prog: BorrowedFd<'_>, attach_type: u32, flags: u32) -> io::Result<()> {
     let attr = AttachAttr {
-        target_ifindex: ifindex,
+        target_ifindex: target,
         attach_bpf_fd: prog.as_raw_fd() as u32,
         attach_type,
+        attach_flags: flags,
         ..AttachAttr::default()
     };
     bpf(BPF_PROG_ATTACH, &attr)
 }
 
-/// Removes `prog` from the tcx chain of `ifindex`.
-pub fn tcx_detach(ifindex: u32, prog: BorrowedFd<'_>, attach_type: u32) -> io::Result<()> {
+/// BPF_PROG_DETACH of `prog` from `target`.
+fn prog_detach(target: u32, prog: BorrowedFd<'_>, attach_type: u32) -> io::Result<()> {
     let attr = AttachAttr {
-        target_ifindex: ifindex,
+        target_ifindex: target,
         attach_bpf_fd: prog.as_raw_fd() as u32,
         attach_type,
         ..AttachAttr::default()
     };
     bpf(BPF_PROG_DETACH, &attr)
+}
+
+/// Appends `prog` to the tcx chain of `ifindex` (`attach_type`: BPF_TCX_INGRESS/EGRESS).
+pub fn tcx_attach(ifindex: u32, prog: BorrowedFd<'_>, attach_type: u32) -> io::Result<()> {
+    prog_attach(ifindex, prog, attach_type, 0)
+}
+
+/// Removes `prog` from the tcx chain of `ifindex`.
+pub fn tcx_detach(ifindex: u32, prog: BorrowedFd<'_>, attach_type: u32) -> io::Result<()> {
+    prog_detach(ifindex, prog, attach_type)
 }
 
 /// Ties `map` to `prog`'s lifetime and lists it among the program's maps.
@@ -137,14 +148,12 @@ pub fn cgroup_attach(
     prog: BorrowedFd<'_>,
     attach_type: u32,
 ) -> io::Result<()> {
-    let attr = AttachAttr {
-        target_ifindex: cgroup.as_raw_fd() as u32,
-        attach_bpf_fd: prog.as_raw_fd() as u32,
+    prog_attach(
+        cgroup.as_raw_fd() as u32,
+        prog,
         attach_type,
-        attach_flags: BPF_F_ALLOW_MULTI,
-        ..AttachAttr::default()
-    };
-    bpf(BPF_PROG_ATTACH, &attr)
+        BPF_F_ALLOW_MULTI,
+    )
 }
 
 /// Detaches `prog` from a cgroup hook.
@@ -153,13 +162,7 @@ pub fn cgroup_detach(
     prog: BorrowedFd<'_>,
     attach_type: u32,
 ) -> io::Result<()> {
-    let attr = AttachAttr {
-        target_ifindex: cgroup.as_raw_fd() as u32,
-        attach_bpf_fd: prog.as_raw_fd() as u32,
-        attach_type,
-        ..AttachAttr::default()
-    };
-    bpf(BPF_PROG_DETACH, &attr)
+    prog_detach(cgroup.as_raw_fd() as u32, prog, attach_type)
 }
 
 /// Ids of the programs attached directly to a cgroup hook (not inherited).

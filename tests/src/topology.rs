@@ -163,44 +163,41 @@ impl Topology {
         ]
     }
 
-    /// Sends one UDP datagram from the LAN host (`src`, `sport`) to `dst:dport` and reports
-    /// which namespace received it.
-    pub fn udp(&self, src: &str, sport: u16, dst: &str, dport: u16) -> Option<Arrival> {
-        let dst: IpAddr = dst.parse().unwrap();
-        let listeners: Vec<(Place, UdpSocket)> = self
-            .receivers()
+    /// A socket bound to `dst:port` in every receiver namespace that owns `dst`.
+    fn listeners<S>(
+        &self,
+        dst: IpAddr,
+        port: u16,
+        bind: impl Fn(SocketAddr) -> std::io::Result<S>,
+    ) -> Vec<(Place, S)> {
+        self.receivers()
             .into_iter()
             .filter_map(|(place, ns)| {
                 let _in = ns.enter();
-                UdpSocket::bind((dst, dport)).ok().map(|s| (place, s))
+                bind(SocketAddr::new(dst, port)).ok().map(|s| (place, s))
             })
-            .collect();
+            .collect()
+    }
+
+    /// Sends one UDP datagram from the LAN host (`src`, `sport`) to `dst:dport` and reports
+    /// which namespace received it.
+    pub fn udp(&self, src: &str, sport: u16, dst: &str, dport: u16) -> Option<Arrival> {
         let sender = {
             let _in = self.lan.enter();
             UdpSocket::bind((src.parse::<IpAddr>().unwrap(), sport)).expect("bind LAN source")
         };
-        sender
-            .send_to(b"policyroute probe", (dst, dport))
-            .expect("send");
-        let ready = wait_readable(listeners.iter().map(|(_, s)| s.as_raw_fd()))?;
-        let (place, sock) = &listeners[ready];
-        let mut buf = [0u8; 64];
-        let (_, peer) = sock.recv_from(&mut buf).expect("recv");
-        Some(Arrival { at: *place, peer })
+        let to = SocketAddr::new(dst.parse().unwrap(), dport);
+        self.expect_udp(dst, dport, 1, || {
+            sender.send_to(b"policyroute probe", to).expect("send");
+        })
+        .pop()
     }
 
     /// Opens a TCP connection from the LAN host (`src`, `sport`) to `dst:dport`, checks that
     /// data flows both ways, and reports which namespace accepted it.
     pub fn tcp(&self, src: &str, sport: u16, dst: &str, dport: u16) -> Option<Arrival> {
         let dst: IpAddr = dst.parse().unwrap();
-        let listeners: Vec<(Place, TcpListener)> = self
-            .receivers()
-            .into_iter()
-            .filter_map(|(place, ns)| {
-                let _in = ns.enter();
-                TcpListener::bind((dst, dport)).ok().map(|l| (place, l))
-            })
-            .collect();
+        let listeners = self.listeners(dst, dport, TcpListener::bind);
         let mut client = {
             let _in = self.lan.enter();
             connect_from(src.parse().unwrap(), sport, SocketAddr::new(dst, dport))?
@@ -228,15 +225,7 @@ impl Topology {
         count: usize,
         send: impl FnOnce(),
     ) -> Vec<Arrival> {
-        let dst: IpAddr = dst.parse().unwrap();
-        let listeners: Vec<(Place, UdpSocket)> = self
-            .receivers()
-            .into_iter()
-            .filter_map(|(place, ns)| {
-                let _in = ns.enter();
-                UdpSocket::bind((dst, dport)).ok().map(|s| (place, s))
-            })
-            .collect();
+        let listeners = self.listeners(dst.parse().unwrap(), dport, UdpSocket::bind);
         send();
         let mut got = Vec::new();
         while got.len() < count {
@@ -259,15 +248,7 @@ impl Topology {
         dport: u16,
         client: impl FnOnce() -> std::process::Child,
     ) -> (Option<Arrival>, String) {
-        let dst: IpAddr = dst.parse().unwrap();
-        let listeners: Vec<(Place, TcpListener)> = self
-            .receivers()
-            .into_iter()
-            .filter_map(|(place, ns)| {
-                let _in = ns.enter();
-                TcpListener::bind((dst, dport)).ok().map(|l| (place, l))
-            })
-            .collect();
+        let listeners = self.listeners(dst.parse().unwrap(), dport, TcpListener::bind);
         let child = client();
         let arrival = wait_readable(listeners.iter().map(|(_, l)| l.as_raw_fd())).map(|ready| {
             let (place, listener) = &listeners[ready];

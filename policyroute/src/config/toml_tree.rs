@@ -64,7 +64,8 @@ impl<'t> Doc<'t> {
     }
 
     pub fn line(&self, span: &Range<usize>) -> usize {
-        self.line_starts.partition_point(|&start| start <= span.start)
+        self.line_starts
+            .partition_point(|&start| start <= span.start)
     }
 
     pub fn error(&mut self, span: &Range<usize>, key: &str, message: impl Display) {
