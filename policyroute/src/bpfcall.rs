@@ -229,3 +229,89 @@ pub fn prog_test_run(prog: BorrowedFd<'_>, data: &[u8], ctx: &mut [u8]) -> io::R
     // SAFETY: the kernel wrote retval back into attr.
     Ok(unsafe { std::ptr::read_volatile(&attr.retval) })
 }
+
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+/// Entries per batch call: large enough that a 100k-rule policy takes a handful of calls.
+const BATCH: usize = 16384;
+
+/// `union bpf_attr` as used by the BPF_MAP_*_BATCH commands.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// Every (key, value) of a hash map, read a batch of entries per syscall.
+pub fn map_dump<K: Copy + Default, V: Copy + Default>(
+    map: BorrowedFd<'_>,
+) -> io::Result<Vec<(K, V)>> {
+    let mut out = Vec::new();
+    let mut keys = vec![K::default(); BATCH];
+    let mut values = vec![V::default(); BATCH];
+    let (mut token_in, mut token_out) = (0u64, 0u64);
+    let mut first = true;
+    loop {
+        let attr = BatchAttr {
+            in_batch: if first {
+                0
+            } else {
+                &token_in as *const u64 as u64
+            },
+            out_batch: &mut token_out as *mut u64 as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: BATCH as u32,
+            map_fd: map.as_raw_fd() as u32,
+            ..BatchAttr::default()
+        };
+        let result = bpf(BPF_MAP_LOOKUP_BATCH, &attr);
+        // SAFETY: the kernel wrote the number of entries it returned back into attr.
+        let n = unsafe { std::ptr::read_volatile(&attr.count) } as usize;
+        out.extend(keys[..n].iter().copied().zip(values[..n].iter().copied()));
+        match result {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
+            Err(e) => return Err(e),
+        }
+        token_in = token_out;
+        first = false;
+    }
+}
+
+/// Inserts or replaces entries, a batch per syscall.
+pub fn map_update_batch<K, V>(map: BorrowedFd<'_>, keys: &[K], values: &[V]) -> io::Result<()> {
+    for (k, v) in keys.chunks(BATCH).zip(values.chunks(BATCH)) {
+        let attr = BatchAttr {
+            keys: k.as_ptr() as u64,
+            values: v.as_ptr() as u64,
+            count: k.len() as u32,
+            map_fd: map.as_raw_fd() as u32,
+            ..BatchAttr::default()
+        };
+        bpf(BPF_MAP_UPDATE_BATCH, &attr)?;
+    }
+    Ok(())
+}
+
+/// Deletes entries, a batch per syscall.
+pub fn map_delete_batch<K>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<()> {
+    for k in keys.chunks(BATCH) {
+        let attr = BatchAttr {
+            keys: k.as_ptr() as u64,
+            count: k.len() as u32,
+            map_fd: map.as_raw_fd() as u32,
+            ..BatchAttr::default()
+        };
+        bpf(BPF_MAP_DELETE_BATCH, &attr)?;
+    }
+    Ok(())
+}

@@ -39,6 +39,8 @@ pub enum DataplaneError {
     Cpus(std::io::Error),
     #[error("the eBPF object has no {0}")]
     Missing(&'static str),
+    #[error("batch map operation: {0}")]
+    Batch(std::io::Error),
     #[error("binding the state map to the program: {0}")]
     Bind(std::io::Error),
     #[error("a program opened by id cannot be test-run through aya")]
@@ -158,8 +160,9 @@ impl Maps {
     pub fn diff(&self, compiled: &Compiled) -> Result<EntryDiff, DataplaneError> {
         let mut diff = EntryDiff::default();
         let mut same = HashSet::new();
-        for item in self.rules.iter() {
-            let (k, v) = item?;
+        let have: Vec<(RuleKey, RuleValue)> =
+            bpfcall::map_dump(self.rules.map().fd().as_fd()).map_err(DataplaneError::Batch)?;
+        for (k, v) in have {
             match compiled.entries.get(&k) {
                 Some(want) if *want == v => {
                     same.insert(k);
@@ -206,13 +209,13 @@ impl Maps {
             }
         }
         let diff = self.diff(compiled)?;
-        for (k, v) in diff.insert.iter().chain(&diff.update) {
-            self.rules.insert(k, v, 0)?;
-        }
+        let fd = self.rules.map().fd().as_fd();
+        let (keys, values): (Vec<RuleKey>, Vec<RuleValue>) =
+            diff.insert.iter().chain(&diff.update).copied().unzip();
+        bpfcall::map_update_batch(fd, &keys, &values).map_err(DataplaneError::Batch)?;
         self.publish(&compiled.tables)?;
-        for k in &diff.remove {
-            self.rules.remove(k)?;
-        }
+        let fd = self.rules.map().fd().as_fd();
+        bpfcall::map_delete_batch(fd, &diff.remove).map_err(DataplaneError::Batch)?;
         Ok(diff.stats())
     }
 
