@@ -187,7 +187,8 @@ impl Maps {
     pub fn capacity(&self) -> Result<Capacity, DataplaneError> {
         Ok(Capacity {
             entries: self.rules.map().info()?.max_entries(),
-            rules: self.counters.len(),
+            // From the kernel, not the object file: maps shared through pins keep their size.
+            rules: self.counters.map().info()?.max_entries(),
         })
     }
 
