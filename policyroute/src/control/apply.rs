@@ -153,7 +153,11 @@ async fn prepare(
         &shapes,
     )?;
     if !reusable(&cur, &compiled)? {
-        cur.dataplane = None;
+        if cur.dataplane.take().is_some() {
+            report
+                .warnings
+                .push("the policy outgrew the classifier's maps: loading larger ones; rule counters restart at 0".into());
+        }
     }
     let cookie = namespace::netns_cookie().map_err(ControlError::io("netns cookie"))?;
     Ok(Prepared {
@@ -205,17 +209,19 @@ fn reusable(cur: &Current, compiled: &Compiled) -> Result<bool, ControlError> {
         && compiled.entries.len() <= cap.entries as usize)
 }
 
+/// Maps sized to the policy with room to double: a hash map's bucket array is allocated
+/// (and walked by every dump) in full, so a 4M-entry default would cost every apply a
+/// quarter second. A policy that outgrows them gets a new, larger dataplane.
 fn capacity_for(compiled: &Compiled) -> Capacity {
-    let d = Capacity::default();
+    let grow = |n: usize, min: u32| (n as u32).saturating_mul(2).next_power_of_two().max(min);
     Capacity {
-        entries: d
-            .entries
-            .max((compiled.entries.len() as u32).saturating_mul(2)),
-        rules: d
-            .rules
-            .max((compiled.counter_slots as u32).next_power_of_two() * 2),
+        entries: grow(compiled.entries.len(), MIN_ENTRIES),
+        rules: grow(compiled.counter_slots, MIN_RULES),
     }
 }
+
+const MIN_ENTRIES: u32 = 1 << 14;
+const MIN_RULES: u32 = 1 << 12;
 
 /// Hooks to attach, and indexes into `cur.attached` to detach, for keeping the dataplane
 /// whose rules map is `keep`.
