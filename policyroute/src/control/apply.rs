@@ -152,12 +152,12 @@ async fn prepare(
         policy.mark_mask,
         &shapes,
     )?;
-    if !reusable(&cur, &compiled)? {
-        if cur.dataplane.take().is_some() {
-            report
-                .warnings
-                .push("the policy outgrew the classifier's maps: loading larger ones; rule counters restart at 0".into());
-        }
+    if !reusable(&cur, &compiled)? && cur.dataplane.take().is_some() {
+        report.warnings.push(
+            "the policy outgrew the classifier's maps: loading larger ones; rule counters \
+             restart at 0"
+                .into(),
+        );
     }
     let cookie = namespace::netns_cookie().map_err(ControlError::io("netns cookie"))?;
     Ok(Prepared {
