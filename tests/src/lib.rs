@@ -1,4 +1,6 @@
 //! Helpers shared by the integration tests.
+pub mod bench;
+pub mod bench_net;
 pub mod cgroup;
 pub mod classifier;
 pub mod cli;

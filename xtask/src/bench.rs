@@ -1,30 +1,84 @@
 //! `cargo xtask bench ...` and `cargo xtask demo`: release binaries of the tests crate
 //! (xtask itself must build before the eBPF toolchain exists, so it links none of it).
+//!
+//! `cargo xtask bench` runs every benchmark, then the report, which draws
+//! `bench/results/bench.png` and rewrites README.md's Benchmarks section. Benchmarks are
+//! never part of `cargo xtask test`.
 use clap::Subcommand;
 
 use std::process::Command;
 
-use crate::cmd::{self, cargo, root};
+use anyhow::bail;
 
-#[derive(Subcommand, Clone, Copy)]
+use crate::cmd::{self, cargo, output, root};
+
+#[derive(Subcommand, Clone, Copy, PartialEq, Eq)]
 pub enum Which {
-    /// Classifier cost per packet by BPF_PROG_TEST_RUN at 1, 1k and 100k rules.
+    /// Classifier ns/packet by BPF_PROG_TEST_RUN at 1, 1k, 10k and 100k rules.
     Classify,
+    /// UDP forwarding through the router: policyroute vs iptables, nftables, ip rule.
+    E2e,
+    /// Wall time and peak memory of apply (1k, 100k, one rule changed) and flush.
+    Control,
+    /// Plot and README section from the results in bench/results/.
+    Report,
 }
 
-pub fn run(which: Which) -> anyhow::Result<()> {
-    let bin = match which {
-        Which::Classify => "bench-classify",
+impl Which {
+    fn bin(self) -> &'static str {
+        match self {
+            Which::Classify => "bench-classify",
+            Which::E2e => "bench_e2e",
+            Which::Control => "bench_control",
+            Which::Report => "bench_report",
+        }
+    }
+}
+
+/// Runs one benchmark, or (`None`) all of them and then the report.
+pub fn run(which: Option<Which>) -> anyhow::Result<()> {
+    let all = [Which::Classify, Which::E2e, Which::Control, Which::Report];
+    let list: Vec<Which> = match which {
+        Some(w) => vec![w],
+        None => all.to_vec(),
     };
+    if list.iter().any(|w| *w != Which::Report)
+        && output(Command::new("id").arg("-u"))
+            .as_deref()
+            .map(str::trim)
+            != Some("0")
+    {
+        bail!("the benchmarks load eBPF programs and create network namespaces: run as root");
+    }
+    crate::setup::bench_packages()?;
+    // The CLI the benchmarks run, as operators do.
+    cargo(&["build", "--release", "--package", "policyroute"])?;
     cargo(&[
-        "run",
+        "build",
         "--release",
-        "--quiet",
-        "-p",
+        "--package",
         "policyroute-tests",
-        "--bin",
-        bin,
-    ])
+        "--bins",
+    ])?;
+    for w in list {
+        eprintln!("xtask: bench {}", w.bin());
+        cmd::run(
+            Command::new(env!("CARGO"))
+                .args([
+                    "run",
+                    "--release",
+                    "--quiet",
+                    "-p",
+                    "policyroute-tests",
+                    "--bin",
+                ])
+                .arg(w.bin())
+                .env("POLICYROUTE_BIN", root().join("target/release/policyroute"))
+                .env("POLICYROUTE_BENCH_DIR", root().join("bench/results"))
+                .current_dir(root()),
+        )?;
+    }
+    Ok(())
 }
 
 /// Builds the release CLI and runs the demo against it.

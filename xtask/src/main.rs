@@ -32,10 +32,10 @@ enum Command {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
-    /// Benchmarks (never part of the test suite).
+    /// Benchmarks (never part of the test suite); without a subcommand, all of them.
     Bench {
         #[command(subcommand)]
-        which: bench::Which,
+        which: Option<bench::Which>,
     },
     /// Build, run a throwaway multi-uplink topology and show where each flow went.
     Demo,

@@ -16,17 +16,26 @@ use anyhow::{bail, Context};
 use crate::cmd::{output, run};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// Debian packages (binary, package) the tests and benchmarks call.
-const PACKAGES: &[(&str, &str)] = &[
-    ("ip", "iproute2"),
-    ("bpftool", "bpftool"),
-    ("setpriv", "util-linux"),
+/// Debian packages (binary, package) the tests call as independent witnesses.
+const PACKAGES: &[(&str, &str)] = &[("ip", "iproute2"), ("setpriv", "util-linux")];
+/// What only the benchmarks need: the classic tools policyroute is compared with, GRO on
+/// veth, plots, profiles. Installed by `cargo xtask bench`, not by every command.
+const BENCH_PACKAGES: &[(&str, &str)] = &[
+    ("iptables", "iptables"),
+    ("nft", "nftables"),
+    ("ethtool", "ethtool"),
+    ("gnuplot", "gnuplot-nox"),
+    ("perf", "linux-perf"),
 ];
 
 pub fn ensure() -> anyhow::Result<()> {
     nightly_rust_src()?;
     bpf_linker()?;
-    debian_packages()
+    debian_packages(PACKAGES)
+}
+
+pub fn bench_packages() -> anyhow::Result<()> {
+    debian_packages(BENCH_PACKAGES)
 }
 
 fn nightly_rust_src() -> anyhow::Result<()> {
@@ -105,8 +114,8 @@ fn bpf_linker() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn debian_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = PACKAGES
+fn debian_packages(packages: &[(&str, &str)]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .filter(|(bin, _)| output(Command::new("which").arg(bin)).is_none())
         .map(|(_, pkg)| *pkg)

@@ -1,0 +1,384 @@
+//! Shared pieces of the benchmark binaries (`cargo xtask bench`, never part of the test
+//! suite): where results go, min/median/max, markdown tables, the machine's description,
+//! and child processes measured for wall time and peak memory.
+use std::{
+    fs,
+    os::unix::process::ExitStatusExt,
+    path::PathBuf,
+    process::{Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::{json, Value};
+
+/// `bench/results/` of the workspace (or `$POLICYROUTE_BENCH_DIR`), created when missing.
+pub fn results_dir() -> PathBuf {
+    let dir = std::env::var_os("POLICYROUTE_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bench/results"));
+    fs::create_dir_all(&dir).expect("create the results directory");
+    dir
+}
+
+/// Writes `bench/results/NAME`.
+pub fn write_result(name: &str, contents: &str) {
+    let path = results_dir().join(name);
+    fs::write(&path, contents).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    eprintln!("wrote {}", path.display());
+}
+
+/// Reads `bench/results/NAME` as JSON, if a run wrote it.
+pub fn read_json(name: &str) -> Option<Value> {
+    let text = fs::read_to_string(results_dir().join(name)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// An environment variable as a number, or `default`.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Spread {
+    pub min: f64,
+    pub median: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    pub fn of(values: &[f64]) -> Spread {
+        assert!(!values.is_empty(), "no samples");
+        let mut v = values.to_vec();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Spread {
+            min: v[0],
+            median,
+            max: v[n - 1],
+        }
+    }
+
+    pub fn json(&self) -> Value {
+        json!({"min": self.min, "median": self.median, "max": self.max})
+    }
+
+    /// `median (min–max)` with `digits` decimals.
+    pub fn show(&self, digits: usize) -> String {
+        format!(
+            "{:.d$} ({:.d$}–{:.d$})",
+            self.median,
+            self.min,
+            self.max,
+            d = digits
+        )
+    }
+}
+
+/// A markdown table; columns whose header starts with `>` are right-aligned.
+pub struct Table {
+    header: Vec<String>,
+    right: Vec<bool>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(columns: &[&str]) -> Self {
+        Self {
+            header: columns
+                .iter()
+                .map(|c| c.trim_start_matches('>').to_string())
+                .collect(),
+            right: columns.iter().map(|c| c.starts_with('>')).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        assert_eq!(cells.len(), self.header.len(), "row width");
+        self.rows.push(cells);
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut out = format!("| {} |\n|", self.header.join(" | "));
+        for &r in &self.right {
+            out.push_str(if r { "---:|" } else { "---|" });
+        }
+        out.push('\n');
+        for row in &self.rows {
+            out.push_str(&format!("| {} |\n", row.join(" | ")));
+        }
+        out
+    }
+}
+
+/// Where and when a run happened: shown next to every table.
+pub fn environment() -> Value {
+    let sh = |cmd: &str, args: &[&str]| {
+        Command::new(cmd)
+            .args(args)
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_default();
+    json!({
+        "date": sh("date", &["-u", "+%Y-%m-%d"]),
+        "kernel": sh("uname", &["-r"]),
+        "cpu": cpu,
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "iptables": sh("iptables", &["-V"]),
+        "nft": sh("nft", &["-v"]),
+        // Other work on the machine skews results: shown next to them.
+        "loadavg": fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+    })
+}
+
+/// A child process's exit, wall time and peak resident memory.
+pub struct Measured {
+    pub status: ExitStatus,
+    pub wall: Duration,
+    /// `ru_maxrss` of the child (the largest of the processes it exec'ed), in KiB.
+    pub max_rss_kib: u64,
+    pub stdout: String,
+    pub stderr: String,
+    /// Killed because it ran past the time cap.
+    pub timed_out: bool,
+}
+
+/// Runs `cmd` (stdin closed, output captured through files so a chatty child cannot block)
+/// and reaps it with wait4 for its resource usage; kills it past `cap`.
+pub fn measure(cmd: &mut Command, cap: Duration) -> Measured {
+    let dir = std::env::temp_dir();
+    let tag = format!("prt-bench-{}-{}", std::process::id(), unique());
+    let out_path = dir.join(format!("{tag}.out"));
+    let err_path = dir.join(format!("{tag}.err"));
+    let out = fs::File::create(&out_path).expect("temp file");
+    let err = fs::File::create(&err_path).expect("temp file");
+    let start = Instant::now();
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+    let pid = child.id() as libc::pid_t;
+    // A pidfd names this child even after it is reaped, so a late kill cannot hit a
+    // recycled pid.
+    // SAFETY: plain syscall on our own child's pid.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as libc::c_int;
+    assert!(
+        pidfd >= 0,
+        "pidfd_open: {}",
+        std::io::Error::last_os_error()
+    );
+    // A thread blocks in wait4 (for the child's resource usage); this one waits for it
+    // with the cap as timeout and kills the child when the cap passes.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut status = 0;
+        // SAFETY: rusage is plain data, filled by the kernel.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: pid is our own child; status and usage are valid out-pointers.
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        assert_eq!(r, pid, "wait4: {}", std::io::Error::last_os_error());
+        let _ = tx.send((status, usage.ru_maxrss as u64, start.elapsed()));
+    });
+    let mut timed_out = false;
+    let (status, max_rss_kib, wall) = match rx.recv_timeout(cap) {
+        Ok(done) => done,
+        Err(_) => {
+            timed_out = true;
+            // SAFETY: pidfd is our open pidfd; signalling a reaped child fails harmlessly.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    pidfd,
+                    libc::SIGKILL,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                )
+            };
+            rx.recv().expect("the waiting thread reports")
+        }
+    };
+    drop(child);
+    // SAFETY: closing the pidfd we opened.
+    unsafe { libc::close(pidfd) };
+    let read = |p: &PathBuf| {
+        let s = fs::read_to_string(p).unwrap_or_default();
+        let _ = fs::remove_file(p);
+        s
+    };
+    Measured {
+        status: ExitStatus::from_raw(status),
+        wall,
+        max_rss_kib,
+        stdout: read(&out_path),
+        stderr: read(&err_path),
+        timed_out,
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Runs a shell-free command and panics with its stderr when it fails.
+pub fn must(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Pins the calling thread (and what it spawns later) to one CPU.
+pub fn pin_to_cpu(cpu: usize) {
+    // SAFETY: cpu_set_t is plain data; sched_setaffinity(0) applies to the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        let rc = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(
+            rc,
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Entry `i` of the benchmark policies: UDP to one address from 198.18.4.0 upwards (100,000
+/// entries end at 198.19.138.159, inside 198.18.0.0/15) and one port of 10000-10999.
+pub fn entry(i: usize) -> (std::net::Ipv4Addr, u16) {
+    let base = u32::from(std::net::Ipv4Addr::new(198, 18, 4, 0));
+    (
+        std::net::Ipv4Addr::from(base + i as u32),
+        10_000 + (i % 1000) as u16,
+    )
+}
+
+/// Gateway isp2 (mark 2, table 102, via 203.0.113.2 on wan2).
+pub const MARK: u32 = 2;
+pub const TABLE: u32 = 102;
+
+/// A policyroute policy of `n` rules `e<i>`: `proto = "udp"`, `dst = entry(i)/32`,
+/// `dport = entry(i)`, via isp2, attached to lan0. `changed` gives that one rule port 9999.
+pub fn policy_toml(n: usize, changed: Option<usize>) -> String {
+    use std::fmt::Write as _;
+    let mut s = format!(
+        "[[gateway]]\nname = \"isp2\"\ndev = \"wan2\"\nvia = \"203.0.113.2\"\n\
+         table = {TABLE}\nmark = {MARK}\n\n[attach]\ningress = [\"lan0\"]\n\n"
+    );
+    for i in 0..n {
+        let (dst, port) = entry(i);
+        let port = if changed == Some(i) { 9999 } else { port };
+        let _ = write!(
+            s,
+            "[[rule]]\nname = \"e{i}\"\nproto = \"udp\"\ndst = \"{dst}/32\"\n\
+             dport = {port}\ngateway = \"isp2\"\n\n"
+        );
+    }
+    s
+}
+
+/// Writes `contents` to a file of this process in the temp directory.
+pub fn temp_file(name: &str, contents: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("prt-bench-{}-{name}", std::process::id()));
+    fs::write(&path, contents).expect("write temp file");
+    path
+}
+
+/// `union bpf_attr` for BPF_PROG_TEST_RUN.
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: u32,
+}
+
+/// `sizeof(struct __sk_buff)`.
+const SKB_CTX_SIZE: usize = 192;
+
+/// Runs a TC program (by fd: also one found attached, loaded by another process) once on
+/// `frame`; returns the mark it left in the skb and the run's duration in ns as the kernel
+/// timed it.
+pub fn test_run_once(
+    prog: std::os::fd::BorrowedFd<'_>,
+    frame: &[u8],
+) -> std::io::Result<(u32, u32)> {
+    use std::os::fd::AsRawFd;
+    let mark_at = policyroute_common::SKB_MARK_OFFSET;
+    let ctx_in = [0u8; SKB_CTX_SIZE];
+    let mut ctx_out = [0u8; SKB_CTX_SIZE];
+    let mut out = vec![0u8; frame.len() + 256];
+    let mut attr = TestRunAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        data_size_in: frame.len() as u32,
+        data_size_out: out.len() as u32,
+        data_in: frame.as_ptr() as u64,
+        data_out: out.as_mut_ptr() as u64,
+        repeat: 1,
+        ctx_size_in: SKB_CTX_SIZE as u32,
+        ctx_size_out: SKB_CTX_SIZE as u32,
+        ctx_in: ctx_in.as_ptr() as u64,
+        ctx_out: ctx_out.as_mut_ptr() as u64,
+        ..TestRunAttr::default()
+    };
+    const BPF_PROG_TEST_RUN: libc::c_long = 10;
+    // SAFETY: attr is a valid bpf_attr prefix whose buffers outlive the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &mut attr as *mut TestRunAttr,
+            std::mem::size_of::<TestRunAttr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel wrote the results back into attr and ctx_out.
+    let duration = unsafe { std::ptr::read_volatile(&attr.duration) };
+    let mark = u32::from_ne_bytes(ctx_out[mark_at..mark_at + 4].try_into().unwrap());
+    Ok((mark, duration))
+}
