@@ -107,30 +107,32 @@ async fn current(nl: &Netlink, cgroups: &[String]) -> Result<Current, ControlErr
         .into_iter()
         .map(|l| (l.index, l.name))
         .collect();
-    let mut attached = attach::find_tcx(&links)?;
+    let mut found = attach::find_tcx(&links)?;
     let cgroup_root = namespace::cgroup2_root().map_err(ControlError::io("finding cgroup2"))?;
     let mut candidates: BTreeSet<String> = cgroups.iter().cloned().collect();
     candidates.insert("/".into());
     candidates.extend(namespace::cgroup_hints());
-    let cookie = namespace::netns_cookie().map_err(ControlError::io("netns cookie"))?;
     for cg in &candidates {
-        for a in attach::find_cgroup(&cgroup_root, cg)? {
-            // Sockets hooks of other namespaces' policies may share a cgroup with ours.
-            if Dataplane::open(&a.program)?.maps.netns_cookie()? == cookie {
-                attached.push(a);
-            }
-        }
+        found.extend(attach::find_cgroup(&cgroup_root, cg)?);
     }
-    let mut uses: BTreeMap<u32, (usize, usize)> = BTreeMap::new();
-    for (i, a) in attached.iter().enumerate() {
+    let cookie = namespace::netns_cookie().map_err(ControlError::io("netns cookie"))?;
+    // One open dataplane per rules map, with the number of hooks its programs hold.
+    let mut dataplanes: BTreeMap<u32, (usize, Dataplane)> = BTreeMap::new();
+    let mut attached = Vec::new();
+    for a in found {
         let dp = Dataplane::open(&a.program)?;
-        uses.entry(dp.rules_map_id).or_insert((0, i)).0 += 1;
+        // Socket hooks of other namespaces' policies may share a cgroup with ours.
+        if matches!(a.hook, attach::Hook::Cgroup { .. }) && dp.maps.netns_cookie()? != cookie {
+            continue;
+        }
+        dataplanes.entry(dp.rules_map_id).or_insert((0, dp)).0 += 1;
+        attached.push(a);
     }
-    let keep = uses.iter().max_by_key(|(id, (n, _))| (*n, **id));
-    let dataplane = match keep {
-        Some((_, (_, i))) => Some(Dataplane::open(&attached[*i].program)?),
-        None => None,
-    };
+    let keep = dataplanes
+        .iter()
+        .max_by_key(|(id, (n, _))| (*n, **id))
+        .map(|(id, _)| *id);
+    let dataplane = keep.and_then(|id| dataplanes.remove(&id)).map(|(_, dp)| dp);
     Ok(Current {
         attached,
         dataplane,

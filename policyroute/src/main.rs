@@ -57,12 +57,16 @@ enum Command {
         /// tcp, udp, icmp, icmpv6, sctp or a number.
         #[arg(long, value_name = "PROTO")]
         proto: String,
+        /// Source address (for --local, 0.0.0.0 or :: means an unbound socket).
         #[arg(long, value_name = "ADDR")]
         src: std::net::IpAddr,
+        /// Source port (for --local: only of a bound socket).
         #[arg(long, value_name = "PORT")]
         sport: Option<u16>,
+        /// Destination address.
         #[arg(long, value_name = "ADDR")]
         dst: std::net::IpAddr,
+        /// Destination port.
         #[arg(long, value_name = "PORT")]
         dport: Option<u16>,
         /// DSCP of the packet (0-63).
