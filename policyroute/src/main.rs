@@ -187,7 +187,7 @@ fn apply_text(r: &apply::Report) -> String {
         );
     }
     for dev in &r.attach {
-        let _ = writeln!(o, "{verb} attach at tcx ingress of {dev}");
+        let _ = writeln!(o, "{verb} attach to {dev}");
     }
     for d in &r.detach {
         let _ = writeln!(o, "{verb} detach from {d}");
