@@ -7,9 +7,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
-/// Where per-namespace lock files live. /run is shared by `ip netns exec` children (only
-/// /sys is remounted), so every command in one namespace sees the same lock file.
-const LOCK_DIR: &str = "/run/policyroute";
+/// Where per-namespace hint files live. /run is shared by `ip netns exec` children (only
+/// /sys is remounted), so every command in one namespace sees the same file.
+const HINT_DIR: &str = "/run/policyroute";
 const BPFFS_ROOT: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
@@ -23,7 +23,10 @@ pub fn label() -> io::Result<String> {
     Ok(format!("net-{}", id()?))
 }
 
-/// An exclusive lock on this namespace's policyroute state, released on drop.
+/// An exclusive lock on this namespace's policyroute state, released on drop. It is a
+/// flock on the namespace's own nsfs file, which every process in the namespace opens as
+/// the same inode: commands in one namespace serialize, other namespaces are independent,
+/// and no lock file is left behind.
 pub struct Lock {
     _file: File,
 }
@@ -32,13 +35,7 @@ impl Lock {
     /// Takes the lock, waiting for a concurrent command in the same namespace to finish.
     /// `on_wait` is called once if the lock is busy (to tell the operator why we wait).
     pub fn acquire(on_wait: impl FnOnce()) -> io::Result<Self> {
-        fs::create_dir_all(LOCK_DIR)?;
-        let path = Path::new(LOCK_DIR).join(format!("{}.lock", label()?));
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)?;
+        let file = File::open("/proc/thread-self/ns/net")?;
         if flock(&file, libc::LOCK_EX | libc::LOCK_NB).is_err() {
             on_wait();
             flock(&file, libc::LOCK_EX)?;
@@ -187,7 +184,7 @@ pub fn netns_cookie() -> io::Result<u64> {
 }
 
 fn hints_file() -> io::Result<PathBuf> {
-    Ok(Path::new(LOCK_DIR).join(format!("{}.cgroups", label()?)))
+    Ok(Path::new(HINT_DIR).join(format!("{}.cgroups", label()?)))
 }
 
 /// Cgroups earlier applies in this namespace attached socket hooks to: where `status` and
@@ -209,10 +206,14 @@ pub fn set_cgroup_hints(cgroups: &[String]) -> io::Result<()> {
     if cgroups.is_empty() {
         return match fs::remove_file(path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+            _ => {
+                // Leave nothing behind: the directory goes with the last namespace's file.
+                let _ = fs::remove_dir(HINT_DIR);
+                Ok(())
+            }
         };
     }
-    fs::create_dir_all(LOCK_DIR)?;
+    fs::create_dir_all(HINT_DIR)?;
     fs::write(path, cgroups.join("\n"))
 }
 
