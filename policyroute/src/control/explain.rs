@@ -166,7 +166,13 @@ fn frame(q: &Query) -> Vec<u8> {
 /// Runs the attached TC ingress program on `frame` as if it arrived on `ifindex`. The
 /// context's cb[0] tells it not to count or record; mark 0 in.
 fn run_dataplane(cur: &super::Current, frame: &[u8], ifindex: u32) -> Result<u32, ControlError> {
-    let Some(attached) = cur.attached.iter().find(|a| a.hook.program() == TC_INGRESS) else {
+    // The program of the dataplane in use (a stale one may linger on another device).
+    let live = cur.dataplane.as_ref().map(|dp| dp.rules_map_id);
+    let Some(attached) = cur
+        .attached
+        .iter()
+        .find(|a| a.hook.program() == TC_INGRESS && live.is_some_and(|id| a.uses_map(id)))
+    else {
         return Ok(0);
     };
     let fd = attached
