@@ -187,12 +187,19 @@ fn io(what: &'static str, hook: &Hook) -> impl FnOnce(std::io::Error) -> AttachE
     move |source| AttachError::Io { what, hook, source }
 }
 
-fn open_cgroup(root: &Path, hook: &Hook, cgroup: &str) -> Result<File, AttachError> {
+fn open_cgroup(root: Option<&Path>, hook: &Hook, cgroup: &str) -> Result<File, AttachError> {
+    let root = root.ok_or_else(|| {
+        io("opening", hook)(std::io::Error::other("no cgroup v2 hierarchy is mounted"))
+    })?;
     File::open(root.join(cgroup.trim_start_matches('/'))).map_err(io("opening", hook))
 }
 
 /// Attaches `prog` (the hook's program) at the end of the hook's chain.
-pub fn attach(hook: &Hook, prog: BorrowedFd<'_>, cgroup_root: &Path) -> Result<(), AttachError> {
+pub fn attach(
+    hook: &Hook,
+    prog: BorrowedFd<'_>,
+    cgroup_root: Option<&Path>,
+) -> Result<(), AttachError> {
     match hook {
         Hook::TcxIngress { ifindex, .. } => {
             bpfcall::tcx_attach(*ifindex, prog, bpfcall::BPF_TCX_INGRESS)
@@ -209,7 +216,7 @@ pub fn attach(hook: &Hook, prog: BorrowedFd<'_>, cgroup_root: &Path) -> Result<(
 }
 
 /// Removes one attachment found by the `find_*` functions.
-pub fn detach(a: &Attached, cgroup_root: &Path) -> Result<(), AttachError> {
+pub fn detach(a: &Attached, cgroup_root: Option<&Path>) -> Result<(), AttachError> {
     let fd = a.program.fd().map_err(|source| AttachError::Open {
         id: a.program.id(),
         source,

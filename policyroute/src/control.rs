@@ -94,8 +94,8 @@ fn lock() -> Result<namespace::Lock, ControlError> {
 struct Current {
     attached: Vec<Attached>,
     dataplane: Option<Dataplane>,
-    /// Where the cgroup v2 hierarchy is mounted for this process.
-    cgroup_root: PathBuf,
+    /// Where the cgroup v2 hierarchy is mounted for this process, if anywhere.
+    cgroup_root: Option<PathBuf>,
 }
 
 /// Finds our attachments: tcx hooks of every device, and the socket hooks of the root
@@ -112,8 +112,11 @@ async fn current(nl: &Netlink, cgroups: &[String]) -> Result<Current, ControlErr
     let mut candidates: BTreeSet<String> = cgroups.iter().cloned().collect();
     candidates.insert("/".into());
     candidates.extend(namespace::cgroup_hints());
-    for cg in &candidates {
-        found.extend(attach::find_cgroup(&cgroup_root, cg)?);
+    for cg in candidates.iter().filter(|_| cgroup_root.is_some()) {
+        found.extend(attach::find_cgroup(
+            cgroup_root.as_deref().expect("filtered"),
+            cg,
+        )?);
     }
     let cookie = namespace::netns_cookie().map_err(ControlError::io("netns cookie"))?;
     // One open dataplane per rules map, with the number of hooks its programs hold.

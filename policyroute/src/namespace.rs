@@ -122,16 +122,21 @@ fn effective_caps() -> Option<u64> {
     u64::from_str_radix(hex.trim(), 16).ok()
 }
 
-/// Where the cgroup v2 hierarchy is mounted, mounting it at /sys/fs/cgroup when no cgroup2
-/// mount is visible (under `ip netns exec`, /sys is fresh and has none; the mount lives in
-/// the command's private mount namespace and goes with it).
-pub fn cgroup2_root() -> io::Result<PathBuf> {
+/// Where the cgroup v2 hierarchy is mounted. When no cgroup2 mount is visible and
+/// /sys/fs/cgroup is an empty directory (under `ip netns exec`, /sys is a fresh sysfs), it is
+/// mounted there: that mount lives in the command's private mount namespace and goes with
+/// it. Anywhere else nothing is mounted (a host's /sys/fs/cgroup holding cgroup v1
+/// hierarchies must never be covered) and the answer is `None`.
+pub fn cgroup2_root() -> io::Result<Option<PathBuf>> {
     let mounts = fs::read_to_string("/proc/self/mountinfo")?;
     if let Some(dir) = cgroup2_mount(&mounts) {
-        return Ok(dir);
+        return Ok(Some(dir));
     }
     let dir = Path::new("/sys/fs/cgroup");
-    fs::create_dir_all(dir)?;
+    let empty = fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none());
+    if !empty {
+        return Ok(None);
+    }
     let target = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
     // SAFETY: constant C strings and a valid target path.
     let rc = unsafe {
@@ -146,7 +151,7 @@ pub fn cgroup2_root() -> io::Result<PathBuf> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(dir.to_path_buf())
+    Ok(Some(dir.to_path_buf()))
 }
 
 /// The mount point of a cgroup2 filesystem in a mountinfo table.

@@ -376,13 +376,13 @@ fn attachments(
             let prog = dp
                 .program_fd(hook.program())
                 .ok_or(crate::dataplane::DataplaneError::Missing(hook.program()))?;
-            attach::attach(&hook, prog, &cur.cgroup_root)?;
+            attach::attach(&hook, prog, cur.cgroup_root.as_deref())?;
             report.attach.push(hook.describe());
         }
     }
     crash_point("attach");
     for i in detach {
-        attach::detach(&cur.attached[i], &cur.cgroup_root)?;
+        attach::detach(&cur.attached[i], cur.cgroup_root.as_deref())?;
         report.detach.push(describe(&cur.attached[i]));
     }
     Ok(())

@@ -24,7 +24,7 @@ pub async fn flush(opts: &Options) -> Result<FlushReport, ControlError> {
     let cur = current(&nl, &[]).await?;
     let mut report = FlushReport::default();
     for a in &cur.attached {
-        crate::attach::detach(a, &cur.cgroup_root)?;
+        crate::attach::detach(a, cur.cgroup_root.as_deref())?;
         report.detached.push(format!(
             "{} (program {})",
             a.hook.describe(),
