@@ -206,10 +206,17 @@ struct TestRunAttr {
     _pad: u32,
 }
 
+/// What one BPF_PROG_TEST_RUN reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TestRun {
+    pub retval: u32,
+    /// The run's duration as the kernel timed it, in ns.
+    pub duration_ns: u32,
+}
+
 /// Runs a program (by fd, also one this process did not load) once on `data` with the
-/// context `ctx`, which the kernel overwrites with the resulting context. Returns the
-/// program's return value.
-pub fn prog_test_run(prog: BorrowedFd<'_>, data: &[u8], ctx: &mut [u8]) -> io::Result<u32> {
+/// context `ctx`, which the kernel overwrites with the resulting context.
+pub fn prog_test_run(prog: BorrowedFd<'_>, data: &[u8], ctx: &mut [u8]) -> io::Result<TestRun> {
     let mut out = vec![0u8; data.len() + 256];
     let ctx_in = ctx.to_vec();
     let attr = TestRunAttr {
@@ -226,8 +233,13 @@ pub fn prog_test_run(prog: BorrowedFd<'_>, data: &[u8], ctx: &mut [u8]) -> io::R
         ..TestRunAttr::default()
     };
     bpf(BPF_PROG_TEST_RUN, &attr)?;
-    // SAFETY: the kernel wrote retval back into attr.
-    Ok(unsafe { std::ptr::read_volatile(&attr.retval) })
+    // SAFETY: the kernel wrote the results back into attr.
+    Ok(unsafe {
+        TestRun {
+            retval: std::ptr::read_volatile(&attr.retval),
+            duration_ns: std::ptr::read_volatile(&attr.duration),
+        }
+    })
 }
 
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;

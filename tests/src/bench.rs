@@ -314,28 +314,6 @@ pub fn temp_file(name: &str, contents: &str) -> PathBuf {
     path
 }
 
-/// `union bpf_attr` for BPF_PROG_TEST_RUN.
-#[repr(C)]
-#[derive(Default)]
-struct TestRunAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    _pad: u32,
-}
-
 /// `sizeof(struct __sk_buff)`.
 const SKB_CTX_SIZE: usize = 192;
 
@@ -346,39 +324,9 @@ pub fn test_run_once(
     prog: std::os::fd::BorrowedFd<'_>,
     frame: &[u8],
 ) -> std::io::Result<(u32, u32)> {
-    use std::os::fd::AsRawFd;
     let mark_at = policyroute_common::SKB_MARK_OFFSET;
-    let ctx_in = [0u8; SKB_CTX_SIZE];
-    let mut ctx_out = [0u8; SKB_CTX_SIZE];
-    let mut out = vec![0u8; frame.len() + 256];
-    let mut attr = TestRunAttr {
-        prog_fd: prog.as_raw_fd() as u32,
-        data_size_in: frame.len() as u32,
-        data_size_out: out.len() as u32,
-        data_in: frame.as_ptr() as u64,
-        data_out: out.as_mut_ptr() as u64,
-        repeat: 1,
-        ctx_size_in: SKB_CTX_SIZE as u32,
-        ctx_size_out: SKB_CTX_SIZE as u32,
-        ctx_in: ctx_in.as_ptr() as u64,
-        ctx_out: ctx_out.as_mut_ptr() as u64,
-        ..TestRunAttr::default()
-    };
-    const BPF_PROG_TEST_RUN: libc::c_long = 10;
-    // SAFETY: attr is a valid bpf_attr prefix whose buffers outlive the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestRunAttr,
-            std::mem::size_of::<TestRunAttr>(),
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the kernel wrote the results back into attr and ctx_out.
-    let duration = unsafe { std::ptr::read_volatile(&attr.duration) };
-    let mark = u32::from_ne_bytes(ctx_out[mark_at..mark_at + 4].try_into().unwrap());
-    Ok((mark, duration))
+    let mut ctx = [0u8; SKB_CTX_SIZE];
+    let run = policyroute::bpfcall::prog_test_run(prog, frame, &mut ctx)?;
+    let mark = u32::from_ne_bytes(ctx[mark_at..mark_at + 4].try_into().unwrap());
+    Ok((mark, run.duration_ns))
 }
