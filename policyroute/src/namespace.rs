@@ -64,7 +64,7 @@ pub fn ensure_bpffs(dir: &Path) -> io::Result<()> {
     let root = Path::new(BPFFS_ROOT);
     if dir.starts_with(root) && !is_bpffs(root) {
         fs::create_dir_all(root)?;
-        mount_bpffs(root)?;
+        mount_fs(c"bpf", root)?;
     }
     fs::create_dir_all(dir)?;
     if !is_bpffs(dir) {
@@ -85,14 +85,15 @@ fn is_bpffs(path: &Path) -> bool {
     unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
 }
 
-fn mount_bpffs(at: &Path) -> io::Result<()> {
+/// Mounts a pseudo filesystem (`bpf`, `cgroup2`) at `at`.
+fn mount_fs(fstype: &std::ffi::CStr, at: &Path) -> io::Result<()> {
     let target = std::ffi::CString::new(at.as_os_str().as_encoded_bytes())?;
-    // SAFETY: constant C strings and a valid target path.
+    // SAFETY: valid C strings; no data argument.
     let rc = unsafe {
         libc::mount(
-            c"bpf".as_ptr(),
+            fstype.as_ptr(),
             target.as_ptr(),
-            c"bpf".as_ptr(),
+            fstype.as_ptr(),
             0,
             std::ptr::null(),
         )
@@ -137,20 +138,7 @@ pub fn cgroup2_root() -> io::Result<Option<PathBuf>> {
     if !empty {
         return Ok(None);
     }
-    let target = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
-    // SAFETY: constant C strings and a valid target path.
-    let rc = unsafe {
-        libc::mount(
-            c"cgroup2".as_ptr(),
-            target.as_ptr(),
-            c"cgroup2".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    mount_fs(c"cgroup2", dir)?;
     Ok(Some(dir.to_path_buf()))
 }
 

@@ -236,28 +236,7 @@ fn invalid_policies_change_nothing() {
 #[test]
 fn reapply_reconciles_and_keeps_counters() {
     let t = Topology::new("recon");
-    let both = TempFile::new(
-        "both.toml",
-        r#"
-[[gateway]]
-name = "isp2"
-dev = "wan2"
-via = "203.0.113.2"
-table = 100
-[[rule]]
-name = "web"
-proto = "tcp"
-dport = 80
-gateway = "isp2"
-[[rule]]
-name = "dns"
-proto = "udp"
-dport = 53
-gateway = "isp2"
-[attach]
-ingress = ["lan0"]
-"#,
-    );
+    let both = TempFile::new("both.toml", &recon_policy(true));
     cli::ok(&t.router, &["apply", "-c", both.arg()]);
     assert_eq!(
         t.udp(LAN_HOST, 7001, "198.18.0.1", 53).map(|a| a.at),
@@ -270,7 +249,7 @@ ingress = ["lan0"]
     let dns_before = cli::packets(&t.router, "dns");
     assert!(dns_before >= 1);
     let hook_before = cli::json(&t.router, &["status"])["hooks"][0]["program_id"].clone();
-    let web_removed = TempFile::new("dns-only.toml", &both_without_web());
+    let web_removed = TempFile::new("dns-only.toml", &recon_policy(false));
     let report = cli::json(&t.router, &["apply", "-c", web_removed.arg()]);
     assert!(report["entries"]["removed"].as_u64().unwrap() >= 1);
     let status = cli::json(&t.router, &["status"]);
@@ -300,22 +279,26 @@ ingress = ["lan0"]
     );
 }
 
-fn both_without_web() -> String {
-    r#"
+/// The reconciliation test's policy: a dns rule, and a web rule before it if `web`.
+fn recon_policy(web: bool) -> String {
+    let web_rule = "[[rule]]\nname = \"web\"\nproto = \"tcp\"\ndport = 80\ngateway = \"isp2\"\n";
+    format!(
+        r#"
 [[gateway]]
 name = "isp2"
 dev = "wan2"
 via = "203.0.113.2"
 table = 100
-[[rule]]
+{}[[rule]]
 name = "dns"
 proto = "udp"
 dport = 53
 gateway = "isp2"
 [attach]
 ingress = ["lan0"]
-"#
-    .to_string()
+"#,
+        if web { web_rule } else { "" }
+    )
 }
 
 #[test]
