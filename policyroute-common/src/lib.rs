@@ -7,6 +7,12 @@
 //! shapes, never on the number of rules.
 #![no_std]
 
+pub mod names;
+pub mod net;
+
+pub use names::*;
+pub use net::proto_has_ports;
+
 /// Most shapes one address family may have. Bounds the per-packet work: at worst
 /// `MAX_SHAPES` hash lookups for a packet that matches nothing.
 pub const MAX_SHAPES: usize = 64;
@@ -18,20 +24,6 @@ pub const FAMILY_V6: u32 = 1;
 /// Generations the program can switch between atomically (see [`Control::generation`]).
 pub const GENERATIONS: u32 = 2;
 
-/// Name of the hash map `RuleKey -> RuleValue`.
-pub const RULES_MAP: &str = "PR_RULES";
-/// Name of the array map `generation * 2 + family -> ShapeTable`.
-pub const TABLES_MAP: &str = "PR_TABLES";
-/// Name of the one-entry array map holding [`Control`].
-pub const CONTROL_MAP: &str = "PR_CONTROL";
-/// Name of the per-CPU array map `counter slot -> Counter`.
-pub const COUNTERS_MAP: &str = "PR_COUNTERS";
-
-/// Name of the hash map `chunk index -> StateChunk`: the controller's record of what it
-/// installed (rule names, counter slots, gateways), kept in the kernel next to the maps so
-/// any later process in the namespace finds it without files or pins. The program does not
-/// read it; the loader binds it to the program (BPF_PROG_BIND_MAP) so it shares its lifetime.
-pub const STATE_MAP: &str = "PR_STATE";
 /// Payload bytes per state chunk.
 pub const STATE_CHUNK: usize = 4092;
 pub const MAX_STATE_CHUNKS: u32 = 1 << 16;
@@ -131,8 +123,6 @@ pub const CONTROL_DEVICE_ROLES: u32 = 1;
 /// Control flag: restore the gateway of flows recorded by sticky gateways.
 pub const CONTROL_STICKY: u32 = 2;
 
-/// Name of the hash map `ifindex -> DeviceRole`. Devices without an entry classify.
-pub const DEVICES_MAP: &str = "PR_DEVICES";
 /// Role flag: classify packets (and restore sticky flows) on this device.
 pub const ROLE_CLASSIFY: u32 = 1;
 /// Role flag: record inbound flows on this device with `DeviceRole::mark` (a sticky gateway).
@@ -145,9 +135,6 @@ pub struct DeviceRole {
     pub mark: u32,
 }
 
-/// Name of the LRU hash map `FlowKey -> FlowValue`: flows that entered through a sticky
-/// gateway, so their replies (forwarded, or from this host's sockets) leave through it too.
-pub const FLOWS_MAP: &str = "PR_FLOWS";
 pub const MAX_FLOWS: u32 = 1 << 16;
 
 /// A flow as seen from this host: the remote end and the local port. The local address is
@@ -171,11 +158,6 @@ pub struct FlowValue {
     pub _pad: u32,
     pub seen_ns: u64,
 }
-
-/// Name of the hash map `mark -> GatewaySource`: the address unconnected UDP sends from
-/// when a rule picks that gateway at the sendmsg hook (the socket mark set there only
-/// applies from the next datagram; a source address routed by a `from` rule applies now).
-pub const SOURCES_MAP: &str = "PR_SOURCES";
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -203,15 +185,6 @@ pub struct Counter {
 pub struct StateChunk {
     pub len: u32,
     pub data: [u8; STATE_CHUNK],
-}
-
-/// Byte offset of `mark` in `struct __sk_buff` (ctx_out of BPF_PROG_TEST_RUN).
-pub const SKB_MARK_OFFSET: usize = 8;
-
-/// Protocols whose first four L4 bytes are source and destination port.
-#[inline(always)]
-pub fn proto_has_ports(proto: u8) -> bool {
-    matches!(proto, 6 | 17 | 33 | 132 | 136)
 }
 
 #[cfg(feature = "user")]

@@ -16,6 +16,7 @@ mod sock;
 mod sticky;
 
 use aya_ebpf::{
+    bindings::{BPF_F_NO_PREALLOC, TC_ACT_UNSPEC},
     macros::{cgroup_sock_addr, classifier, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::{SockAddrContext, TcContext},
@@ -29,10 +30,10 @@ use policyroute_common::{
 
 use parse::Packet;
 
-const TC_ACT_UNSPEC: i32 = -1;
-/// Hash entries are allocated on insert: the map's capacity costs nothing until used.
-const BPF_F_NO_PREALLOC: u32 = 1;
+// Map names are listed for userspace in `policyroute_common::names`.
 
+/// Hash entries are allocated on insert (BPF_F_NO_PREALLOC): the map's capacity costs
+/// nothing until used.
 #[map(name = "PR_RULES")]
 static RULES: HashMap<RuleKey, RuleValue> =
     HashMap::with_max_entries(DEFAULT_MAX_ENTRIES, BPF_F_NO_PREALLOC);
@@ -59,6 +60,9 @@ static SOURCES: HashMap<u32, GatewaySource> = HashMap::with_max_entries(1024, 0)
 #[map(name = "PR_STATE")]
 static STATE: HashMap<u32, StateChunk> =
     HashMap::with_max_entries(MAX_STATE_CHUNKS, BPF_F_NO_PREALLOC);
+
+// Program names (the function names) are listed for userspace in
+// `policyroute_common::names`.
 
 #[classifier]
 pub fn policyroute_tc(ctx: TcContext) -> i32 {
@@ -94,7 +98,10 @@ fn tc(ctx: &TcContext, pkt: &Packet, control: &Control) {
     let explain = is_explain(ctx);
     let mut role = ROLE_CLASSIFY;
     if control.flags & CONTROL_DEVICE_ROLES != 0 {
+        // SAFETY: ctx.skb.skb is the __sk_buff the kernel passed this program; the
+        // verifier allows reading ifindex from it.
         let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+        // SAFETY: the value is only read, while this program runs (RCU read side).
         if let Some(r) = unsafe { DEVICES.get(ifindex) } {
             role = r.flags;
             if role & ROLE_RECORD != 0 && !explain {
@@ -123,6 +130,9 @@ fn tc(ctx: &TcContext, pkt: &Packet, control: &Control) {
 #[inline(always)]
 fn count(slot: u32, bytes: u64) {
     if let Some(c) = COUNTERS.get_ptr_mut(slot) {
+        // SAFETY: a per-CPU array slot returned non-null by the lookup is this CPU's own
+        // copy, and nothing else on this CPU runs a program in between (no preemption of
+        // BPF programs on one CPU), so a plain read-modify-write is not torn.
         unsafe {
             (*c).packets += 1;
             (*c).bytes += bytes;
@@ -133,6 +143,8 @@ fn count(slot: u32, bytes: u64) {
 /// Sets the mark bits under the mask, keeping the bits outside it.
 #[inline(always)]
 fn set_mark(ctx: &TcContext, mark: u32, mask: u32) {
+    // SAFETY: ctx.skb.skb is the __sk_buff the kernel passed this program; reading mark
+    // is allowed for TC programs.
     let old = unsafe { (*ctx.skb.skb).mark };
     ctx.set_mark((old & !mask) | (mark & mask));
 }

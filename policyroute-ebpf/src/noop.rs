@@ -2,11 +2,11 @@
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{macros::classifier, programs::TcContext};
+use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, programs::TcContext};
 
 #[classifier]
 pub fn policyroute_noop(_ctx: TcContext) -> i32 {
-    -1
+    TC_ACT_UNSPEC
 }
 
 #[cfg(not(test))]

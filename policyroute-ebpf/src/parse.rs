@@ -1,26 +1,17 @@
 //! Frame parsing with direct packet access. The semantics (what is "untouched", when ports
-//! are unknown) are mirrored exactly by the userspace reference model in
-//! `policyroute::model`; change both together.
+//! are unknown) are mirrored exactly by the userspace reference classifier in
+//! `policyroute::reference::classifier`; change both together.
 use core::mem::size_of;
 
 use aya_ebpf::programs::TcContext;
-use policyroute_common::{proto_has_ports, FAMILY_V4, FAMILY_V6, SHAPE_PORTS, SHAPE_SPORT};
-
-const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88a8;
-/// VLAN tags looked through (802.1Q, and QinQ's outer 802.1ad tag).
-const MAX_VLAN_TAGS: usize = 2;
-/// IPv6 extension headers walked before giving up (the packet is then left untouched).
-const MAX_EXT_HEADERS: usize = 8;
-
-const IPPROTO_HOPOPTS: u8 = 0;
-const IPPROTO_ROUTING: u8 = 43;
-const IPPROTO_FRAGMENT: u8 = 44;
-const IPPROTO_AH: u8 = 51;
-const IPPROTO_DSTOPTS: u8 = 60;
+use policyroute_common::{
+    net::{
+        is_ipv6_ext_header, proto_has_ports, ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP,
+        ETH_P_IPV6, IPPROTO_AH, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT, IPPROTO_HOPOPTS,
+        IPPROTO_ROUTING, MAX_EXT_HEADERS, MAX_VLAN_TAGS,
+    },
+    FAMILY_V4, FAMILY_V6, SHAPE_PORTS, SHAPE_SPORT,
+};
 
 /// The fields rules match. `unknown` holds the `SHAPE_*` flags of fields this packet
 /// lacks; shapes keyed on any of them are skipped.
@@ -72,6 +63,9 @@ fn load<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
     if start + off + size_of::<T>() > end {
         return None;
     }
+    // SAFETY: the check above keeps [start + off, start + off + size_of::<T>()) inside the
+    // packet's linear data, which the verifier also proves from the same comparison; the
+    // read is unaligned because headers sit at arbitrary offsets.
     Some(unsafe { core::ptr::read_unaligned((start + off) as *const T) })
 }
 
@@ -159,7 +153,7 @@ fn ipv6(ctx: &TcContext, l3: usize) -> Option<Packet> {
             _ => break,
         }
     }
-    if first_fragment && is_ext_header(nh) {
+    if first_fragment && is_ipv6_ext_header(nh) {
         return None;
     }
     let mut pkt = Packet {
@@ -176,14 +170,6 @@ fn ipv6(ctx: &TcContext, l3: usize) -> Option<Packet> {
         ports(ctx, off, &mut pkt);
     }
     Some(pkt)
-}
-
-#[inline(always)]
-fn is_ext_header(nh: u8) -> bool {
-    matches!(
-        nh,
-        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_FRAGMENT | IPPROTO_AH | IPPROTO_DSTOPTS
-    )
 }
 
 #[inline(always)]

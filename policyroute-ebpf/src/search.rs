@@ -32,6 +32,8 @@ pub fn classify(pkt: &Packet, control: &Control) -> Option<Hit> {
     // A function pointer (not an integer) so the linker emits a BPF_PSEUDO_FUNC relocation.
     let step = search_step as *mut c_void;
     let n = table.len.min(MAX_SHAPES as u32);
+    // SAFETY: bpf_loop calls `step` n times with a pointer to `search`, which lives on
+    // this stack frame until bpf_loop returns; the verifier checks the callback's body.
     unsafe { bpf_loop(n, step, (&mut search as *mut Search).cast(), 0) };
     if search.best_prio == u32::MAX {
         return None;
@@ -62,6 +64,8 @@ struct Search<'a> {
 
 /// One shape of the search; returns 1 to stop the loop.
 unsafe extern "C" fn search_step(index: u32, ctx: *mut Search) -> i64 {
+    // SAFETY: `ctx` is the `Search` that `classify` handed to bpf_loop, alive and not
+    // otherwise borrowed during the loop.
     let s = unsafe { &mut *ctx };
     let Some(shape) = s.table.shapes.get(index as usize) else {
         return 1;
@@ -91,6 +95,7 @@ unsafe extern "C" fn search_step(index: u32, ctx: *mut Search) -> i64 {
         src: mask(&pkt.src, &shape.src_mask),
         dst: mask(&pkt.dst, &shape.dst_mask),
     };
+    // SAFETY: the value is copied out right away, inside this program's RCU read side.
     if let Some(v) = unsafe { RULES.get(key) } {
         if v.prio < s.best_prio {
             s.best_prio = v.prio;

@@ -8,7 +8,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::bpf_sock_addr,
+    bindings::{bpf_sock_addr, SOL_SOCKET, SO_MARK},
     helpers::generated::{bpf_get_netns_cookie, bpf_getsockopt, bpf_setsockopt},
     programs::SockAddrContext,
     EbpfContext,
@@ -19,8 +19,6 @@ use policyroute_common::{
 
 use crate::{count, parse::Packet, search, sticky, CONTROL, SOURCES};
 
-const SOL_SOCKET: i32 = 1;
-const SO_MARK: i32 = 36;
 /// sock_addr verdict: let the call proceed (the hook never refuses anything).
 const ALLOW: i32 = 1;
 
@@ -29,9 +27,12 @@ pub fn handle(ctx: &SockAddrContext, v6: bool, sendmsg: bool) -> i32 {
         return ALLOW;
     };
     // Sockets of other network namespaces in the same cgroup are not ours to steer.
+    // SAFETY: ctx.as_ptr() is this program's context, which the helper accepts.
     if unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } != control.netns_cookie {
         return ALLOW;
     }
+    // SAFETY: ctx.sock_addr is the bpf_sock_addr the kernel passed this program, valid
+    // for the whole run; the verifier checks every field access through it.
     let sa = unsafe { &mut *ctx.sock_addr };
     let pkt = packet(sa, v6);
     if let Some((mark, mask, counter)) = verdict(&pkt, control) {
@@ -71,10 +72,14 @@ fn packet(sa: &bpf_sock_addr, v6: bool) -> Packet {
         src: [0; 4],
         dst: user_ip(sa, v6),
     };
+    // SAFETY: reading the union's pointer member; the verifier marks it as a nullable
+    // socket pointer, checked below before use.
     let sk = unsafe { sa.__bindgen_anon_1.sk };
     if !sk.is_null() {
         // One load per field at a constant offset: the verifier refuses arithmetic on
         // socket pointers, which a copy of the whole array would need.
+        // SAFETY: sk is non-null (checked above) and points at the kernel's bpf_sock,
+        // whose src_ip4/src_ip6/src_port fields the verifier allows reading.
         unsafe {
             use core::ptr::{addr_of, read_volatile};
             pkt.src = if v6 {
@@ -105,6 +110,8 @@ fn packet(sa: &bpf_sock_addr, v6: bool) -> Packet {
 
 /// The destination, one ctx load per word at a constant offset (see `set_source`).
 fn user_ip(sa: &bpf_sock_addr, v6: bool) -> [u32; 4] {
+    // SAFETY: reads of the context's user_ip4/user_ip6 words, each at a constant offset
+    // the verifier allows for this hook.
     unsafe {
         use core::ptr::{addr_of, read_volatile};
         if v6 {
@@ -125,19 +132,21 @@ fn set_mark(ctx: &SockAddrContext, mark: u32, mask: u32) {
     let mut old: u32 = 0;
     let size = core::mem::size_of::<u32>() as i32;
     let p = ctx.as_ptr();
+    // SAFETY: p is this program's context; both helpers get a pointer to a live u32 and
+    // its size, and SO_MARK at SOL_SOCKET is allowed for sock_addr hooks.
     unsafe {
         bpf_getsockopt(
             p,
-            SOL_SOCKET,
-            SO_MARK,
+            SOL_SOCKET as i32,
+            SO_MARK as i32,
             (&mut old as *mut u32).cast::<c_void>(),
             size,
         );
         let mut new = (old & !mask) | mark;
         bpf_setsockopt(
             p,
-            SOL_SOCKET,
-            SO_MARK,
+            SOL_SOCKET as i32,
+            SO_MARK as i32,
             (&mut new as *mut u32).cast::<c_void>(),
             size,
         );
@@ -148,10 +157,13 @@ fn set_mark(ctx: &SockAddrContext, mark: u32, mask: u32) {
 /// rule routes through the gateway's table. The mark set above only takes effect from the
 /// socket's next datagram; the source address takes effect for this one.
 fn set_source(sa: &mut bpf_sock_addr, mark: u32, v6: bool) {
+    // SAFETY: the value is only read, inside this program's RCU read side.
     let Some(src) = (unsafe { SOURCES.get(mark) }) else {
         return;
     };
     // Word by word at constant offsets: the verifier refuses a modified ctx pointer.
+    // SAFETY: reads and writes of msg_src_ip4/msg_src_ip6, which the verifier allows
+    // (read and write) for the sendmsg hooks this runs in.
     unsafe {
         use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
         if v6 {

@@ -39,7 +39,10 @@ pub fn outbound_key(pkt: &Packet) -> FlowKey {
 #[inline(always)]
 pub fn record(pkt: &Packet, mark: u32, control: &Control) {
     let key = inbound_key(pkt);
+    // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: the value is only read, inside this program's RCU read side; a concurrent
+    // update can at worst make us rewrite a fresh record.
     if let Some(v) = unsafe { FLOWS.get(key) } {
         if v.mark == mark && now.saturating_sub(v.seen_ns) < control.sticky_ttl_ns / 2 {
             return;
@@ -56,7 +59,9 @@ pub fn record(pkt: &Packet, mark: u32, control: &Control) {
 /// The gateway mark of a fresh recorded flow `key`, if any.
 #[inline(always)]
 pub fn restore(key: &FlowKey, control: &Control) -> Option<u32> {
+    // SAFETY: the value is only read, inside this program's RCU read side.
     let v = unsafe { FLOWS.get(key) }?;
+    // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     (now.saturating_sub(v.seen_ns) < control.sticky_ttl_ns).then_some(v.mark)
 }

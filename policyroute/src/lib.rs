@@ -1,22 +1,22 @@
 //! policyroute: policy routing with an eBPF TC classifier that sets `skb->mark`.
 //!
-//! - [`rule`], [`ports`]: what a rule matches.
-//! - [`compile`]: rules to tuple-space tables (shapes and hash entries).
-//! - [`model`]: the reference classifier in plain Rust (differential tests, explain).
-//! - [`dataplane`], [`object`], [`testrun`]: the kernel side: load, fill maps, test-run.
-pub mod attach;
-pub mod bpfcall;
-pub mod compile;
-pub mod config;
+//! A command is one pass through four stages, each a module:
+//!
+//! 1. [`policy`]: read and validate the operator's TOML file into a [`policy::Policy`].
+//! 2. [`kernel::observe`]: look at the namespace (devices, addresses, our ip rules, routes,
+//!    hooks and maps, and the record of the last apply).
+//! 3. [`plan`]: a pure function of the policy, the observation and the previous record: the
+//!    compiled classifier tables, the ip rules and routes to add and remove, the hooks to
+//!    attach and detach. No syscalls; unit-tested without root.
+//! 4. [`kernel`]: carry the plan out (maps, attachments, netlink), nothing else decides.
+//!
+//! [`control`] strings the stages together per command (apply, status, explain, flush) and
+//! [`present`] renders their reports. [`reference`] is the judge beside the pipeline: a
+//! plain-Rust reference classifier and frame synthesis that tests, benchmarks and `explain`
+//! hold the loaded eBPF program to.
 pub mod control;
-pub mod dataplane;
-pub mod frame;
-pub mod model;
-pub mod namespace;
-pub mod netlink;
-pub mod object;
-pub mod ports;
-pub mod rt_tables;
-pub mod rule;
-pub mod state;
-pub mod testrun;
+pub mod kernel;
+pub mod plan;
+pub mod policy;
+pub mod present;
+pub mod reference;

@@ -3,7 +3,11 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use policyroute::control::{apply, explain, flush, status, Options};
+use policyroute::{
+    control::{apply, explain, flush, status, Options},
+    policy::protocol,
+    present,
+};
 
 /// Policy routing with an eBPF classifier: traffic matching a rule (protocol, source or
 /// destination prefix, ports, DSCP) gets its gateway's mark at tc ingress, and fwmark ip
@@ -110,11 +114,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 json,
             } => {
                 let report = apply::apply(&config, &opts, dry_run).await?;
-                print(json, &report, || apply_text(&report))
+                print(json, &report, || present::apply(&report))
             }
             Command::Status { json } => {
                 let s = status::status().await?;
-                print(json, &s, || s.render())
+                print(json, &s, || present::status(&s))
             }
             Command::Explain {
                 iif,
@@ -137,19 +141,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     dscp,
                 };
                 let e = explain::explain(&q).await?;
-                print(json, &e, || explain_text(&e))
+                print(json, &e, || present::explain(&e))
             }
             Command::Flush { json } => {
                 let r = flush::flush(&opts).await?;
-                print(json, &r, || {
-                    format!(
-                        "removed {} hook(s), {} ip rule(s), {} route(s){}\n",
-                        r.detached.len(),
-                        r.ip_rules.len(),
-                        r.routes.len(),
-                        if r.unpinned { ", pins" } else { "" }
-                    )
-                })
+                print(json, &r, || present::flush(&r))
             }
         }
     })
@@ -168,87 +164,11 @@ fn print<T: serde::Serialize>(
     Ok(())
 }
 
-fn apply_text(r: &apply::Report) -> String {
-    use std::fmt::Write as _;
-    let mut o = String::new();
-    let verb = if r.dry_run { "would" } else { "did" };
-    if !r.changed() {
-        let _ = writeln!(o, "no changes: the kernel already matches the policy");
-    }
-    if r.new_dataplane {
-        let _ = writeln!(o, "{verb} load the classifier");
-    }
-    let e = &r.entries;
-    if e.inserted + e.updated + e.removed > 0 {
-        let _ = writeln!(
-            o,
-            "{verb} write classifier entries: +{} ~{} -{}",
-            e.inserted, e.updated, e.removed
-        );
-    }
-    for dev in &r.attach {
-        let _ = writeln!(o, "{verb} attach to {dev}");
-    }
-    for d in &r.detach {
-        let _ = writeln!(o, "{verb} detach from {d}");
-    }
-    for x in &r.routes.add {
-        let _ = writeln!(
-            o,
-            "{verb} add route {}",
-            status::describe_route(x, &r.devices)
-        );
-    }
-    for x in &r.ip_rules.add {
-        let _ = writeln!(o, "{verb} add ip rule {}", status::describe_rule(x));
-    }
-    for x in &r.ip_rules.remove {
-        let _ = writeln!(o, "{verb} remove ip rule {}", status::describe_rule(x));
-    }
-    for x in &r.routes.remove {
-        let _ = writeln!(
-            o,
-            "{verb} remove route {}",
-            status::describe_route(x, &r.devices)
-        );
-    }
-    for w in &r.warnings {
-        let _ = writeln!(o, "warning: {w}");
-    }
-    o
-}
-
 fn parse_proto(s: &str) -> anyhow::Result<u8> {
-    Ok(match s {
-        "tcp" => 6,
-        "udp" => 17,
-        "icmp" => 1,
-        "icmpv6" | "ipv6-icmp" => 58,
-        "sctp" => 132,
-        other => other.parse().map_err(|_| {
-            anyhow::anyhow!("unknown protocol {other:?} (tcp, udp, icmp, icmpv6, sctp or a number)")
-        })?,
+    protocol::parse(s).ok_or_else(|| {
+        anyhow::anyhow!(
+            "unknown protocol {s:?} (known: {}, or a number 0-255)",
+            protocol::known()
+        )
     })
-}
-
-fn explain_text(e: &explain::Explanation) -> String {
-    let rule = match (&e.rule, &e.target_gateway) {
-        (Some(r), Some(g)) => format!("{r} (gateway {g})"),
-        (Some(r), None) => r.clone(),
-        (None, _) if e.by == "sticky flow" => "none: a sticky flow's gateway".into(),
-        (None, _) if e.by.starts_with("no socket hooks") => {
-            "none: local traffic is not classified".into()
-        }
-        (None, _) => "none (not marked)".into(),
-    };
-    let via = e.gateway.map_or(String::new(), |g| format!(" via {g}"));
-    let dev = e
-        .dev
-        .as_deref()
-        .map_or(String::new(), |d| format!(" dev {d}"));
-    let src = e.src.map_or(String::new(), |s| format!(" src {s}"));
-    format!(
-        "rule:  {rule}\nmark:  {:#x} (by {})\nroute: table {}{via}{dev}{src}\n",
-        e.mark, e.by, e.table
-    )
 }

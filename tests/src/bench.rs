@@ -313,20 +313,3 @@ pub fn temp_file(name: &str, contents: &str) -> PathBuf {
     fs::write(&path, contents).expect("write temp file");
     path
 }
-
-/// `sizeof(struct __sk_buff)`.
-const SKB_CTX_SIZE: usize = 192;
-
-/// Runs a TC program (by fd: also one found attached, loaded by another process) once on
-/// `frame`; returns the mark it left in the skb and the run's duration in ns as the kernel
-/// timed it.
-pub fn test_run_once(
-    prog: std::os::fd::BorrowedFd<'_>,
-    frame: &[u8],
-) -> std::io::Result<(u32, u32)> {
-    let mark_at = policyroute_common::SKB_MARK_OFFSET;
-    let mut ctx = [0u8; SKB_CTX_SIZE];
-    let run = policyroute::bpfcall::prog_test_run(prog, frame, &mut ctx)?;
-    let mark = u32::from_ne_bytes(ctx[mark_at..mark_at + 4].try_into().unwrap());
-    Ok((mark, run.duration_ns))
-}

@@ -1,11 +1,17 @@
 //! The loaded classifier with a policy in its maps, run by BPF_PROG_TEST_RUN, and held to
 //! the reference model on every run.
 use policyroute::{
-    compile::{compile, CompileError, Compiled},
-    dataplane::{Capacity, Dataplane, InstallStats},
-    model,
-    rule::Rule,
-    testrun::{self, RunOutcome},
+    kernel::{
+        dataplane::Dataplane,
+        maps::InstallStats,
+        testrun::{self, Input, Outcome},
+    },
+    plan::{
+        compile::{compile, CompileError, Compiled},
+        Capacity,
+    },
+    policy::matcher::Rule,
+    reference::classifier as reference,
 };
 
 pub struct Classifier {
@@ -42,16 +48,16 @@ impl Classifier {
     }
 
     /// Runs `frame` once through the kernel program.
-    pub fn run(&mut self, frame: &[u8], mark_in: u32) -> RunOutcome {
-        let prog = self.dp.program().expect("program");
-        testrun::run(prog, frame, mark_in, 1).expect("BPF_PROG_TEST_RUN")
+    pub fn run(&mut self, frame: &[u8], mark_in: u32) -> Outcome {
+        let prog = self.dp.tc_ingress().expect("a program this process loaded");
+        testrun::run(prog, frame, Input::mark(mark_in), 1).expect("BPF_PROG_TEST_RUN")
     }
 
     /// The mark the kernel program gives `frame`, asserted equal to the reference model's.
     pub fn mark(&mut self, frame: &[u8], mark_in: u32) -> u32 {
         let out = self.run(frame, mark_in);
         assert_eq!(out.verdict, TC_ACT_UNSPEC, "verdict");
-        let want = model::mark_after(&self.rules, self.mark_mask, frame, mark_in);
+        let want = reference::mark_after(&self.rules, self.mark_mask, frame, mark_in);
         assert_eq!(
             out.mark, want,
             "kernel and model disagree on {frame:02x?} (mark in {mark_in:#x})"

@@ -4,9 +4,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 use policyroute::{
-    frame::{ExtHeader, FrameSpec},
-    ports::{PortRange, PortSet},
-    rule::{Match, Rule},
+    policy::{
+        matcher::{Match, Rule},
+        ports::{PortRange, PortSet},
+    },
+    reference::frame::{ExtHeader, FrameSpec},
 };
 use rand::{rngs::StdRng, seq::SliceRandom, Rng};
 

@@ -1,8 +1,8 @@
 //! Terse construction of classifier rules for tests and benchmarks.
 use ipnet::IpNet;
-use policyroute::{
+use policyroute::policy::{
+    matcher::{Match, Rule},
     ports::{PortRange, PortSet},
-    rule::{Match, Rule},
 };
 
 /// A rule named `name` setting `mark`, matching everything until narrowed.

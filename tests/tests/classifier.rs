@@ -2,7 +2,7 @@
 //! also checked against the reference model (see `Classifier::mark`).
 use std::net::IpAddr;
 
-use policyroute::frame::{ExtHeader, FrameSpec};
+use policyroute::reference::frame::{ExtHeader, FrameSpec};
 use policyroute_tests::{classifier::Classifier, netns::NetNs, rules::rule};
 
 const TCP: u8 = 6;

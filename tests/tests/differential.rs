@@ -1,7 +1,7 @@
 //! Differential test: random policies and frames (overlapping rules, malformed frames)
 //! through the loaded kernel program and through the reference model. Marks and per-rule
 //! counters must agree exactly.
-use policyroute::{compile::CompileError, model};
+use policyroute::{plan::compile::CompileError, reference::classifier as reference};
 use policyroute_tests::{classifier::Classifier, netns::NetNs, random};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -35,7 +35,9 @@ fn kernel_agrees_with_reference_model() {
             let mark_in = rng.gen();
             // `mark` asserts kernel == model for this frame.
             c.mark(&frame, mark_in);
-            if let Some(i) = model::parse(&frame).and_then(|p| model::first_match(&rules, &p)) {
+            if let Some(i) =
+                reference::parse(&frame).and_then(|p| reference::first_match(&rules, &p))
+            {
                 want[i].0 += 1;
                 want[i].1 += frame.len() as u64;
                 hits += 1;

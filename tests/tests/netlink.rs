@@ -3,8 +3,10 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use policyroute::netlink::{
-    Family, IpRoute, IpRule, Netlink, NetlinkError, RouteQuery, RTPROT_POLICYROUTE as PROTO,
+use policyroute::{
+    kernel::netlink::{Netlink, NetlinkError, RouteQuery, RTPROT_POLICYROUTE as PROTO},
+    plan::objects::{IpRoute, IpRule},
+    policy::matcher::Family,
 };
 use policyroute_tests::netns::NetNs;
 

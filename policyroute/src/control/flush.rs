@@ -1,16 +1,21 @@
 //! `policyroute flush`: remove everything policyroute installed in this namespace (its
-//! tcx attachments, and with them the program and maps, its pins, and the ip rules and
-//! routes carrying its protocol number) and nothing else.
+//! hooks, and with them the programs and maps, its pins, and the ip rules and routes
+//! carrying its protocol number) and nothing else.
 use serde::Serialize;
 
-use super::{
-    apply::ignore_missing, current, lock, require_privileges, unpin, ControlError, Options,
+use super::{execute::ignore_missing, lock, require_privileges, ControlError, Options};
+use crate::{
+    kernel::{
+        attach, namespace,
+        netlink::{Netlink, RTPROT_POLICYROUTE},
+        observe, pins, KernelError,
+    },
+    plan::objects::{IpRoute, IpRule},
 };
-use crate::netlink::{IpRoute, IpRule, Netlink, RTPROT_POLICYROUTE};
 
 #[derive(Debug, Default, Serialize)]
 pub struct FlushReport {
-    /// `dev (program id)` attachments removed.
+    /// `hook (program id)` attachments removed.
     pub detached: Vec<String>,
     pub ip_rules: Vec<IpRule>,
     pub routes: Vec<IpRoute>,
@@ -21,15 +26,11 @@ pub async fn flush(opts: &Options) -> Result<FlushReport, ControlError> {
     require_privileges()?;
     let _lock = lock()?;
     let nl = Netlink::new()?;
-    let cur = current(&nl, &[]).await?;
+    let installed = observe::installed(&nl.links().await?, &[])?;
     let mut report = FlushReport::default();
-    for a in &cur.attached {
-        crate::attach::detach(a, cur.cgroup_root.as_deref())?;
-        report.detached.push(format!(
-            "{} (program {})",
-            a.hook.describe(),
-            a.program.id()
-        ));
+    for a in &installed.attached {
+        attach::detach(a, installed.cgroup_root.as_deref())?;
+        report.detached.push(a.describe());
     }
     // Rules before routes: no moment where a rule points at an emptied table.
     for rule in nl.rules(RTPROT_POLICYROUTE).await? {
@@ -40,8 +41,7 @@ pub async fn flush(opts: &Options) -> Result<FlushReport, ControlError> {
         ignore_missing(nl.del_route(&route, RTPROT_POLICYROUTE).await)?;
         report.routes.push(route);
     }
-    report.unpinned = unpin(opts)?;
-    crate::namespace::set_cgroup_hints(&[])
-        .map_err(ControlError::io("removing the cgroup hints"))?;
+    report.unpinned = pins::unpin(&opts.pin_dir()?)?;
+    namespace::set_cgroup_hints(&[]).map_err(KernelError::io("removing the cgroup hints"))?;
     Ok(report)
 }

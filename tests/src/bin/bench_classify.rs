@@ -2,31 +2,28 @@
 //! at 1, 1,000, 10,000 and 100,000 rules of one shape per family, hit and miss, IPv4 and
 //! IPv6, beside an empty TC program measured in the same run. The program is the one
 //! `policyroute apply` (the real CLI) attached, with the maps it sized for the policy, found
-//! on the device and run by fd. No hot packet: each measurement runs thousands of different
+//! on the device and run through `kernel::testrun` (the path explain uses). No hot packet: each measurement runs thousands of different
 //! packets (hits spread over all rules, misses to random keys) once each, in shuffled order;
 //! the kernel times each single run. A second table splits what a hit at 100,000 rules costs;
 //! a third shows the cost per shape (a miss costs one hash lookup per shape of its family).
-use std::{
-    fmt::Write as _,
-    net::IpAddr,
-    os::fd::{AsFd, BorrowedFd},
-    process::Command,
-    time::Duration,
-};
+use std::{fmt::Write as _, net::IpAddr, process::Command, time::Duration};
 
 use aya::{
-    programs::{tc::TcAttachType, ProgramFd, ProgramInfo, SchedClassifier},
+    programs::{tc::TcAttachType, SchedClassifier},
     Ebpf,
 };
 use policyroute::{
-    compile::compile_with_slots,
-    dataplane::{classifier_mut, Dataplane},
-    frame::FrameSpec,
-    object,
-    rule::Rule,
+    kernel::{
+        dataplane::{classifier_mut, Dataplane},
+        objects, testrun,
+    },
+    plan::compile::compile_with_slots,
+    policy::matcher::Rule,
+    reference::frame::FrameSpec,
 };
+use policyroute_common::names::NOOP;
 use policyroute_tests::{
-    bench::{self, env_or, measure, temp_file, test_run_once, Spread, Table},
+    bench::{self, env_or, measure, temp_file, Spread, Table},
     cli,
     netns::NetNs,
     rules::rule,
@@ -57,13 +54,11 @@ fn main() -> anyhow::Result<()> {
     };
     let mut noop_obj = {
         let _inside = b.ns.enter();
-        let mut obj = Ebpf::load(object::noop())?;
-        classifier_mut(&mut obj, object::NOOP_PROGRAM)?.load()?;
+        let mut obj = Ebpf::load(objects::noop())?;
+        classifier_mut(&mut obj, NOOP)?.load()?;
         obj
     };
-    let noop = classifier_mut(&mut noop_obj, object::NOOP_PROGRAM)?
-        .fd()?
-        .try_clone()?;
+    let noop: &SchedClassifier = classifier_mut(&mut noop_obj, NOOP)?;
     let mut table = Table::new(&[
         ">rules per family",
         ">apply s",
@@ -80,13 +75,13 @@ fn main() -> anyhow::Result<()> {
     let mut prog = None;
     for n in SIZES {
         eprintln!("classify: {n} rules per family");
-        let (info, fd, took) = b.apply(&same_shape_policy(n))?;
+        let (applied, took) = b.apply(&same_shape_policy(n))?;
         for v6 in [false, true] {
             for hit in [true, false] {
                 let frames: Vec<(Vec<u8>, u32)> = (0..b.packets)
                     .map(|_| frame(&mut b.rng, n, v6, hit))
                     .collect();
-                let (cost, base) = b.measure(fd.as_fd(), noop.as_fd(), &frames)?;
+                let (cost, base) = b.measure(&applied, noop, &frames)?;
                 let first = *one_rule.entry((v6, hit)).or_insert(cost.median);
                 let ratio = cost.median / first;
                 if n == *SIZES.last().unwrap() {
@@ -110,16 +105,16 @@ fn main() -> anyhow::Result<()> {
                 }));
             }
         }
-        prog = Some((info, fd));
+        prog = Some(applied);
     }
     let verdict = if worst_ratio <= TARGET_RATIO {
         "met"
     } else {
         "**missed**"
     };
-    let (info, fd) = prog.expect("at least one size");
-    let attribution = attribution(&mut b, &info, &fd, noop.as_fd())?;
-    let shapes = shapes_table(&mut b, noop.as_fd())?;
+    let applied = prog.expect("at least one size");
+    let attribution = attribution(&mut b, &applied, noop)?;
+    let shapes = shapes_table(&mut b, noop)?;
     let _ = cli::run(&b.ns, &["flush"]);
     let md = format!(
         "### Classifier: ns/packet by BPF_PROG_TEST_RUN ({} different packets per measurement, \
@@ -169,8 +164,8 @@ fn namespace() -> NetNs {
 
 impl Bench {
     /// Flushes, applies `policy` with the CLI and returns the classifier it attached to
-    /// lan0 (by fd) and how long the apply took.
-    fn apply(&self, policy: &str) -> anyhow::Result<(ProgramInfo, ProgramFd, Duration)> {
+    /// lan0 and how long the apply took.
+    fn apply(&self, policy: &str) -> anyhow::Result<(SchedClassifier, Duration)> {
         cli::ok(&self.ns, &["flush"]);
         let file = temp_file("classify.toml", policy);
         let m = measure(
@@ -192,16 +187,15 @@ impl Bench {
                     .is_some_and(|n| n.starts_with("policyroute"))
             })
             .ok_or_else(|| anyhow::anyhow!("no policyroute program on lan0 after apply"))?;
-        let fd = info.fd()?;
-        Ok((info, fd, m.wall))
+        Ok((testrun::loaded(info)?, m.wall))
     }
 
     /// Median (and spread) ns/packet of the classifier and of the empty program over the
     /// same frames, alternating which goes first; checks every mark the classifier set.
     fn measure(
         &mut self,
-        prog: BorrowedFd<'_>,
-        noop: BorrowedFd<'_>,
+        prog: &SchedClassifier,
+        noop: &SchedClassifier,
         frames: &[(Vec<u8>, u32)],
     ) -> anyhow::Result<(Spread, Spread)> {
         let mut cost = Vec::new();
@@ -223,7 +217,7 @@ impl Bench {
 
 /// Runs every frame once, in `order`; mean ns per run as the kernel timed them.
 fn run_once_each(
-    prog: BorrowedFd<'_>,
+    prog: &SchedClassifier,
     frames: &[(Vec<u8>, u32)],
     order: &[usize],
     check: bool,
@@ -231,11 +225,11 @@ fn run_once_each(
     let mut total = 0u64;
     for &i in order {
         let (frame, mark) = &frames[i];
-        let (got, ns) = test_run_once(prog, frame)?;
+        let out = testrun::run(prog, frame, testrun::Input::default(), 1)?;
         if check {
-            anyhow::ensure!(got == *mark, "mark {got} != {mark}");
+            anyhow::ensure!(out.mark == *mark, "mark {} != {mark}", out.mark);
         }
-        total += u64::from(ns);
+        total += out.duration.as_nanos() as u64;
     }
     Ok(total as f64 / order.len() as f64)
 }
@@ -318,14 +312,13 @@ fn frame(rng: &mut StdRng, n: usize, v6: bool, hit: bool) -> (Vec<u8>, u32) {
 /// repeated (what a single-packet benchmark sees).
 fn attribution(
     b: &mut Bench,
-    info: &ProgramInfo,
-    applied: &ProgramFd,
-    noop: BorrowedFd<'_>,
+    applied: &SchedClassifier,
+    noop: &SchedClassifier,
 ) -> anyhow::Result<(Table, Vec<serde_json::Value>)> {
     let n = SIZES[SIZES.len() - 1];
     let rules = same_shape_rules(n);
     let _inside = b.ns.enter();
-    let capacity = Dataplane::open(info)?.maps.capacity()?;
+    let capacity = Dataplane::open(&applied.info()?)?.maps.capacity()?;
     let mut shared = Dataplane::load(capacity)?;
     let one_slot = compile_with_slots(
         &rules,
@@ -334,7 +327,9 @@ fn attribution(
         &shared.maps.live_shapes()?,
     )?;
     shared.maps.install(&one_slot)?;
-    let shared_fd = shared.program()?.fd()?.try_clone()?;
+    let shared_prog: &SchedClassifier = shared
+        .tc_ingress()
+        .ok_or_else(|| anyhow::anyhow!("no TC program in the loaded dataplane"))?;
     let frames: Vec<(Vec<u8>, u32)> = (0..b.packets)
         .map(|_| frame(&mut b.rng, n, false, true))
         .collect();
@@ -352,9 +347,9 @@ fn attribution(
         for k in 0..cases.len() {
             let case = (k + round) % cases.len();
             let (prog, set, check) = match case {
-                0 => (applied.as_fd(), &frames, true),
-                1 => (shared_fd.as_fd(), &frames, true),
-                2 => (applied.as_fd(), &hot, true),
+                0 => (applied, &frames, true),
+                1 => (shared_prog, &frames, true),
+                2 => (applied, &hot, true),
                 _ => (noop, &frames, false),
             };
             samples[case].push(run_once_each(prog, set, &order, check)?);
@@ -385,7 +380,7 @@ fn attribution(
 /// rules spread over that many destination/source prefix-length combinations).
 fn shapes_table(
     b: &mut Bench,
-    noop: BorrowedFd<'_>,
+    noop: &SchedClassifier,
 ) -> anyhow::Result<(Table, Vec<serde_json::Value>)> {
     let mut table = Table::new(&[">shapes", ">ns/packet", ">empty program", ">per shape"]);
     let mut rows = Vec::new();
@@ -402,7 +397,7 @@ fn shapes_table(
                 "[[rule]]\nname = \"s{i}\"\nproto = \"tcp\"\nsrc = \"{src}\"\ndst = \"{dst}\"\nmark = 1\n\n"
             );
         }
-        let (_, fd, _) = b.apply(&policy)?;
+        let (applied, _) = b.apply(&policy)?;
         let frames: Vec<(Vec<u8>, u32)> = (0..b.packets)
             .map(|_| {
                 let sport = b.rng.gen_range(1024..65535);
@@ -417,7 +412,7 @@ fn shapes_table(
                 (frame, 0)
             })
             .collect();
-        let (cost, base) = b.measure(fd.as_fd(), noop, &frames)?;
+        let (cost, base) = b.measure(&applied, noop, &frames)?;
         let per = (cost.median - base.median) / shapes as f64;
         table.row(vec![
             shapes.to_string(),

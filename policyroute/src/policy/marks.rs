@@ -2,7 +2,7 @@
 use std::collections::BTreeSet;
 
 use super::read::GatewayDraft;
-use super::rules::RuleDraft;
+use super::read_rules::RuleDraft;
 use super::toml_tree::Doc;
 
 /// Each gateway's mark: its explicit one, or the next derived mark (see [`derived`]) not

@@ -7,26 +7,12 @@ use toml::de::DeValue;
 use super::read::{inside_mask, non_empty, report_duplicates, GatewayDraft};
 use super::toml_tree::{Doc, Field, Section};
 use super::{PolicyRule, Target};
-use crate::ports::{PortRange, PortSet};
-use crate::rule::{Match, RuleError};
+use crate::policy::matcher::{Match, RuleError};
+use crate::policy::ports::{PortRange, PortSet};
+use crate::policy::protocol;
 
 pub(super) const KEYS: &[&str] = &[
     "name", "proto", "src", "dst", "sport", "dport", "dscp", "gateway", "mark",
-];
-
-/// Protocol names, as in /etc/protocols (plus the common `icmpv6` for `ipv6-icmp`).
-const PROTOCOLS: &[(&str, u8)] = &[
-    ("icmp", 1),
-    ("tcp", 6),
-    ("udp", 17),
-    ("dccp", 33),
-    ("gre", 47),
-    ("esp", 50),
-    ("ah", 51),
-    ("icmpv6", 58),
-    ("ipv6-icmp", 58),
-    ("sctp", 132),
-    ("udplite", 136),
 ];
 
 /// A rule as read, with the spans the checks across rules report at.
@@ -120,14 +106,11 @@ fn proto(doc: &mut Doc<'_>, f: Field<'_, '_>) -> Option<u8> {
     let DeValue::String(name) = f.value.get_ref() else {
         return doc.int(f, 0..=255).map(|p| p as u8);
     };
-    let lower = name.to_ascii_lowercase();
-    let known = PROTOCOLS.iter().find(|(n, _)| *n == lower).map(|&(_, p)| p);
-    let found = known.or_else(|| lower.parse().ok());
+    let found = protocol::parse(name);
     if found.is_none() {
-        let names: Vec<&str> = PROTOCOLS.iter().map(|(n, _)| *n).collect();
         let msg = format!(
             "unknown protocol {name:?} (known: {}, or a number 0-255)",
-            names.join(", ")
+            protocol::known()
         );
         doc.error(&f.value.span(), f.key, msg);
     }

@@ -21,7 +21,10 @@ use netlink_packet_route::{
 };
 use rtnetlink::{Handle, IpVersion};
 
-pub use crate::rule::Family;
+use crate::{
+    plan::objects::{IpRoute, IpRule},
+    policy::matcher::Family,
+};
 
 /// Routing protocol number tagging every rule and route policyroute installs (rtm_protocol /
 /// FRA_PROTOCOL), so it finds exactly its own objects later and never touches anyone else's.
@@ -60,38 +63,6 @@ pub enum NetlinkError {
 pub struct Link {
     pub index: u32,
     pub name: String,
-}
-
-/// An ip rule as policyroute uses them (action `lookup TABLE`). Equality is what
-/// reconciliation compares.
-///
-/// The kernel cannot tell some values from "absent", so write them as absent to read them
-/// back equal: `fwmark` with mask 0 (matches everything) and `src` of length 0 (`from all`).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-pub struct IpRule {
-    pub family: Family,
-    pub priority: u32,
-    pub table: u32,
-    /// `fwmark VALUE/MASK`
-    pub fwmark: Option<(u32, u32)>,
-    /// `suppress_prefixlength N` (used as `lookup main suppress_prefixlength 0`)
-    pub suppress_prefixlen: Option<u32>,
-    /// `from PREFIX`
-    pub src: Option<IpNet>,
-}
-
-/// A unicast route. `dst` must have its host bits clear (the kernel refuses or masks them).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-pub struct IpRoute {
-    pub family: Family,
-    pub table: u32,
-    /// `0.0.0.0/0` or `::/0` for default.
-    pub dst: IpNet,
-    /// `None`: device-only route (point-to-point links). An IPv6 gateway on an IPv4 route is
-    /// sent as RTA_VIA.
-    pub gateway: Option<IpAddr>,
-    /// Output interface index.
-    pub oif: u32,
 }
 
 /// What `ip route get DST [from SRC] [iif DEV] mark MARK [ipproto P sport S dport D]` asks.

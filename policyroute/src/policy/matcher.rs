@@ -2,18 +2,24 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use policyroute_common::proto_has_ports;
+use policyroute_common::net::{proto_has_ports, IPPROTO_ICMP, IPPROTO_ICMPV6};
 
-use crate::ports::PortSet;
-
-pub const IPPROTO_ICMP: u8 = 1;
-pub const IPPROTO_ICMPV6: u8 = 58;
+use crate::policy::{ports::PortSet, protocol};
 
 /// IP version of a packet or of a rule's scope.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub enum Family {
     V4,
     V6,
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        })
+    }
 }
 
 impl Family {
@@ -64,13 +70,19 @@ pub struct Rule {
 pub enum RuleError {
     #[error("source and destination prefixes are of different IP versions")]
     MixedFamilies,
-    #[error("protocol {proto} exists only for {only:?}, but a prefix of the rule is {other:?}")]
+    #[error(
+        "protocol {} exists only for {only}, but a prefix of the rule is {other}",
+        protocol::name(*proto)
+    )]
     ProtoFamily {
         proto: u8,
         only: Family,
         other: Family,
     },
-    #[error("protocol {0} has no ports, so a port condition can never match")]
+    #[error(
+        "protocol {} has no ports, so a port condition can never match",
+        protocol::name(*.0)
+    )]
     PortsWithoutPortProto(u8),
     #[error("DSCP {0} is out of range (0-63)")]
     Dscp(u8),
@@ -136,7 +148,7 @@ impl std::fmt::Display for Match {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut parts = Vec::new();
         if let Some(p) = self.proto {
-            parts.push(format!("proto {}", proto_name(p)));
+            parts.push(format!("proto {}", protocol::name(p)));
         }
         if let Some(n) = self.src {
             parts.push(format!("src {n}"));
@@ -158,17 +170,5 @@ impl std::fmt::Display for Match {
         } else {
             f.write_str(&parts.join(" "))
         }
-    }
-}
-
-/// The usual name of an IP protocol number, or the number.
-pub fn proto_name(p: u8) -> String {
-    match p {
-        1 => "icmp".into(),
-        6 => "tcp".into(),
-        17 => "udp".into(),
-        58 => "icmpv6".into(),
-        132 => "sctp".into(),
-        other => other.to_string(),
     }
 }

@@ -1,14 +1,29 @@
-//! The controller's record of what it installed, kept in the dataplane's state map as a
+//! Where the record of the last apply ([`Record`]) is kept: the dataplane's state map, as a
 //! chunked, checksummed byte string. Written after every apply; a torn write (an apply
 //! killed halfway) is detected by the checksum and reported, never misread.
 use aya::maps::{HashMap, MapData, MapError};
 use policyroute_common::{StateChunk, MAX_STATE_CHUNKS, STATE_CHUNK};
 
+use crate::{kernel::maps::Maps, plan::record::Record};
+
+/// The record of the last apply; `None` when none was ever written.
+pub fn read_record(maps: &Maps) -> Result<Option<Record>, RecordError> {
+    match read(&maps.state)? {
+        None => Ok(None),
+        Some(bytes) => Record::decode(&bytes).map(Some).ok_or(RecordError::Corrupt),
+    }
+}
+
+/// Replaces the record.
+pub fn write_record(maps: &mut Maps, record: &Record) -> Result<(), RecordError> {
+    write(&mut maps.state, &record.encode())
+}
+
 /// Header: payload length (u64 LE) and its FNV-1a hash (u64 LE).
 const HEADER: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
-pub enum StateError {
+pub enum RecordError {
     #[error("state map: {0}")]
     Map(#[from] MapError),
     #[error("the state record is {0} bytes; at most {1} fit")]
@@ -25,18 +40,15 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-/// Replaces the record with `payload`.
-pub fn write(
-    map: &mut HashMap<MapData, u32, StateChunk>,
-    payload: &[u8],
-) -> Result<(), StateError> {
+/// Replaces the stored bytes with `payload`.
+fn write(map: &mut HashMap<MapData, u32, StateChunk>, payload: &[u8]) -> Result<(), RecordError> {
     let mut bytes = Vec::with_capacity(HEADER + payload.len());
     bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     bytes.extend_from_slice(&fnv1a(payload).to_le_bytes());
     bytes.extend_from_slice(payload);
     let max = MAX_STATE_CHUNKS as usize * STATE_CHUNK;
     if bytes.len() > max {
-        return Err(StateError::TooLarge(bytes.len(), max));
+        return Err(RecordError::TooLarge(bytes.len(), max));
     }
     let chunks = bytes.chunks(STATE_CHUNK);
     let count = chunks.len() as u32;
@@ -59,8 +71,8 @@ pub fn write(
     Ok(())
 }
 
-/// The record's payload; `None` when nothing was ever written.
-pub fn read(map: &HashMap<MapData, u32, StateChunk>) -> Result<Option<Vec<u8>>, StateError> {
+/// The stored payload; `None` when nothing was ever written.
+fn read(map: &HashMap<MapData, u32, StateChunk>) -> Result<Option<Vec<u8>>, RecordError> {
     let first = match map.get(&0, 0) {
         Ok(chunk) => chunk,
         Err(MapError::KeyNotFound) => return Ok(None),
@@ -68,7 +80,7 @@ pub fn read(map: &HashMap<MapData, u32, StateChunk>) -> Result<Option<Vec<u8>>, 
     };
     let mut bytes = piece(&first).to_vec();
     if bytes.len() < HEADER {
-        return Err(StateError::Corrupt);
+        return Err(RecordError::Corrupt);
     }
     let len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
     let hash = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
@@ -78,13 +90,13 @@ pub fn read(map: &HashMap<MapData, u32, StateChunk>) -> Result<Option<Vec<u8>>, 
     for i in 1..chunks.min(MAX_STATE_CHUNKS) {
         match map.get(&i, 0) {
             Ok(chunk) => bytes.extend_from_slice(piece(&chunk)),
-            Err(MapError::KeyNotFound) => return Err(StateError::Corrupt),
+            Err(MapError::KeyNotFound) => return Err(RecordError::Corrupt),
             Err(e) => return Err(e.into()),
         }
     }
     let payload = &bytes[HEADER..];
     if payload.len() != len || fnv1a(payload) != hash {
-        return Err(StateError::Corrupt);
+        return Err(RecordError::Corrupt);
     }
     Ok(Some(payload.to_vec()))
 }

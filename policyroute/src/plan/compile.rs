@@ -13,7 +13,7 @@ use policyroute_common::{
     SHAPE_SPORT, SHAPE_SRC,
 };
 
-use crate::rule::{Family, Rule, RuleError};
+use crate::policy::matcher::{Family, Rule, RuleError};
 
 /// Everything that identifies a shape within a family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -46,7 +46,7 @@ pub enum CompileError {
         source: RuleError,
     },
     #[error(
-        "the policy needs {count} distinct {family:?} rule shapes, the classifier handles \
+        "the policy needs {count} distinct {family} rule shapes, the classifier handles \
          {MAX_SHAPES}; use fewer distinct prefix lengths or port ranges that align to powers of two"
     )]
     TooManyShapes { family: Family, count: usize },
@@ -291,7 +291,7 @@ fn prefix_len(mask: &[u32; 4]) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{ports::PortSet, rule::Match};
+    use crate::policy::{matcher::Match, ports::PortSet};
 
     fn tcp_dport(name: &str, port: u16, mark: u32) -> Rule {
         Rule {
@@ -382,7 +382,7 @@ mod tests {
         let err = compile(&[bad], u32::MAX, &BTreeMap::new()).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "rule 0 (icmp-ports): protocol 1 has no ports, so a port condition can never match"
+            "rule 0 (icmp-ports): protocol icmp has no ports, so a port condition can never match"
         );
     }
 }

@@ -1,23 +1,24 @@
-//! What the kernel should hold for a policy, and the difference to what it holds.
+//! What the kernel should hold for a policy besides the classifier's tables: ip rules,
+//! routes, hooks, device roles and gateway source addresses.
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
 };
 
 use ipnet::IpNet;
-use serde::Serialize;
 
 use policyroute_common::{
-    DeviceRole, GatewaySource, CONTROL_DEVICE_ROLES, CONTROL_STICKY, ROLE_CLASSIFY, ROLE_RECORD,
+    names::SOCK_PROGRAMS, DeviceRole, GatewaySource, CONTROL_DEVICE_ROLES, CONTROL_STICKY,
+    ROLE_CLASSIFY, ROLE_RECORD,
 };
 
 use crate::{
-    attach::{Hook, SOCK_HOOKS},
-    config::Policy,
-    netlink::{Family, IpRoute, IpRule},
+    plan::{
+        compile::addr_words,
+        objects::{Hook, IpRoute, IpRule},
+    },
+    policy::{matcher::Family, rt_tables::MAIN, Policy},
 };
-
-const MAIN_TABLE: u32 = 254;
 
 /// Kernel objects a policy asks for (besides the classifier's rule tables).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -71,7 +72,7 @@ fn routing(policy: &Policy, index_of: &BTreeMap<String, u32>, d: &mut Desired) {
             d.rules.insert(IpRule {
                 family,
                 priority: prio,
-                table: MAIN_TABLE,
+                table: MAIN,
                 fwmark: None,
                 suppress_prefixlen: Some(0),
                 src: None,
@@ -149,7 +150,7 @@ fn source(addrs: &[IpAddr]) -> GatewaySource {
             }
             IpAddr::V6(_) if s.has_v6 == 0 => {
                 s.has_v6 = 1;
-                s.v6 = crate::compile::addr_words(a);
+                s.v6 = addr_words(a);
             }
             _ => {}
         }
@@ -173,9 +174,8 @@ fn hooks(policy: &Policy, index_of: &BTreeMap<String, u32>, d: &mut Desired) {
             ifindex,
         });
     }
-    if policy.attach.local {
-        let cgroup = local_cgroup(policy);
-        for (program, _) in SOCK_HOOKS {
+    if let Some(cgroup) = local_cgroup(policy) {
+        for program in SOCK_PROGRAMS {
             d.hooks.insert(Hook::Cgroup {
                 cgroup: cgroup.clone(),
                 program,
@@ -184,37 +184,12 @@ fn hooks(policy: &Policy, index_of: &BTreeMap<String, u32>, d: &mut Desired) {
     }
 }
 
-/// The cgroup whose sockets the local hooks classify (a cgroup v2 path; `/` by default).
-pub fn local_cgroup(policy: &Policy) -> String {
+/// The cgroup whose sockets the local hooks classify (a cgroup v2 path; `/` by default),
+/// when the policy classifies local traffic.
+pub fn local_cgroup(policy: &Policy) -> Option<String> {
+    if !policy.attach.local {
+        return None;
+    }
     let cg = policy.attach.local_cgroup.as_deref().unwrap_or("/");
-    format!("/{}", cg.trim_matches('/'))
-}
-
-/// Changes that turn `have` into `want`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Diff<T> {
-    pub add: Vec<T>,
-    pub remove: Vec<T>,
-}
-
-impl<T> Default for Diff<T> {
-    fn default() -> Self {
-        Self {
-            add: Vec::new(),
-            remove: Vec::new(),
-        }
-    }
-}
-
-impl<T: Ord + Clone> Diff<T> {
-    pub fn between(have: &BTreeSet<T>, want: &BTreeSet<T>) -> Self {
-        Self {
-            add: want.difference(have).cloned().collect(),
-            remove: have.difference(want).cloned().collect(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.add.is_empty() && self.remove.is_empty()
-    }
+    Some(format!("/{}", cg.trim_matches('/')))
 }

@@ -1,4 +1,5 @@
-//! The policy file (TOML): gateways, ordered classifier rules, attach points.
+//! Stage 1 of the pipeline: the policy file (TOML), read and validated into a [`Policy`]:
+//! gateways, ordered classifier rules, attach points.
 //!
 //! ```toml
 //! mark_mask = 0xffffffff     # bits the policy may set in skb->mark (non-zero)
@@ -33,13 +34,17 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::rt_tables::RtTables;
-use crate::rule::{Match, Rule};
+use matcher::{Match, Rule};
+use rt_tables::RtTables;
 
 mod error;
 mod marks;
+pub mod matcher;
+pub mod ports;
+pub mod protocol;
 mod read;
-mod rules;
+mod read_rules;
+pub mod rt_tables;
 mod toml_tree;
 
 #[cfg(test)]

@@ -2,7 +2,7 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use super::*;
-use crate::ports::{PortRange, PortSet};
+use crate::policy::ports::{PortRange, PortSet};
 
 const FILE: &str = "policy.toml";
 
@@ -745,7 +745,7 @@ fn protocol_of_the_other_family() {
         "proto = \"icmp\"",
         "dst = \"2001:db8::/32\"",
     ]);
-    assert_error(&lines, 7, "rule[1].proto", "exists only for V4");
+    assert_error(&lines, 7, "rule[1].proto", "exists only for IPv4");
 }
 
 #[test]

@@ -1,19 +1,37 @@
-//! The few bpf(2) commands aya 0.14 does not offer.
+//! The bpf(2) commands policyroute needs and aya 0.14 does not offer; everything else goes
+//! through aya. Each one, and why:
 //!
-//! tcx attachments are made with BPF_PROG_ATTACH rather than a bpf_link: such an
-//! attachment holds its own reference to the program, so the dataplane outlives the
-//! `policyroute apply` process without any pin (pins are invisible to the next process when
-//! operators run `ip netns exec NS policyroute ...`, which gives each command a fresh /sys).
+//! - BPF_PROG_ATTACH / BPF_PROG_DETACH for tcx and cgroup hooks: aya attaches through a
+//!   bpf_link, which lives only as long as its fd or a pin. An attachment made without a
+//!   link holds its own reference to the program, so the dataplane outlives the `apply`
+//!   process without any pin (pins are invisible to the next process when operators run
+//!   `ip netns exec NS policyroute ...`, which gives each command a fresh /sys).
+//! - BPF_PROG_QUERY of a cgroup hook: aya 0.14 queries only tcx, cgroup_device and lirc
+//!   hooks.
+//! - BPF_PROG_BIND_MAP: aya has no binding of a map the program does not reference (the
+//!   state record), which keeps it alive and listed with the program.
+//! - BPF_MAP_LOOKUP_BATCH / UPDATE_BATCH / DELETE_BATCH: aya 0.14 has only one syscall per
+//!   element, which makes a 100k-rule update take 100k syscalls.
 use std::{
     io,
     os::fd::{AsRawFd, BorrowedFd},
 };
 
-const BPF_PROG_ATTACH: libc::c_long = 8;
-const BPF_PROG_DETACH: libc::c_long = 9;
-const BPF_PROG_BIND_MAP: libc::c_long = 35;
-pub const BPF_TCX_INGRESS: u32 = 46;
-pub const BPF_TCX_EGRESS: u32 = 47;
+use aya_obj::generated::{
+    bpf_attach_type,
+    bpf_cmd::{
+        self, BPF_MAP_DELETE_BATCH, BPF_MAP_LOOKUP_BATCH, BPF_MAP_UPDATE_BATCH, BPF_PROG_ATTACH,
+        BPF_PROG_BIND_MAP, BPF_PROG_DETACH, BPF_PROG_QUERY,
+    },
+    BPF_F_ALLOW_MULTI,
+};
+
+pub const BPF_TCX_INGRESS: u32 = bpf_attach_type::BPF_TCX_INGRESS as u32;
+pub const BPF_TCX_EGRESS: u32 = bpf_attach_type::BPF_TCX_EGRESS as u32;
+pub const BPF_CGROUP_INET4_CONNECT: u32 = bpf_attach_type::BPF_CGROUP_INET4_CONNECT as u32;
+pub const BPF_CGROUP_INET6_CONNECT: u32 = bpf_attach_type::BPF_CGROUP_INET6_CONNECT as u32;
+pub const BPF_CGROUP_UDP4_SENDMSG: u32 = bpf_attach_type::BPF_CGROUP_UDP4_SENDMSG as u32;
+pub const BPF_CGROUP_UDP6_SENDMSG: u32 = bpf_attach_type::BPF_CGROUP_UDP6_SENDMSG as u32;
 
 /// `union bpf_attr` as used by BPF_PROG_ATTACH / BPF_PROG_DETACH.
 #[repr(C)]
@@ -36,12 +54,12 @@ struct BindMapAttr {
     flags: u32,
 }
 
-fn bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<()> {
+fn bpf<T>(cmd: bpf_cmd, attr: &T) -> io::Result<()> {
     // SAFETY: attr is a valid, initialized bpf_attr prefix of the size passed.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_bpf,
-            cmd,
+            cmd as libc::c_long,
             attr as *const T,
             std::mem::size_of::<T>() as u32,
         )
@@ -96,35 +114,6 @@ pub fn prog_bind_map(prog: BorrowedFd<'_>, map: BorrowedFd<'_>) -> io::Result<()
     bpf(BPF_PROG_BIND_MAP, &attr)
 }
 
-const BPF_OBJ_PIN: libc::c_long = 6;
-
-/// `union bpf_attr` as used by BPF_OBJ_PIN.
-#[repr(C)]
-struct PinAttr {
-    pathname: u64,
-    bpf_fd: u32,
-    file_flags: u32,
-}
-
-/// Pins a program or map fd at `path` (on a bpf filesystem).
-pub fn obj_pin(fd: BorrowedFd<'_>, path: &std::path::Path) -> io::Result<()> {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
-    let attr = PinAttr {
-        pathname: c.as_ptr() as u64,
-        bpf_fd: fd.as_raw_fd() as u32,
-        file_flags: 0,
-    };
-    bpf(BPF_OBJ_PIN, &attr)
-}
-
-const BPF_PROG_QUERY: libc::c_long = 16;
-pub const BPF_CGROUP_INET4_CONNECT: u32 = 10;
-pub const BPF_CGROUP_INET6_CONNECT: u32 = 11;
-pub const BPF_CGROUP_UDP4_SENDMSG: u32 = 14;
-pub const BPF_CGROUP_UDP6_SENDMSG: u32 = 15;
-/// Lets other programs stay attached to the same cgroup hook next to ours.
-pub const BPF_F_ALLOW_MULTI: u32 = 2;
-
 /// `union bpf_attr` as used by BPF_PROG_QUERY.
 #[repr(C)]
 #[derive(Default)]
@@ -152,6 +141,7 @@ pub fn cgroup_attach(
         cgroup.as_raw_fd() as u32,
         prog,
         attach_type,
+        // Lets other programs stay attached to the same cgroup hook next to ours.
         BPF_F_ALLOW_MULTI,
     )
 }
@@ -182,69 +172,6 @@ pub fn cgroup_query(cgroup: BorrowedFd<'_>, attach_type: u32) -> io::Result<Vec<
     Ok(ids)
 }
 
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
-
-/// `union bpf_attr` as used by BPF_PROG_TEST_RUN.
-#[repr(C)]
-#[derive(Default)]
-struct TestRunAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    _pad: u32,
-}
-
-/// What one BPF_PROG_TEST_RUN reports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TestRun {
-    pub retval: u32,
-    /// The run's duration as the kernel timed it, in ns.
-    pub duration_ns: u32,
-}
-
-/// Runs a program (by fd, also one this process did not load) once on `data` with the
-/// context `ctx`, which the kernel overwrites with the resulting context.
-pub fn prog_test_run(prog: BorrowedFd<'_>, data: &[u8], ctx: &mut [u8]) -> io::Result<TestRun> {
-    let mut out = vec![0u8; data.len() + 256];
-    let ctx_in = ctx.to_vec();
-    let attr = TestRunAttr {
-        prog_fd: prog.as_raw_fd() as u32,
-        data_size_in: data.len() as u32,
-        data_size_out: out.len() as u32,
-        data_in: data.as_ptr() as u64,
-        data_out: out.as_mut_ptr() as u64,
-        repeat: 1,
-        ctx_size_in: ctx_in.len() as u32,
-        ctx_size_out: ctx.len() as u32,
-        ctx_in: ctx_in.as_ptr() as u64,
-        ctx_out: ctx.as_mut_ptr() as u64,
-        ..TestRunAttr::default()
-    };
-    bpf(BPF_PROG_TEST_RUN, &attr)?;
-    // SAFETY: the kernel wrote the results back into attr.
-    Ok(unsafe {
-        TestRun {
-            retval: std::ptr::read_volatile(&attr.retval),
-            duration_ns: std::ptr::read_volatile(&attr.duration),
-        }
-    })
-}
-
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 /// Entries per batch call: large enough that a 100k-rule policy takes a handful of calls.
 const BATCH: usize = 16384;
 

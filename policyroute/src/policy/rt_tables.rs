@@ -8,15 +8,31 @@ use std::path::{Path, PathBuf};
 const ETC_DIR: &str = "/etc/iproute2";
 const USR_DIRS: [&str; 2] = ["/usr/lib/iproute2", "/usr/share/iproute2"];
 
-/// The names iproute2 knows without any file (`unspec` comes from the shipped file, but
-/// every distribution has it, and a policy must not be able to pick table 0 by a name
-/// that happens to be missing).
-const BUILTIN: [(u32, &str); 4] = [
-    (0, "unspec"),
-    (253, "default"),
-    (254, "main"),
-    (255, "local"),
+/// The kernel's main table (`lookup main`).
+pub const MAIN: u32 = libc::RT_TABLE_MAIN as u32;
+
+/// The kernel's own tables, which a policy may not use: also the names iproute2 knows
+/// without any file (`unspec` comes from the shipped file, but every distribution has it,
+/// and a policy must not be able to pick table 0 by a name that happens to be missing).
+const RESERVED: [(u32, &str); 4] = [
+    (libc::RT_TABLE_UNSPEC as u32, "unspec"),
+    (libc::RT_TABLE_DEFAULT as u32, "default"),
+    (MAIN, "main"),
+    (libc::RT_TABLE_LOCAL as u32, "local"),
 ];
+
+/// The name of one of the kernel's own tables.
+pub fn reserved(id: u32) -> Option<&'static str> {
+    RESERVED.iter().find(|(t, _)| *t == id).map(|(_, n)| *n)
+}
+
+/// A table as `ip` shows it without rt_tables files: the kernel's own by name, others
+/// by number.
+pub fn display(id: u32) -> String {
+    reserved(id)
+        .filter(|_| id != 0)
+        .map_or_else(|| id.to_string(), str::to_string)
+}
 
 /// A two-way map between routing table ids and names. When a name or an id is defined
 /// twice, the later definition wins.
@@ -40,7 +56,7 @@ impl RtTables {
             by_name: BTreeMap::new(),
             by_id: BTreeMap::new(),
         };
-        BUILTIN
+        RESERVED
             .iter()
             .fold(empty, |t, &(id, name)| t.with_entry(id, name))
     }

@@ -11,12 +11,9 @@ use std::{
 use aya::programs::{
     loaded_programs, tc::TcAttachType, ProgramError, ProgramInfo, SchedClassifier,
 };
-use serde::Serialize;
+use policyroute_common::names::{CONNECT4, CONNECT6, SENDMSG4, SENDMSG6, TC_EGRESS, TC_INGRESS};
 
-use crate::{
-    bpfcall,
-    dataplane::{CONNECT4, CONNECT6, SENDMSG4, SENDMSG6, TC_EGRESS, TC_INGRESS},
-};
+use crate::{kernel::bpf_syscalls as bpf, plan::objects::Hook};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
@@ -35,50 +32,12 @@ pub enum AttachError {
 }
 
 /// Socket hooks of the cgroup attachment, with their kernel attach types.
-pub const SOCK_HOOKS: [(&str, u32); 4] = [
-    (CONNECT4, bpfcall::BPF_CGROUP_INET4_CONNECT),
-    (CONNECT6, bpfcall::BPF_CGROUP_INET6_CONNECT),
-    (SENDMSG4, bpfcall::BPF_CGROUP_UDP4_SENDMSG),
-    (SENDMSG6, bpfcall::BPF_CGROUP_UDP6_SENDMSG),
+const SOCK_HOOKS: [(&str, u32); 4] = [
+    (CONNECT4, bpf::BPF_CGROUP_INET4_CONNECT),
+    (CONNECT6, bpf::BPF_CGROUP_INET6_CONNECT),
+    (SENDMSG4, bpf::BPF_CGROUP_UDP4_SENDMSG),
+    (SENDMSG6, bpf::BPF_CGROUP_UDP6_SENDMSG),
 ];
-
-/// Where a program is attached.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(tag = "hook", rename_all = "kebab-case")]
-pub enum Hook {
-    TcxIngress {
-        dev: String,
-        ifindex: u32,
-    },
-    TcxEgress {
-        dev: String,
-        ifindex: u32,
-    },
-    /// A cgroup socket hook; `cgroup` is the v2 path (`/` is the root).
-    Cgroup {
-        cgroup: String,
-        program: &'static str,
-    },
-}
-
-impl Hook {
-    /// The program that belongs on this hook.
-    pub fn program(&self) -> &'static str {
-        match self {
-            Hook::TcxIngress { .. } => TC_INGRESS,
-            Hook::TcxEgress { .. } => TC_EGRESS,
-            Hook::Cgroup { program, .. } => program,
-        }
-    }
-
-    pub fn describe(&self) -> String {
-        match self {
-            Hook::TcxIngress { dev, .. } => format!("tcx ingress of {dev}"),
-            Hook::TcxEgress { dev, .. } => format!("tcx egress of {dev}"),
-            Hook::Cgroup { cgroup, program } => format!("cgroup {cgroup} ({program})"),
-        }
-    }
-}
 
 /// One of our programs found on a hook.
 pub struct Attached {
@@ -87,22 +46,10 @@ pub struct Attached {
 }
 
 impl Attached {
-    /// Whether the program belongs to the dataplane whose rules map has this id.
-    pub fn uses_map(&self, map_id: u32) -> bool {
-        self.program
-            .map_ids()
-            .ok()
-            .flatten()
-            .is_some_and(|ids| ids.contains(&map_id))
+    /// `HOOK (program ID)`, as reports show it.
+    pub fn describe(&self) -> String {
+        format!("{} (program {})", self.hook.describe(), self.program.id())
     }
-}
-
-fn ours(name: Option<&str>) -> Option<&'static str> {
-    let name = name?;
-    [TC_INGRESS, TC_EGRESS]
-        .into_iter()
-        .chain(SOCK_HOOKS.map(|(n, _)| n))
-        .find(|n| *n == name)
 }
 
 /// Our programs on the tcx hooks of the given devices (index, name).
@@ -142,14 +89,14 @@ pub fn find_cgroup(root: &Path, cgroup: &str) -> Result<Vec<Attached>, AttachErr
     let mut found = Vec::new();
     for (name, attach_type) in SOCK_HOOKS {
         let ids =
-            bpfcall::cgroup_query(dir.as_fd(), attach_type).map_err(|source| AttachError::Io {
+            bpf::cgroup_query(dir.as_fd(), attach_type).map_err(|source| AttachError::Io {
                 what: "querying",
                 hook: format!("cgroup {cgroup}"),
                 source,
             })?;
         for program in by_ids(&ids)?
             .into_iter()
-            .filter(|p| ours(p.name_as_str()) == Some(name))
+            .filter(|p| p.name_as_str() == Some(name))
         {
             let hook = Hook::Cgroup {
                 cgroup: cgroup.to_string(),
@@ -201,15 +148,11 @@ pub fn attach(
     cgroup_root: Option<&Path>,
 ) -> Result<(), AttachError> {
     match hook {
-        Hook::TcxIngress { ifindex, .. } => {
-            bpfcall::tcx_attach(*ifindex, prog, bpfcall::BPF_TCX_INGRESS)
-        }
-        Hook::TcxEgress { ifindex, .. } => {
-            bpfcall::tcx_attach(*ifindex, prog, bpfcall::BPF_TCX_EGRESS)
-        }
+        Hook::TcxIngress { ifindex, .. } => bpf::tcx_attach(*ifindex, prog, bpf::BPF_TCX_INGRESS),
+        Hook::TcxEgress { ifindex, .. } => bpf::tcx_attach(*ifindex, prog, bpf::BPF_TCX_EGRESS),
         Hook::Cgroup { cgroup, program } => {
             let dir = open_cgroup(cgroup_root, hook, cgroup)?;
-            bpfcall::cgroup_attach(dir.as_fd(), prog, attach_type(program))
+            bpf::cgroup_attach(dir.as_fd(), prog, attach_type(program))
         }
     }
     .map_err(io("attaching to", hook))
@@ -223,15 +166,11 @@ pub fn detach(a: &Attached, cgroup_root: Option<&Path>) -> Result<(), AttachErro
     })?;
     let prog = fd.as_fd();
     match &a.hook {
-        Hook::TcxIngress { ifindex, .. } => {
-            bpfcall::tcx_detach(*ifindex, prog, bpfcall::BPF_TCX_INGRESS)
-        }
-        Hook::TcxEgress { ifindex, .. } => {
-            bpfcall::tcx_detach(*ifindex, prog, bpfcall::BPF_TCX_EGRESS)
-        }
+        Hook::TcxIngress { ifindex, .. } => bpf::tcx_detach(*ifindex, prog, bpf::BPF_TCX_INGRESS),
+        Hook::TcxEgress { ifindex, .. } => bpf::tcx_detach(*ifindex, prog, bpf::BPF_TCX_EGRESS),
         Hook::Cgroup { cgroup, program } => {
             let dir = open_cgroup(cgroup_root, &a.hook, cgroup)?;
-            bpfcall::cgroup_detach(dir.as_fd(), prog, attach_type(program))
+            bpf::cgroup_detach(dir.as_fd(), prog, attach_type(program))
         }
     }
     .map_err(io("detaching from", &a.hook))

@@ -5,14 +5,14 @@ use std::ops::Range;
 
 use toml::de::DeValue;
 
-use super::rules::{self, RuleDraft};
+use super::read_rules::{self, RuleDraft};
 use super::toml_tree::{Doc, Field, Section};
 use super::{
     marks, Attach, ConfigError, Gateway, Origin, Policy, DEFAULT_MARK_MASK, DEFAULT_RULE_PRIORITY,
     MAIN_RULE_PRIORITY,
 };
-use crate::rt_tables::RtTables;
-use crate::rule::Family;
+use crate::policy::matcher::Family;
+use crate::policy::rt_tables::{self, RtTables};
 
 const TOP_KEYS: &[&str] = &[
     "mark_mask",
@@ -56,12 +56,12 @@ pub(super) fn policy(text: &str, file: &str, tables: &RtTables) -> Result<Policy
         .iter()
         .map(|(_, sec)| gateway(&mut doc, sec, tables, mark_mask))
         .collect::<Vec<_>>();
-    let rules = array_of_tables(&mut doc, &top, "rule", rules::KEYS)
+    let rules = array_of_tables(&mut doc, &top, "rule", read_rules::KEYS)
         .iter()
-        .map(|(n, sec)| rules::rule(&mut doc, sec, *n, mark_mask))
+        .map(|(n, sec)| read_rules::rule(&mut doc, sec, *n, mark_mask))
         .collect::<Vec<_>>();
     check_gateways(&mut doc, &gateways);
-    rules::check(&mut doc, &rules, &gateways);
+    read_rules::check(&mut doc, &rules, &gateways);
     let marks = marks::assign(&mut doc, &gateways, &rules, mark_mask);
     let rule_priority = rule_priority(&mut doc, &top, gateways.len());
     let (attach, ingress_lines, egress_lines) = attach(&mut doc, &top);
@@ -288,7 +288,7 @@ fn table(doc: &mut Doc<'_>, f: Field<'_, '_>, tables: &RtTables) -> Option<(u32,
             return None;
         }
     };
-    if let Some(kernel) = reserved_table(id) {
+    if let Some(kernel) = rt_tables::reserved(id) {
         doc.error(
             &f.value.span(),
             f.key,
@@ -297,16 +297,6 @@ fn table(doc: &mut Doc<'_>, f: Field<'_, '_>, tables: &RtTables) -> Option<(u32,
         return None;
     }
     Some((id, name))
-}
-
-fn reserved_table(id: u32) -> Option<&'static str> {
-    match id {
-        0 => Some("unspec"),
-        253 => Some("default"),
-        254 => Some("main"),
-        255 => Some("local"),
-        _ => None,
-    }
 }
 
 fn gateway_mark(doc: &mut Doc<'_>, f: Field<'_, '_>, mask: u32) -> Option<u32> {

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use policyroute_common::proto_has_ports;
 
-use crate::rule::{Family, Match, Rule};
+use crate::policy::matcher::{Family, Match, Rule};
 
 const ETH_HLEN: usize = 14;
 const MAX_VLAN_TAGS: usize = 2;
@@ -147,7 +147,7 @@ impl Match {
     }
 }
 
-fn port_ok(cond: Option<&crate::ports::PortSet>, port: Option<u16>) -> bool {
+fn port_ok(cond: Option<&crate::policy::ports::PortSet>, port: Option<u16>) -> bool {
     match (cond, port) {
         (None, _) => true,
         (Some(set), Some(p)) => set.contains(p),
@@ -208,7 +208,7 @@ pub fn mark_after(rules: &[Rule], mark_mask: u32, frame: &[u8], mark_in: u32) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::{ExtHeader, FrameSpec};
+    use crate::reference::frame::{ExtHeader, FrameSpec};
 
     #[test]
     fn parses_ports_behind_extension_headers() {

@@ -1,51 +1,28 @@
-//! The loaded classifier: its program and typed handles on its maps, and how a compiled
-//! policy is written into them.
-use std::collections::{BTreeMap, HashSet};
-
-use std::os::fd::{AsFd, BorrowedFd};
+//! Typed handles on the classifier's maps, and how a compiled policy, the switches and the
+//! device roles are written into them.
+use std::{
+    collections::{BTreeMap, HashSet},
+    os::fd::AsFd,
+};
 
 use aya::{
-    maps::{Array, HashMap, IterableMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
-    programs::{CgroupSockAddr, ProgramError, ProgramFd, ProgramInfo, SchedClassifier},
-    Ebpf, EbpfError, EbpfLoader,
+    maps::{Array, HashMap, IterableMap, Map, MapData, PerCpuArray, PerCpuValues},
+    programs::ProgramInfo,
+    Ebpf,
 };
 use policyroute_common::{
     Control, Counter, DeviceRole, FlowKey, FlowValue, GatewaySource, RuleKey, RuleValue,
-    ShapeTable, StateChunk, CONTROL_MAP, COUNTERS_MAP, DEFAULT_MAX_COUNTERS, DEFAULT_MAX_ENTRIES,
-    DEVICES_MAP, FLOWS_MAP, GENERATIONS, RULES_MAP, SOURCES_MAP, STATE_MAP, TABLES_MAP,
+    ShapeTable, StateChunk, CONTROL_MAP, COUNTERS_MAP, DEVICES_MAP, FLOWS_MAP, GENERATIONS,
+    RULES_MAP, SOURCES_MAP, STATE_MAP, TABLES_MAP,
 };
 
 use crate::{
-    bpfcall,
-    compile::{shapes_of, Compiled, ShapeDesc},
-    object,
-};
-
-#[derive(Debug, thiserror::Error)]
-pub enum DataplaneError {
-    #[error("loading the eBPF object: {0}")]
-    Load(#[from] EbpfError),
-    #[error("eBPF program: {0}")]
-    Program(#[from] ProgramError),
-    #[error("eBPF map: {0}")]
-    Map(#[from] MapError),
-    #[error("the policy needs {need} {what}; the loaded dataplane holds {have}")]
-    Capacity {
-        what: &'static str,
-        need: usize,
-        have: usize,
+    kernel::{bpf_syscalls as bpf, dataplane::DataplaneError},
+    plan::{
+        compile::{shapes_of, Compiled, ShapeDesc},
+        Capacity,
     },
-    #[error("counting possible CPUs: {0}")]
-    Cpus(std::io::Error),
-    #[error("the eBPF object has no {0}")]
-    Missing(&'static str),
-    #[error("batch map operation: {0}")]
-    Batch(std::io::Error),
-    #[error("binding the state map to the program: {0}")]
-    Bind(std::io::Error),
-    #[error("a program opened by id cannot be test-run through aya")]
-    NotLoadedHere,
-}
+};
 
 /// Typed handles on the classifier's maps.
 pub struct Maps {
@@ -86,21 +63,28 @@ pub struct InstallStats {
 }
 
 impl Maps {
-    fn take(ebpf: &mut Ebpf) -> Result<Self, DataplaneError> {
+    pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self, DataplaneError> {
         Self::build(|name| ebpf.take_map(name).ok_or(DataplaneError::Missing(name)))
     }
 
-    fn all(&self) -> [&MapData; 8] {
+    /// Every map with its name.
+    pub(super) fn all(&self) -> [(&'static str, &MapData); 8] {
         [
-            self.rules.map(),
-            self.tables.map(),
-            self.control.map(),
-            self.counters.map(),
-            self.state.map(),
-            self.devices.map(),
-            self.flows.map(),
-            self.sources.map(),
+            (RULES_MAP, self.rules.map()),
+            (TABLES_MAP, self.tables.map()),
+            (CONTROL_MAP, self.control.map()),
+            (COUNTERS_MAP, self.counters.map()),
+            (STATE_MAP, self.state.map()),
+            (DEVICES_MAP, self.devices.map()),
+            (FLOWS_MAP, self.flows.map()),
+            (SOURCES_MAP, self.sources.map()),
         ]
+    }
+
+    /// The id of the rules map, which identifies the dataplane: every program of one load
+    /// shares it.
+    pub fn rules_map_id(&self) -> Result<u32, DataplaneError> {
+        Ok(self.rules.map().info()?.id())
     }
 
     /// The network namespace cookie the socket hooks act on.
@@ -109,7 +93,7 @@ impl Maps {
     }
 
     /// The maps of an already loaded classifier, found through the program's map ids.
-    fn of_program(info: &ProgramInfo) -> Result<Self, DataplaneError> {
+    pub(super) fn of_program(info: &ProgramInfo) -> Result<Self, DataplaneError> {
         let mut by_name = std::collections::HashMap::new();
         for id in info.map_ids()?.unwrap_or_default() {
             let data = MapData::from_id(id)?;
@@ -161,7 +145,7 @@ impl Maps {
         let mut diff = EntryDiff::default();
         let mut same = HashSet::new();
         let have: Vec<(RuleKey, RuleValue)> =
-            bpfcall::map_dump(self.rules.map().fd().as_fd()).map_err(DataplaneError::Batch)?;
+            bpf::map_dump(self.rules.map().fd().as_fd()).map_err(DataplaneError::Batch)?;
         for (k, v) in have {
             match compiled.entries.get(&k) {
                 Some(want) if *want == v => {
@@ -213,10 +197,10 @@ impl Maps {
         let fd = self.rules.map().fd().as_fd();
         let (keys, values): (Vec<RuleKey>, Vec<RuleValue>) =
             diff.insert.iter().chain(&diff.update).copied().unzip();
-        bpfcall::map_update_batch(fd, &keys, &values).map_err(DataplaneError::Batch)?;
+        bpf::map_update_batch(fd, &keys, &values).map_err(DataplaneError::Batch)?;
         self.publish(&compiled.tables)?;
         let fd = self.rules.map().fd().as_fd();
-        bpfcall::map_delete_batch(fd, &diff.remove).map_err(DataplaneError::Batch)?;
+        bpf::map_delete_batch(fd, &diff.remove).map_err(DataplaneError::Batch)?;
         Ok(diff.stats())
     }
 
@@ -252,7 +236,7 @@ impl Maps {
     /// Makes `map` hold exactly `want`.
     fn sync<K: aya::Pod + Ord, V: aya::Pod + PartialEq>(
         map: &mut HashMap<MapData, K, V>,
-        want: &std::collections::BTreeMap<K, V>,
+        want: &BTreeMap<K, V>,
     ) -> Result<(), DataplaneError> {
         let have: Vec<(K, V)> = map.iter().collect::<Result<_, _>>()?;
         for (k, v) in want {
@@ -271,8 +255,8 @@ impl Maps {
     /// Device roles (ifindex -> role) and gateway source addresses (mark -> addresses).
     pub fn set_roles(
         &mut self,
-        devices: &std::collections::BTreeMap<u32, DeviceRole>,
-        sources: &std::collections::BTreeMap<u32, GatewaySource>,
+        devices: &BTreeMap<u32, DeviceRole>,
+        sources: &BTreeMap<u32, GatewaySource>,
     ) -> Result<(), DataplaneError> {
         Self::sync(&mut self.devices, devices)?;
         Self::sync(&mut self.sources, sources)
@@ -304,152 +288,4 @@ impl Maps {
             })
             .collect()
     }
-}
-
-/// Map capacities chosen at load time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Capacity {
-    /// Hash entries (a rule takes one per family and port block combination).
-    pub entries: u32,
-    /// Rules with a counter (per-CPU memory: 16 bytes per rule per possible CPU).
-    pub rules: u32,
-}
-
-impl Default for Capacity {
-    fn default() -> Self {
-        Self {
-            entries: DEFAULT_MAX_ENTRIES,
-            rules: DEFAULT_MAX_COUNTERS,
-        }
-    }
-}
-
-/// The programs of the object, by the name the kernel reports (at most 15 characters).
-pub const TC_INGRESS: &str = object::CLASSIFIER_PROGRAM;
-pub const TC_EGRESS: &str = "policyroute_eg";
-pub const CONNECT4: &str = "pr_connect4";
-pub const CONNECT6: &str = "pr_connect6";
-pub const SENDMSG4: &str = "pr_sendmsg4";
-pub const SENDMSG6: &str = "pr_sendmsg6";
-const TC_PROGRAMS: [&str; 2] = [TC_INGRESS, TC_EGRESS];
-pub const PROGRAM_NAMES: [&str; 6] = [
-    TC_INGRESS, TC_EGRESS, CONNECT4, CONNECT6, SENDMSG4, SENDMSG6,
-];
-const SOCK_PROGRAMS: [&str; 4] = [CONNECT4, CONNECT6, SENDMSG4, SENDMSG6];
-/// Maps in the object, for sharing them with a newly loaded program set.
-pub const MAP_NAMES: [&str; 8] = [
-    RULES_MAP,
-    TABLES_MAP,
-    CONTROL_MAP,
-    COUNTERS_MAP,
-    STATE_MAP,
-    DEVICES_MAP,
-    FLOWS_MAP,
-    SOURCES_MAP,
-];
-
-/// The dataplane: maps, and the programs this process loaded (none when it was only
-/// found attached and opened by id).
-pub struct Dataplane {
-    /// Identifies the dataplane: every program of one load shares this rules map.
-    pub rules_map_id: u32,
-    /// Ids of its maps (for pinning them).
-    pub map_ids: Vec<u32>,
-    pub maps: Maps,
-    programs: std::collections::BTreeMap<&'static str, ProgramFd>,
-    ebpf: Option<Ebpf>,
-}
-
-impl Dataplane {
-    /// Loads and verifies all programs with new maps of the given capacity.
-    pub fn load(capacity: Capacity) -> Result<Self, DataplaneError> {
-        let mut loader = EbpfLoader::new();
-        loader
-            .map_max_entries(RULES_MAP, capacity.entries)
-            .map_max_entries(COUNTERS_MAP, capacity.rules);
-        Self::load_with(loader)
-    }
-
-    /// Loads all programs again, sharing the maps of a dataplane pinned (by map name) in
-    /// `pin_dir`: new hooks can be attached while counters, rules and flows stay.
-    pub fn load_sharing(pin_dir: &std::path::Path) -> Result<Self, DataplaneError> {
-        let mut loader = EbpfLoader::new();
-        for name in MAP_NAMES {
-            loader.map_pin_path(name, pin_dir.join(name));
-        }
-        Self::load_with(loader)
-    }
-
-    fn load_with(mut loader: EbpfLoader<'_>) -> Result<Self, DataplaneError> {
-        let mut ebpf = loader.load(object::classifier())?;
-        let mut programs = std::collections::BTreeMap::new();
-        for name in TC_PROGRAMS {
-            let prog = classifier_mut(&mut ebpf, name)?;
-            prog.load()?;
-            programs.insert(name, prog.fd()?.try_clone().map_err(ProgramError::from)?);
-        }
-        for name in SOCK_PROGRAMS {
-            let prog: &mut CgroupSockAddr = ebpf
-                .program_mut(name)
-                .ok_or(DataplaneError::Missing(name))?
-                .try_into()?;
-            prog.load()?;
-            programs.insert(name, prog.fd()?.try_clone().map_err(ProgramError::from)?);
-        }
-        let maps = Maps::take(&mut ebpf)?;
-        // Every program lists every map, so whichever program a later process finds
-        // attached leads it to all of them (the state record is read only by userspace,
-        // the gateway sources only by the socket hooks).
-        for fd in programs.values() {
-            for map in maps.all() {
-                bpfcall::prog_bind_map(fd.as_fd(), map.fd().as_fd())
-                    .map_err(DataplaneError::Bind)?;
-            }
-        }
-        let info = classifier_mut(&mut ebpf, TC_INGRESS)?.info()?;
-        Ok(Self {
-            rules_map_id: maps.rules.map().info()?.id(),
-            map_ids: info.map_ids()?.unwrap_or_default(),
-            maps,
-            programs,
-            ebpf: Some(ebpf),
-        })
-    }
-
-    /// Opens the maps of a loaded program (e.g. found attached to a device).
-    pub fn open(info: &ProgramInfo) -> Result<Self, DataplaneError> {
-        let maps = Maps::of_program(info)?;
-        Ok(Self {
-            rules_map_id: maps.rules.map().info()?.id(),
-            map_ids: info.map_ids()?.unwrap_or_default(),
-            maps,
-            programs: Default::default(),
-            ebpf: None,
-        })
-    }
-
-    /// A program this process loaded, by name.
-    pub fn program_fd(&self, name: &str) -> Option<BorrowedFd<'_>> {
-        self.programs.get(name).map(|fd| fd.as_fd())
-    }
-
-    pub fn has_programs(&self) -> bool {
-        !self.programs.is_empty()
-    }
-
-    /// The aya TC ingress program, for test runs; only for programs this process loaded.
-    pub fn program(&mut self) -> Result<&mut SchedClassifier, DataplaneError> {
-        let ebpf = self.ebpf.as_mut().ok_or(DataplaneError::NotLoadedHere)?;
-        classifier_mut(ebpf, TC_INGRESS)
-    }
-}
-
-pub fn classifier_mut<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<&'a mut SchedClassifier, DataplaneError> {
-    let prog = ebpf
-        .program_mut(name)
-        .ok_or(DataplaneError::Missing(name))?;
-    Ok(prog.try_into()?)
 }

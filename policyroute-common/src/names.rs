@@ -1,0 +1,58 @@
+//! The names of the eBPF programs and maps: what userspace looks them up by in the object
+//! and in the kernel (which keeps the first 15 bytes of a name). The eBPF crate spells each
+//! one once more where it defines it (the program's function, the map's `#[map]`
+//! attribute); loading fails with an error naming the missing one if the two disagree.
+
+/// TC ingress classifier (also records sticky flows on sticky gateways' devices).
+pub const TC_INGRESS: &str = "policyroute_tc";
+/// TC egress classifier: marks for consumers after routing.
+pub const TC_EGRESS: &str = "policyroute_eg";
+/// Socket hooks of this host's own traffic (cgroup sock_addr).
+pub const CONNECT4: &str = "pr_connect4";
+pub const CONNECT6: &str = "pr_connect6";
+pub const SENDMSG4: &str = "pr_sendmsg4";
+pub const SENDMSG6: &str = "pr_sendmsg6";
+/// The empty TC program of the `policyroute-noop` object (the benchmarks' baseline).
+pub const NOOP: &str = "policyroute_noop";
+
+pub const TC_PROGRAMS: [&str; 2] = [TC_INGRESS, TC_EGRESS];
+pub const SOCK_PROGRAMS: [&str; 4] = [CONNECT4, CONNECT6, SENDMSG4, SENDMSG6];
+/// Every program of the classifier object.
+pub const PROGRAMS: [&str; 6] = [
+    TC_INGRESS, TC_EGRESS, CONNECT4, CONNECT6, SENDMSG4, SENDMSG6,
+];
+
+/// Hash map `RuleKey -> RuleValue`.
+pub const RULES_MAP: &str = "PR_RULES";
+/// Array map `generation * 2 + family -> ShapeTable`.
+pub const TABLES_MAP: &str = "PR_TABLES";
+/// One-entry array map holding `Control`.
+pub const CONTROL_MAP: &str = "PR_CONTROL";
+/// Per-CPU array map `counter slot -> Counter`.
+pub const COUNTERS_MAP: &str = "PR_COUNTERS";
+/// Hash map `chunk index -> StateChunk`: the controller's record of what it installed
+/// (rule names, counter slots, gateways), kept in the kernel next to the maps so any later
+/// process in the namespace finds it without files or pins. The programs do not read it;
+/// the loader binds it to them (BPF_PROG_BIND_MAP) so it shares their lifetime.
+pub const STATE_MAP: &str = "PR_STATE";
+/// Hash map `ifindex -> DeviceRole`. Devices without an entry classify.
+pub const DEVICES_MAP: &str = "PR_DEVICES";
+/// LRU hash map `FlowKey -> FlowValue`: flows that entered through a sticky gateway, so
+/// their replies (forwarded, or from this host's sockets) leave through it too.
+pub const FLOWS_MAP: &str = "PR_FLOWS";
+/// Hash map `mark -> GatewaySource`: the address unconnected UDP sends from when a rule
+/// picks that gateway at the sendmsg hook (the socket mark set there only applies from the
+/// next datagram; a source address routed by a `from` rule applies now).
+pub const SOURCES_MAP: &str = "PR_SOURCES";
+
+/// Every map of the classifier object.
+pub const MAPS: [&str; 8] = [
+    RULES_MAP,
+    TABLES_MAP,
+    CONTROL_MAP,
+    COUNTERS_MAP,
+    STATE_MAP,
+    DEVICES_MAP,
+    FLOWS_MAP,
+    SOURCES_MAP,
+];

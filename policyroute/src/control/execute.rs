@@ -1,0 +1,154 @@
+//! The last stage of `apply`: carry a plan out. The order keeps traffic flowing: the maps
+//! first (new entries become reachable only when the shape tables switch), routes before
+//! the ip rules that point at them, new hooks before stale ones go, stale ip rules and
+//! routes last.
+use super::{ControlError, Options};
+use crate::kernel::{
+    attach,
+    dataplane::{Dataplane, DataplaneError},
+    maps::InstallStats,
+    namespace,
+    netlink::{Netlink, NetlinkError, RTPROT_POLICYROUTE},
+    observe::Installed,
+    pins, record_store, KernelError,
+};
+use crate::plan::{DataplaneStep, Plan};
+
+/// Executes `plan` against what `installed` found; returns the classifier entries written.
+/// Problems that do not stop the apply are added to `warnings`.
+pub async fn execute(
+    nl: &Netlink,
+    opts: &Options,
+    plan: &Plan,
+    installed: &mut Installed,
+    warnings: &mut Vec<String>,
+) -> Result<InstallStats, ControlError> {
+    let (mut dp, entries) = match dataplane(plan, installed, opts)? {
+        Some((dp, entries)) => (Some(dp), entries),
+        None => (None, InstallStats::default()),
+    };
+    add_routing(nl, plan).await?;
+    attachments(plan, dp.as_ref(), installed)?;
+    remove_routing(nl, plan).await?;
+    if let Some(dp) = dp.as_mut() {
+        if let Err(e) = opts.pin_dir().and_then(|dir| pins::pin(dp, &dir)) {
+            warnings.push(format!("pinning in bpffs: {e}"));
+        }
+    }
+    namespace::set_cgroup_hints(&plan.cgroups).map_err(KernelError::io("recording cgroups"))?;
+    Ok(entries)
+}
+
+/// What writing the plan's classifier entries would change (for a dry run: reads only).
+pub fn preview_entries(plan: &Plan, installed: &Installed) -> Result<InstallStats, ControlError> {
+    Ok(match (&plan.dataplane, &installed.dataplane) {
+        (DataplaneStep::Reuse { .. }, Some(dp)) => dp.maps.diff(&plan.compiled)?.stats(),
+        (DataplaneStep::Load(_), _) => InstallStats {
+            inserted: plan.compiled.entries.len(),
+            ..InstallStats::default()
+        },
+        _ => InstallStats::default(),
+    })
+}
+
+/// Test hook: `POLICYROUTE_CRASH_AFTER=<step>` aborts right after that step of an apply,
+/// so tests can prove that the next apply repairs and flush removes a half-done apply.
+fn crash_point(step: &str) {
+    if std::env::var("POLICYROUTE_CRASH_AFTER").is_ok_and(|s| s == step) {
+        std::process::abort();
+    }
+}
+
+/// Loads or reuses the dataplane, then writes the classifier, the switches, the device
+/// roles and the record into its maps.
+fn dataplane(
+    plan: &Plan,
+    installed: &mut Installed,
+    opts: &Options,
+) -> Result<Option<(Dataplane, InstallStats)>, ControlError> {
+    let mut dp = match &plan.dataplane {
+        DataplaneStep::Unused => return Ok(None),
+        DataplaneStep::Load(capacity) => Dataplane::load(*capacity)?,
+        DataplaneStep::Reuse { new_programs, .. } => {
+            let mut dp = installed
+                .dataplane
+                .take()
+                .expect("a plan reuses only the dataplane it observed");
+            dp.maps.zero_counters(plan.slots_to_zero.iter().copied())?;
+            if *new_programs {
+                // New hooks need programs: load them once more, sharing these maps.
+                let dir = opts.pin_dir()?;
+                pins::pin(&mut dp, &dir)?;
+                dp = Dataplane::load_sharing(&dir)?;
+            }
+            dp
+        }
+    };
+    let entries = dp.maps.install(&plan.compiled)?;
+    crash_point("maps");
+    let desired = &plan.desired;
+    dp.maps
+        .set_control(desired.control_flags, plan.netns_cookie, plan.sticky_ttl_ns)?;
+    dp.maps.set_roles(&desired.roles, &desired.sources)?;
+    record_store::write_record(&mut dp.maps, &plan.record)?;
+    crash_point("record");
+    Ok(Some((dp, entries)))
+}
+
+/// Routes first, then the rules that point at them, so marked traffic never meets an
+/// empty table.
+async fn add_routing(nl: &Netlink, plan: &Plan) -> Result<(), ControlError> {
+    for route in &plan.routes.add {
+        ignore_exists(nl.add_route(route, RTPROT_POLICYROUTE).await)?;
+    }
+    crash_point("routes");
+    for rule in &plan.ip_rules.add {
+        ignore_exists(nl.add_rule(rule, RTPROT_POLICYROUTE).await)?;
+    }
+    crash_point("rules");
+    Ok(())
+}
+
+async fn remove_routing(nl: &Netlink, plan: &Plan) -> Result<(), ControlError> {
+    for rule in &plan.ip_rules.remove {
+        ignore_missing(nl.del_rule(rule, RTPROT_POLICYROUTE).await)?;
+    }
+    for route in &plan.routes.remove {
+        ignore_missing(nl.del_route(route, RTPROT_POLICYROUTE).await)?;
+    }
+    Ok(())
+}
+
+fn attachments(
+    plan: &Plan,
+    dp: Option<&Dataplane>,
+    installed: &Installed,
+) -> Result<(), ControlError> {
+    if let Some(dp) = dp {
+        for hook in &plan.attach {
+            let prog = dp
+                .program_fd(hook.program())
+                .ok_or(DataplaneError::Missing(hook.program()))?;
+            attach::attach(hook, prog, installed.cgroup_root.as_deref())?;
+        }
+    }
+    crash_point("attach");
+    for &i in &plan.detach {
+        attach::detach(&installed.attached[i], installed.cgroup_root.as_deref())?;
+    }
+    Ok(())
+}
+
+pub(super) fn ignore_exists(r: Result<(), NetlinkError>) -> Result<(), NetlinkError> {
+    match r {
+        Err(NetlinkError::Exists { .. }) => Ok(()),
+        other => other,
+    }
+}
+
+pub(super) fn ignore_missing(r: Result<(), NetlinkError>) -> Result<(), NetlinkError> {
+    match r {
+        Err(NetlinkError::NotFound { .. }) => Ok(()),
+        other => other,
+    }
+}

@@ -1,0 +1,94 @@
+//! Orchestration: each command strings the stages together (apply: load → observe → plan →
+//! execute; status; explain; flush). Decisions live in `plan`, kernel work in `kernel`,
+//! text in `present`.
+pub mod apply;
+pub mod execute;
+pub mod explain;
+pub mod flush;
+pub mod status;
+
+use std::path::PathBuf;
+
+use crate::{
+    kernel::{
+        attach::AttachError, dataplane::DataplaneError, namespace, netlink::NetlinkError,
+        record_store::RecordError, KernelError,
+    },
+    plan::PlanError,
+    policy::{rt_tables::RtTables, ConfigError},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("policyroute needs CAP_NET_ADMIN and CAP_BPF (run it as root)")]
+    Privileges,
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error("the dataplane gives mark {dataplane:#x} but the reference model {model:#x}: please report this")]
+    Disagree { dataplane: u32, model: u32 },
+    #[error("device {0} does not exist")]
+    NoDevice(String),
+}
+
+/// Kernel-layer errors reach the CLI through [`KernelError`], whose messages they keep.
+macro_rules! through_kernel {
+    ($($error:ty),*) => {$(
+        impl From<$error> for ControlError {
+            fn from(e: $error) -> Self {
+                Self::Kernel(e.into())
+            }
+        }
+    )*};
+}
+through_kernel!(NetlinkError, DataplaneError, AttachError, RecordError);
+
+/// Options every command shares.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Where maps and the program are pinned (default: derived from the namespace).
+    pub bpffs_dir: Option<PathBuf>,
+    /// rt_tables file to resolve table names with (default: the system's files).
+    pub rt_tables: Option<PathBuf>,
+}
+
+impl Options {
+    fn pin_dir(&self) -> Result<PathBuf, KernelError> {
+        match &self.bpffs_dir {
+            Some(d) => Ok(d.clone()),
+            None => namespace::default_pin_dir().map_err(KernelError::io("namespace id")),
+        }
+    }
+
+    /// The table names policies may use.
+    pub fn tables(&self) -> Result<RtTables, ControlError> {
+        match &self.rt_tables {
+            None => Ok(RtTables::system()),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                Ok(RtTables::builtin().with_text(&text))
+            }
+        }
+    }
+}
+
+fn require_privileges() -> Result<(), ControlError> {
+    if namespace::has_privileges() {
+        Ok(())
+    } else {
+        Err(ControlError::Privileges)
+    }
+}
+
+fn lock() -> Result<namespace::Lock, ControlError> {
+    let lock = namespace::Lock::acquire(|| {
+        eprintln!("policyroute: another policyroute command is running in this namespace; waiting")
+    });
+    Ok(lock.map_err(KernelError::io("taking the namespace lock"))?)
+}

@@ -1,0 +1,45 @@
+//! Everything that talks to the kernel: the eBPF objects and their maps, the hooks they
+//! attach to, rtnetlink, the namespace, and the observation the planner works from.
+//! Only this module makes syscalls.
+pub mod attach;
+pub mod bpf_syscalls;
+pub mod dataplane;
+pub mod maps;
+pub mod namespace;
+pub mod netlink;
+pub mod objects;
+pub mod observe;
+pub mod pins;
+pub mod record_store;
+pub mod testrun;
+
+use attach::AttachError;
+use dataplane::DataplaneError;
+use netlink::NetlinkError;
+use record_store::RecordError;
+
+/// A failure of a kernel operation, named by what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    #[error(transparent)]
+    Attach(#[from] AttachError),
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+impl KernelError {
+    /// Wraps an io error with what was being done (`map_err(KernelError::io("..."))`).
+    pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let what = what.into();
+        move |source| Self::Io { what, source }
+    }
+}

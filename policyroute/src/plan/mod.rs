@@ -1,0 +1,273 @@
+//! Stage 3 of the pipeline: the plan. [`plan`] is a pure function of the policy, what the
+//! namespace holds now ([`Observed`]) and the record of the last apply: it compiles the
+//! classifier, gives rules their counter slots, and lists every kernel change an apply
+//! makes. No syscalls: `control::apply` observes before and executes after.
+pub mod compile;
+pub mod desired;
+pub mod objects;
+pub mod record;
+pub mod slots;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
+
+use policyroute_common::{DEFAULT_MAX_COUNTERS, DEFAULT_MAX_ENTRIES};
+
+use compile::{compile_with_slots, CompileError, Compiled, ShapeDesc};
+use desired::Desired;
+use objects::{Diff, Hook, IpRoute, IpRule};
+use record::Record;
+
+use crate::policy::{ConfigError, Policy};
+
+/// What the namespace holds now, as far as a plan depends on it.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    /// Interface index by name.
+    pub links: BTreeMap<String, u32>,
+    /// Routable (not link-local) addresses of devices, by name; at least those of the
+    /// policy's gateway devices.
+    pub addresses: BTreeMap<String, Vec<IpAddr>>,
+    /// ip rules and routes carrying policyroute's routing protocol.
+    pub ip_rules: BTreeSet<IpRule>,
+    pub routes: BTreeSet<IpRoute>,
+    /// Our programs found on hooks.
+    pub attachments: Vec<Attachment>,
+    /// The dataplane in use (the one whose programs hold the most hooks), if any.
+    pub dataplane: Option<ObservedDataplane>,
+    /// The namespace's cookie: socket hooks act only on sockets that carry it.
+    pub netns_cookie: u64,
+}
+
+/// One of our programs on a hook.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attachment {
+    pub hook: Hook,
+    pub program_id: u32,
+    /// The rules map id of the dataplane the program belongs to.
+    pub dataplane: u32,
+}
+
+impl Attachment {
+    /// `HOOK (program ID)`, as reports show it.
+    pub fn describe(&self) -> String {
+        format!("{} (program {})", self.hook.describe(), self.program_id)
+    }
+}
+
+/// The dataplane in use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedDataplane {
+    /// Its rules map id: every program of one dataplane shares that map.
+    pub id: u32,
+    pub capacity: Capacity,
+    /// Shape ids of its live tables (kept stable, so unchanged entries keep their keys).
+    pub shapes: BTreeMap<ShapeDesc, u16>,
+}
+
+/// Map capacities of a dataplane, chosen at load time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    /// Hash entries (a rule takes one per family and port block combination).
+    pub entries: u32,
+    /// Rules with a counter (per-CPU memory: 16 bytes per rule per possible CPU).
+    pub rules: u32,
+}
+
+impl Default for Capacity {
+    /// The sizes compiled into the object (what tests load).
+    fn default() -> Self {
+        Self {
+            entries: DEFAULT_MAX_ENTRIES,
+            rules: DEFAULT_MAX_COUNTERS,
+        }
+    }
+}
+
+impl Capacity {
+    /// Maps sized to the policy with room to double: a hash map's bucket array is
+    /// allocated (and walked by every dump) in full, so a 4M-entry default would cost every
+    /// apply a quarter second. A policy that outgrows them gets a new, larger dataplane.
+    pub fn for_policy(compiled: &Compiled) -> Self {
+        let grow = |n: usize, min: u32| (n as u32).saturating_mul(2).next_power_of_two().max(min);
+        Self {
+            entries: grow(compiled.entries.len(), 1 << 14),
+            rules: grow(compiled.counter_slots, 1 << 12),
+        }
+    }
+
+    pub fn holds(&self, compiled: &Compiled) -> bool {
+        compiled.counter_slots <= self.rules as usize
+            && compiled.entries.len() <= self.entries as usize
+    }
+}
+
+/// What happens to the dataplane (programs and maps).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DataplaneStep {
+    /// No hook is wanted: nothing is loaded and every attachment goes.
+    Unused,
+    /// Keep the dataplane with this rules map id and update its maps in place.
+    /// `new_programs`: hooks must be added, so its programs are loaded once more, sharing
+    /// its maps (counters, rules and flows stay).
+    Reuse { id: u32, new_programs: bool },
+    /// Load new programs and maps of this size.
+    Load(Capacity),
+}
+
+/// Everything an apply changes, decided before anything changes.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// What the dataplane's state map will hold afterwards.
+    pub record: Record,
+    pub compiled: Compiled,
+    /// Counter slots new to a rule: zeroed before the rule can count into them.
+    pub slots_to_zero: Vec<u32>,
+    pub desired: Desired,
+    pub ip_rules: Diff<IpRule>,
+    pub routes: Diff<IpRoute>,
+    pub dataplane: DataplaneStep,
+    pub attach: Vec<Hook>,
+    /// Indexes into [`Observed::attachments`].
+    pub detach: Vec<usize>,
+    /// `Control::sticky_ttl_ns`.
+    pub sticky_ttl_ns: u64,
+    /// `Control::netns_cookie`: the socket hooks act only on this namespace's sockets.
+    pub netns_cookie: u64,
+    /// The cgroups the socket hooks go to (where later commands look for them).
+    pub cgroups: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// The policy names something the namespace lacks (a device).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Compile(#[from] CompileError),
+}
+
+/// The plan that makes the kernel hold `policy` (read from `source`), given what it holds
+/// now and the record of the last apply (`previous`, for counter slots).
+pub fn plan(
+    policy: &Policy,
+    source: &str,
+    observed: &Observed,
+    previous: Option<&Record>,
+) -> Result<Plan, PlanError> {
+    policy.check_devices(|dev| observed.links.contains_key(dev))?;
+    let desired = desired::desired(
+        policy,
+        &desired::System {
+            index_of: &observed.links,
+            addresses: &observed.addresses,
+        },
+    );
+    let slots = slots::assign(policy, previous);
+    let shapes = observed
+        .dataplane
+        .as_ref()
+        .map(|dp| dp.shapes.clone())
+        .unwrap_or_default();
+    let compiled = compile_with_slots(
+        &policy.classifier_rules(),
+        &slots.slots,
+        policy.mark_mask,
+        &shapes,
+    )?;
+    let mut warnings = Vec::new();
+    let dataplane = dataplane_step(observed, &desired, &compiled, &mut warnings);
+    let keep = match dataplane {
+        DataplaneStep::Reuse { id, .. } => Some(id),
+        _ => None,
+    };
+    let (attach, detach) = attachments(&observed.attachments, keep, &desired.hooks);
+    let dataplane = match dataplane {
+        DataplaneStep::Reuse { id, .. } => DataplaneStep::Reuse {
+            id,
+            new_programs: !attach.is_empty(),
+        },
+        other => other,
+    };
+    Ok(Plan {
+        record: Record::new(source.to_string(), policy.clone(), slots.slots),
+        slots_to_zero: slots.to_zero,
+        ip_rules: Diff::between(&observed.ip_rules, &desired.rules),
+        routes: Diff::between(&observed.routes, &desired.routes),
+        sticky_ttl_ns: u64::from(policy.sticky_timeout) * 1_000_000_000,
+        netns_cookie: observed.netns_cookie,
+        cgroups: cgroups(&desired.hooks),
+        compiled,
+        desired,
+        dataplane,
+        attach,
+        detach,
+        warnings,
+    })
+}
+
+/// Reuse the dataplane in use when its maps hold the policy, else load a new one; none at
+/// all when no hook is wanted.
+fn dataplane_step(
+    observed: &Observed,
+    desired: &Desired,
+    compiled: &Compiled,
+    warnings: &mut Vec<String>,
+) -> DataplaneStep {
+    if desired.hooks.is_empty() {
+        warnings.push("[attach] names no hook: the classifier marks no traffic".into());
+        return DataplaneStep::Unused;
+    }
+    match &observed.dataplane {
+        Some(dp) if dp.capacity.holds(compiled) => DataplaneStep::Reuse {
+            id: dp.id,
+            new_programs: false,
+        },
+        Some(_) => {
+            warnings.push(
+                "the policy outgrew the classifier's maps: loading larger ones; rule counters \
+                 restart at 0"
+                    .into(),
+            );
+            DataplaneStep::Load(Capacity::for_policy(compiled))
+        }
+        None => DataplaneStep::Load(Capacity::for_policy(compiled)),
+    }
+}
+
+/// Hooks to attach, and indexes of attachments to detach, when keeping the dataplane
+/// `keep` (none: every attachment goes). An attachment stays when its program belongs to
+/// the kept dataplane and its hook is still wanted.
+fn attachments(
+    have: &[Attachment],
+    keep: Option<u32>,
+    want: &BTreeSet<Hook>,
+) -> (Vec<Hook>, Vec<usize>) {
+    let kept = |a: &Attachment| keep == Some(a.dataplane);
+    let attach = want
+        .iter()
+        .filter(|h| !have.iter().any(|a| a.hook == **h && kept(a)))
+        .cloned()
+        .collect();
+    let detach = (0..have.len())
+        .filter(|&i| !kept(&have[i]) || !want.contains(&have[i].hook))
+        .collect();
+    (attach, detach)
+}
+
+fn cgroups(hooks: &BTreeSet<Hook>) -> Vec<String> {
+    let set: BTreeSet<String> = hooks
+        .iter()
+        .filter_map(|h| match h {
+            Hook::Cgroup { cgroup, .. } => Some(cgroup.clone()),
+            _ => None,
+        })
+        .collect();
+    set.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests;

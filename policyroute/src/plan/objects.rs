@@ -1,0 +1,109 @@
+//! The kernel objects a plan speaks of: ip rules, routes and program hooks, as plain
+//! values whose equality is what reconciliation compares, and the difference between two
+//! sets of them.
+use std::{collections::BTreeSet, net::IpAddr};
+
+use ipnet::IpNet;
+use policyroute_common::names::{TC_EGRESS, TC_INGRESS};
+use serde::Serialize;
+
+use crate::policy::matcher::Family;
+
+/// An ip rule as policyroute uses them (action `lookup TABLE`). Equality is what
+/// reconciliation compares.
+///
+/// The kernel cannot tell some values from "absent", so write them as absent to read them
+/// back equal: `fwmark` with mask 0 (matches everything) and `src` of length 0 (`from all`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct IpRule {
+    pub family: Family,
+    pub priority: u32,
+    pub table: u32,
+    /// `fwmark VALUE/MASK`
+    pub fwmark: Option<(u32, u32)>,
+    /// `suppress_prefixlength N` (used as `lookup main suppress_prefixlength 0`)
+    pub suppress_prefixlen: Option<u32>,
+    /// `from PREFIX`
+    pub src: Option<IpNet>,
+}
+
+/// A unicast route. `dst` must have its host bits clear (the kernel refuses or masks them).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct IpRoute {
+    pub family: Family,
+    pub table: u32,
+    /// `0.0.0.0/0` or `::/0` for default.
+    pub dst: IpNet,
+    /// `None`: device-only route (point-to-point links). An IPv6 gateway on an IPv4 route is
+    /// sent as RTA_VIA.
+    pub gateway: Option<IpAddr>,
+    /// Output interface index.
+    pub oif: u32,
+}
+
+/// Where a program is attached.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(tag = "hook", rename_all = "kebab-case")]
+pub enum Hook {
+    TcxIngress {
+        dev: String,
+        ifindex: u32,
+    },
+    TcxEgress {
+        dev: String,
+        ifindex: u32,
+    },
+    /// A cgroup socket hook; `cgroup` is the v2 path (`/` is the root).
+    Cgroup {
+        cgroup: String,
+        program: &'static str,
+    },
+}
+
+impl Hook {
+    /// The program that belongs on this hook.
+    pub fn program(&self) -> &'static str {
+        match self {
+            Hook::TcxIngress { .. } => TC_INGRESS,
+            Hook::TcxEgress { .. } => TC_EGRESS,
+            Hook::Cgroup { program, .. } => program,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Hook::TcxIngress { dev, .. } => format!("tcx ingress of {dev}"),
+            Hook::TcxEgress { dev, .. } => format!("tcx egress of {dev}"),
+            Hook::Cgroup { cgroup, program } => format!("cgroup {cgroup} ({program})"),
+        }
+    }
+}
+
+/// Changes that turn `have` into `want`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Diff<T> {
+    pub add: Vec<T>,
+    pub remove: Vec<T>,
+}
+
+impl<T> Default for Diff<T> {
+    fn default() -> Self {
+        Self {
+            add: Vec::new(),
+            remove: Vec::new(),
+        }
+    }
+}
+
+impl<T: Ord + Clone> Diff<T> {
+    pub fn between(have: &BTreeSet<T>, want: &BTreeSet<T>) -> Self {
+        Self {
+            add: want.difference(have).cloned().collect(),
+            remove: have.difference(want).cloned().collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.add.is_empty() && self.remove.is_empty()
+    }
+}

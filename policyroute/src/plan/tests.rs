@@ -1,0 +1,239 @@
+//! The planner without a kernel: namespaces described as [`Observed`] values.
+use std::net::IpAddr;
+
+use super::*;
+use crate::policy::{rt_tables::RtTables, Policy};
+
+const POLICY: &str = r#"
+[[gateway]]
+name = "isp2"
+dev = "wan2"
+via = ["203.0.113.2", "2001:db8:b::2"]
+table = 100
+sticky = true
+
+[[rule]]
+name = "web"
+proto = "tcp"
+dport = [80, 443]
+gateway = "isp2"
+
+[[rule]]
+name = "dns"
+proto = "udp"
+dport = 53
+gateway = "isp2"
+
+[attach]
+ingress = ["lan0"]
+"#;
+
+fn policy(text: &str) -> Policy {
+    Policy::parse(text, "test.toml", &RtTables::builtin()).expect("valid policy")
+}
+
+/// A router with lan0 and wan2 and nothing of ours installed.
+fn namespace() -> Observed {
+    let addr = |s: &str| s.parse::<IpAddr>().unwrap();
+    Observed {
+        links: [("lo", 1), ("lan0", 2), ("wan2", 3)]
+            .into_iter()
+            .map(|(n, i)| (n.to_string(), i))
+            .collect(),
+        addresses: [(
+            "wan2".to_string(),
+            vec![addr("203.0.113.1"), addr("2001:db8:b::1")],
+        )]
+        .into_iter()
+        .collect(),
+        netns_cookie: 7,
+        ..Observed::default()
+    }
+}
+
+fn tcx_ingress(dev: &str, ifindex: u32) -> Hook {
+    Hook::TcxIngress {
+        dev: dev.into(),
+        ifindex,
+    }
+}
+
+/// What observing the namespace finds after `plan` was executed, its dataplane (new or
+/// kept) having the rules map id `id`.
+fn after(observed: &Observed, plan: &Plan, id: u32) -> Observed {
+    let mut o = observed.clone();
+    o.ip_rules = plan.desired.rules.clone();
+    o.routes = plan.desired.routes.clone();
+    let kept = (0..observed.attachments.len()).filter(|i| !plan.detach.contains(i));
+    let mut attachments: Vec<Attachment> = kept.map(|i| observed.attachments[i].clone()).collect();
+    attachments.extend(plan.attach.iter().map(|hook| Attachment {
+        hook: hook.clone(),
+        program_id: 1000 + id,
+        dataplane: id,
+    }));
+    o.attachments = attachments;
+    let capacity = match (&plan.dataplane, &observed.dataplane) {
+        (DataplaneStep::Load(c), _) => *c,
+        (_, Some(dp)) => dp.capacity,
+        _ => Capacity::default(),
+    };
+    o.dataplane = Some(ObservedDataplane {
+        id,
+        capacity,
+        shapes: plan.compiled.shapes.clone(),
+    });
+    o
+}
+
+#[test]
+fn a_fresh_namespace_gets_everything() {
+    let p = plan(&policy(POLICY), "test.toml", &namespace(), None).unwrap();
+    assert!(matches!(p.dataplane, DataplaneStep::Load(_)));
+    assert_eq!(
+        p.attach,
+        vec![tcx_ingress("lan0", 2), tcx_ingress("wan2", 3)],
+        "the LAN classifies, the sticky gateway's device records"
+    );
+    assert!(p.detach.is_empty());
+    // Per family: the main-routes-first rule, the fwmark rule, a `from` rule.
+    assert_eq!(p.ip_rules.add.len(), 6);
+    assert_eq!(p.routes.add.len(), 2);
+    assert!(p.ip_rules.remove.is_empty() && p.routes.remove.is_empty());
+    assert_eq!(p.record.slots, vec![0, 1]);
+    assert_eq!(p.slots_to_zero, vec![0, 1]);
+    // Two rules, two families, two ports for "web".
+    assert_eq!(p.compiled.entries.len(), 6);
+    assert_eq!(p.netns_cookie, 7);
+    assert_eq!(p.sticky_ttl_ns, 300_000_000_000);
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+}
+
+#[test]
+fn replanning_what_was_applied_changes_nothing() {
+    let pol = policy(POLICY);
+    let first = plan(&pol, "test.toml", &namespace(), None).unwrap();
+    let now = after(&namespace(), &first, 5);
+    let second = plan(&pol, "test.toml", &now, Some(&first.record)).unwrap();
+    assert_eq!(
+        second.dataplane,
+        DataplaneStep::Reuse {
+            id: 5,
+            new_programs: false
+        }
+    );
+    assert!(second.attach.is_empty() && second.detach.is_empty());
+    assert!(second.ip_rules.is_empty() && second.routes.is_empty());
+    assert_eq!(second.record.slots, first.record.slots);
+    assert!(second.slots_to_zero.is_empty());
+    assert_eq!(second.compiled.shapes, first.compiled.shapes);
+}
+
+#[test]
+fn rules_keep_their_counter_slots_by_name() {
+    let first_policy = policy(POLICY);
+    let first = plan(&first_policy, "test.toml", &namespace(), None).unwrap();
+    let now = after(&namespace(), &first, 5);
+    let edited = POLICY.replace(
+        "[[rule]]\nname = \"web\"",
+        "[[rule]]\nname = \"ssh\"\nproto = \"tcp\"\ndport = 22\ngateway = \"isp2\"\n\n[[rule]]\nname = \"web\"",
+    );
+    let edited = edited.replace("name = \"dns\"", "name = \"dns2\"");
+    let second = plan(&policy(&edited), "test.toml", &now, Some(&first.record)).unwrap();
+    // ssh and dns2 are new: the lowest free slots; web keeps 0.
+    assert_eq!(second.record.slots, vec![1, 0, 2]);
+    assert_eq!(second.slots_to_zero, vec![1, 2]);
+}
+
+#[test]
+fn new_hooks_on_a_kept_dataplane_load_programs_sharing_its_maps() {
+    let pol = policy(POLICY);
+    let first = plan(&pol, "test.toml", &namespace(), None).unwrap();
+    let mut now = after(&namespace(), &first, 5);
+    now.links.insert("lan1".into(), 4);
+    let text = POLICY.replace("ingress = [\"lan0\"]", "ingress = [\"lan0\", \"lan1\"]");
+    let second = plan(&policy(&text), "test.toml", &now, Some(&first.record)).unwrap();
+    assert_eq!(
+        second.dataplane,
+        DataplaneStep::Reuse {
+            id: 5,
+            new_programs: true
+        }
+    );
+    assert_eq!(second.attach, vec![tcx_ingress("lan1", 4)]);
+    assert!(second.detach.is_empty());
+}
+
+#[test]
+fn outgrown_maps_mean_a_new_dataplane_and_every_hook_moves() {
+    let pol = policy(POLICY);
+    let first = plan(&pol, "test.toml", &namespace(), None).unwrap();
+    let mut now = after(&namespace(), &first, 5);
+    now.dataplane.as_mut().unwrap().capacity = Capacity {
+        entries: 2,
+        rules: 2,
+    };
+    let second = plan(&pol, "test.toml", &now, Some(&first.record)).unwrap();
+    assert!(matches!(second.dataplane, DataplaneStep::Load(c) if c.entries >= 6));
+    assert_eq!(second.attach.len(), 2);
+    assert_eq!(second.detach, vec![0, 1]);
+    assert!(second.warnings[0].contains("outgrew"));
+}
+
+#[test]
+fn hooks_of_a_stale_dataplane_are_detached() {
+    let pol = policy(POLICY);
+    let first = plan(&pol, "test.toml", &namespace(), None).unwrap();
+    let mut now = after(&namespace(), &first, 5);
+    now.attachments.push(Attachment {
+        hook: tcx_ingress("lan0", 2),
+        program_id: 99,
+        dataplane: 4,
+    });
+    let second = plan(&pol, "test.toml", &now, Some(&first.record)).unwrap();
+    assert!(second.attach.is_empty());
+    assert_eq!(second.detach, vec![2]);
+}
+
+#[test]
+fn owned_objects_the_policy_no_longer_has_are_removed() {
+    let pol = policy(POLICY);
+    let first = plan(&pol, "test.toml", &namespace(), None).unwrap();
+    let mut now = after(&namespace(), &first, 5);
+    let stale = IpRule {
+        family: crate::policy::matcher::Family::V4,
+        priority: 10001,
+        table: 101,
+        fwmark: Some((2, u32::MAX)),
+        suppress_prefixlen: None,
+        src: None,
+    };
+    now.ip_rules.insert(stale.clone());
+    let second = plan(&pol, "test.toml", &now, Some(&first.record)).unwrap();
+    assert_eq!(second.ip_rules.remove, vec![stale]);
+    assert!(second.ip_rules.add.is_empty());
+}
+
+#[test]
+fn a_missing_device_is_refused_at_its_line() {
+    let text = POLICY.replace("ingress = [\"lan0\"]", "ingress = [\"lan9\"]");
+    let err = plan(&policy(&text), "test.toml", &namespace(), None).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("test.toml:22: attach.ingress[1]: device lan9 does not exist"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn without_hooks_nothing_is_loaded_and_everything_detaches() {
+    let pol = policy(POLICY);
+    let first = plan(&pol, "test.toml", &namespace(), None).unwrap();
+    let now = after(&namespace(), &first, 5);
+    let text = POLICY
+        .replace("sticky = true\n", "")
+        .replace("ingress = [\"lan0\"]", "ingress = []");
+    let second = plan(&policy(&text), "test.toml", &now, Some(&first.record)).unwrap();
+    assert_eq!(second.dataplane, DataplaneStep::Unused);
+    assert_eq!(second.detach, vec![0, 1]);
+    assert!(second.warnings[0].contains("names no hook"));
+}

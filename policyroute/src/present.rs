@@ -1,0 +1,200 @@
+//! Every report's text form, for operators; `--json` prints the same values serialized.
+use std::fmt::Write as _;
+
+use crate::{
+    control::{
+        apply::Report,
+        explain::{DecidedBy, Explanation},
+        flush::FlushReport,
+        status::{GatewayStatus, Status},
+    },
+    kernel::netlink::RTPROT_POLICYROUTE,
+    plan::objects::{IpRoute, IpRule},
+    policy::{matcher::Family, rt_tables},
+};
+
+/// Interface index to name.
+pub type DeviceNames = std::collections::BTreeMap<u32, String>;
+
+pub fn apply(r: &Report) -> String {
+    let mut o = String::new();
+    let verb = if r.dry_run { "would" } else { "did" };
+    if !r.changed() {
+        let _ = writeln!(o, "no changes: the kernel already matches the policy");
+    }
+    if r.new_dataplane {
+        let _ = writeln!(o, "{verb} load the classifier");
+    }
+    let e = &r.entries;
+    if e.inserted + e.updated + e.removed > 0 {
+        let _ = writeln!(
+            o,
+            "{verb} write classifier entries: +{} ~{} -{}",
+            e.inserted, e.updated, e.removed
+        );
+    }
+    for hook in &r.attach {
+        let _ = writeln!(o, "{verb} attach to {hook}");
+    }
+    for d in &r.detach {
+        let _ = writeln!(o, "{verb} detach from {d}");
+    }
+    for x in &r.routes.add {
+        let _ = writeln!(o, "{verb} add route {}", route(x, &r.devices));
+    }
+    for x in &r.ip_rules.add {
+        let _ = writeln!(o, "{verb} add ip rule {}", rule(x));
+    }
+    for x in &r.ip_rules.remove {
+        let _ = writeln!(o, "{verb} remove ip rule {}", rule(x));
+    }
+    for x in &r.routes.remove {
+        let _ = writeln!(o, "{verb} remove route {}", route(x, &r.devices));
+    }
+    warnings(&mut o, "", &r.warnings);
+    o
+}
+
+pub fn flush(r: &FlushReport) -> String {
+    format!(
+        "removed {} hook(s), {} ip rule(s), {} route(s){}\n",
+        r.detached.len(),
+        r.ip_rules.len(),
+        r.routes.len(),
+        if r.unpinned { ", pins" } else { "" }
+    )
+}
+
+pub fn status(s: &Status) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "namespace {}", s.namespace);
+    if let (Some(src), Some(mask)) = (&s.source, s.mark_mask) {
+        let _ = writeln!(o, "policy {src} (mark mask {mask:#x})");
+    }
+    let _ = writeln!(o, "\nhooks:");
+    if s.hooks.is_empty() {
+        let _ = writeln!(o, "  (none)");
+    }
+    for h in &s.hooks {
+        let _ = writeln!(o, "  {:<40} program {}", h.hook.describe(), h.program_id);
+    }
+    gateways(&mut o, &s.gateways);
+    rules(&mut o, s);
+    let _ = writeln!(o, "\nip rules (protocol {RTPROT_POLICYROUTE}):");
+    for r in &s.ip_rules {
+        let _ = writeln!(o, "  {}", rule(r));
+    }
+    let _ = writeln!(o, "\nroutes (protocol {RTPROT_POLICYROUTE}):");
+    for r in &s.routes {
+        let _ = writeln!(o, "  {}", route(r, &s.devices));
+    }
+    warnings(&mut o, "\n", &s.warnings);
+    o
+}
+
+fn gateways(o: &mut String, gateways: &[GatewayStatus]) {
+    let _ = writeln!(
+        o,
+        "\ngateways:\n  {:<16} {:>10} {:>10} {:<12} via",
+        "name", "table", "mark", "dev"
+    );
+    for g in gateways {
+        let table = g
+            .table_name
+            .as_ref()
+            .map_or(g.table.to_string(), |n| format!("{n}({})", g.table));
+        let via: Vec<String> = g.via.iter().map(ToString::to_string).collect();
+        let via = if via.is_empty() {
+            "(device)".to_string()
+        } else {
+            via.join(", ")
+        };
+        let mark = format!("{:#x}", g.mark);
+        let _ = writeln!(
+            o,
+            "  {:<16} {table:>10} {mark:>10} {:<12} {via}",
+            g.name, g.dev
+        );
+    }
+}
+
+fn rules(o: &mut String, s: &Status) {
+    let _ = writeln!(
+        o,
+        "\nrules (first match wins):\n  {:>10} {:>12}  {:<20} {:<22} match",
+        "pkts", "bytes", "name", "target"
+    );
+    for r in &s.rules {
+        let _ = writeln!(
+            o,
+            "  {:>10} {:>12}  {:<20} {:<22} {}",
+            r.packets, r.bytes, r.name, r.target, r.matches
+        );
+    }
+}
+
+fn warnings(o: &mut String, before: &str, warnings: &[String]) {
+    for w in warnings {
+        let _ = writeln!(o, "{before}warning: {w}");
+    }
+}
+
+pub fn explain(e: &Explanation) -> String {
+    let rule = match (&e.rule, &e.target_gateway, e.by) {
+        (Some(r), Some(g), _) => format!("{r} (gateway {g})"),
+        (Some(r), None, _) => r.clone(),
+        (None, _, DecidedBy::StickyFlow) => "none: a sticky flow's gateway".into(),
+        (None, _, DecidedBy::NoSocketHooks) => "none: local traffic is not classified".into(),
+        (None, _, _) => "none (not marked)".into(),
+    };
+    let via = e.gateway.map_or(String::new(), |g| format!(" via {g}"));
+    let dev = e
+        .dev
+        .as_deref()
+        .map_or(String::new(), |d| format!(" dev {d}"));
+    let src = e.src.map_or(String::new(), |s| format!(" src {s}"));
+    format!(
+        "rule:  {rule}\nmark:  {:#x} (by {})\nroute: table {}{via}{dev}{src}\n",
+        e.mark, e.by, e.table
+    )
+}
+
+fn family(f: Family) -> &'static str {
+    match f {
+        Family::V4 => "-4",
+        Family::V6 => "-6",
+    }
+}
+
+/// An ip rule as `ip rule` would print it.
+pub fn rule(r: &IpRule) -> String {
+    let mut s = format!(
+        "{} {}: from {}",
+        family(r.family),
+        r.priority,
+        r.src.map_or("all".into(), |n| n.to_string())
+    );
+    if let Some((v, m)) = r.fwmark {
+        let _ = write!(s, " fwmark {v:#x}/{m:#x}");
+    }
+    let _ = write!(s, " lookup {}", rt_tables::display(r.table));
+    if let Some(p) = r.suppress_prefixlen {
+        let _ = write!(s, " suppress_prefixlength {p}");
+    }
+    s
+}
+
+/// A route as `ip route` would print it.
+pub fn route(r: &IpRoute, devices: &DeviceNames) -> String {
+    let via = r.gateway.map_or(String::new(), |g| format!(" via {g}"));
+    let dev = devices
+        .get(&r.oif)
+        .cloned()
+        .unwrap_or_else(|| format!("#{}", r.oif));
+    format!(
+        "{} table {}: {}{via} dev {dev}",
+        family(r.family),
+        rt_tables::display(r.table),
+        r.dst
+    )
+}
