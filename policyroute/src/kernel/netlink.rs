@@ -13,13 +13,13 @@ use netlink_packet_route::{
     address::{AddressAttribute, AddressMessage},
     link::{LinkAttribute, LinkMessage},
     route::{
-        RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol,
-        RouteScope, RouteType, RouteVia,
+        RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteScope,
+        RouteType, RouteVia,
     },
     rule::{RuleAction, RuleAttribute, RuleMessage},
     AddressFamily,
 };
-use rtnetlink::{Handle, IpVersion};
+use rtnetlink::{Handle, IpVersion, RouteMessageBuilder};
 
 use crate::{
     plan::objects::{IpRoute, IpRule},
@@ -56,6 +56,9 @@ pub enum NetlinkError {
     },
     #[error("{what}: the kernel sent no answer")]
     NoAnswer { what: String },
+    /// A route whose addresses do not fit its family.
+    #[error("invalid route {what}")]
+    Invalid { what: String },
 }
 
 /// A network interface.
@@ -155,14 +158,17 @@ impl Netlink {
     /// Adds `rule` tagged with `proto`; [`NetlinkError::Exists`] if it is already there.
     pub async fn add_rule(&self, rule: &IpRule, proto: u8) -> Result<(), NetlinkError> {
         let mut request = self.handle.rule().add();
-        *request.message_mut() = rule_message(rule, proto);
+        *request.message_mut() = rule_message(&self.handle, rule, proto);
         let what = || format!("add {rule:?}");
         request.execute().await.map_err(|e| error(what(), e))
     }
 
     /// Deletes exactly `rule` tagged with `proto`; [`NetlinkError::NotFound`] if absent.
     pub async fn del_rule(&self, rule: &IpRule, proto: u8) -> Result<(), NetlinkError> {
-        let request = self.handle.rule().del(rule_message(rule, proto));
+        let request = self
+            .handle
+            .rule()
+            .del(rule_message(&self.handle, rule, proto));
         let what = || format!("delete {rule:?}");
         request.execute().await.map_err(|e| error(what(), e))
     }
@@ -189,14 +195,14 @@ impl Netlink {
     /// Adds `route` tagged with `proto`; [`NetlinkError::Exists`] if the table already has a
     /// route to `dst` (also with another gateway: no silent multipath).
     pub async fn add_route(&self, route: &IpRoute, proto: u8) -> Result<(), NetlinkError> {
-        let request = self.handle.route().add(route_message(route, proto));
+        let request = self.handle.route().add(route_message(route, proto)?);
         let what = || format!("add {route:?}");
         request.execute().await.map_err(|e| error(what(), e))
     }
 
     /// Deletes exactly `route` tagged with `proto`; [`NetlinkError::NotFound`] if absent.
     pub async fn del_route(&self, route: &IpRoute, proto: u8) -> Result<(), NetlinkError> {
-        let request = self.handle.route().del(route_message(route, proto));
+        let request = self.handle.route().del(route_message(route, proto)?);
         let what = || format!("delete {route:?}");
         request.execute().await.map_err(|e| error(what(), e))
     }
@@ -259,12 +265,6 @@ fn family_of(family: AddressFamily) -> Option<Family> {
     }
 }
 
-/// The header's table field is a u8: larger ids go only in FRA_TABLE / RTA_TABLE, which the
-/// kernel prefers anyway, with the header left unspecified (as iproute2 does).
-fn header_table(table: u32) -> u8 {
-    u8::try_from(table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC)
-}
-
 fn parse_link(link: &LinkMessage) -> Option<Link> {
     link.attributes.iter().find_map(|a| match a {
         LinkAttribute::IfName(name) => Some(Link {
@@ -289,28 +289,41 @@ fn parse_address(message: &AddressMessage) -> Option<IpNet> {
     IpNet::new(ip, message.header.prefix_len).ok()
 }
 
-fn rule_message(rule: &IpRule, proto: u8) -> RuleMessage {
-    let mut message = RuleMessage::default();
-    let header = &mut message.header;
-    header.family = address_family(rule.family);
-    // The default action is Unspec, which makes lookups fail.
-    header.action = RuleAction::ToTable;
-    header.table = header_table(rule.table);
-    header.src_len = rule.src.map_or(0, |src| src.prefix_len());
+/// The message that adds (or deletes) exactly `rule`. rtnetlink's request builder covers
+/// the family, table, action, priority, fwmark and source; it lacks FRA_FWMASK,
+/// FRA_SUPPRESS_PREFIXLEN and FRA_PROTOCOL, which are added by hand.
+fn rule_message(handle: &Handle, rule: &IpRule, proto: u8) -> RuleMessage {
+    let request = handle
+        .rule()
+        .add()
+        .table_id(rule.table)
+        // The default action is Unspec, which makes lookups fail.
+        .action(RuleAction::ToTable)
+        // Always explicit: without it the kernel picks a priority of its own.
+        .priority(rule.priority);
+    let request = match rule.fwmark {
+        Some((mark, _)) => request.fw_mark(mark),
+        None => request,
+    };
+    let mut message = match (rule.family, rule.src) {
+        (Family::V4, Some(IpNet::V4(src))) => {
+            let mut r = request.v4().source_prefix(src.addr(), src.prefix_len());
+            r.message_mut().clone()
+        }
+        (Family::V6, Some(IpNet::V6(src))) => {
+            let mut r = request.v6().source_prefix(src.addr(), src.prefix_len());
+            r.message_mut().clone()
+        }
+        (Family::V4, _) => request.v4().message_mut().clone(),
+        (Family::V6, _) => request.v6().message_mut().clone(),
+    };
     let attributes = &mut message.attributes;
     attributes.push(RuleAttribute::Protocol(RouteProtocol::from(proto)));
-    // Always explicit: without it the kernel picks a priority of its own.
-    attributes.push(RuleAttribute::Priority(rule.priority));
-    attributes.push(RuleAttribute::Table(rule.table));
-    if let Some((mark, mask)) = rule.fwmark {
-        attributes.push(RuleAttribute::FwMark(mark));
+    if let Some((_, mask)) = rule.fwmark {
         attributes.push(RuleAttribute::FwMask(mask));
     }
     if let Some(len) = rule.suppress_prefixlen {
         attributes.push(RuleAttribute::SuppressPrefixLen(len));
-    }
-    if let Some(src) = rule.src {
-        attributes.push(RuleAttribute::Source(src.addr()));
     }
     message
 }
@@ -371,34 +384,36 @@ fn fwmark(mark: Option<u32>, mask: Option<u32>) -> Option<(u32, u32)> {
     }
 }
 
-fn route_message(route: &IpRoute, proto: u8) -> RouteMessage {
-    let mut message = RouteMessage::default();
-    let header = &mut message.header;
-    header.address_family = address_family(route.family);
-    header.destination_prefix_length = route.dst.prefix_len();
-    header.table = header_table(route.table);
-    header.protocol = RouteProtocol::from(proto);
-    header.kind = RouteType::Unicast;
-    // As iproute2: a route without gateway reaches only the link. IPv4 deletes match the
-    // scope too, which this keeps the same as at creation.
-    header.scope = match route.gateway {
-        Some(_) => RouteScope::Universe,
-        None => RouteScope::Link,
-    };
-    let attributes = &mut message.attributes;
-    attributes.push(RouteAttribute::Table(route.table));
+/// The message that adds (or deletes) exactly `route`, built with rtnetlink's builder.
+fn route_message(route: &IpRoute, proto: u8) -> Result<RouteMessage, NetlinkError> {
+    let mut builder = RouteMessageBuilder::<IpAddr>::new()
+        .table_id(route.table)
+        .protocol(RouteProtocol::from(proto))
+        // As iproute2: a route without gateway reaches only the link. IPv4 deletes match
+        // the scope too, which this keeps the same as at creation.
+        .scope(match route.gateway {
+            Some(_) => RouteScope::Universe,
+            None => RouteScope::Link,
+        })
+        .output_interface(route.oif);
+    // The builder takes the family from the first address it is given, and a default
+    // device route gives none.
+    builder.get_mut().header.address_family = address_family(route.family);
     if route.dst.prefix_len() > 0 {
-        attributes.push(RouteAttribute::Destination(route.dst.addr().into()));
+        builder = builder
+            .destination_prefix(route.dst.addr(), route.dst.prefix_len())
+            .map_err(|e| invalid(route, e))?;
     }
-    match route.gateway {
-        Some(gw) if Family::of(&gw) == route.family => {
-            attributes.push(RouteAttribute::Gateway(gw.into()))
-        }
-        Some(gw) => attributes.push(RouteAttribute::Via(RouteVia::from(gw))),
-        None => {}
+    if let Some(gateway) = route.gateway {
+        builder = builder.gateway(gateway).map_err(|e| invalid(route, e))?;
     }
-    attributes.push(RouteAttribute::Oif(route.oif));
-    message
+    Ok(builder.build())
+}
+
+fn invalid(route: &IpRoute, e: impl std::fmt::Display) -> NetlinkError {
+    NetlinkError::Invalid {
+        what: format!("{route:?}: {e}"),
+    }
 }
 
 /// The [`IpRoute`] a dumped route is, `None` for cached clones, non-unicast routes and

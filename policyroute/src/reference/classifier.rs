@@ -1,16 +1,16 @@
-//! Reference model of the classifier in plain Rust: parses a frame exactly as the eBPF
-//! program does and scans the rules in order. It is deliberately the slow, obvious
+//! The reference classifier in plain Rust: parses a frame exactly as the eBPF program
+//! does and scans the rules in order. It is deliberately the slow, obvious
 //! algorithm: differential tests hold the tuple-space dataplane to it, and `explain` and
 //! dry runs use it.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use policyroute_common::proto_has_ports;
+use policyroute_common::net::{
+    is_ipv6_ext_header, proto_has_ports, ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6,
+    IPPROTO_AH, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT, IPPROTO_HOPOPTS, IPPROTO_ROUTING,
+    MAX_EXT_HEADERS, MAX_VLAN_TAGS,
+};
 
 use crate::policy::matcher::{Family, Match, Rule};
-
-const ETH_HLEN: usize = 14;
-const MAX_VLAN_TAGS: usize = 2;
-const MAX_EXT_HEADERS: usize = 8;
 
 /// The fields of a frame that rules can match.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,15 +34,15 @@ pub fn parse(frame: &[u8]) -> Option<Packet> {
     let mut ethertype = be16(frame, 12)?;
     let mut off = ETH_HLEN;
     for _ in 0..MAX_VLAN_TAGS {
-        if ethertype != 0x8100 && ethertype != 0x88a8 {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
             break;
         }
         ethertype = be16(frame, off + 2)?;
         off += 4;
     }
     match ethertype {
-        0x0800 => ipv4(frame, off),
-        0x86dd => ipv6(frame, off),
+        ETH_P_IP => ipv4(frame, off),
+        ETH_P_IPV6 => ipv6(frame, off),
         _ => None,
     }
 }
@@ -81,17 +81,17 @@ fn ipv6(frame: &[u8], l3: usize) -> Option<Packet> {
     let mut first_fragment = true;
     for _ in 0..MAX_EXT_HEADERS {
         match nh {
-            0 | 43 | 60 => {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
                 let e = frame.get(off..off + 2)?;
                 nh = e[0];
                 off += (usize::from(e[1]) + 1) * 8;
             }
-            51 => {
+            IPPROTO_AH => {
                 let e = frame.get(off..off + 2)?;
                 nh = e[0];
                 off += (usize::from(e[1]) + 2) * 4;
             }
-            44 => {
+            IPPROTO_FRAGMENT => {
                 let e = frame.get(off..off + 4)?;
                 nh = e[0];
                 off += 8;
@@ -103,7 +103,7 @@ fn ipv6(frame: &[u8], l3: usize) -> Option<Packet> {
             _ => break,
         }
     }
-    if first_fragment && matches!(nh, 0 | 43 | 44 | 51 | 60) {
+    if first_fragment && is_ipv6_ext_header(nh) {
         return None;
     }
     let addr = |at: usize| -> IpAddr {

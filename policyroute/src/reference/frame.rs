@@ -3,7 +3,10 @@
 //! never reads them.
 use std::net::IpAddr;
 
-use policyroute_common::proto_has_ports;
+use policyroute_common::net::{
+    proto_has_ports, ETH_P_IP, ETH_P_IPV6, IPPROTO_AH, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT,
+    IPPROTO_HOPOPTS, IPPROTO_ROUTING,
+};
 
 /// An IPv6 extension header placed between the fixed header and the L4 header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,7 +79,7 @@ impl FrameSpec {
         let l4 = self.l4();
         match (self.src, self.dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
-                f.extend_from_slice(&0x0800u16.to_be_bytes());
+                f.extend_from_slice(&ETH_P_IP.to_be_bytes());
                 let ihl = 20 + self.ipv4_options;
                 let total = (ihl + l4.len()) as u16;
                 f.push(0x40 | (ihl / 4) as u8);
@@ -91,7 +94,7 @@ impl FrameSpec {
                 f.extend(std::iter::repeat_n(1u8, self.ipv4_options));
             }
             (IpAddr::V6(s), IpAddr::V6(d)) => {
-                f.extend_from_slice(&0x86ddu16.to_be_bytes());
+                f.extend_from_slice(&ETH_P_IPV6.to_be_bytes());
                 let ext = self.ipv6_ext_bytes();
                 let tc = self.dscp << 2;
                 f.extend_from_slice(&[0x60 | (tc >> 4), tc << 4, 0, 0]);
@@ -150,10 +153,10 @@ impl FrameSpec {
 
 fn ext_code(h: &ExtHeader) -> u8 {
     match h {
-        ExtHeader::HopByHop { .. } => 0,
-        ExtHeader::Routing { .. } => 43,
-        ExtHeader::Fragment { .. } => 44,
-        ExtHeader::Auth { .. } => 51,
-        ExtHeader::DestOpts { .. } => 60,
+        ExtHeader::HopByHop { .. } => IPPROTO_HOPOPTS,
+        ExtHeader::Routing { .. } => IPPROTO_ROUTING,
+        ExtHeader::Fragment { .. } => IPPROTO_FRAGMENT,
+        ExtHeader::Auth { .. } => IPPROTO_AH,
+        ExtHeader::DestOpts { .. } => IPPROTO_DSTOPTS,
     }
 }
