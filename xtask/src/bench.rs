@@ -2,8 +2,9 @@
 //! (xtask itself must build before the eBPF toolchain exists, so it links none of it).
 //!
 //! `cargo xtask bench` runs every benchmark, then the report, which draws
-//! `bench/results/bench.png` and rewrites README.md's Benchmarks section. Benchmarks are
-//! never part of `cargo xtask test`.
+//! `bench/results/bench.png`, writes the full report `bench/results/report.md` and rewrites
+//! README.md's short Benchmarks section (headline numbers, the plot, a link to the report).
+//! Benchmarks are never part of `cargo xtask test`.
 use clap::Subcommand;
 
 use std::process::Command;
@@ -20,7 +21,8 @@ pub enum Which {
     E2e,
     /// Wall time and peak memory of apply (1k, 100k, one rule changed) and flush.
     Control,
-    /// Plot and README section from the results in bench/results/.
+    /// Plot, bench/results/report.md and README's Benchmarks section from the results
+    /// already in bench/results/ (runs no benchmark).
     Report,
 }
 

@@ -1,8 +1,10 @@
 //! `cargo xtask bench report` (run last by `cargo xtask bench`): collects the results the
 //! benchmark binaries wrote under `bench/results/`, checks them against the project's
-//! targets, draws `bench/results/bench.png` with gnuplot, writes `bench/results/summary.md`
-//! and replaces the `## Benchmarks` section of README.md with it. The closing analysis is
-//! kept by hand in `bench/NOTES.md` and included as it is.
+//! targets, draws `bench/results/bench.png` with gnuplot and writes the full report,
+//! `bench/results/report.md` (every table, the perf profiles, the method, and the closing
+//! analysis kept by hand in `bench/NOTES.md`, included as it is). README.md's `## Benchmarks`
+//! section is replaced by a short one built from the same JSON: the machine and date, the
+//! headline numbers against the targets, the plot, and a link to the report.
 use std::{fmt::Write as _, fs, path::PathBuf, process::Command};
 
 use policyroute_tests::bench::{self, read_json};
@@ -23,16 +25,71 @@ fn e2e_row<'a>(e2e: &'a Value, variant: &str, entries: u64) -> Option<&'a Value>
     })
 }
 
+/// Whether policyroute's overhead over the baseline is below the nftables map's at every
+/// measured size, and the two overheads per size.
+fn versus_nftables(e2e: &Value) -> (bool, Vec<String>) {
+    let mut sizes: Vec<u64> = e2e["rows"]
+        .as_array()
+        .map(|rows| rows.iter().filter_map(|r| r["entries"].as_u64()).collect())
+        .unwrap_or_default();
+    sizes.dedup();
+    let mut cmp = Vec::new();
+    let mut all = true;
+    for n in sizes {
+        match (e2e_row(e2e, "policyroute", n), e2e_row(e2e, "nftables", n)) {
+            (Some(p), Some(q)) => {
+                let (a, b) = (f(&p["ratio"]["median"]), f(&q["ratio"]["median"]));
+                all &= a > b;
+                cmp.push(format!(
+                    "{n}: {:.1}% vs {:.1}%",
+                    (1.0 - a) * 100.0,
+                    (1.0 - b) * 100.0
+                ));
+            }
+            _ => {
+                all = false;
+                cmp.push(format!("{n}: not both measured"));
+            }
+        }
+    }
+    (all, cmp)
+}
+
+/// 100000 as `100,000`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `readme` with its `## Benchmarks` section (up to the next `## ` heading or the end)
+/// replaced by `section`, or `section` appended when there is none.
+fn replace_section(readme: &str, section: &str) -> String {
+    let Some(start) = readme.find("\n## Benchmarks\n").map(|i| i + 1) else {
+        return format!("{}\n\n{section}", readme.trim_end());
+    };
+    let body = start + "## Benchmarks\n".len();
+    match readme[body..].find("\n## ") {
+        Some(j) => format!("{}{section}\n{}", &readme[..start], &readme[body + j + 1..]),
+        None => format!("{}{section}", &readme[..start]),
+    }
+}
+
 fn targets(classify: Option<&Value>, e2e: Option<&Value>, control: Option<&Value>) -> String {
     let mut out = String::new();
-    let mark = |ok: bool| if ok { "met" } else { "**missed**" };
     if let Some(c) = classify {
         let r = f(&c["worst_ratio"]);
         let _ = writeln!(
             out,
             "- Classifier, 100k rules at most 1.5× one rule: worst case {r:.2}× — {} \
              (by {:.0}%).",
-            mark(r <= 1.5),
+            met(r <= 1.5),
             (r / 1.5 - 1.0).max(0.0) * 100.0
         );
     }
@@ -44,7 +101,7 @@ fn targets(classify: Option<&Value>, e2e: Option<&Value>, control: Option<&Value
                 out,
                 "- End to end at 10k entries, overhead over the baseline at most 5%: \
                  {over:.1}% fewer packets/s, {cpu:.1}% more router CPU per packet — {}.",
-                mark(over <= 5.0)
+                met(over <= 5.0)
             );
             if let Some(r) = e2e_row(e, "rules-only", 10_000) {
                 let rules = (1.0 - f(&r["ratio"]["median"])) * 100.0;
@@ -55,39 +112,13 @@ fn targets(classify: Option<&Value>, e2e: Option<&Value>, control: Option<&Value
                 );
             }
         }
-        let sizes: Vec<u64> = e["rows"]
-            .as_array()
-            .map(|rows| {
-                let mut s: Vec<u64> = rows.iter().filter_map(|r| r["entries"].as_u64()).collect();
-                s.dedup();
-                s
-            })
-            .unwrap_or_default();
-        let mut cmp = Vec::new();
-        let mut all = true;
-        for n in sizes {
-            match (e2e_row(e, "policyroute", n), e2e_row(e, "nftables", n)) {
-                (Some(p), Some(q)) => {
-                    let (a, b) = (f(&p["ratio"]["median"]), f(&q["ratio"]["median"]));
-                    all &= a > b;
-                    cmp.push(format!(
-                        "{n}: {:.1}% vs {:.1}%",
-                        (1.0 - a) * 100.0,
-                        (1.0 - b) * 100.0
-                    ));
-                }
-                _ => {
-                    all = false;
-                    cmp.push(format!("{n}: not both measured"));
-                }
-            }
-        }
+        let (all, cmp) = versus_nftables(e);
         let _ = writeln!(
             out,
             "- End to end, policyroute's overhead below the nftables map's at every size \
              (policyroute vs nftables): {} — {}.",
             cmp.join("; "),
-            mark(all)
+            met(all)
         );
     }
     if let Some(c) = control {
@@ -116,12 +147,8 @@ fn targets(classify: Option<&Value>, e2e: Option<&Value>, control: Option<&Value
             } else {
                 format!(
                     "{} — {} ({:.2}× the target)",
-                    if med < 1.0 {
-                        format!("{:.0} ms", med * 1e3)
-                    } else {
-                        format!("{med:.2} s")
-                    },
-                    mark(med <= target),
+                    duration(med),
+                    met(med <= target),
                     med / target
                 )
             };
@@ -314,23 +341,51 @@ fn main() {
     let png = results.join("bench.png");
     let plotted = plot(classify.as_ref(), e2e.as_ref(), control.as_ref(), &png);
     if !plotted {
+        // A bench.png left from an earlier run may not match these results: not shown.
         eprintln!("report: gnuplot failed or is missing; no plot");
     }
     let part = |name: &str| fs::read_to_string(results.join(name)).unwrap_or_default();
+    let parts: Vec<String> = ["classify.md", "e2e.md", "control.md"]
+        .into_iter()
+        .map(part)
+        .collect();
     let notes = fs::read_to_string(workspace().join("bench/NOTES.md")).unwrap_or_default();
-    let mut s = String::from("## Benchmarks\n\n");
-    s.push_str(
-        "`cargo xtask bench` (never part of `cargo xtask test`) runs everything below on this \
-         machine in one go (about 8 minutes here) and rewrites this section; `cargo xtask bench \
-         classify | e2e | control` runs one part, `cargo xtask bench report` redraws. Raw results \
-         (markdown, JSON, the perf reports) are in `bench/results/`. Everything runs in \
-         throwaway network namespaces (`prt-<pid>-...`); nothing touches the root namespace.\n\n",
+    let loadavgs: Vec<String> = [&classify, &e2e, &control]
+        .into_iter()
+        .flatten()
+        .map(|v| {
+            v["environment"]["loadavg"]
+                .as_str()
+                .unwrap_or("?")
+                .to_string()
+        })
+        .collect();
+    let report = full_report(
+        &env,
+        &loadavgs,
+        plotted,
+        &targets(classify.as_ref(), e2e.as_ref(), control.as_ref()),
+        &parts,
+        &notes,
     );
-    let _ = writeln!(
-        s,
-        "Latest run: {} on {} cores ({}), kernel {}, `{}`, `{}`; load average when the \
-         classifier, end-to-end and control-plane parts started (the machine is shared; the \
-         later parts also see the earlier ones'): {}.\n",
+    bench::write_result("report.md", &report);
+    let section = readme_section(
+        &env,
+        plotted,
+        classify.as_ref(),
+        e2e.as_ref(),
+        control.as_ref(),
+    );
+    let readme = workspace().join("README.md");
+    let text = fs::read_to_string(&readme).expect("README.md");
+    fs::write(&readme, replace_section(&text, &section)).expect("write README.md");
+    eprintln!("report: README.md's Benchmarks section updated");
+}
+
+/// `date on N cores (CPU), kernel K, iptables, nft`: what every number depends on.
+fn machine(env: &Value) -> String {
+    format!(
+        "{} on {} cores ({}), kernel {}, `{}`, `{}`",
         env["date"].as_str().unwrap_or("?"),
         env["cores"],
         env["cpu"].as_str().unwrap_or("?"),
@@ -339,56 +394,231 @@ fn main() {
             .as_str()
             .unwrap_or("iptables: not installed"),
         env["nft"].as_str().unwrap_or("nft: not installed"),
-        [&classify, &e2e, &control]
-            .into_iter()
-            .flatten()
-            .map(|v| v["environment"]["loadavg"]
-                .as_str()
-                .unwrap_or("?")
-                .to_string())
-            .collect::<Vec<_>>()
-            .join(" / "),
-    );
-    if plotted {
-        s.push_str("![benchmark plot](bench/results/bench.png)\n\n");
-    }
-    s.push_str("### Targets\n\n");
-    s.push_str(&targets(classify.as_ref(), e2e.as_ref(), control.as_ref()));
-    s.push('\n');
-    s.push_str(METHOD);
-    for name in ["classify.md", "e2e.md", "control.md"] {
-        let text = part(name);
-        if !text.is_empty() {
-            s.push('\n');
-            s.push_str(text.trim_end());
-            s.push('\n');
-        }
-    }
-    if !notes.is_empty() {
-        s.push('\n');
-        s.push_str(notes.trim_end());
-        s.push('\n');
-    }
-    bench::write_result("summary.md", &s);
-    let readme = workspace().join("README.md");
-    let text = fs::read_to_string(&readme).expect("README.md");
-    let start = text.find("\n## Benchmarks\n").map(|i| i + 1);
-    let new = match start {
-        Some(i) => {
-            let rest = &text[i + 1..];
-            let end = rest.find("\n## ").map(|j| i + 1 + j + 1);
-            match end {
-                Some(e) => format!("{}{}\n{}", &text[..i], s, &text[e..]),
-                None => format!("{}{}", &text[..i], s),
-            }
-        }
-        None => format!("{}\n{}", text.trim_end(), s),
-    };
-    fs::write(&readme, new).expect("write README.md");
-    eprintln!("report: README.md's Benchmarks section updated");
+    )
 }
 
-const METHOD: &str = "### Method\n\n\
+/// `bench/results/report.md`: everything the run measured, the method, and the notes.
+fn full_report(
+    env: &Value,
+    loadavgs: &[String],
+    plot: bool,
+    targets: &str,
+    parts: &[String],
+    notes: &str,
+) -> String {
+    let mut s = String::from("# policyroute benchmarks\n\n");
+    s.push_str(
+        "`cargo xtask bench` (never part of `cargo xtask test`) runs everything below on this \
+         machine in one go (about 8 minutes here) and rewrites this report and README.md's \
+         Benchmarks section; `cargo xtask bench classify | e2e | control` runs one part, \
+         `cargo xtask bench report` rewrites both from the results already here. The parts \
+         this report is assembled from (markdown, JSON, the perf reports) are beside it in \
+         `bench/results/`. Everything runs in throwaway network namespaces (`prt-<pid>-...`); \
+         nothing touches the root namespace.\n\n",
+    );
+    let _ = writeln!(
+        s,
+        "Latest run: {}; load average when the classifier, end-to-end and control-plane parts \
+         started (the machine is shared; the later parts also see the earlier ones'): {}.\n",
+        machine(env),
+        loadavgs.join(" / "),
+    );
+    if plot {
+        s.push_str("![benchmark plot](bench.png)\n\n");
+    }
+    s.push_str("## Targets\n\n");
+    s.push_str(targets);
+    s.push('\n');
+    s.push_str(METHOD);
+    for text in parts.iter().map(String::as_str).chain([notes]) {
+        if !text.trim().is_empty() {
+            s.push('\n');
+            s.push_str(promote(text).trim_end());
+            s.push('\n');
+        }
+    }
+    s
+}
+
+/// The parts and the notes are written as `###` sections; under the report's `#` title they
+/// become `##` sections.
+fn promote(text: &str) -> String {
+    let mut fenced = false;
+    let mut out = String::new();
+    for line in text.lines() {
+        if line.starts_with("```") {
+            fenced = !fenced;
+        }
+        let line = match line.strip_prefix('#') {
+            Some(rest) if !fenced && line.starts_with("###") => rest,
+            _ => line,
+        };
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// A duration as the targets state them: ms below a second.
+fn duration(s: f64) -> String {
+    if s < 1.0 {
+        format!("{:.0} ms", s * 1e3)
+    } else {
+        format!("{s:.2} s")
+    }
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "**missed**"
+    }
+}
+
+/// README.md's `## Benchmarks`: the run's machine, the headline numbers against the targets,
+/// the plot, and a pointer to the full report. Built from the same JSON as the report, so
+/// the two cannot disagree.
+fn readme_section(
+    env: &Value,
+    plot: bool,
+    classify: Option<&Value>,
+    e2e: Option<&Value>,
+    control: Option<&Value>,
+) -> String {
+    let mut s = String::from("## Benchmarks\n\n");
+    let _ = writeln!(s, "Latest run: {}.\n", machine(env));
+    s.push_str("| measured | result | target |\n|---|---|---|\n");
+    if let Some(c) = classify {
+        let rows = c["rows"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let most = rows.iter().filter_map(|r| r["rules"].as_u64()).max();
+        // The row the target is judged by: the largest policy's worst ratio to one rule.
+        let worst = rows
+            .iter()
+            .filter(|r| r["rules"].as_u64() == most)
+            .max_by(|a, b| f(&a["vs_one_rule"]).total_cmp(&f(&b["vs_one_rule"])));
+        if let (Some(w), Some(most)) = (worst, most) {
+            let one = rows.iter().find(|r| {
+                r["rules"].as_u64() == Some(1)
+                    && r["family"] == w["family"]
+                    && r["case"] == w["case"]
+            });
+            let ratio = f(&w["vs_one_rule"]);
+            let target = f(&c["target_ratio"]);
+            let _ = writeln!(
+                s,
+                "| classifier, ns/packet, 1 rule → {} rules per family (worst case: {} {}) \
+                 | {:.0} → {:.0} ({ratio:.2}×) | at most {target}×: {} |",
+                thousands(most),
+                w["family"].as_str().unwrap_or("?"),
+                w["case"].as_str().unwrap_or("?"),
+                one.map_or(f64::NAN, |r| f(&r["ns"]["median"])),
+                f(&w["ns"]["median"]),
+                met(ratio <= target),
+            );
+        }
+    }
+    if let Some(e) = e2e {
+        let n = 10_000;
+        let overhead = |r: &Value| (1.0 - f(&r["ratio"]["median"])) * 100.0;
+        let (over_nft, _) = versus_nftables(e);
+        for (key, title) in [
+            ("baseline", "no policy (baseline)"),
+            ("policyroute", "policyroute"),
+            ("iptables", "iptables MARK"),
+            ("nftables", "nftables map"),
+        ] {
+            let Some(r) = e2e_row(e, key, n) else {
+                continue;
+            };
+            let result = if key == "baseline" {
+                format!("{:.0} kpps", f(&r["kpps"]["median"]))
+            } else {
+                format!(
+                    "{:.0} kpps, {:.3}× the baseline",
+                    f(&r["kpps"]["median"]),
+                    f(&r["ratio"]["median"])
+                )
+            };
+            let target = match key {
+                "policyroute" => format!(
+                    "at most 5% fewer packets/s than the baseline: {}",
+                    met(overhead(r) <= 5.0)
+                ),
+                "nftables" => format!(
+                    "policyroute's overhead below this at every size: {}",
+                    met(over_nft)
+                ),
+                _ => "–".to_string(),
+            };
+            let _ = writeln!(
+                s,
+                "| forwarding at {} entries: {title} | {result} | {target} |",
+                thousands(n)
+            );
+        }
+    }
+    if let Some(c) = control {
+        for (op, title, target, stated) in [
+            (
+                "apply (clean namespace)",
+                "`apply` of 100,000 rules",
+                2.0,
+                "under 2 s",
+            ),
+            (
+                "re-apply, one rule changed",
+                "`apply` changing one rule of 100,000",
+                0.05,
+                "under 50 ms",
+            ),
+        ] {
+            let row = c["rows"].as_array().and_then(|rows| {
+                rows.iter()
+                    .find(|r| r["operation"] == op && r["rules"] == 100_000)
+            });
+            let Some(row) = row else { continue };
+            let med = f(&row["wall_s"]["median"]);
+            let result = if med.is_nan() {
+                "not finished within the cap".to_string()
+            } else {
+                duration(med)
+            };
+            let _ = writeln!(
+                s,
+                "| {title} | {result} | {stated}: {} |",
+                met(med <= target)
+            );
+        }
+    }
+    s.push('\n');
+    if let Some(e) = e2e {
+        if let (Some(p), Some(r)) = (
+            e2e_row(e, "policyroute", 10_000),
+            e2e_row(e, "rules-only", 10_000),
+        ) {
+            let _ = writeln!(
+                s,
+                "Of policyroute's {:.1}% forwarding overhead, the fwmark ip rules alone (nothing \
+                 marked) cost {:.1}% in the same run.\n",
+                (1.0 - f(&p["ratio"]["median"])) * 100.0,
+                (1.0 - f(&r["ratio"]["median"])) * 100.0,
+            );
+        }
+    }
+    if plot {
+        s.push_str("![benchmark plot](bench/results/bench.png)\n\n");
+    }
+    s.push_str(
+        "The method, every table, the perf profiles and the analysis of the misses are in \
+         [bench/results/report.md](bench/results/report.md). `cargo xtask bench` reruns \
+         everything (as root, about 8 minutes here; never part of `cargo xtask test`) and \
+         rewrites that report and this section; `cargo xtask bench report` rewrites both from \
+         the results already there.\n",
+    );
+    s
+}
+const METHOD: &str = "## Method\n\n\
 - **Classifier**: `policyroute apply` (the real CLI) installs N rules per family of one \
   shape (`tcp`, a /32 or /128 source, one destination port; maps sized by apply for the \
   policy); the program it attached to lan0 is found with a tcx query and run by fd through \
@@ -424,3 +654,88 @@ const METHOD: &str = "### Method\n\n\
   that differ in one rule's port. `perf record -e cpu-clock --call-graph dwarf` profiles \
   `apply` at 100,000 rules (10,000 when that is slow; this VM has no hardware counters), and \
   `perf record -C 1` the router CPU during end-to-end runs at 10,000 entries.\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_benchmarks_section_is_replaced_wherever_it_is() {
+        let section = "## Benchmarks\n\nnew\n";
+        let middle = "# t\n\n## A\n\na\n\n## Benchmarks\n\nold\n### sub\n\nold\n\n## Z\n\nz\n";
+        assert_eq!(
+            replace_section(middle, section),
+            "# t\n\n## A\n\na\n\n## Benchmarks\n\nnew\n\n## Z\n\nz\n"
+        );
+        let last = "# t\n\n## A\n\na\n\n## Benchmarks\n\nold\n";
+        assert_eq!(
+            replace_section(last, section),
+            "# t\n\n## A\n\na\n\n## Benchmarks\n\nnew\n"
+        );
+        let none = "# t\n\n## A\n\na\n";
+        assert_eq!(
+            replace_section(none, section),
+            "# t\n\n## A\n\na\n\n## Benchmarks\n\nnew\n"
+        );
+    }
+
+    #[test]
+    fn only_headings_outside_code_are_promoted() {
+        assert_eq!(
+            promote("### A\n\ntext\n```\n### not a heading\n```\n#### B\n"),
+            "## A\n\ntext\n```\n### not a heading\n```\n### B\n"
+        );
+    }
+
+    #[test]
+    fn thousands_are_separated() {
+        assert_eq!(thousands(1), "1");
+        assert_eq!(thousands(1_000), "1,000");
+        assert_eq!(thousands(100_000), "100,000");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+    }
+
+    fn spread(median: f64) -> Value {
+        json!({"min": median, "median": median, "max": median})
+    }
+
+    #[test]
+    fn the_short_table_reads_the_headline_rows() {
+        let env = json!({"date": "2026-01-02", "cores": 2, "cpu": "CPU", "kernel": "6.6",
+            "iptables": "iptables v1", "nft": "nftables v1"});
+        let row = |rules: u64, family: &str, case: &str, ns: f64, vs: f64| json!({"rules": rules, "family": family, "case": case, "ns": spread(ns), "vs_one_rule": vs});
+        let classify = json!({"target_ratio": 1.5, "rows": [
+            row(1, "IPv4", "hit", 100.0, 1.0),
+            row(1, "IPv6", "miss", 90.0, 1.0),
+            row(100_000, "IPv4", "hit", 130.0, 1.3),
+            row(100_000, "IPv6", "miss", 126.0, 1.4),
+        ]});
+        let e2e_row = |variant: &str, kpps: f64, ratio: f64| json!({"variant": variant, "entries": 10_000, "kpps": spread(kpps), "ratio": spread(ratio)});
+        let e2e = json!({"rows": [
+            e2e_row("baseline", 700.0, 1.0),
+            e2e_row("rules-only", 560.0, 0.8),
+            e2e_row("policyroute", 679.0, 0.97),
+            e2e_row("iptables", 7.0, 0.01),
+            e2e_row("nftables", 600.0, 0.86),
+        ]});
+        let control = json!({"rows": [
+            {"operation": "apply (clean namespace)", "rules": 100_000, "wall_s": spread(2.5)},
+            {"operation": "re-apply, one rule changed", "rules": 100_000, "wall_s": spread(0.04)},
+        ]});
+        let s = readme_section(&env, true, Some(&classify), Some(&e2e), Some(&control));
+        assert!(
+            s.starts_with("## Benchmarks\n\nLatest run: 2026-01-02 on 2 cores (CPU), kernel 6.6")
+        );
+        assert!(s.contains("worst case: IPv6 miss) | 90 → 126 (1.40×) | at most 1.5×: met |"));
+        assert!(s.contains("| forwarding at 10,000 entries: no policy (baseline) | 700 kpps | – |"));
+        assert!(s.contains("policyroute | 679 kpps, 0.970× the baseline | at most 5% fewer packets/s than the baseline: met |"));
+        assert!(s.contains("nftables map | 600 kpps, 0.860× the baseline | policyroute's overhead below this at every size: met |"));
+        assert!(s.contains("| `apply` of 100,000 rules | 2.50 s | under 2 s: **missed** |"));
+        assert!(s.contains("| `apply` changing one rule of 100,000 | 40 ms | under 50 ms: met |"));
+        assert!(s.contains("policyroute's 3.0% forwarding overhead, the fwmark ip rules alone (nothing marked) cost 20.0%"));
+        assert!(s.contains("![benchmark plot](bench/results/bench.png)"));
+        assert!(s.contains("(bench/results/report.md)"));
+        assert!(!s.contains("\n## ",), "one section: {s}");
+    }
+}
