@@ -1,6 +1,15 @@
 //! Builds the eBPF programs in `policyroute-ebpf` (nightly, `-Z build-std=core`,
-//! bpfel-unknown-none) and copies the objects into OUT_DIR, where `src/object.rs` embeds them.
-//! `cargo xtask setup` installs what this needs (nightly rust-src, bpf-linker).
+//! bpfel-unknown-none) and copies the objects into OUT_DIR, where `src/kernel/objects.rs`
+//! embeds them. `cargo xtask setup` installs what this needs (nightly rust-src, bpf-linker).
+//!
+//! Why not aya-build: the version that goes with the pinned aya 0.14 set (aya-build 0.2.0;
+//! 0.2.1 needs rustc 1.98) runs `cargo build --package policyroute-ebpf` in the *calling*
+//! workspace, with no manifest path and no `--locked`. That needs the eBPF crate as a
+//! member and a build-dependency of this stable workspace: its nightly-only, `no_std`
+//! binaries would then be built for the host by `cargo clippy --workspace --all-targets`,
+//! and its dependencies would be resolved by this workspace's lockfile instead of its own
+//! (which pins aya-ebpf 0.2.1 and aya-build 0.2.0). Here the eBPF crate stays a workspace
+//! of its own, built with its own lockfile.
 use std::{
     env,
     path::{Path, PathBuf},

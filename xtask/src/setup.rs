@@ -50,6 +50,19 @@ fn nightly_rust_src() -> anyhow::Result<()> {
     if installed.lines().any(|l| l.starts_with("rust-src")) {
         return Ok(());
     }
+    // Add rust-src to the nightly the machine has rather than updating it: a newer nightly
+    // can ship a newer LLVM, which means rebuilding bpf-linker for it (and a nightly the
+    // pinned aya-ebpf was not tried with).
+    if output(Command::new("rustc").args(["+nightly", "--version"])).is_some() {
+        eprintln!("xtask: adding rust-src to the installed nightly toolchain");
+        return run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]));
+    }
     eprintln!("xtask: installing nightly toolchain with rust-src");
     run(Command::new("rustup").args([
         "toolchain",

@@ -150,7 +150,7 @@ fn forwarded(
         }),
         (false, false) => Err(ControlError::Disagree {
             dataplane: mark,
-            model: want,
+            reference: want,
         }),
     }
 }

@@ -28,8 +28,11 @@ pub enum ControlError {
     Plan(#[from] PlanError),
     #[error(transparent)]
     Kernel(#[from] KernelError),
-    #[error("the dataplane gives mark {dataplane:#x} but the reference model {model:#x}: please report this")]
-    Disagree { dataplane: u32, model: u32 },
+    #[error(
+        "the dataplane gives mark {dataplane:#x} but the reference classifier {reference:#x}: \
+         please report this"
+    )]
+    Disagree { dataplane: u32, reference: u32 },
     #[error("device {0} does not exist")]
     NoDevice(String),
 }

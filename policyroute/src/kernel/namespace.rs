@@ -11,7 +11,6 @@ use std::{
 /// /sys is remounted), so every command in one namespace sees the same file.
 const HINT_DIR: &str = "/run/policyroute";
 const BPFFS_ROOT: &str = "/sys/fs/bpf";
-const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
 /// Identifies the current network namespace: the inode of /proc/self/ns/net.
 pub fn id() -> io::Result<u64> {
@@ -82,7 +81,7 @@ fn is_bpffs(path: &Path) -> bool {
     };
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: valid C string and out pointer.
-    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type == libc::BPF_FS_MAGIC }
 }
 
 /// Mounts a pseudo filesystem (`bpf`, `cgroup2`) at `at`.
@@ -107,6 +106,7 @@ fn mount_fs(fstype: &std::ffi::CStr, at: &Path) -> io::Result<()> {
 
 /// Whether the process has what loading eBPF and changing routing needs.
 pub fn has_privileges() -> bool {
+    // From linux/capability.h; libc has no capability numbers.
     const CAP_NET_ADMIN: u32 = 12;
     const CAP_SYS_ADMIN: u32 = 21;
     const CAP_BPF: u32 = 39;
@@ -155,7 +155,6 @@ fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
 /// The network namespace cookie (what socket hooks compare to act only on sockets of this
 /// namespace).
 pub fn netns_cookie() -> io::Result<u64> {
-    const SO_NETNS_COOKIE: libc::c_int = 71;
     let sock =
         std::net::UdpSocket::bind("0.0.0.0:0").or_else(|_| std::net::UdpSocket::bind("[::]:0"))?;
     let mut cookie: u64 = 0;
@@ -165,7 +164,7 @@ pub fn netns_cookie() -> io::Result<u64> {
         libc::getsockopt(
             sock.as_raw_fd(),
             libc::SOL_SOCKET,
-            SO_NETNS_COOKIE,
+            libc::SO_NETNS_COOKIE,
             (&mut cookie as *mut u64).cast(),
             &mut len,
         )

@@ -29,7 +29,7 @@ const ATTACH_KEYS: &[&str] = &["ingress", "egress", "local", "local_cgroup"];
 pub const DEFAULT_STICKY_TIMEOUT: u32 = 300;
 
 /// Linux's IFNAMSIZ less the terminating NUL.
-const IFNAME_MAX: usize = 15;
+const IFNAME_MAX: usize = libc::IFNAMSIZ - 1;
 
 /// A gateway as read, with the spans the checks across gateways report at. `None`
 /// fields had an error already reported.
