@@ -1,10 +1,10 @@
 //! The `policyroute` command line.
-use std::path::PathBuf;
+use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use policyroute::{
-    control::{apply, explain, flush, status, Options},
+    control::{apply, drift, explain, flush, metrics, run, status, Options},
     policy::protocol,
     present,
 };
@@ -41,10 +41,38 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show hooks, gateways, rules with packet and byte counters, owned ip rules and routes.
+    /// Apply a policy file, then stay in the foreground and keep the kernel matching it
+    /// while links, addresses, routes and rules change: a device named in the policy may
+    /// appear later (its part waits for it). SIGHUP re-reads the file (a broken file is
+    /// reported and the running policy stays). SIGTERM/SIGINT exit and leave the dataplane
+    /// in place. Logs go to stderr. One per network namespace.
+    Run {
+        /// The policy file (TOML).
+        #[arg(short = 'c', long = "config", value_name = "FILE")]
+        config: PathBuf,
+        /// On SIGTERM/SIGINT, remove everything (as `flush`) instead of leaving it.
+        #[arg(long)]
+        flush_on_exit: bool,
+        /// Log one JSON object per line instead of text.
+        #[arg(long)]
+        json_log: bool,
+        /// Serve Prometheus metrics at http://ADDR:PORT/metrics (a bare PORT: loopback).
+        #[arg(long, value_name = "[ADDR:]PORT", value_parser = metrics::listen_address)]
+        metrics: Option<std::net::SocketAddr>,
+    },
+    /// Show hooks, gateways, rules with packet and byte counters, owned ip rules and
+    /// routes, the daemon, and drift from the applied policy. Exits 0 either way.
     Status {
         /// Print JSON (keys: rules[{name, mark, packets, bytes, ...}], gateways[{name, table,
-        /// mark, dev, ...}], hooks, ip_rules, routes).
+        /// mark, dev, ...}], hooks, ip_rules, routes, drift[{kind, change, object}],
+        /// daemon{pid, started, last_reconcile, last_error}).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Exit 1 when the kernel differs from the applied policy (drift), 0 when it matches:
+    /// for monitoring scripts and health checks.
+    Check {
+        /// Print the drift as JSON (a list of {kind, change, object}).
         #[arg(long)]
         json: bool,
     },
@@ -88,16 +116,19 @@ enum Command {
     },
 }
 
-fn main() {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = run(cli) {
-        // Our errors carry their cause in their own message; `{:#}` would repeat it.
-        eprintln!("policyroute: {e}");
-        std::process::exit(1);
+    match run_cli(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            // Our errors carry their cause in their own message; `{:#}` would repeat it.
+            eprintln!("policyroute: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run_cli(cli: Cli) -> anyhow::Result<ExitCode> {
     let opts = Options {
         bpffs_dir: cli.bpffs_dir,
         rt_tables: cli.rt_tables,
@@ -106,52 +137,95 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    rt.block_on(async {
-        match cli.command {
-            Command::Apply {
+    rt.block_on(dispatch(cli.command, opts))
+}
+
+async fn dispatch(command: Command, opts: Options) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Apply {
+            config,
+            dry_run,
+            json,
+        } => {
+            let report = apply::apply(&config, &opts, dry_run).await?;
+            print(json, &report, || present::apply(&report))?;
+        }
+        Command::Run {
+            config,
+            flush_on_exit,
+            json_log,
+            metrics,
+        } => {
+            init_logs(json_log);
+            let options = run::RunOptions {
                 config,
-                dry_run,
-                json,
-            } => {
-                let report = apply::apply(&config, &opts, dry_run).await?;
-                print(json, &report, || present::apply(&report))
-            }
-            Command::Status { json } => {
-                let s = status::status().await?;
-                print(json, &s, || present::status(&s))
-            }
-            Command::Explain {
+                flush_on_exit,
+                metrics,
+            };
+            run::run(&opts, &options).await?;
+        }
+        Command::Status { json } => {
+            let s = status::status(true).await?;
+            print(json, &s, || present::status(&s))?;
+        }
+        Command::Check { json } => return check(json).await,
+        Command::Explain {
+            iif,
+            local: _,
+            proto,
+            src,
+            sport,
+            dst,
+            dport,
+            dscp,
+            json,
+        } => {
+            let q = explain::Query {
                 iif,
-                local: _,
-                proto,
+                proto: parse_proto(&proto)?,
                 src,
                 sport,
                 dst,
                 dport,
                 dscp,
-                json,
-            } => {
-                let q = explain::Query {
-                    iif,
-                    proto: parse_proto(&proto)?,
-                    src,
-                    sport,
-                    dst,
-                    dport,
-                    dscp,
-                };
-                let e = explain::explain(&q).await?;
-                print(json, &e, || present::explain(&e))
-            }
-            Command::Flush { json } => {
-                let r = flush::flush(&opts).await?;
-                print(json, &r, || present::flush(&r))
-            }
+            };
+            let e = explain::explain(&q).await?;
+            print(json, &e, || present::explain(&e))?;
         }
+        Command::Flush { json } => {
+            let r = flush::flush(&opts).await?;
+            print(json, &r, || present::flush(&r))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn check(json: bool) -> anyhow::Result<ExitCode> {
+    let s = status::status(true).await?;
+    let items: &[drift::DriftItem] = &s.drift;
+    print(json, &items, || present::drift(items))?;
+    Ok(if items.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     })
 }
 
-fn print<T: serde::Serialize>(
+/// Lines on stderr with levels (journald adds the time), or one JSON object per line.
+fn init_logs(json: bool) {
+    use std::io::IsTerminal;
+    let logs = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false);
+    if json {
+        logs.json().init();
+    } else {
+        logs.without_time().init();
+    }
+}
+
+fn print<T: serde::Serialize + ?Sized>(
     json: bool,
     value: &T,
     text: impl FnOnce() -> String,

@@ -4,11 +4,12 @@ use std::fmt::Write as _;
 use crate::{
     control::{
         apply::Report,
+        drift::DriftItem,
         explain::{DecidedBy, Explanation},
         flush::FlushReport,
         status::{GatewayStatus, Status},
     },
-    kernel::netlink::RTPROT_POLICYROUTE,
+    kernel::{namespace::DaemonState, netlink::RTPROT_POLICYROUTE},
     plan::objects::{IpRoute, IpRule},
     policy::{matcher::Family, rt_tables},
 };
@@ -88,7 +89,45 @@ pub fn status(s: &Status) -> String {
     for r in &s.routes {
         let _ = writeln!(o, "  {}", route(r, &s.devices));
     }
+    let _ = writeln!(o, "\n{}", daemon(s.daemon.as_ref()));
+    let _ = write!(o, "\n{}", drift(&s.drift));
     warnings(&mut o, "\n", &s.warnings);
+    o
+}
+
+fn daemon(d: Option<&DaemonState>) -> String {
+    let Some(d) = d else {
+        return "daemon: none (`policyroute run` repairs drift as it happens)".into();
+    };
+    let last = d.last_reconcile.map_or("not yet".into(), ago);
+    let mut line = format!("daemon: PID {}, last reconcile {last}", d.pid);
+    if let Some(e) = &d.last_error {
+        let _ = write!(line, ", failing: {e}");
+    }
+    line
+}
+
+fn ago(unix_seconds: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    format!("{} s ago", now.saturating_sub(unix_seconds))
+}
+
+/// The drift list, as `status` and `check` show it.
+pub fn drift(items: &[DriftItem]) -> String {
+    if items.is_empty() {
+        return "drift: none (the kernel matches the applied policy)\n".into();
+    }
+    let mut o = String::from("drift:\n");
+    for d in items {
+        let what = match (d.kind, d.change) {
+            ("device", "missing") => format!("waiting for {}: it does not exist", d.object),
+            ("device", _) => format!("waiting for {}: down or without carrier", d.object),
+            _ => format!("{} {} {}", d.change, d.kind.replace('_', " "), d.object),
+        };
+        let _ = writeln!(o, "  {what}");
+    }
     o
 }
 

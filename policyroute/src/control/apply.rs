@@ -19,7 +19,7 @@ use crate::{
         self,
         objects::{Diff, IpRoute, IpRule},
         record::Record,
-        DataplaneStep, Observed, Plan,
+        DataplaneStep, Devices, Observed, Plan, Waiting,
     },
     policy::Policy,
     present::DeviceNames,
@@ -40,6 +40,8 @@ pub struct Report {
     /// A new dataplane (programs and maps) was (or would be) loaded.
     pub new_dataplane: bool,
     pub warnings: Vec<String>,
+    /// Devices the policy names whose part waits for them.
+    pub waiting: Vec<Waiting>,
     #[serde(skip)]
     pub devices: DeviceNames,
 }
@@ -61,6 +63,7 @@ impl Report {
             entries: InstallStats::default(),
             new_dataplane: matches!(plan.dataplane, DataplaneStep::Load(_)),
             warnings: plan.warnings.clone(),
+            waiting: plan.waiting.clone(),
             devices: observed
                 .links
                 .iter()
@@ -82,27 +85,36 @@ impl Report {
 pub async fn apply(path: &Path, opts: &Options, dry_run: bool) -> Result<Report, ControlError> {
     require_privileges()?;
     let policy = Policy::load(path, &opts.tables()?)?;
-    let _lock = lock()?;
     let nl = Netlink::new()?;
+    let source = path.display().to_string();
+    reconcile(&nl, opts, &policy, &source, Devices::Required, dry_run).await
+}
+
+/// Observe → plan → execute (or, for a dry run, preview) `policy`, under the namespace
+/// lock. `apply` runs it once; `run` on every change of the network.
+pub async fn reconcile(
+    nl: &Netlink,
+    opts: &Options,
+    policy: &Policy,
+    source: &str,
+    devices: Devices,
+    dry_run: bool,
+) -> Result<Report, ControlError> {
+    let _lock = lock()?;
     let links = nl.links().await?;
-    let cgroups: Vec<String> = plan::desired::local_cgroup(&policy).into_iter().collect();
+    let cgroups: Vec<String> = plan::desired::local_cgroup(policy).into_iter().collect();
     let mut installed = observe::installed(&links, &cgroups)?;
     let gateway_devices: Vec<&str> = policy.gateways.iter().map(|g| g.dev.as_str()).collect();
-    let observed = observe::observe(&nl, &links, &installed, &gateway_devices).await?;
+    let observed = observe::observe(nl, &links, &installed, &gateway_devices).await?;
     let (previous, unreadable) = previous_record(&installed);
-    let plan = plan::plan(
-        &policy,
-        &path.display().to_string(),
-        &observed,
-        previous.as_ref(),
-    )?;
+    let plan = plan::plan(policy, source, &observed, previous.as_ref(), devices)?;
     let mut report = Report::of(&plan, &observed, dry_run);
     report.warnings.extend(unreadable);
     if dry_run {
         report.entries = execute::preview_entries(&plan, &installed)?;
     } else {
-        report.entries =
-            execute::execute(&nl, opts, &plan, &mut installed, &mut report.warnings).await?;
+        let warnings = &mut report.warnings;
+        report.entries = execute::execute(nl, opts, &plan, &mut installed, warnings).await?;
     }
     Ok(report)
 }

@@ -27,7 +27,7 @@ pub async fn execute(
         Some((dp, entries)) => (Some(dp), entries),
         None => (None, InstallStats::default()),
     };
-    add_routing(nl, plan).await?;
+    let failed = add_routing(nl, plan).await;
     attachments(plan, dp.as_ref(), installed)?;
     remove_routing(nl, plan).await?;
     if let Some(dp) = dp.as_mut() {
@@ -36,6 +36,9 @@ pub async fn execute(
         }
     }
     namespace::set_cgroup_hints(&plan.cgroups).map_err(KernelError::io("recording cgroups"))?;
+    if !failed.is_empty() {
+        return Err(ControlError::Incomplete(failed));
+    }
     Ok(entries)
 }
 
@@ -97,16 +100,24 @@ fn dataplane(
 
 /// Routes first, then the rules that point at them, so marked traffic never meets an
 /// empty table.
-async fn add_routing(nl: &Netlink, plan: &Plan) -> Result<(), ControlError> {
+/// A route the kernel refuses (its gateway unreachable, say) does not stop the others or
+/// the rest of the apply; the failures are returned. (A rule whose table lacks its route
+/// only passes the traffic on to the next rule.)
+async fn add_routing(nl: &Netlink, plan: &Plan) -> Vec<NetlinkError> {
+    let mut failed = Vec::new();
     for route in &plan.routes.add {
-        ignore_exists(nl.add_route(route, RTPROT_POLICYROUTE).await)?;
+        if let Err(e) = ignore_exists(nl.add_route(route, RTPROT_POLICYROUTE).await) {
+            failed.push(e);
+        }
     }
     crash_point("routes");
     for rule in &plan.ip_rules.add {
-        ignore_exists(nl.add_rule(rule, RTPROT_POLICYROUTE).await)?;
+        if let Err(e) = ignore_exists(nl.add_rule(rule, RTPROT_POLICYROUTE).await) {
+            failed.push(e);
+        }
     }
     crash_point("rules");
-    Ok(())
+    failed
 }
 
 async fn remove_routing(nl: &Netlink, plan: &Plan) -> Result<(), ControlError> {

@@ -2,9 +2,12 @@
 //! execute; status; explain; flush). Decisions live in `plan`, kernel work in `kernel`,
 //! text in `present`.
 pub mod apply;
+pub mod drift;
 pub mod execute;
 pub mod explain;
 pub mod flush;
+pub mod metrics;
+pub mod run;
 pub mod status;
 
 use std::path::PathBuf;
@@ -35,6 +38,16 @@ pub enum ControlError {
     Disagree { dataplane: u32, reference: u32 },
     #[error("device {0} does not exist")]
     NoDevice(String),
+    #[error(transparent)]
+    Claim(#[from] crate::kernel::namespace::ClaimError),
+    /// Everything else was applied.
+    #[error("{} change(s) failed, everything else is in place:\n{}", .0.len(), lines(.0))]
+    Incomplete(Vec<NetlinkError>),
+}
+
+fn lines(errors: &[NetlinkError]) -> String {
+    let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
+    lines.join("\n")
 }
 
 /// Kernel-layer errors reach the CLI through [`KernelError`], whose messages they keep.

@@ -8,9 +8,10 @@ use serde::Serialize;
 
 use super::{require_privileges, ControlError};
 use crate::{
+    control::drift::DriftItem,
     kernel::{
         dataplane::Dataplane,
-        namespace,
+        namespace::{self, DaemonFile, DaemonState},
         netlink::{Netlink, RTPROT_POLICYROUTE},
         observe, record_store, KernelError,
     },
@@ -33,6 +34,11 @@ pub struct Status {
     pub rules: Vec<RuleStatus>,
     pub ip_rules: Vec<IpRule>,
     pub routes: Vec<IpRoute>,
+    /// What differs from the applied policy (empty: nothing). `policyroute check` exits 1
+    /// when it is not empty.
+    pub drift: Vec<DriftItem>,
+    /// The `policyroute run` daemon keeping this namespace, if one runs.
+    pub daemon: Option<DaemonState>,
     pub warnings: Vec<String>,
     /// Interface names by index, for rendering routes.
     #[serde(skip)]
@@ -69,7 +75,9 @@ pub struct RuleStatus {
     pub matches: String,
 }
 
-pub async fn status() -> Result<Status, ControlError> {
+/// What is installed; with `drift`, also how it differs from the applied policy (which
+/// reads the whole classifier map once).
+pub async fn status(drift: bool) -> Result<Status, ControlError> {
     require_privileges()?;
     let nl = Netlink::new()?;
     let links = nl.links().await?;
@@ -90,17 +98,26 @@ pub async fn status() -> Result<Status, ControlError> {
         rules: Vec::new(),
         ip_rules: nl.rules(RTPROT_POLICYROUTE).await?,
         routes: nl.routes(RTPROT_POLICYROUTE).await?,
+        drift: Vec::new(),
+        daemon: DaemonFile::running(),
         warnings: Vec::new(),
-        devices: links.into_iter().map(|l| (l.index, l.name)).collect(),
+        devices: links.iter().map(|l| (l.index, l.name.clone())).collect(),
     };
+    let mut record = None;
     if let Some(dp) = &installed.dataplane {
         match record_store::read_record(&dp.maps) {
-            Ok(Some(record)) => fill_from_record(&mut s, &record, dp)?,
+            Ok(Some(r)) => {
+                fill_from_record(&mut s, &r, dp)?;
+                record = Some(r);
+            }
             Ok(None) => s
                 .warnings
                 .push("the classifier holds no policy record".into()),
             Err(e) => s.warnings.push(e.to_string()),
         }
+    }
+    if drift {
+        s.drift = super::drift::drift(&nl, &links, &installed, record.as_ref()).await?;
     }
     Ok(s)
 }

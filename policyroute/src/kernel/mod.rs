@@ -4,6 +4,7 @@
 pub mod attach;
 pub mod bpf_syscalls;
 pub mod dataplane;
+pub mod events;
 pub mod maps;
 pub mod namespace;
 pub mod netlink;

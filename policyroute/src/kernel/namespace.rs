@@ -225,3 +225,91 @@ mod tests {
         );
     }
 }
+
+/// What `status` learns of a running `policyroute run`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DaemonState {
+    pub pid: u32,
+    /// Unix time (s) it started.
+    pub started: u64,
+    /// Unix time (s) of its last completed reconcile.
+    pub last_reconcile: Option<u64>,
+    /// The last reconcile's error, if it failed.
+    pub last_error: Option<String>,
+}
+
+/// `policyroute run`'s claim on this namespace: a flock on
+/// /run/policyroute/net-<inode>.daemon, which holds its [`DaemonState`]. At most one daemon
+/// per namespace; the file goes when it exits (after a SIGKILL it stays, unlocked, and
+/// the next daemon takes it over).
+pub struct DaemonFile {
+    file: File,
+    path: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimError {
+    #[error("another `policyroute run` (PID {0}) keeps this namespace")]
+    Held(u32),
+    #[error("the daemon file: {0}")]
+    Io(#[from] io::Error),
+}
+
+fn daemon_path() -> io::Result<PathBuf> {
+    Ok(Path::new(HINT_DIR).join(format!("{}.daemon", label()?)))
+}
+
+impl DaemonFile {
+    pub fn claim(state: &DaemonState) -> Result<Self, ClaimError> {
+        fs::create_dir_all(HINT_DIR)?;
+        let path = daemon_path()?;
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)?;
+        if flock(&file, libc::LOCK_EX | libc::LOCK_NB).is_err() {
+            let holder = read_state(&path).map_or(0, |s| s.pid);
+            return Err(ClaimError::Held(holder));
+        }
+        let mut claimed = Self { file, path };
+        claimed.write(state)?;
+        Ok(claimed)
+    }
+
+    /// Replaces the state readers see.
+    pub fn write(&mut self, state: &DaemonState) -> io::Result<()> {
+        use std::io::{Seek, Write};
+        let bytes = serde_json::to_vec(state).map_err(io::Error::other)?;
+        self.file.set_len(0)?;
+        self.file.seek(io::SeekFrom::Start(0))?;
+        self.file.write_all(&bytes)
+    }
+
+    /// The running daemon's state; `None` when no daemon holds the namespace.
+    pub fn running() -> Option<DaemonState> {
+        let path = daemon_path().ok()?;
+        let file = File::open(&path).ok()?;
+        // A lock we can take is nobody's: the file is a leftover of a killed daemon.
+        if flock(&file, libc::LOCK_SH | libc::LOCK_NB).is_ok() {
+            return None;
+        }
+        // The daemon rewrites the file in place; a read in the middle of that fails to
+        // parse and is simply tried again.
+        (0..3)
+            .find_map(|_| read_state(&path))
+            .or(Some(DaemonState::default()))
+    }
+}
+
+fn read_state(path: &Path) -> Option<DaemonState> {
+    serde_json::from_slice(&fs::read(path).ok()?).ok()
+}
+
+impl Drop for DaemonFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+        let _ = fs::remove_dir(HINT_DIR);
+    }
+}

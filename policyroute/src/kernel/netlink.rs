@@ -11,7 +11,7 @@ use futures::{Stream, TryStreamExt};
 use ipnet::IpNet;
 use netlink_packet_route::{
     address::{AddressAttribute, AddressMessage},
-    link::{LinkAttribute, LinkMessage},
+    link::{LinkAttribute, LinkFlags, LinkMessage},
     route::{
         RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteScope,
         RouteType, RouteVia,
@@ -66,6 +66,9 @@ pub enum NetlinkError {
 pub struct Link {
     pub index: u32,
     pub name: String,
+    /// Administratively up and with carrier (IFF_UP and IFF_LOWER_UP): routes through it
+    /// can be installed and carry traffic.
+    pub up: bool,
 }
 
 /// What `ip route get DST [from SRC] [iif DEV] mark MARK [ipproto P sport S dport D]` asks.
@@ -270,6 +273,10 @@ fn parse_link(link: &LinkMessage) -> Option<Link> {
         LinkAttribute::IfName(name) => Some(Link {
             index: link.header.index,
             name: name.clone(),
+            up: link
+                .header
+                .flags
+                .contains(LinkFlags::Up | LinkFlags::LowerUp),
         }),
         _ => None,
     })

@@ -120,6 +120,11 @@ pub async fn observe(
         }),
     };
     Ok(Observed {
+        down: links
+            .iter()
+            .filter(|l| !l.up)
+            .map(|l| l.name.clone())
+            .collect(),
         links: index_of,
         addresses,
         ip_rules: nl.rules(RTPROT_POLICYROUTE).await?.into_iter().collect(),

@@ -39,6 +39,9 @@ pub struct System<'a> {
     pub index_of: &'a BTreeMap<String, u32>,
     /// Global addresses of each device.
     pub addresses: &'a BTreeMap<String, Vec<IpAddr>>,
+    /// Devices that exist but are down or without carrier: their routes wait (the kernel
+    /// refuses a gateway it cannot reach, and removes the routes of a device going down).
+    pub down: &'a BTreeSet<String>,
 }
 
 /// Families a gateway routes: those of its next hops, or both for a device-only gateway.
@@ -56,16 +59,17 @@ fn default_route(family: Family) -> IpNet {
     }
 }
 
-/// The whole kernel state for `policy` (its devices were checked to exist).
+/// The kernel state for `policy`. What needs a device that is missing (routes, hooks,
+/// roles) or down (routes) is left out; the rest is the same as with every device there.
 pub fn desired(policy: &Policy, sys: &System<'_>) -> Desired {
     let mut d = Desired::default();
-    routing(policy, sys.index_of, &mut d);
+    routing(policy, sys, &mut d);
     sticky_and_local(policy, sys, &mut d);
     hooks(policy, sys.index_of, &mut d);
     d
 }
 
-fn routing(policy: &Policy, index_of: &BTreeMap<String, u32>, d: &mut Desired) {
+fn routing(policy: &Policy, sys: &System<'_>, d: &mut Desired) {
     let prio = policy.rule_priority;
     if policy.main_routes_first {
         for family in [Family::V4, Family::V6] {
@@ -80,15 +84,20 @@ fn routing(policy: &Policy, index_of: &BTreeMap<String, u32>, d: &mut Desired) {
         }
     }
     for gw in &policy.gateways {
-        let oif = index_of[&gw.dev];
+        let oif = sys
+            .index_of
+            .get(&gw.dev)
+            .filter(|_| !sys.down.contains(&gw.dev));
         for (family, gateway) in gateway_families(&gw.via) {
-            d.routes.insert(IpRoute {
-                family,
-                table: gw.table,
-                dst: default_route(family),
-                gateway,
-                oif,
-            });
+            if let Some(&oif) = oif {
+                d.routes.insert(IpRoute {
+                    family,
+                    table: gw.table,
+                    dst: default_route(family),
+                    gateway,
+                    oif,
+                });
+            }
             // One priority for all fwmark rules: marks are distinct, so their order does not
             // matter, and reordering gateways in the file changes nothing in the kernel.
             d.rules.insert(IpRule {
@@ -114,10 +123,12 @@ fn sticky_and_local(policy: &Policy, sys: &System<'_>, d: &mut Desired) {
             .map(Vec::as_slice)
             .unwrap_or_default();
         if gw.sticky {
-            let role = d.roles.entry(sys.index_of[&gw.dev]).or_default();
-            role.flags |= ROLE_RECORD;
-            role.mark = gw.mark & policy.mark_mask;
             d.control_flags |= CONTROL_STICKY | CONTROL_DEVICE_ROLES;
+            if let Some(&ifindex) = sys.index_of.get(&gw.dev) {
+                let role = d.roles.entry(ifindex).or_default();
+                role.flags |= ROLE_RECORD;
+                role.mark = gw.mark & policy.mark_mask;
+            }
         }
         if gw.sticky || policy.attach.local {
             for addr in addrs {
@@ -136,7 +147,9 @@ fn sticky_and_local(policy: &Policy, sys: &System<'_>, d: &mut Desired) {
         }
     }
     for dev in &policy.attach.ingress {
-        d.roles.entry(sys.index_of[dev]).or_default().flags |= ROLE_CLASSIFY;
+        if let Some(&ifindex) = sys.index_of.get(dev) {
+            d.roles.entry(ifindex).or_default().flags |= ROLE_CLASSIFY;
+        }
     }
 }
 
@@ -161,18 +174,20 @@ fn source(addrs: &[IpAddr]) -> GatewaySource {
 fn hooks(policy: &Policy, index_of: &BTreeMap<String, u32>, d: &mut Desired) {
     let sticky = policy.gateways.iter().filter(|g| g.sticky).map(|g| &g.dev);
     for dev in policy.attach.ingress.iter().chain(sticky) {
-        let ifindex = index_of[dev];
-        d.hooks.insert(Hook::TcxIngress {
-            dev: dev.clone(),
-            ifindex,
-        });
+        if let Some(&ifindex) = index_of.get(dev) {
+            d.hooks.insert(Hook::TcxIngress {
+                dev: dev.clone(),
+                ifindex,
+            });
+        }
     }
     for dev in &policy.attach.egress {
-        let ifindex = index_of[dev];
-        d.hooks.insert(Hook::TcxEgress {
-            dev: dev.clone(),
-            ifindex,
-        });
+        if let Some(&ifindex) = index_of.get(dev) {
+            d.hooks.insert(Hook::TcxEgress {
+                dev: dev.clone(),
+                ifindex,
+            });
+        }
     }
     if let Some(cgroup) = local_cgroup(policy) {
         for program in SOCK_PROGRAMS {

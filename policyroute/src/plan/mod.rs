@@ -14,6 +14,7 @@ use std::{
 };
 
 use policyroute_common::{DEFAULT_MAX_COUNTERS, DEFAULT_MAX_ENTRIES};
+use serde::Serialize;
 
 use compile::{compile_with_slots, CompileError, Compiled, ShapeDesc};
 use desired::Desired;
@@ -27,6 +28,8 @@ use crate::policy::{ConfigError, Policy};
 pub struct Observed {
     /// Interface index by name.
     pub links: BTreeMap<String, u32>,
+    /// Devices that exist but are down or have no carrier.
+    pub down: BTreeSet<String>,
     /// Routable (not link-local) addresses of devices, by name; at least those of the
     /// policy's gateway devices.
     pub addresses: BTreeMap<String, Vec<IpAddr>>,
@@ -117,6 +120,25 @@ pub enum DataplaneStep {
     Load(Capacity),
 }
 
+/// What a plan does about a device the policy names that does not exist.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Devices {
+    /// Refuse the policy: a one-shot `apply` most likely has a typo.
+    Required,
+    /// Leave out what needs the device until it appears, and say so (`run`, and `status`
+    /// judging drift).
+    Awaited,
+}
+
+/// A device the policy names whose part of the plan waits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Waiting {
+    pub dev: String,
+    /// `missing` (no such device: its routes, hooks and roles wait) or `down` (down or
+    /// without carrier: its routes wait).
+    pub reason: &'static str,
+}
+
 /// Everything an apply changes, decided before anything changes.
 #[derive(Clone, Debug)]
 pub struct Plan {
@@ -138,6 +160,8 @@ pub struct Plan {
     pub netns_cookie: u64,
     /// The cgroups the socket hooks go to (where later commands look for them).
     pub cgroups: Vec<String>,
+    /// Devices whose part waits for them.
+    pub waiting: Vec<Waiting>,
     pub warnings: Vec<String>,
 }
 
@@ -157,15 +181,30 @@ pub fn plan(
     source: &str,
     observed: &Observed,
     previous: Option<&Record>,
+    devices: Devices,
 ) -> Result<Plan, PlanError> {
-    policy.check_devices(|dev| observed.links.contains_key(dev))?;
+    if devices == Devices::Required {
+        policy.check_devices(|dev| observed.links.contains_key(dev))?;
+    }
     let desired = desired::desired(
         policy,
         &desired::System {
             index_of: &observed.links,
             addresses: &observed.addresses,
+            down: &observed.down,
         },
     );
+    let waiting = waiting(policy, observed);
+    let mut warnings: Vec<String> = waiting
+        .iter()
+        .filter(|w| w.reason == "down")
+        .map(|w| {
+            format!(
+                "{} is down or has no carrier: its routes wait for it",
+                w.dev
+            )
+        })
+        .collect();
     let slots = slots::assign(policy, previous);
     let shapes = observed
         .dataplane
@@ -178,7 +217,6 @@ pub fn plan(
         policy.mark_mask,
         &shapes,
     )?;
-    let mut warnings = Vec::new();
     let dataplane = dataplane_step(observed, &desired, &compiled, &mut warnings);
     let keep = match dataplane {
         DataplaneStep::Reuse { id, .. } => Some(id),
@@ -206,7 +244,33 @@ pub fn plan(
         attach,
         detach,
         warnings,
+        waiting,
     })
+}
+
+/// The policy's devices that are missing, and its gateways' devices that are down (only
+/// routes need a device up), each once, in policy order.
+fn waiting(policy: &Policy, observed: &Observed) -> Vec<Waiting> {
+    let gateways = policy.gateways.iter().map(|g| (&g.dev, true));
+    let attached = policy.attach.ingress.iter().chain(&policy.attach.egress);
+    let mut seen = BTreeSet::new();
+    gateways
+        .chain(attached.map(|dev| (dev, false)))
+        .filter(|(dev, _)| seen.insert(dev.as_str()))
+        .filter_map(|(dev, gateway)| {
+            let reason = if !observed.links.contains_key(dev) {
+                "missing"
+            } else if gateway && observed.down.contains(dev) {
+                "down"
+            } else {
+                return None;
+            };
+            Some(Waiting {
+                dev: dev.clone(),
+                reason,
+            })
+        })
+        .collect()
 }
 
 /// Reuse the dataplane in use when its maps hold the policy, else load a new one; none at

@@ -1,0 +1,151 @@
+//! `run --metrics ADDR:PORT`: `/metrics` in the Prometheus text format. Per-rule packets and
+//! bytes are read from the kernel at each scrape (what `status` shows); the daemon's own
+//! work is counted as it happens.
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{atomic::AtomicI64, Arc},
+};
+
+use http_body_util::Full;
+use hyper::{body::Bytes, server::conn::http1, service::service_fn, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::{
+    encoding::{text::encode, EncodeLabelSet},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use tokio::net::TcpListener;
+
+use super::status;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleLabel {
+    rule: String,
+}
+
+/// The daemon's counters.
+#[derive(Default)]
+pub struct Metrics {
+    reconciles: Counter,
+    repairs: Family<KindLabel, Counter>,
+    errors: Counter,
+    last_apply: Gauge<i64, AtomicI64>,
+}
+
+impl Metrics {
+    pub fn reconciled(&self) {
+        self.reconciles.inc();
+    }
+
+    /// `count` objects of `kind` (route, ip_rule, hook, classifier_entries) put right.
+    pub fn repaired(&self, kind: &str, count: u64) {
+        let label = KindLabel { kind: kind.into() };
+        self.repairs.get_or_create(&label).inc_by(count);
+    }
+
+    pub fn failed(&self) {
+        self.errors.inc();
+    }
+
+    /// A policy was applied (at start or on reload), at this Unix time.
+    pub fn applied(&self, unix_seconds: u64) {
+        self.last_apply
+            .set(i64::try_from(unix_seconds).unwrap_or(i64::MAX));
+    }
+
+    /// The exposition: the daemon's metrics and the rules' counters now.
+    pub async fn render(&self) -> String {
+        let mut registry = Registry::with_prefix("policyroute");
+        registry.register(
+            "reconciles",
+            "Reconcile passes (start, network events, reloads, periodic)",
+            self.reconciles.clone(),
+        );
+        registry.register(
+            "repairs",
+            "Objects added, replaced or removed to make the kernel match the policy",
+            self.repairs.clone(),
+        );
+        registry.register(
+            "errors",
+            "Reconcile passes and reloads that failed",
+            self.errors.clone(),
+        );
+        registry.register(
+            "last_apply_timestamp_seconds",
+            "Unix time the policy in force was applied",
+            self.last_apply.clone(),
+        );
+        let packets = Family::<RuleLabel, Counter>::default();
+        let bytes = Family::<RuleLabel, Counter>::default();
+        match status::status(false).await {
+            Ok(s) => {
+                for r in &s.rules {
+                    let label = RuleLabel {
+                        rule: r.name.clone(),
+                    };
+                    packets.get_or_create(&label).inc_by(r.packets);
+                    bytes.get_or_create(&label).inc_by(r.bytes);
+                }
+            }
+            Err(e) => tracing::warn!("metrics: reading the rule counters: {e}"),
+        }
+        registry.register("rule_packets", "Packets a rule classified", packets);
+        registry.register("rule_bytes", "Bytes a rule classified", bytes);
+        let mut out = String::new();
+        encode(&mut out, &registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// `PORT` binds to loopback; `ADDR:PORT` as given.
+pub fn listen_address(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    text.parse()
+        .map_err(|_| format!("{text:?} is not PORT or ADDRESS:PORT"))
+}
+
+/// Serves `/metrics` on `listener` until the process exits.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| respond(req, metrics.clone()));
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn respond<B>(
+    req: Request<B>,
+    metrics: Arc<Metrics>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let response = if req.uri().path() == "/metrics" {
+        Response::builder()
+            .header(
+                "content-type",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )
+            .body(Full::new(Bytes::from(metrics.render().await)))
+    } else {
+        Response::builder()
+            .status(StatusCode::NOT_FOUND)
+            .body(Full::new(Bytes::from_static(
+                b"only /metrics is served here\n",
+            )))
+    };
+    Ok(response.expect("a valid response"))
+}

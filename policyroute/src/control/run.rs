@@ -1,0 +1,301 @@
+//! `policyroute run`: apply the policy file, then keep the kernel matching it while the
+//! network changes. Every relevant rtnetlink event (links, addresses, routes, rules) leads,
+//! debounced, to one more pass of observe → plan → execute; a periodic pass is the safety
+//! net for what sends no event (a hook removed by hand). SIGHUP re-reads the file; SIGTERM
+//! and SIGINT exit and leave the dataplane in place.
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use tokio::{
+    net::TcpListener,
+    signal::unix::{signal, SignalKind},
+    time::{sleep_until, Instant},
+};
+use tracing::{error, info, warn};
+
+use super::{
+    apply::{reconcile, Report},
+    flush,
+    metrics::{self, Metrics},
+    require_privileges, ControlError, Options,
+};
+use crate::{
+    kernel::{
+        events::Events,
+        namespace::{DaemonFile, DaemonState},
+        netlink::Netlink,
+        KernelError,
+    },
+    plan::Devices,
+    policy::Policy,
+    present,
+};
+
+/// A burst of events is handled once: a pass starts when events have been quiet this
+/// long, or at the latest `DEBOUNCE_MAX` after the first.
+const DEBOUNCE_QUIET: Duration = Duration::from_millis(50);
+const DEBOUNCE_MAX: Duration = Duration::from_millis(250);
+/// The safety net: a full pass this often even without events.
+const PERIOD: Duration = Duration::from_secs(30);
+/// A failed pass is tried again after this, doubling up to `RETRY_MAX`.
+const RETRY_FIRST: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+pub struct RunOptions {
+    pub config: PathBuf,
+    /// Flush everything on SIGTERM/SIGINT instead of leaving the dataplane in place.
+    pub flush_on_exit: bool,
+    /// Serve `/metrics` here.
+    pub metrics: Option<SocketAddr>,
+}
+
+/// What the daemon keeps between passes.
+struct Daemon<'a> {
+    opts: &'a Options,
+    config: PathBuf,
+    source: String,
+    nl: Netlink,
+    policy: Policy,
+    metrics: Arc<Metrics>,
+    file: DaemonFile,
+    state: DaemonState,
+    /// When to try again after a failed pass.
+    retry: Option<(Instant, Duration)>,
+    /// Devices the last pass waited for, `dev (reason)`.
+    waiting: Vec<String>,
+    ready: bool,
+}
+
+pub async fn run(opts: &Options, run: &RunOptions) -> Result<(), ControlError> {
+    require_privileges()?;
+    let policy = Policy::load(&run.config, &opts.tables()?)?;
+    let state = DaemonState {
+        pid: std::process::id(),
+        started: unix_now(),
+        ..DaemonState::default()
+    };
+    let file = DaemonFile::claim(&state)?;
+    // Subscribed before the first pass, so no change between it and the loop is missed.
+    let mut events = Events::subscribe()?;
+    let metrics = Arc::new(Metrics::default());
+    if let Some(addr) = run.metrics {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(KernelError::io(format!("listening on {addr}")))?;
+        info!("serving metrics on http://{addr}/metrics");
+        tokio::spawn(metrics::serve(listener, metrics.clone()));
+    }
+    let mut daemon = Daemon {
+        opts,
+        config: run.config.clone(),
+        source: run.config.display().to_string(),
+        nl: Netlink::new()?,
+        policy,
+        metrics,
+        file,
+        state,
+        retry: None,
+        waiting: Vec::new(),
+        ready: false,
+    };
+    daemon.pass("start").await;
+    daemon.metrics.applied(unix_now());
+    let signals = daemon.serve(&mut events).await?;
+    if run.flush_on_exit {
+        let r = flush::flush(opts).await?;
+        info!("{signals}: flushed: {}", present::flush(&r).trim_end());
+    } else {
+        info!("{signals}: exiting; the dataplane stays in place (`policyroute flush` removes it)");
+    }
+    Ok(())
+}
+
+impl Daemon<'_> {
+    /// The event loop; returns the name of the signal that ended it.
+    async fn serve(&mut self, events: &mut Events) -> Result<&'static str, ControlError> {
+        let signal_error = |e| KernelError::Io {
+            what: "installing signal handlers".into(),
+            source: e,
+        };
+        let mut hup = signal(SignalKind::hangup()).map_err(signal_error)?;
+        let mut term = signal(SignalKind::terminate()).map_err(signal_error)?;
+        let mut int = signal(SignalKind::interrupt()).map_err(signal_error)?;
+        let mut periodic = tokio::time::interval_at(Instant::now() + PERIOD, PERIOD);
+        // (first event of the burst, deadline)
+        let mut pending: Option<(Instant, Instant)> = None;
+        loop {
+            let due = pending.map(|(_, d)| d).or(self.retry.map(|(at, _)| at));
+            tokio::select! {
+                change = events.next() => {
+                    let Some(change) = change else {
+                        error!("the rtnetlink event subscription ended; relying on the periodic pass");
+                        return self.without_events(&mut hup, &mut term, &mut int).await;
+                    };
+                    let now = Instant::now();
+                    let first = pending.map_or(now, |(f, _)| f);
+                    pending = Some((first, (now + DEBOUNCE_QUIET).min(first + DEBOUNCE_MAX)));
+                    tracing::debug!("{} changed", change.as_str());
+                }
+                _ = sleep_until(due.unwrap_or_else(far_future)), if due.is_some() => {
+                    let why = if pending.take().is_some() { "network change" } else { "retry" };
+                    self.pass(why).await;
+                }
+                _ = periodic.tick() => self.pass("periodic").await,
+                _ = hup.recv() => self.reload().await,
+                _ = term.recv() => return Ok("SIGTERM"),
+                _ = int.recv() => return Ok("SIGINT"),
+            }
+        }
+    }
+
+    /// Keeps reconciling on the periodic pass when events are gone.
+    async fn without_events(
+        &mut self,
+        hup: &mut tokio::signal::unix::Signal,
+        term: &mut tokio::signal::unix::Signal,
+        int: &mut tokio::signal::unix::Signal,
+    ) -> Result<&'static str, ControlError> {
+        let mut periodic = tokio::time::interval(PERIOD);
+        loop {
+            tokio::select! {
+                _ = periodic.tick() => self.pass("periodic").await,
+                _ = hup.recv() => self.reload().await,
+                _ = term.recv() => return Ok("SIGTERM"),
+                _ = int.recv() => return Ok("SIGINT"),
+            }
+        }
+    }
+
+    /// SIGHUP: the file again. A broken file changes nothing in the kernel.
+    async fn reload(&mut self) {
+        let loaded = self
+            .opts
+            .tables()
+            .and_then(|tables| Policy::load(&self.config, &tables).map_err(ControlError::from));
+        match loaded {
+            Ok(policy) => {
+                info!("SIGHUP: {} reloaded", self.source);
+                self.policy = policy;
+                self.pass("reload").await;
+                self.metrics.applied(unix_now());
+            }
+            Err(e) => {
+                self.metrics.failed();
+                error!("SIGHUP: {e}");
+                error!("SIGHUP: the running policy stays in force");
+            }
+        }
+    }
+
+    /// One observe → plan → execute pass; failures are logged and retried.
+    async fn pass(&mut self, why: &str) {
+        let result = reconcile(
+            &self.nl,
+            self.opts,
+            &self.policy,
+            &self.source,
+            Devices::Awaited,
+            false,
+        )
+        .await;
+        self.metrics.reconciled();
+        match result {
+            Ok(report) => self.passed(why, &report),
+            Err(e) => self.failed(why, &e),
+        }
+        if let Err(e) = self.file.write(&self.state) {
+            warn!("updating the daemon file: {e}");
+        }
+    }
+
+    fn passed(&mut self, why: &str, report: &Report) {
+        self.retry = None;
+        self.state.last_reconcile = Some(unix_now());
+        self.state.last_error = None;
+        for (kind, count) in repairs(report) {
+            self.metrics.repaired(kind, count);
+        }
+        if report.changed() {
+            for line in present::apply(report).lines() {
+                info!("{why}: {line}");
+            }
+        }
+        let waiting: Vec<String> = report
+            .waiting
+            .iter()
+            .map(|w| format!("{} ({})", w.dev, w.reason))
+            .collect();
+        // Said once per change, not on every pass.
+        if waiting != self.waiting {
+            if waiting.is_empty() {
+                info!("{why}: no device is waited for any more");
+            } else {
+                warn!("{why}: waiting for {}", waiting.join(", "));
+            }
+            self.waiting = waiting;
+        }
+        let rules = self.policy.rules.len();
+        let status = match self.waiting.as_slice() {
+            [] => format!("{rules} rule(s) in force"),
+            w => format!("{rules} rule(s) in force; waiting for {}", w.join(", ")),
+        };
+        let mut notify = vec![sd_notify::NotifyState::Status(&status)];
+        if !self.ready {
+            self.ready = true;
+            info!("{}: in force ({status})", self.source);
+            notify.push(sd_notify::NotifyState::Ready);
+        }
+        // Outside systemd (no NOTIFY_SOCKET) this does nothing.
+        let _ = sd_notify::notify(&notify);
+    }
+
+    fn failed(&mut self, why: &str, e: &ControlError) {
+        self.metrics.failed();
+        self.state.last_error = Some(e.to_string());
+        let backoff = self
+            .retry
+            .map_or(RETRY_FIRST, |(_, b)| (b * 2).min(RETRY_MAX));
+        self.retry = Some((Instant::now() + backoff, backoff));
+        error!("{why}: {e}; trying again in {} ms", backoff.as_millis());
+        let status = format!("failing: {e}");
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&status)]);
+    }
+}
+
+/// Objects a pass changed, by kind.
+fn repairs(report: &Report) -> Vec<(&'static str, u64)> {
+    let e = &report.entries;
+    let count = |n: usize| n as u64;
+    [
+        (
+            "route",
+            count(report.routes.add.len() + report.routes.remove.len()),
+        ),
+        (
+            "ip_rule",
+            count(report.ip_rules.add.len() + report.ip_rules.remove.len()),
+        ),
+        ("hook", count(report.attach.len() + report.detach.len())),
+        (
+            "classifier_entries",
+            count(e.inserted + e.updated + e.removed),
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, n)| *n > 0)
+    .collect()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400)
+}
