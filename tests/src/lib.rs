@@ -4,6 +4,7 @@ pub mod bench_net;
 pub mod cgroup;
 pub mod classifier;
 pub mod cli;
+pub mod daemon;
 pub mod files;
 pub mod netns;
 pub mod probe;
