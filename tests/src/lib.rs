@@ -4,7 +4,7 @@ pub mod bench_net;
 pub mod cgroup;
 pub mod classifier;
 pub mod cli;
-pub mod files;
+pub mod fixture;
 pub mod netns;
 pub mod probe;
 pub mod random;
