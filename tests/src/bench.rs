@@ -11,6 +11,8 @@ use std::{
 
 use serde_json::{json, Value};
 
+use crate::fixture::TempFile;
+
 /// `bench/results/` of the workspace (or `$POLICYROUTE_BENCH_DIR`), created when missing.
 pub fn results_dir() -> PathBuf {
     let dir = std::env::var_os("POLICYROUTE_BENCH_DIR")
@@ -27,6 +29,14 @@ pub fn write_result(name: &str, contents: &str) {
     eprintln!("wrote {}", path.display());
 }
 
+/// Prints `md` and writes it to `bench/results/NAME.md`, and `json` to `NAME.json`.
+pub fn write_results(name: &str, md: &str, json: &Value) {
+    println!("{md}");
+    write_result(&format!("{name}.md"), md);
+    let json = serde_json::to_string_pretty(json).expect("results as JSON");
+    write_result(&format!("{name}.json"), &json);
+}
+
 /// Reads `bench/results/NAME` as JSON, if a run wrote it.
 pub fn read_json(name: &str) -> Option<Value> {
     let text = fs::read_to_string(results_dir().join(name)).ok()?;
@@ -40,6 +50,9 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
+
+/// Policy sizes the classifier and end-to-end benchmarks measure at.
+pub const SIZES: [usize; 4] = [1, 1_000, 10_000, 100_000];
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Spread {
@@ -152,6 +165,23 @@ pub fn environment() -> Value {
     })
 }
 
+/// The symbol lines of a `perf report --stdio` (they start with the percentage) that `keep`
+/// accepts, trimmed: the first 25.
+pub fn perf_symbols(report: &[u8], keep: impl Fn(&str) -> bool) -> Vec<String> {
+    String::from_utf8_lossy(report)
+        .lines()
+        .filter(|l| {
+            l.trim_start()
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_digit())
+        })
+        .filter(|l| keep(l))
+        .take(25)
+        .map(|l| l.trim().to_string())
+        .collect()
+}
+
 /// A child process's exit, wall time and peak resident memory.
 pub struct Measured {
     pub status: ExitStatus,
@@ -167,12 +197,12 @@ pub struct Measured {
 /// Runs `cmd` (stdin closed, output captured through files so a chatty child cannot block)
 /// and reaps it with wait4 for its resource usage; kills it past `cap`.
 pub fn measure(cmd: &mut Command, cap: Duration) -> Measured {
-    let dir = std::env::temp_dir();
-    let tag = format!("prt-bench-{}-{}", std::process::id(), unique());
-    let out_path = dir.join(format!("{tag}.out"));
-    let err_path = dir.join(format!("{tag}.err"));
-    let out = fs::File::create(&out_path).expect("temp file");
-    let err = fs::File::create(&err_path).expect("temp file");
+    let (out_file, err_file) = (
+        TempFile::new("bench.out", ""),
+        TempFile::new("bench.err", ""),
+    );
+    let out = fs::File::create(&out_file.path).expect("temp file");
+    let err = fs::File::create(&err_file.path).expect("temp file");
     let start = Instant::now();
     let child = cmd
         .stdin(Stdio::null())
@@ -223,38 +253,15 @@ pub fn measure(cmd: &mut Command, cap: Duration) -> Measured {
     drop(child);
     // SAFETY: closing the pidfd we opened.
     unsafe { libc::close(pidfd) };
-    let read = |p: &PathBuf| {
-        let s = fs::read_to_string(p).unwrap_or_default();
-        let _ = fs::remove_file(p);
-        s
-    };
+    let read = |f: &TempFile| fs::read_to_string(&f.path).unwrap_or_default();
     Measured {
         status: ExitStatus::from_raw(status),
         wall,
         max_rss_kib,
-        stdout: read(&out_path),
-        stderr: read(&err_path),
+        stdout: read(&out_file),
+        stderr: read(&err_file),
         timed_out,
     }
-}
-
-fn unique() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    N.fetch_add(1, Ordering::Relaxed)
-}
-
-/// Runs a shell-free command and panics with its stderr when it fails.
-pub fn must(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Pins the calling thread (and what it spawns later) to one CPU.
@@ -305,11 +312,4 @@ pub fn policy_toml(n: usize, changed: Option<usize>) -> String {
         );
     }
     s
-}
-
-/// Writes `contents` to a file of this process in the temp directory.
-pub fn temp_file(name: &str, contents: &str) -> PathBuf {
-    let path = std::env::temp_dir().join(format!("prt-bench-{}-{name}", std::process::id()));
-    fs::write(&path, contents).expect("write temp file");
-    path
 }

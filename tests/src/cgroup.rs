@@ -35,6 +35,11 @@ impl Cgroup {
         }
     }
 
+    /// The `[attach]` keys that hook the sockets of this cgroup, and no others.
+    pub fn attach_local(&self) -> String {
+        format!("local = true\nlocal_cgroup = \"{}\"\n", self.path)
+    }
+
     pub fn dir_arg(&self) -> &str {
         self.dir.to_str().expect("utf-8")
     }

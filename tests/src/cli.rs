@@ -5,7 +5,7 @@ use std::{
     process::{Command, ExitStatus},
 };
 
-use crate::netns::NetNs;
+use crate::{fixture::TempFile, netns::NetNs};
 
 /// The binary under test: `$POLICYROUTE_BIN`, else `policyroute` next to the test
 /// executable's `deps/` directory (`cargo xtask test` builds it first).
@@ -60,6 +60,13 @@ pub fn ok(ns: &NetNs, args: &[&str]) -> String {
         out.stdout
     );
     out.stdout
+}
+
+/// `apply -c FILE` of `policy` (TOML text), asserted to succeed; returns stdout. The file
+/// goes when the apply is done: nothing reads it later.
+pub fn apply(ns: &NetNs, policy: &str) -> String {
+    let file = TempFile::new("policy.toml", policy);
+    ok(ns, &["apply", "-c", file.arg()])
 }
 
 pub fn json(ns: &NetNs, args: &[&str]) -> serde_json::Value {

@@ -5,7 +5,7 @@ pub mod cgroup;
 pub mod classifier;
 pub mod cli;
 pub mod daemon;
-pub mod files;
+pub mod fixture;
 pub mod netns;
 pub mod probe;
 pub mod random;

@@ -35,6 +35,11 @@ impl NetNs {
         run("ip", &full)
     }
 
+    /// `ip ARGS` inside the namespace, the arguments split at white space.
+    pub fn ip(&self, args: &str) -> String {
+        self.exec("ip", &args.split_whitespace().collect::<Vec<_>>())
+    }
+
     /// Moves the calling thread into the namespace until the guard drops.
     pub fn enter(&self) -> Entered<'_> {
         let home = File::open("/proc/thread-self/ns/net").expect("open own netns");

@@ -17,7 +17,10 @@ use std::{
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::netns::NetNs;
+use crate::{
+    fixture::{address, veth},
+    netns::NetNs,
+};
 
 pub const LAN_HOST: &str = "192.0.2.10";
 pub const LAN_HOST_ALT: &str = "192.0.2.99";
@@ -52,31 +55,6 @@ pub struct Arrival {
     pub at: Place,
     /// The source address and port the receiver saw.
     pub peer: SocketAddr,
-}
-
-fn veth(a: &NetNs, a_dev: &str, b: &NetNs, b_dev: &str) {
-    a.exec(
-        "ip",
-        &[
-            "link", "add", a_dev, "type", "veth", "peer", "name", b_dev, "netns", &b.name,
-        ],
-    );
-    a.exec("ip", &["link", "set", a_dev, "up"]);
-    b.exec("ip", &["link", "set", b_dev, "up"]);
-}
-
-fn addr(ns: &NetNs, dev: &str, cidr: &str) {
-    if cidr.contains(':') {
-        ns.exec("ip", &["-6", "addr", "add", cidr, "dev", dev, "nodad"]);
-    } else {
-        ns.exec("ip", &["addr", "add", cidr, "dev", dev]);
-    }
-}
-
-fn route(ns: &NetNs, args: &[&str]) {
-    let mut full = vec!["route", "add"];
-    full.extend_from_slice(args);
-    ns.exec("ip", &full);
 }
 
 /// Forwarding on, reverse-path filtering off (replies from the second uplink come back on
@@ -133,25 +111,30 @@ impl Topology {
             (up2, "eth0", "203.0.113.2/24"),
             (up2, "eth0", "2001:db8:b::2/64"),
         ] {
-            addr(ns, dev, cidr);
+            address(ns, dev, cidr);
         }
-        route(lan, &["default", "via", "192.0.2.1"]);
-        route(lan, &["default", "via", "2001:db8:1::1"]);
-        route(lan2, &["default", "via", "192.0.2.129"]);
-        route(lan2, &["default", "via", "2001:db8:2::1"]);
-        route(r, &["default", "via", "198.51.100.2"]);
-        route(r, &["default", "via", "2001:db8:a::2"]);
+        for (ns, via) in [
+            (lan, "192.0.2.1"),
+            (lan, "2001:db8:1::1"),
+            (lan2, "192.0.2.129"),
+            (lan2, "2001:db8:2::1"),
+            (r, "198.51.100.2"),
+            (r, "2001:db8:a::2"),
+        ] {
+            ns.ip(&format!("route add default via {via}"));
+        }
         for (up, router_addr, router_addr6) in [
             (up1, "198.51.100.1", "2001:db8:a::1"),
             (up2, "203.0.113.1", "2001:db8:b::1"),
         ] {
             for a in INTERNET {
                 let len = if a.contains(':') { "128" } else { "32" };
-                addr(up, "lo", &format!("{a}/{len}"));
+                address(up, "lo", &format!("{a}/{len}"));
             }
-            route(up, &["192.0.2.0/24", "via", router_addr]);
-            route(up, &["2001:db8:1::/64", "via", router_addr6]);
-            route(up, &["2001:db8:2::/64", "via", router_addr6]);
+            up.ip(&format!("route add 192.0.2.0/24 via {router_addr}"));
+            for lan in ["2001:db8:1::/64", "2001:db8:2::/64"] {
+                up.ip(&format!("route add {lan} via {router_addr6}"));
+            }
         }
     }
 
@@ -177,6 +160,22 @@ impl Topology {
                 bind(SocketAddr::new(dst, port)).ok().map(|s| (place, s))
             })
             .collect()
+    }
+
+    /// [`Self::tcp`] or [`Self::udp`], as `proto` ("tcp" or "udp") says.
+    pub fn flow(
+        &self,
+        proto: &str,
+        src: &str,
+        sport: u16,
+        dst: &str,
+        dport: u16,
+    ) -> Option<Arrival> {
+        match proto {
+            "tcp" => self.tcp(src, sport, dst, dport),
+            "udp" => self.udp(src, sport, dst, dport),
+            other => panic!("no probe for {other}"),
+        }
     }
 
     /// Sends one UDP datagram from the LAN host (`src`, `sport`) to `dst:dport` and reports

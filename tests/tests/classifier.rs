@@ -1,32 +1,12 @@
 //! The real loaded classifier, run by BPF_PROG_TEST_RUN on crafted frames. Every run is
 //! also checked against the reference model (see `Classifier::mark`).
-use std::net::IpAddr;
-
-use policyroute::reference::frame::{ExtHeader, FrameSpec};
-use policyroute_tests::{classifier::Classifier, netns::NetNs, rules::rule};
-
-const TCP: u8 = 6;
-const UDP: u8 = 17;
-const ICMP: u8 = 1;
-const ICMPV6: u8 = 58;
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
-
-fn v4(proto: u8, sport: u16, dport: u16) -> FrameSpec {
-    FrameSpec::new(proto, ip("192.0.2.10"), sport, ip("198.51.100.20"), dport)
-}
-
-fn v6(proto: u8, sport: u16, dport: u16) -> FrameSpec {
-    FrameSpec::new(
-        proto,
-        ip("2001:db8:1::10"),
-        sport,
-        ip("2001:db8:2::20"),
-        dport,
-    )
-}
+use policyroute::reference::frame::ExtHeader;
+use policyroute_tests::{
+    classifier::Classifier,
+    fixture::{frame4 as v4, frame6 as v6, ip, ICMP, ICMPV6, TCP, UDP},
+    netns::NetNs,
+    rules::rule,
+};
 
 /// Runs `body` with a freshly loaded classifier inside a throwaway network namespace.
 fn with_classifier(tag: &str, body: impl FnOnce(&mut Classifier)) {

@@ -11,34 +11,20 @@ use std::{
 use policyroute_tests::{
     cli,
     daemon::{within, Daemon},
-    files::TempFile,
+    fixture::{self, TempFile, GATEWAY_ISP2, RULES_WEB_DNS},
     netns::NetNs,
     topology::{Arrival, Place, Topology, LAN_HOST, LAN_HOST6},
 };
 
-const POLICY: &str = r#"
-[[gateway]]
-name = "isp2"
-dev = "wan2"
-via = ["203.0.113.2", "2001:db8:b::2"]
-table = 100
-sticky = true
+/// A probe rule of its own, so reloads can change `web` without touching it.
+const UDP_9999: &str =
+    "[[rule]]\nname = \"udp-9999\"\nproto = \"udp\"\ndport = 9999\ngateway = \"isp2\"\n";
 
-[[rule]]
-name = "web"
-proto = "tcp"
-dport = [80, 443]
-gateway = "isp2"
-
-[[rule]]
-name = "udp-9999"
-proto = "udp"
-dport = 9999
-gateway = "isp2"
-
-[attach]
-ingress = ["lan0"]
-"#;
+/// Web, DNS and UDP 9999 through isp2, a sticky gateway (its address gets a `from` rule).
+fn policy() -> String {
+    let gateway = format!("{GATEWAY_ISP2}sticky = true\n");
+    fixture::policy(&gateway, &[RULES_WEB_DNS, UDP_9999], "ingress = [\"lan0\"]")
+}
 
 const REPAIR: Duration = Duration::from_secs(2);
 
@@ -98,7 +84,7 @@ fn flap(ns: &NetNs, down_for: Duration) -> Instant {
 #[test]
 fn link_flaps_are_repaired_within_two_seconds() {
     let t = topology("flap");
-    let file = TempFile::new("flap.toml", POLICY);
+    let file = TempFile::new("flap.toml", &policy());
     let d = Daemon::start(&t.router, file.arg(), &[], &[]);
     d.ready();
     web_goes_via_isp2(&t);
@@ -128,7 +114,7 @@ fn link_flaps_are_repaired_within_two_seconds() {
 #[test]
 fn manual_damage_is_repaired() {
     let t = topology("damage");
-    let file = TempFile::new("damage.toml", POLICY);
+    let file = TempFile::new("damage.toml", &policy());
     let d = Daemon::start(&t.router, file.arg(), &[], &[]);
     d.ready();
     t.router
@@ -150,7 +136,7 @@ fn manual_damage_is_repaired() {
 #[test]
 fn sticky_from_rules_follow_an_address_change() {
     let t = topology("addr");
-    let file = TempFile::new("addr.toml", POLICY);
+    let file = TempFile::new("addr.toml", &policy());
     let d = Daemon::start(&t.router, file.arg(), &[], &[]);
     d.ready();
     let rules = |ns: &NetNs| ns.exec("ip", &["-4", "rule", "show"]);
@@ -207,7 +193,7 @@ fn a_device_that_appears_later_gets_its_hook() {
     t.router.exec("ip", &["link", "set", "lan0", "down"]);
     t.router
         .exec("ip", &["link", "set", "lan0", "name", "lanlater"]);
-    let file = TempFile::new("late.toml", POLICY);
+    let file = TempFile::new("late.toml", &policy());
     let d = Daemon::start(&t.router, file.arg(), &[], &[]);
     d.ready();
     let status = cli::ok(&t.router, &["status"]);
@@ -227,11 +213,11 @@ fn a_device_that_appears_later_gets_its_hook() {
 #[test]
 fn sighup_applies_a_changed_rule_and_loses_no_packet() {
     let t = topology("hup");
-    let file = TempFile::new("hup.toml", POLICY);
+    let file = TempFile::new("hup.toml", &policy());
     let d = Daemon::start(&t.router, file.arg(), &[], &[]);
     d.ready();
     const PROBES: usize = 300;
-    let changed = POLICY.replace("dport = [80, 443]", "dport = [8080]");
+    let changed = policy().replace("dport = [80, 443]", "dport = [8080]");
     let arrived = t.expect_udp("198.18.0.1", 9999, PROBES, || {
         let sender = {
             let _in = t.lan.enter();
@@ -265,10 +251,14 @@ fn sighup_applies_a_changed_rule_and_loses_no_packet() {
 #[test]
 fn sighup_with_a_broken_file_keeps_the_running_policy() {
     let t = topology("broken");
-    let file = TempFile::new("broken.toml", POLICY);
+    let file = TempFile::new("broken.toml", &policy());
     let d = Daemon::start(&t.router, file.arg(), &[], &[]);
     d.ready();
-    std::fs::write(&file.path, POLICY.replace("dport = 9999", "dport = \"x\"")).unwrap();
+    std::fs::write(
+        &file.path,
+        policy().replace("dport = 9999", "dport = \"x\""),
+    )
+    .unwrap();
     d.signal(libc::SIGHUP);
     assert!(
         d.wait_log(
@@ -298,7 +288,7 @@ fn web_status(ns: &NetNs) -> (u64, u64) {
 #[test]
 fn after_sigkill_the_dataplane_forwards_and_the_next_run_adopts_it() {
     let t = topology("kill");
-    let file = TempFile::new("kill.toml", POLICY);
+    let file = TempFile::new("kill.toml", &policy());
     let mut d = Daemon::start(&t.router, file.arg(), &[], &[]);
     d.ready();
     assert_eq!(place(t.tcp(LAN_HOST, 0, "198.18.0.1", 80)), Place::Up2);
@@ -316,7 +306,7 @@ fn after_sigkill_the_dataplane_forwards_and_the_next_run_adopts_it() {
 #[test]
 fn a_second_run_in_the_namespace_names_the_first() {
     let t = topology("twice");
-    let file = TempFile::new("twice.toml", POLICY);
+    let file = TempFile::new("twice.toml", &policy());
     let d = Daemon::start(&t.router, file.arg(), &[], &[]);
     d.ready();
     let second = cli::run(&t.router, &["run", "-c", file.arg()]);
@@ -332,7 +322,7 @@ fn a_second_run_in_the_namespace_names_the_first() {
 #[test]
 fn status_and_check_report_drift_that_run_repairs() {
     let t = topology("drift");
-    let file = TempFile::new("drift.toml", POLICY);
+    let file = TempFile::new("drift.toml", &policy());
     cli::ok(&t.router, &["apply", "-c", file.arg()]);
     assert!(cli::run(&t.router, &["check"]).status.success());
     flap(&t.router, Duration::from_millis(100));
@@ -361,7 +351,7 @@ fn status_and_check_report_drift_that_run_repairs() {
 #[test]
 fn readiness_is_sent_to_the_notify_socket() {
     let t = topology("notify");
-    let file = TempFile::new("notify.toml", POLICY);
+    let file = TempFile::new("notify.toml", &policy());
     let path = std::env::temp_dir().join(format!("prt-{}-notify.sock", std::process::id()));
     let _ = std::fs::remove_file(&path);
     let socket = UnixDatagram::bind(&path).expect("bind the notify socket");
@@ -379,7 +369,7 @@ fn readiness_is_sent_to_the_notify_socket() {
     let message = String::from_utf8_lossy(&buf[..n]).into_owned();
     let _ = std::fs::remove_file(&path);
     assert!(message.lines().any(|l| l == "READY=1"), "{message}");
-    assert!(message.contains("STATUS=2 rule(s) in force"), "{message}");
+    assert!(message.contains("STATUS=3 rule(s) in force"), "{message}");
     drop(d);
 }
 
@@ -445,7 +435,7 @@ fn sample(text: &str, name: &str) -> f64 {
 #[test]
 fn metrics_count_real_traffic() {
     let t = topology("metrics");
-    let file = TempFile::new("metrics.toml", POLICY);
+    let file = TempFile::new("metrics.toml", &policy());
     let d = Daemon::start(&t.router, file.arg(), &["--metrics", "9464"], &[]);
     d.ready();
     let web = "policyroute_rule_packets_total{rule=\"web\"}";

@@ -3,41 +3,18 @@
 use policyroute_tests::{
     cgroup::Cgroup,
     cli,
-    files::TempFile,
+    fixture::{self, GATEWAY_ISP2, RULES_BY_FIELD},
     probe,
-    topology::{Arrival, Place, Topology, INTERNET, LAN_HOST, LAN_HOST6, LAN_HOST_ALT},
+    topology::{Place, Topology, INTERNET, LAN_HOST, LAN_HOST6, LAN_HOST_ALT},
 };
 use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
 
-fn policy(cg: &Cgroup) -> String {
-    format!(
-        r#"
-[[gateway]]
-name = "isp2"
-dev = "wan2"
-via = ["203.0.113.2", "2001:db8:b::2"]
-table = 100
-
-[[rule]]
-name = "web"
-proto = "tcp"
-dport = [80, 443]
-gateway = "isp2"
-
-[[rule]]
+/// Besides a rule for each field: a source port range, a `mark = 0` exception and a rule
+/// of destination, protocol and port range at once.
+const RULES: &str = r#"[[rule]]
 name = "mdns-sport"
 proto = "udp"
 sport = "5353-5354"
-gateway = "isp2"
-
-[[rule]]
-name = "from-alt"
-src = "192.0.2.99/32"
-gateway = "isp2"
-
-[[rule]]
-name = "to-net1"
-dst = "198.18.1.0/24"
 gateway = "isp2"
 
 [[rule]]
@@ -52,14 +29,11 @@ dst = "2001:db8:ffff::/48"
 proto = "udp"
 dport = "50-60"
 gateway = "isp2"
+"#;
 
-[attach]
-ingress = ["lan0"]
-local = true
-local_cgroup = "{}"
-"#,
-        cg.path
-    )
+fn policy(cg: &Cgroup) -> String {
+    let attach = format!("ingress = [\"lan0\"]\n{}", cg.attach_local());
+    fixture::policy(GATEWAY_ISP2, &[RULES_BY_FIELD, RULES], &attach)
 }
 
 fn uplink(dev: &str) -> Place {
@@ -74,8 +48,7 @@ fn uplink(dev: &str) -> Place {
 fn explain_agrees_with_real_packets() {
     let t = Topology::new("explain");
     let cg = Cgroup::new("explain");
-    let file = TempFile::new("explain.toml", &policy(&cg));
-    cli::ok(&t.router, &["apply", "-c", file.arg()]);
+    cli::apply(&t.router, &policy(&cg));
     let seed: u64 = rand::random();
     eprintln!("seed {seed}");
     let mut rng = StdRng::seed_from_u64(seed);
@@ -105,12 +78,8 @@ fn explain_agrees_with_real_packets() {
                 "--dst", dst, "--dport", &dport_s,
             ],
         );
-        let arrival: Option<Arrival> = if tcp {
-            t.tcp(src, sport, dst, dport)
-        } else {
-            t.udp(src, sport, dst, dport)
-        };
-        let arrival = arrival
+        let arrival = t
+            .flow(proto, src, sport, dst, dport)
             .unwrap_or_else(|| panic!("flow {i} {proto} {src}:{sport} -> {dst}:{dport} was lost"));
         let said = uplink(e["dev"].as_str().expect("explain names a device"));
         assert_eq!(
@@ -151,15 +120,9 @@ fn local_flows(t: &Topology, cg: &Cgroup) {
             ],
         );
         let arrival = if proto == "tcp" {
-            t.expect_tcp(dst, dport, || {
-                probe::spawn(cg, &t.router, &["tcp", dst, &dport_s])
-            })
-            .0
+            probe::tcp(t, cg, &t.router, dst, dport).0
         } else {
-            t.expect_udp(dst, dport, 1, || {
-                probe::run(cg, &t.router, &["udp", dst, &dport_s, "1"]);
-            })
-            .pop()
+            probe::udp(t, cg, &t.router, dst, dport, 1).pop()
         };
         let arrival = arrival.expect("local flow arrived");
         assert_eq!(

@@ -3,48 +3,15 @@
 //! is checked with independent tools (`ip`, `bpftool`) as well as through `status`.
 use policyroute_tests::{
     cli,
-    files::TempFile,
-    netns::NetNs,
+    fixture::{self, lone_router, without_rule, TempFile, GATEWAY_ISP2, RULES_WEB_DNS},
     topology::{Place, Topology, LAN_HOST},
 };
 
-/// A router namespace with a LAN device and two uplink devices (veth pairs, no peers
-/// needed for these tests).
-fn router(tag: &str) -> NetNs {
-    let ns = NetNs::new(tag);
-    for (dev, peer) in [("lan0", "lanp"), ("wan1", "wan1p"), ("wan2", "wan2p")] {
-        ns.exec(
-            "ip",
-            &["link", "add", dev, "type", "veth", "peer", "name", peer],
-        );
-        ns.exec("ip", &["link", "set", dev, "up"]);
-        ns.exec("ip", &["link", "set", peer, "up"]);
-    }
-    ns.exec("ip", &["addr", "add", "203.0.113.1/24", "dev", "wan2"]);
-    ns.exec(
-        "ip",
-        &[
-            "-6",
-            "addr",
-            "add",
-            "2001:db8:b::1/64",
-            "dev",
-            "wan2",
-            "nodad",
-        ],
-    );
-    ns.exec("ip", &["addr", "add", "198.51.100.1/24", "dev", "wan1"]);
-    ns
-}
-
-const BASE: &str = r#"
-mark_mask = 0xff00
-[[gateway]]
-name = "isp2"
-dev = "wan2"
-via = ["203.0.113.2", "2001:db8:b::2"]
-table = 100
-
+/// The standard gateway and a second, point-to-point one (no `via`), under a mark mask.
+fn base() -> String {
+    format!(
+        r#"mark_mask = 0xff00
+{GATEWAY_ISP2}
 [[gateway]]
 name = "p2p"
 dev = "wan1"
@@ -70,12 +37,14 @@ gateway = "isp2"
 
 [attach]
 ingress = ["lan0"]
-"#;
+"#
+    )
+}
 
 #[test]
 fn apply_is_idempotent_and_flush_removes_everything() {
-    let ns = router("idem");
-    let policy = TempFile::new("idem.toml", BASE);
+    let ns = lone_router("idem");
+    let policy = TempFile::new("idem.toml", &base());
     assert!(cli::owned_objects(&ns).is_empty());
     cli::ok(&ns, &["apply", "-c", policy.arg()]);
     let first = cli::owned_objects(&ns);
@@ -90,7 +59,7 @@ fn apply_is_idempotent_and_flush_removes_everything() {
         first,
         "a second apply changes nothing"
     );
-    let marks = ns.exec("ip", &["rule", "show"]);
+    let marks = ns.ip("rule show");
     assert!(
         marks.contains("fwmark 0x100/0xff00 lookup 100 proto 211"),
         "{marks}"
@@ -99,7 +68,7 @@ fn apply_is_idempotent_and_flush_removes_everything() {
         marks.contains("lookup main suppress_prefixlength 0 proto 211"),
         "{marks}"
     );
-    let p2p = ns.exec("ip", &["route", "show", "table", "101"]);
+    let p2p = ns.ip("route show table 101");
     assert!(p2p.contains("default dev wan1 proto 211"), "{p2p}");
     cli::ok(&ns, &["flush"]);
     assert!(cli::owned_objects(&ns).is_empty());
@@ -108,8 +77,8 @@ fn apply_is_idempotent_and_flush_removes_everything() {
 
 #[test]
 fn dry_run_changes_nothing() {
-    let ns = router("dry");
-    let policy = TempFile::new("dry.toml", BASE);
+    let ns = lone_router("dry");
+    let policy = TempFile::new("dry.toml", &base());
     let plan = cli::json(&ns, &["apply", "-c", policy.arg(), "--dry-run"]);
     assert_eq!(plan["dry_run"], true);
     assert_eq!(plan["attach"][0], "tcx ingress of lan0");
@@ -119,49 +88,24 @@ fn dry_run_changes_nothing() {
 
 #[test]
 fn foreign_rules_and_routes_are_left_alone() {
-    let ns = router("foreign");
-    ns.exec(
-        "ip",
-        &[
-            "rule",
-            "add",
-            "fwmark",
-            "0x100/0xff00",
-            "lookup",
-            "100",
-            "priority",
-            "10001",
-        ],
-    );
-    ns.exec(
-        "ip",
-        &[
-            "route",
-            "add",
-            "default",
-            "via",
-            "203.0.113.9",
-            "table",
-            "555",
-        ],
-    );
-    let policy = TempFile::new("foreign.toml", BASE);
+    let ns = lone_router("foreign");
+    ns.ip("rule add fwmark 0x100/0xff00 lookup 100 priority 10001");
+    ns.ip("route add default via 203.0.113.9 table 555");
+    let policy = TempFile::new("foreign.toml", &base());
     cli::ok(&ns, &["apply", "-c", policy.arg()]);
     cli::ok(&ns, &["flush"]);
-    let rules = ns.exec("ip", &["rule", "show"]);
+    let rules = ns.ip("rule show");
     assert!(
         rules.contains("10001:\tfrom all fwmark 0x100/0xff00 lookup 100"),
         "{rules}"
     );
-    assert!(ns
-        .exec("ip", &["route", "show", "table", "555"])
-        .contains("203.0.113.9"));
+    assert!(ns.ip("route show table 555").contains("203.0.113.9"));
 }
 
 #[test]
 fn invalid_policies_change_nothing() {
-    let ns = router("invalid");
-    let good = TempFile::new("good.toml", BASE);
+    let ns = lone_router("invalid");
+    let good = TempFile::new("good.toml", &base());
     cli::ok(&ns, &["apply", "-c", good.arg()]);
     let before = cli::owned_objects(&ns);
     let status_before = cli::json(&ns, &["status"])["rules"].clone();
@@ -236,8 +180,7 @@ fn invalid_policies_change_nothing() {
 #[test]
 fn reapply_reconciles_and_keeps_counters() {
     let t = Topology::new("recon");
-    let both = TempFile::new("both.toml", &recon_policy(true));
-    cli::ok(&t.router, &["apply", "-c", both.arg()]);
+    cli::apply(&t.router, &recon_policy(true));
     assert_eq!(
         t.udp(LAN_HOST, 7001, "198.18.0.1", 53).map(|a| a.at),
         Some(Place::Up2)
@@ -279,36 +222,24 @@ fn reapply_reconciles_and_keeps_counters() {
     );
 }
 
-/// The reconciliation test's policy: a dns rule, and a web rule before it if `web`.
+/// The reconciliation test's policy: web and dns, or dns alone.
 fn recon_policy(web: bool) -> String {
-    let web_rule = "[[rule]]\nname = \"web\"\nproto = \"tcp\"\ndport = 80\ngateway = \"isp2\"\n";
-    format!(
-        r#"
-[[gateway]]
-name = "isp2"
-dev = "wan2"
-via = "203.0.113.2"
-table = 100
-{}[[rule]]
-name = "dns"
-proto = "udp"
-dport = 53
-gateway = "isp2"
-[attach]
-ingress = ["lan0"]
-"#,
-        if web { web_rule } else { "" }
-    )
+    let rules = if web {
+        RULES_WEB_DNS.to_string()
+    } else {
+        without_rule(RULES_WEB_DNS, "web")
+    };
+    fixture::policy(GATEWAY_ISP2, &[&rules], "ingress = [\"lan0\"]\n")
 }
 
 #[test]
 fn namespaces_do_not_interfere() {
-    let a = router("nsa");
-    let b = router("nsb");
-    let pa = TempFile::new("a.toml", BASE);
+    let a = lone_router("nsa");
+    let b = lone_router("nsb");
+    let pa = TempFile::new("a.toml", &base());
     let pb = TempFile::new(
         "b.toml",
-        &BASE.replace("name = \"ssh\"", "name = \"ssh-b\""),
+        &base().replace("name = \"ssh\"", "name = \"ssh-b\""),
     );
     cli::ok(&a, &["apply", "-c", pa.arg()]);
     cli::ok(&b, &["apply", "-c", pb.arg()]);
@@ -326,12 +257,12 @@ fn namespaces_do_not_interfere() {
 
 #[test]
 fn an_apply_killed_at_any_step_is_repaired_and_flushable() {
-    let clean = router("crash-ref");
-    let policy = TempFile::new("crash.toml", BASE);
+    let clean = lone_router("crash-ref");
+    let policy = TempFile::new("crash.toml", &base());
     cli::ok(&clean, &["apply", "-c", policy.arg()]);
     let want = cli::owned_objects(&clean).len();
     for step in ["maps", "record", "routes", "rules", "attach"] {
-        let ns = router(&format!("crash-{step}"));
+        let ns = lone_router(&format!("crash-{step}"));
         let out = cli::run_env(
             &ns,
             &["apply", "-c", policy.arg()],
@@ -362,9 +293,9 @@ fn an_apply_killed_at_any_step_is_repaired_and_flushable() {
 
 #[test]
 fn concurrent_applies_are_serialized() {
-    let ns = router("conc");
-    let a = TempFile::new("conc-a.toml", BASE);
-    let b = TempFile::new("conc-b.toml", &BASE.replace("table = 101", "table = 102"));
+    let ns = lone_router("conc");
+    let a = TempFile::new("conc-a.toml", &base());
+    let b = TempFile::new("conc-b.toml", &base().replace("table = 101", "table = 102"));
     let runs: Vec<_> = (0..6)
         .map(|i| {
             let (ns_name, file) = (
@@ -404,8 +335,8 @@ fn concurrent_applies_are_serialized() {
 
 #[test]
 fn without_privileges_the_error_is_one_clear_line() {
-    let ns = router("priv");
-    let policy = TempFile::new("priv.toml", BASE);
+    let ns = lone_router("priv");
+    let policy = TempFile::new("priv.toml", &base());
     let out = std::process::Command::new("ip")
         .args([
             "netns",

@@ -4,84 +4,74 @@
 use policyroute_tests::{
     cgroup::Cgroup,
     cli,
-    files::TempFile,
+    fixture::{self, GATEWAY_ISP2, RULES_WEB_DNS},
     probe,
     topology::{Place, Topology},
 };
 
-fn policy(cg: &Cgroup) -> String {
-    format!(
-        r#"
-[[gateway]]
-name = "isp2"
-dev = "wan2"
-via = ["203.0.113.2", "2001:db8:b::2"]
-table = 100
-
-[[rule]]
+const SMTP: &str = r#"[[rule]]
 name = "smtp"
 proto = "tcp"
 dport = 25
 gateway = "isp2"
+"#;
 
-[[rule]]
-name = "dns"
-proto = "udp"
-dport = 53
-gateway = "isp2"
-
-[attach]
-local = true
-local_cgroup = "{}"
-"#,
-        cg.path
-    )
+fn policy(cg: &Cgroup) -> String {
+    fixture::policy(GATEWAY_ISP2, &[RULES_WEB_DNS, SMTP], &cg.attach_local())
 }
 
 #[test]
 fn local_flows_follow_the_policy_with_the_gateways_source() {
     let t = Topology::new("local");
     let cg = Cgroup::new("local");
-    let file = TempFile::new("local.toml", &policy(&cg));
-    cli::ok(&t.router, &["apply", "-c", file.arg()]);
+    cli::apply(&t.router, &policy(&cg));
     let r = &t.router;
 
     // TCP connect: the SYN already leaves through the marked table, from wan2's address.
-    let (a, marks) = t.expect_tcp("198.18.0.1", 25, || {
-        probe::spawn(&cg, r, &["tcp", "198.18.0.1", "25"])
-    });
-    let a = a.expect("smtp arrived");
-    assert_eq!(
-        (a.at, a.peer.ip().to_string()),
-        (Place::Up2, "203.0.113.1".into())
-    );
-    assert!(marks.contains("mark 0x1"), "{marks}");
-    let (a, marks) = t.expect_tcp("198.18.0.1", 22, || {
-        probe::spawn(&cg, r, &["tcp", "198.18.0.1", "22"])
-    });
-    let a = a.expect("ssh arrived");
-    assert_eq!(
-        (a.at, a.peer.ip().to_string()),
-        (Place::Up1, "198.51.100.1".into())
-    );
-    assert!(marks.contains("mark 0x0"), "{marks}");
-    let (a, _) = t.expect_tcp("2001:db8:ffff::1", 25, || {
-        probe::spawn(&cg, r, &["tcp", "2001:db8:ffff::1", "25"])
-    });
-    let a = a.expect("smtp v6 arrived");
-    assert_eq!(
-        (a.at, a.peer.ip().to_string()),
-        (Place::Up2, "2001:db8:b::1".into())
-    );
+    for (what, dst, port, at, src, mark) in [
+        (
+            "smtp",
+            "198.18.0.1",
+            25,
+            Place::Up2,
+            "203.0.113.1",
+            Some("mark 0x1"),
+        ),
+        (
+            "ssh",
+            "198.18.0.1",
+            22,
+            Place::Up1,
+            "198.51.100.1",
+            Some("mark 0x0"),
+        ),
+        (
+            "smtp v6",
+            "2001:db8:ffff::1",
+            25,
+            Place::Up2,
+            "2001:db8:b::1",
+            None,
+        ),
+    ] {
+        let (a, marks) = probe::tcp(&t, &cg, r, dst, port);
+        let a = a.unwrap_or_else(|| panic!("{what} did not arrive"));
+        assert_eq!(
+            (a.at, a.peer.ip().to_string()),
+            (at, src.to_string()),
+            "{what}"
+        );
+        if let Some(mark) = mark {
+            assert!(marks.contains(mark), "{what}: {marks}");
+        }
+    }
 
     // Unconnected UDP: every datagram, the first included, via isp2 from its address.
     for (dst, src) in [
         ("198.18.0.1", "203.0.113.1"),
         ("2001:db8:ffff::1", "2001:db8:b::1"),
     ] {
-        let got = t.expect_udp(dst, 53, 3, || {
-            probe::run(&cg, r, &["udp", dst, "53", "3"]);
-        });
+        let got = probe::udp(&t, &cg, r, dst, 53, 3);
         assert_eq!(got.len(), 3, "{dst}: {got:?}");
         for a in got {
             assert_eq!(
@@ -91,9 +81,7 @@ fn local_flows_follow_the_policy_with_the_gateways_source() {
             );
         }
     }
-    let got = t.expect_udp("198.18.0.1", 54, 1, || {
-        probe::run(&cg, r, &["udp", "198.18.0.1", "54", "1"]);
-    });
+    let got = probe::udp(&t, &cg, r, "198.18.0.1", 54, 1);
     assert_eq!(got.iter().map(|a| a.at).collect::<Vec<_>>(), [Place::Up1]);
     // Connected UDP.
     let got = t.expect_udp("2001:db8:ffff::1", 53, 1, || {
@@ -107,9 +95,7 @@ fn local_flows_follow_the_policy_with_the_gateways_source() {
     );
 
     // A socket of another namespace in the same cgroup is not touched.
-    let (a, marks) = t.expect_tcp("198.18.0.1", 25, || {
-        probe::spawn(&cg, &t.lan, &["tcp", "198.18.0.1", "25"])
-    });
+    let (a, marks) = probe::tcp(&t, &cg, &t.lan, "198.18.0.1", 25);
     assert_eq!(
         a.map(|a| a.at),
         Some(Place::Up1),
@@ -129,8 +115,6 @@ fn local_flows_follow_the_policy_with_the_gateways_source() {
         "{status}"
     );
     cli::ok(r, &["flush"]);
-    let (a, _) = t.expect_tcp("198.18.0.1", 25, || {
-        probe::spawn(&cg, r, &["tcp", "198.18.0.1", "25"])
-    });
+    let (a, _) = probe::tcp(&t, &cg, r, "198.18.0.1", 25);
     assert_eq!(a.map(|a| a.at), Some(Place::Up1), "after flush");
 }

@@ -1,18 +1,15 @@
 //! `policyroute::netlink` against the kernel, each test in a throwaway network namespace, with
 //! `ip` as the independent witness of what was installed.
-use std::net::IpAddr;
-
 use ipnet::IpNet;
 use policyroute::{
     kernel::netlink::{Netlink, NetlinkError, RouteQuery, RTPROT_POLICYROUTE as PROTO},
     plan::objects::{IpRoute, IpRule},
     policy::matcher::Family,
 };
-use policyroute_tests::netns::NetNs;
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
+use policyroute_tests::{
+    fixture::{address, ip, loose_veths},
+    netns::NetNs,
+};
 
 fn net(s: &str) -> IpNet {
     s.parse().unwrap()
@@ -24,21 +21,9 @@ fn net(s: &str) -> IpNet {
 /// sockets bind to the namespace of the thread that creates them.
 fn in_netns<T>(tag: &str, body: impl AsyncFnOnce(&NetNs, Netlink) -> T) -> T {
     let ns = NetNs::new(tag);
-    // veth pairs (this kernel has no dummy links); both ends up so the links have carrier.
-    for link in ["d0", "p0"] {
-        let peer = format!("{link}p");
-        ns.exec(
-            "ip",
-            &["link", "add", link, "type", "veth", "peer", "name", &peer],
-        );
-        ns.exec("ip", &["link", "set", link, "up"]);
-        ns.exec("ip", &["link", "set", &peer, "up"]);
-    }
-    ns.exec("ip", &["addr", "add", "192.0.2.1/24", "dev", "d0"]);
-    ns.exec(
-        "ip",
-        &["addr", "add", "2001:db8::1/64", "dev", "d0", "nodad"],
-    );
+    loose_veths(&ns, &["d0", "p0"]);
+    address(&ns, "d0", "192.0.2.1/24");
+    address(&ns, "d0", "2001:db8::1/64");
     let _inside = ns.enter();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -109,6 +94,30 @@ fn rule_line(ns: &NetNs, family: &str, prio: u32) -> Option<String> {
         .map(str::to_owned)
 }
 
+async fn link(nl: &Netlink, name: &str) -> u32 {
+    nl.link_index(name).await.unwrap().unwrap()
+}
+
+async fn add_rules(nl: &Netlink, rules: &[IpRule]) {
+    for rule in rules {
+        nl.add_rule(rule, PROTO).await.unwrap();
+    }
+}
+
+async fn add_routes(nl: &Netlink, routes: &[IpRoute]) {
+    for route in routes {
+        nl.add_route(route, PROTO).await.unwrap();
+    }
+}
+
+fn exists<T>(r: &Result<T, NetlinkError>) -> bool {
+    matches!(r, Err(NetlinkError::Exists { .. }))
+}
+
+fn not_found<T>(r: &Result<T, NetlinkError>) -> bool {
+    matches!(r, Err(NetlinkError::NotFound { .. }))
+}
+
 fn ours() -> Vec<IpRule> {
     vec![
         fwmark_rule(Family::V4, 100, 100, (4, 0xff)),
@@ -125,70 +134,35 @@ fn ours() -> Vec<IpRule> {
 fn rules_read_back_equal_and_only_ours() {
     in_netns("rules", async |ns, nl| {
         // Someone else's rule, the same shape as one of ours but another protocol.
-        ns.exec(
-            "ip",
-            &[
-                "rule", "add", "priority", "100", "fwmark", "4/0xff", "lookup", "100",
-            ],
-        );
-        ns.exec(
-            "ip",
-            &[
-                "rule", "add", "priority", "120", "fwmark", "7", "lookup", "100", "protocol",
-                "static",
-            ],
-        );
-        for rule in ours() {
-            nl.add_rule(&rule, PROTO).await.unwrap();
-        }
+        ns.ip("rule add priority 100 fwmark 4/0xff lookup 100");
+        ns.ip("rule add priority 120 fwmark 7 lookup 100 protocol static");
+        add_rules(&nl, &ours()).await;
         assert_eq!(sorted(nl.rules(PROTO).await.unwrap()), sorted(ours()));
         assert_eq!(
             nl.rules(4).await.unwrap(),
             vec![fwmark_rule(Family::V4, 120, 100, (7, u32::MAX))]
         );
 
-        let line = rule_line(ns, "-4", 101).unwrap();
-        assert!(
-            line.contains("fwmark 0/0xff00 lookup 1000 proto 211"),
-            "{line}"
-        );
-        let line = rule_line(ns, "-6", 100).unwrap();
-        assert!(
-            line.contains("fwmark 0x4/0xff lookup 100 proto 211"),
-            "{line}"
-        );
-        let line = rule_line(ns, "-4", 90).unwrap();
-        assert!(
-            line.contains("lookup main suppress_prefixlength 0 proto 211"),
-            "{line}"
-        );
-        let line = rule_line(ns, "-6", 110).unwrap();
-        assert!(
-            line.contains("from 2001:db8:1::/48 lookup 1000 proto 211"),
-            "{line}"
-        );
+        for (family, prio, want) in [
+            ("-4", 101, "fwmark 0/0xff00 lookup 1000 proto 211"),
+            ("-6", 100, "fwmark 0x4/0xff lookup 100 proto 211"),
+            ("-4", 90, "lookup main suppress_prefixlength 0 proto 211"),
+            ("-6", 110, "from 2001:db8:1::/48 lookup 1000 proto 211"),
+        ] {
+            let line = rule_line(ns, family, prio).unwrap();
+            assert!(line.contains(want), "{line}");
+        }
     });
 }
 
 #[test]
 fn rule_add_twice_exists_and_del_removes_exactly_it() {
     in_netns("ruledel", async |ns, nl| {
-        ns.exec(
-            "ip",
-            &[
-                "rule", "add", "priority", "100", "fwmark", "4/0xff", "lookup", "100", "protocol",
-                "static",
-            ],
-        );
-        for rule in ours() {
-            nl.add_rule(&rule, PROTO).await.unwrap();
-        }
+        ns.ip("rule add priority 100 fwmark 4/0xff lookup 100 protocol static");
+        add_rules(&nl, &ours()).await;
         let v4 = fwmark_rule(Family::V4, 100, 100, (4, 0xff));
         let again = nl.add_rule(&v4, PROTO).await;
-        assert!(
-            matches!(again, Err(NetlinkError::Exists { .. })),
-            "{again:?}"
-        );
+        assert!(exists(&again), "{again:?}");
 
         nl.del_rule(&v4, PROTO).await.unwrap();
         let mut rest = ours();
@@ -200,10 +174,7 @@ fn rule_add_twice_exists_and_del_removes_exactly_it() {
         assert!(rule_line(ns, "-6", 100).is_some());
 
         let gone = nl.del_rule(&v4, PROTO).await;
-        assert!(
-            matches!(gone, Err(NetlinkError::NotFound { .. })),
-            "{gone:?}"
-        );
+        assert!(not_found(&gone), "{gone:?}");
         for rule in &rest {
             nl.del_rule(rule, PROTO).await.unwrap();
         }
@@ -215,22 +186,8 @@ fn rule_add_twice_exists_and_del_removes_exactly_it() {
 #[test]
 fn routes_read_back_equal_and_delete() {
     in_netns("routes", async |ns, nl| {
-        let d0 = nl.link_index("d0").await.unwrap().unwrap();
-        let p0 = nl.link_index("p0").await.unwrap().unwrap();
-        ns.exec(
-            "ip",
-            &[
-                "route",
-                "add",
-                "198.51.100.0/24",
-                "via",
-                "192.0.2.254",
-                "table",
-                "100",
-                "proto",
-                "static",
-            ],
-        );
+        let (d0, p0) = (link(&nl, "d0").await, link(&nl, "p0").await);
+        ns.ip("route add 198.51.100.0/24 via 192.0.2.254 table 100 proto static");
         let routes = vec![
             route(100, "0.0.0.0/0", Some("192.0.2.254"), d0),
             route(100, "::/0", Some("2001:db8::fe"), d0),
@@ -239,71 +196,56 @@ fn routes_read_back_equal_and_delete() {
             route(1000, "203.0.113.0/24", Some("192.0.2.254"), d0),
             route(1000, "2001:db8:2::/48", Some("2001:db8::fe"), d0),
         ];
-        for r in &routes {
-            nl.add_route(r, PROTO).await.unwrap();
-        }
+        add_routes(&nl, &routes).await;
         assert_eq!(
             sorted(nl.routes(PROTO).await.unwrap()),
             sorted(routes.clone())
         );
 
-        let t100 = ns.exec("ip", &["route", "show", "table", "100"]);
-        assert!(
-            t100.contains("default via 192.0.2.254 dev d0 proto 211"),
-            "{t100}"
-        );
-        assert!(
-            t100.contains("198.51.100.0/24 via 192.0.2.254 dev d0 proto static"),
-            "{t100}"
-        );
-        let t100 = ns.exec("ip", &["-6", "route", "show", "table", "100"]);
-        assert!(
-            t100.contains("default via 2001:db8::fe dev d0 proto 211"),
-            "{t100}"
-        );
-        let t1000 = ns.exec("ip", &["route", "show", "table", "1000"]);
-        assert!(
-            t1000.contains("default dev p0 proto 211 scope link"),
-            "{t1000}"
-        );
-        assert!(
-            t1000.contains("203.0.113.0/24 via 192.0.2.254 dev d0 proto 211"),
-            "{t1000}"
-        );
+        for (show, want) in [
+            (
+                "route show table 100",
+                "default via 192.0.2.254 dev d0 proto 211",
+            ),
+            (
+                "route show table 100",
+                "198.51.100.0/24 via 192.0.2.254 dev d0 proto static",
+            ),
+            (
+                "-6 route show table 100",
+                "default via 2001:db8::fe dev d0 proto 211",
+            ),
+            (
+                "route show table 1000",
+                "default dev p0 proto 211 scope link",
+            ),
+            (
+                "route show table 1000",
+                "203.0.113.0/24 via 192.0.2.254 dev d0 proto 211",
+            ),
+        ] {
+            let table = ns.ip(show);
+            assert!(table.contains(want), "{table}");
+        }
 
         let again = nl.add_route(&routes[0], PROTO).await;
-        assert!(
-            matches!(again, Err(NetlinkError::Exists { .. })),
-            "{again:?}"
-        );
+        assert!(exists(&again), "{again:?}");
         let other_gateway = route(100, "0.0.0.0/0", Some("192.0.2.253"), d0);
         let again = nl.add_route(&other_gateway, PROTO).await;
-        assert!(
-            matches!(again, Err(NetlinkError::Exists { .. })),
-            "{again:?}"
-        );
+        assert!(exists(&again), "{again:?}");
         let other_gateway = route(100, "::/0", Some("2001:db8::fd"), d0);
         let again = nl.add_route(&other_gateway, PROTO).await;
-        assert!(
-            matches!(again, Err(NetlinkError::Exists { .. })),
-            "no v6 multipath: {again:?}"
-        );
+        assert!(exists(&again), "no v6 multipath: {again:?}");
 
         for r in &routes {
             nl.del_route(r, PROTO).await.unwrap();
         }
         assert_eq!(nl.routes(PROTO).await.unwrap(), vec![]);
-        let gone = nl.del_route(&routes[0], PROTO).await;
-        assert!(
-            matches!(gone, Err(NetlinkError::NotFound { .. })),
-            "{gone:?}"
-        );
-        let gone = nl.del_route(&routes[1], PROTO).await;
-        assert!(
-            matches!(gone, Err(NetlinkError::NotFound { .. })),
-            "{gone:?}"
-        );
-        let t100 = ns.exec("ip", &["route", "show", "table", "100"]);
+        for r in &routes[..2] {
+            let gone = nl.del_route(r, PROTO).await;
+            assert!(not_found(&gone), "{gone:?}");
+        }
+        let t100 = ns.ip("route show table 100");
         assert_eq!(
             t100.trim(),
             "198.51.100.0/24 via 192.0.2.254 dev d0 proto static"
@@ -315,24 +257,11 @@ fn routes_read_back_equal_and_delete() {
 #[test]
 fn del_route_needs_the_same_protocol() {
     in_netns("routeproto", async |ns, nl| {
-        let d0 = nl.link_index("d0").await.unwrap().unwrap();
-        ns.exec(
-            "ip",
-            &[
-                "route",
-                "add",
-                "default",
-                "via",
-                "192.0.2.254",
-                "table",
-                "100",
-                "proto",
-                "static",
-            ],
-        );
+        let d0 = link(&nl, "d0").await;
+        ns.ip("route add default via 192.0.2.254 table 100 proto static");
         let theirs = route(100, "0.0.0.0/0", Some("192.0.2.254"), d0);
         let r = nl.del_route(&theirs, PROTO).await;
-        assert!(matches!(r, Err(NetlinkError::NotFound { .. })), "{r:?}");
+        assert!(not_found(&r), "{r:?}");
         assert_eq!(nl.routes(4).await.unwrap(), vec![theirs]);
     });
 }
@@ -340,29 +269,29 @@ fn del_route_needs_the_same_protocol() {
 #[test]
 fn route_get_follows_the_mark() {
     in_netns("routeget", async |ns, nl| {
-        let d0 = nl.link_index("d0").await.unwrap().unwrap();
-        let p0 = nl.link_index("p0").await.unwrap().unwrap();
-        ns.exec("ip", &["route", "add", "default", "via", "192.0.2.253"]);
-        ns.exec(
-            "ip",
-            &["-6", "route", "add", "default", "via", "2001:db8::fd"],
-        );
+        let (d0, p0) = (link(&nl, "d0").await, link(&nl, "p0").await);
+        ns.ip("route add default via 192.0.2.253");
+        ns.ip("-6 route add default via 2001:db8::fd");
         for family in [Family::V4, Family::V6] {
-            nl.add_rule(&fwmark_rule(family, 100, 100, (4, 0xff)), PROTO)
-                .await
-                .unwrap();
-            nl.add_rule(&fwmark_rule(family, 101, 1000, (5, 0xff)), PROTO)
-                .await
-                .unwrap();
+            add_rules(
+                &nl,
+                &[
+                    fwmark_rule(family, 100, 100, (4, 0xff)),
+                    fwmark_rule(family, 101, 1000, (5, 0xff)),
+                ],
+            )
+            .await;
         }
-        for r in [
-            route(100, "0.0.0.0/0", Some("192.0.2.254"), d0),
-            route(100, "::/0", Some("2001:db8::fe"), d0),
-            route(1000, "0.0.0.0/0", None, p0),
-            route(1000, "::/0", None, p0),
-        ] {
-            nl.add_route(&r, PROTO).await.unwrap();
-        }
+        add_routes(
+            &nl,
+            &[
+                route(100, "0.0.0.0/0", Some("192.0.2.254"), d0),
+                route(100, "::/0", Some("2001:db8::fe"), d0),
+                route(1000, "0.0.0.0/0", None, p0),
+                route(1000, "::/0", None, p0),
+            ],
+        )
+        .await;
 
         let get = async |dst: &str, mark: u32| nl.route_get(&RouteQuery::new(ip(dst), mark)).await;
         let a = get("203.0.113.9", 4).await.unwrap();
@@ -407,15 +336,10 @@ fn route_get_as_if_arrived_on_a_link() {
     in_netns("routeiif", async |ns, nl| {
         // IPv4 input lookups route only when forwarding (this namespace's sysctl only).
         ns.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
-        ns.exec("ip", &["addr", "add", "198.51.100.1/24", "dev", "p0"]);
-        let d0 = nl.link_index("d0").await.unwrap().unwrap();
-        let p0 = nl.link_index("p0").await.unwrap().unwrap();
-        nl.add_rule(&fwmark_rule(Family::V4, 100, 100, (4, 0xff)), PROTO)
-            .await
-            .unwrap();
-        nl.add_route(&route(100, "0.0.0.0/0", Some("192.0.2.254"), d0), PROTO)
-            .await
-            .unwrap();
+        address(ns, "p0", "198.51.100.1/24");
+        let (d0, p0) = (link(&nl, "d0").await, link(&nl, "p0").await);
+        add_rules(&nl, &[fwmark_rule(Family::V4, 100, 100, (4, 0xff))]).await;
+        add_routes(&nl, &[route(100, "0.0.0.0/0", Some("192.0.2.254"), d0)]).await;
         let mut q = RouteQuery::new(ip("203.0.113.9"), 4);
         (q.src, q.iif) = (Some(ip("198.51.100.7")), Some(p0));
         let a = nl.route_get(&q).await.unwrap();
@@ -435,7 +359,7 @@ fn route_get_as_if_arrived_on_a_link() {
 #[test]
 fn links_and_addresses() {
     in_netns("links", async |_ns, nl| {
-        let d0 = nl.link_index("d0").await.unwrap().unwrap();
+        let d0 = link(&nl, "d0").await;
         assert_eq!(nl.link_index("lo").await.unwrap(), Some(1));
         assert_eq!(nl.link_index("nosuchlink").await.unwrap(), None);
         let names: Vec<String> = nl

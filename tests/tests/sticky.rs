@@ -4,13 +4,13 @@
 //! with it, so the test proves the feature, not the topology.
 use std::{
     io::{BufRead, Read, Write},
-    net::{IpAddr, SocketAddr, TcpListener, UdpSocket},
+    net::{SocketAddr, TcpListener, UdpSocket},
 };
 
 use policyroute_tests::{
     cgroup::Cgroup,
     cli,
-    files::TempFile,
+    fixture::{self, ip, GATEWAY_ISP2},
     probe,
     topology::{connect, Topology, PROBE_TIMEOUT},
 };
@@ -23,30 +23,13 @@ const LAN_SERVER: &str = "192.0.2.10";
 /// With `local`, the router's own sockets are hooked too (and `from <wan2 address>` rules
 /// exist for them, which alone answer TCP services correctly): the control runs without.
 fn policy(sticky: bool, local: bool, cg: &Cgroup) -> String {
-    format!(
-        r#"
-[[gateway]]
-name = "isp2"
-dev = "wan2"
-via = "203.0.113.2"
-table = 100
-sticky = {sticky}
-
-[attach]
-ingress = ["lan0"]
-local = {local}
-{}
-"#,
-        if local {
-            format!("local_cgroup = \"{}\"", cg.path)
-        } else {
-            String::new()
-        }
-    )
-}
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
+    let local = if local {
+        cg.attach_local()
+    } else {
+        "local = false\n".to_string()
+    };
+    let gateway = format!("{GATEWAY_ISP2}sticky = {sticky}\n");
+    fixture::policy(&gateway, &[], &format!("ingress = [\"lan0\"]\n{local}"))
 }
 
 /// Connects from the client in up2 to `server`, exchanges 4 bytes each way.
@@ -104,12 +87,10 @@ fn replies_leave_through_the_gateway_the_connection_came_in() {
     let t = Topology::new("sticky");
     let cg = Cgroup::new("sticky");
     let r = &t.router;
-    let plain = TempFile::new("plain.toml", &policy(false, false, &cg));
-    let sticky = TempFile::new("sticky.toml", &policy(true, true, &cg));
     let service: SocketAddr = (ip(ROUTER_WAN2), 8080).into();
     let lan_service: SocketAddr = (ip(LAN_SERVER), 8080).into();
 
-    cli::ok(r, &["apply", "-c", plain.arg()]);
+    cli::apply(r, &policy(false, false, &cg));
     assert!(
         !tcp_round_trip(&t, 41000, service),
         "control: without sticky the answer is lost"
@@ -119,7 +100,7 @@ fn replies_leave_through_the_gateway_the_connection_came_in() {
         "control: forwarded, without sticky"
     );
 
-    cli::ok(r, &["apply", "-c", sticky.arg()]);
+    cli::apply(r, &policy(true, true, &cg));
     // The host's own TCP service (answered from wan2's address, routed by a `from` rule).
     assert!(
         tcp_round_trip(&t, 41002, service),

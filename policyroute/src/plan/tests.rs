@@ -4,29 +4,13 @@ use std::net::IpAddr;
 use super::*;
 use crate::policy::{rt_tables::RtTables, Policy};
 
-const POLICY: &str = r#"
-[[gateway]]
-name = "isp2"
-dev = "wan2"
-via = ["203.0.113.2", "2001:db8:b::2"]
-table = 100
-sticky = true
-
-[[rule]]
-name = "web"
-proto = "tcp"
-dport = [80, 443]
-gateway = "isp2"
-
-[[rule]]
-name = "dns"
-proto = "udp"
-dport = 53
-gateway = "isp2"
-
-[attach]
-ingress = ["lan0"]
-"#;
+/// The integration tests' standard gateway, made sticky, and their web and dns rules.
+const POLICY: &str = concat!(
+    include_str!("../../../tests/fixtures/gateway-isp2.toml"),
+    "sticky = true\n\n",
+    include_str!("../../../tests/fixtures/rules-web-dns.toml"),
+    "\n[attach]\ningress = [\"lan0\"]\n",
+);
 
 fn policy(text: &str) -> Policy {
     Policy::parse(text, "test.toml", &RtTables::builtin()).expect("valid policy")
@@ -281,8 +265,10 @@ fn a_missing_device_is_refused_at_its_line() {
     )
     .unwrap_err();
     let msg = err.to_string();
+    // Line 23: the gateway fixture's 6 lines, sticky, a blank line, the rules fixture's 12,
+    // a blank line and `[attach]` come before it.
     assert!(
-        msg.starts_with("test.toml:22: attach.ingress[1]: device lan9 does not exist"),
+        msg.starts_with("test.toml:23: attach.ingress[1]: device lan9 does not exist"),
         "{msg}"
     );
 }

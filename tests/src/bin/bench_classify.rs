@@ -23,16 +23,15 @@ use policyroute::{
 };
 use policyroute_common::names::NOOP;
 use policyroute_tests::{
-    bench::{self, env_or, measure, temp_file, Spread, Table},
+    bench::{self, env_or, measure, Spread, Table, SIZES},
     cli,
+    fixture::{frame, lone_router, TempFile, TCP},
     netns::NetNs,
     rules::rule,
 };
 use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
 use serde_json::json;
 
-const SIZES: [usize; 4] = [1, 1_000, 10_000, 100_000];
-const TCP: u8 = 6;
 /// The target: 100k rules cost at most this many times one rule.
 const TARGET_RATIO: f64 = 1.5;
 
@@ -47,7 +46,7 @@ struct Bench {
 
 fn main() -> anyhow::Result<()> {
     let mut b = Bench {
-        ns: namespace(),
+        ns: lone_router("classify"),
         packets: env_or("POLICYROUTE_BENCH_PACKETS", 4096),
         rounds: env_or("POLICYROUTE_BENCH_ROUNDS", 9),
         rng: StdRng::seed_from_u64(0x5eed),
@@ -79,7 +78,7 @@ fn main() -> anyhow::Result<()> {
         for v6 in [false, true] {
             for hit in [true, false] {
                 let frames: Vec<(Vec<u8>, u32)> = (0..b.packets)
-                    .map(|_| frame(&mut b.rng, n, v6, hit))
+                    .map(|_| random_frame(&mut b.rng, n, v6, hit))
                     .collect();
                 let (cost, base) = b.measure(&applied, noop, &frames)?;
                 let first = *one_rule.entry((v6, hit)).or_insert(cost.median);
@@ -131,11 +130,10 @@ fn main() -> anyhow::Result<()> {
         shapes.0.markdown(),
         big = SIZES[SIZES.len() - 1],
     );
-    println!("{md}");
-    bench::write_result("classify.md", &md);
-    bench::write_result(
-        "classify.json",
-        &serde_json::to_string_pretty(&json!({
+    bench::write_results(
+        "classify",
+        &md,
+        &json!({
             "environment": bench::environment(),
             "packets": b.packets,
             "rounds": b.rounds,
@@ -144,22 +142,9 @@ fn main() -> anyhow::Result<()> {
             "target_ratio": TARGET_RATIO,
             "shapes": shapes.1,
             "attribution": attribution.1,
-        }))?,
+        }),
     );
     Ok(())
-}
-
-/// A namespace with the device the policies attach to.
-fn namespace() -> NetNs {
-    let ns = NetNs::new("classify");
-    ns.exec(
-        "ip",
-        &[
-            "link", "add", "lan0", "type", "veth", "peer", "name", "lanp",
-        ],
-    );
-    ns.exec("ip", &["link", "set", "lan0", "up"]);
-    ns
 }
 
 impl Bench {
@@ -167,16 +152,14 @@ impl Bench {
     /// lan0 and how long the apply took.
     fn apply(&self, policy: &str) -> anyhow::Result<(SchedClassifier, Duration)> {
         cli::ok(&self.ns, &["flush"]);
-        let file = temp_file("classify.toml", policy);
+        let file = TempFile::new("classify.toml", policy);
         let m = measure(
             Command::new("ip")
                 .args(["netns", "exec", &self.ns.name])
                 .arg(cli::bin())
-                .args(["apply", "-c"])
-                .arg(&file),
+                .args(["apply", "-c", file.arg()]),
             Duration::from_secs(600),
         );
-        let _ = std::fs::remove_file(&file);
         anyhow::ensure!(m.status.success(), "apply failed: {}{}", m.stderr, m.stdout);
         let _inside = self.ns.enter();
         let (_, progs) = SchedClassifier::query_tcx("lan0", TcAttachType::Ingress)?;
@@ -240,20 +223,15 @@ fn same_shape_rules(n: usize) -> Vec<Rule> {
     let mut rules = Vec::with_capacity(2 * n);
     for i in 0..n {
         let p = port(i);
-        rules.push(
-            rule(&format!("v4-{i}"), 1)
-                .proto(TCP)
-                .src(&format!("{}/32", v4_src(i)))
-                .dport(&[[p, p]])
-                .build(),
-        );
-        rules.push(
-            rule(&format!("v6-{i}"), 2)
-                .proto(TCP)
-                .src(&format!("{}/128", v6_src(i)))
-                .dport(&[[p, p]])
-                .build(),
-        );
+        for (name, src, mark) in same_shape_families(i) {
+            rules.push(
+                rule(&name, mark)
+                    .proto(TCP)
+                    .src(&src)
+                    .dport(&[[p, p]])
+                    .build(),
+            );
+        }
     }
     rules
 }
@@ -263,15 +241,23 @@ fn same_shape_policy(n: usize) -> String {
     let mut s = String::from("[attach]\ningress = [\"lan0\"]\n\n");
     for i in 0..n {
         let p = port(i);
-        for (fam, src, len, mark) in [("v4", v4_src(i), 32, 1), ("v6", v6_src(i), 128, 2)] {
+        for (name, src, mark) in same_shape_families(i) {
             let _ = write!(
                 s,
-                "[[rule]]\nname = \"{fam}-{i}\"\nproto = \"tcp\"\nsrc = \"{src}/{len}\"\n\
+                "[[rule]]\nname = \"{name}\"\nproto = \"tcp\"\nsrc = \"{src}\"\n\
                  dport = {p}\nmark = {mark}\n\n"
             );
         }
     }
     s
+}
+
+/// Name, source prefix and mark of rule `i` in each family.
+fn same_shape_families(i: usize) -> [(String, String, u32); 2] {
+    [
+        (format!("v4-{i}"), format!("{}/32", v4_src(i)), 1),
+        (format!("v6-{i}"), format!("{}/128", v6_src(i)), 2),
+    ]
 }
 
 fn port(i: usize) -> u16 {
@@ -289,7 +275,7 @@ fn v6_src(i: usize) -> IpAddr {
 
 /// A random hit (a random rule, any source port) or a random miss (a source of the policy's
 /// range on port 999, which no rule has), with the mark it must get.
-fn frame(rng: &mut StdRng, n: usize, v6: bool, hit: bool) -> (Vec<u8>, u32) {
+fn random_frame(rng: &mut StdRng, n: usize, v6: bool, hit: bool) -> (Vec<u8>, u32) {
     let i = rng.gen_range(0..n.max(1));
     let src = if v6 { v6_src(i) } else { v4_src(i) };
     let dst: IpAddr = if v6 {
@@ -331,7 +317,7 @@ fn attribution(
         .tc_ingress()
         .ok_or_else(|| anyhow::anyhow!("no TC program in the loaded dataplane"))?;
     let frames: Vec<(Vec<u8>, u32)> = (0..b.packets)
-        .map(|_| frame(&mut b.rng, n, false, true))
+        .map(|_| random_frame(&mut b.rng, n, false, true))
         .collect();
     let hot = vec![frames[0].clone(); frames.len()];
     let cases = [
@@ -401,15 +387,10 @@ fn shapes_table(
         let frames: Vec<(Vec<u8>, u32)> = (0..b.packets)
             .map(|_| {
                 let sport = b.rng.gen_range(1024..65535);
-                let frame = FrameSpec::new(
-                    TCP,
-                    "203.0.113.5".parse().unwrap(),
-                    sport,
-                    "203.0.113.9".parse().unwrap(),
-                    80,
+                (
+                    frame(TCP, "203.0.113.5", sport, "203.0.113.9", 80).build(),
+                    0,
                 )
-                .build();
-                (frame, 0)
             })
             .collect();
         let (cost, base) = b.measure(&applied, noop, &frames)?;

@@ -7,27 +7,12 @@
 use std::{process::Command, time::Duration};
 
 use policyroute_tests::{
-    bench::{self, env_or, measure, policy_toml, temp_file, Measured, Spread, Table},
+    bench::{self, env_or, measure, perf_symbols, policy_toml, Measured, Spread, Table},
     cli,
+    fixture::{lone_router, TempFile},
     netns::NetNs,
 };
 use serde_json::{json, Value};
-
-/// A namespace with the devices the benchmark policies name: lan0 (ingress) and wan2 (the
-/// gateway's device, with 203.0.113.2 on-link).
-fn namespace() -> NetNs {
-    let ns = NetNs::new("control");
-    for (dev, peer) in [("lan0", "lanp"), ("wan2", "wanp")] {
-        ns.exec(
-            "ip",
-            &["link", "add", dev, "type", "veth", "peer", "name", peer],
-        );
-        ns.exec("ip", &["link", "set", dev, "up"]);
-        ns.exec("ip", &["link", "set", peer, "up"]);
-    }
-    ns.exec("ip", &["addr", "add", "203.0.113.1/24", "dev", "wan2"]);
-    ns
-}
 
 fn policyroute(ns: &NetNs, args: &[&str], cap: Duration) -> Measured {
     let bin = cli::bin();
@@ -73,11 +58,12 @@ fn main() {
     let cap = Duration::from_secs(env_or("POLICYROUTE_BENCH_CONTROL_CAP", 300));
     let big: usize = env_or("POLICYROUTE_BENCH_CONTROL_RULES", 100_000);
     let env = bench::environment();
-    let ns = namespace();
-    let small = temp_file("control-1k.toml", &policy_toml(1000, None));
-    let large = temp_file("control-big.toml", &policy_toml(big, None));
-    let large_changed = temp_file("control-big-changed.toml", &policy_toml(big, Some(big / 2)));
-    let path = |p: &std::path::PathBuf| p.to_str().unwrap().to_string();
+    // The devices the benchmark policies name: lan0 (ingress) and wan2 (the gateway's
+    // device, with 203.0.113.2 on-link).
+    let ns = lone_router("control");
+    let small = TempFile::new("control-1k.toml", &policy_toml(1000, None));
+    let large = TempFile::new("control-big.toml", &policy_toml(big, None));
+    let large_changed = TempFile::new("control-big-changed.toml", &policy_toml(big, Some(big / 2)));
     let apply = |file: &str| policyroute(&ns, &["apply", "-c", file, "--json"], cap);
     let flush = || policyroute(&ns, &["flush"], cap);
     let mut ops: Vec<Op> = Vec::new();
@@ -92,7 +78,7 @@ fn main() {
     };
     for _ in 0..3 {
         flush();
-        let m = apply(&path(&small));
+        let m = apply(small.arg());
         op.note = entries(&m);
         op.runs.push(m);
     }
@@ -132,7 +118,7 @@ fn main() {
     let mut round = 0;
     loop {
         eprintln!("control: apply {big} rules (round {})", round + 1);
-        let m = apply(&path(&large));
+        let m = apply(large.arg());
         let timed_out = m.timed_out;
         fresh.note = entries(&m);
         fresh.runs.push(m);
@@ -142,14 +128,14 @@ fn main() {
         }
         for file in [&large_changed, &large] {
             eprintln!("control: re-apply {big} rules, one changed");
-            let m = apply(&path(file));
+            let m = apply(file.arg());
             let slow = m.wall > Duration::from_secs(10);
             change.note = entries(&m);
             change.runs.push(m);
             if slow {
                 // Back to the unchanged policy without measuring it again.
-                if file == &large_changed {
-                    apply(&path(&large));
+                if std::ptr::eq(file, &large_changed) {
+                    apply(large.arg());
                 }
                 break;
             }
@@ -228,20 +214,15 @@ fn main() {
             ))
             .unwrap_or_default()
     );
-    println!("{md}");
-    bench::write_result("control.md", &md);
-    bench::write_result(
-        "control.json",
-        &serde_json::to_string_pretty(&json!({
+    bench::write_results(
+        "control",
+        &md,
+        &json!({
             "environment": env,
             "rows": rows,
             "profile": profile,
-        }))
-        .unwrap(),
+        }),
     );
-    for f in [small, large, large_changed] {
-        let _ = std::fs::remove_file(f);
-    }
 }
 
 /// CPU profiles of `apply` at `n` rules (clean namespace, then one rule changed), when perf
@@ -256,9 +237,9 @@ fn profile(n: usize, cap: Duration) -> Option<String> {
         eprintln!("control: perf is not usable here; no profile");
         return None;
     }
-    let ns = namespace();
-    let fresh = temp_file("profile-a.toml", &policy_toml(n, None));
-    let changed = temp_file("profile-b.toml", &policy_toml(n, Some(n / 2)));
+    let ns = lone_router("control");
+    let fresh = TempFile::new("profile-a.toml", &policy_toml(n, None));
+    let changed = TempFile::new("profile-b.toml", &policy_toml(n, Some(n / 2)));
     let mut summary = String::new();
     let mut full = String::new();
     for (what, file) in [
@@ -266,16 +247,16 @@ fn profile(n: usize, cap: Duration) -> Option<String> {
         (format!("re-apply {n} rules, one changed"), &changed),
     ] {
         eprintln!("control: profiling {what}");
-        let data = std::env::temp_dir().join(format!("prt-bench-{}.perf", std::process::id()));
+        let data = TempFile::new("control.perf", "");
         let bin = cli::bin();
         let m = measure(
             Command::new("perf")
                 .args(["record", "-q", "--call-graph", "dwarf,16384", "-F", "1000"])
                 .args(["-e", "cpu-clock", "-o"])
-                .arg(&data)
+                .arg(&data.path)
                 .args(["--", "ip", "netns", "exec", &ns.name])
                 .arg(&bin)
-                .args(["apply", "-c", file.to_str().unwrap()]),
+                .args(["apply", "-c", file.arg()]),
             cap,
         );
         if !m.status.success() {
@@ -285,28 +266,17 @@ fn profile(n: usize, cap: Duration) -> Option<String> {
         let report = |children: bool| -> Vec<String> {
             let mut cmd = Command::new("perf");
             cmd.args(["report", "--stdio", "-g", "none", "-i"])
-                .arg(&data);
+                .arg(&data.path);
             if children {
                 cmd.args(["--children", "--sort", "sym"]);
             } else {
                 cmd.args(["--no-children", "--sort", "dso,sym"]);
             }
             let out = cmd.output().map(|o| o.stdout).unwrap_or_default();
-            String::from_utf8_lossy(&out)
-                .lines()
-                .filter(|l| {
-                    l.trim_start()
-                        .chars()
-                        .next()
-                        .is_some_and(|c| c.is_ascii_digit())
-                })
-                .filter(|l| !children || l.contains("policyroute::"))
-                .take(25)
-                .map(|l| l.trim().to_string())
-                .collect()
+            perf_symbols(&out, |l| !children || l.contains("policyroute::"))
         };
         let (inclusive, own) = (report(true), report(false));
-        let _ = std::fs::remove_file(&data);
+        drop(data);
         full.push_str(&format!(
             "## {what} ({:.2} s under perf)\n\n### inclusive (children), policyroute functions\n\n{}\n\n### self time\n\n{}\n\n",
             m.wall.as_secs_f64(),
@@ -326,8 +296,5 @@ fn profile(n: usize, cap: Duration) -> Option<String> {
         ));
     }
     bench::write_result("control-perf.txt", &full);
-    for f in [fresh, changed] {
-        let _ = std::fs::remove_file(f);
-    }
     Some(summary)
 }

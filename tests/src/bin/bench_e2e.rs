@@ -22,17 +22,17 @@ use std::{
 
 use policyroute_tests::{
     bench::{
-        self, entry, env_or, measure, pin_to_cpu, policy_toml, temp_file, Spread, Table, MARK,
-        TABLE,
+        self, entry, env_or, measure, perf_symbols, pin_to_cpu, policy_toml, Spread, Table, MARK,
+        SIZES, TABLE,
     },
     bench_net::{cpu_busy_ns, mac_of, settle, udp_frame, Flow, FrameSender, IpReceived},
     cli,
+    fixture::TempFile,
     netns::NetNs,
     topology::Topology,
 };
 use serde_json::{json, Value};
 
-const SIZES: [usize; 4] = [1, 1_000, 10_000, 100_000];
 /// Distinct flows in the traffic: 3/4 hit entries spread over the policy, 1/4 miss.
 const FLOWS: usize = 1024;
 const HITS: usize = 768;
@@ -133,45 +133,12 @@ struct Setup {
 /// Routing shared by the classic variants, as policyroute installs it: main routes first,
 /// then the mark (or, for `ip rule`, the selectors) to table 102 with a default via up2.
 fn classic_routing(r: &NetNs, with_fwmark: bool) {
-    r.exec(
-        "ip",
-        &[
-            "rule",
-            "add",
-            "pref",
-            "10000",
-            "lookup",
-            "main",
-            "suppress_prefixlength",
-            "0",
-        ],
-    );
-    r.exec(
-        "ip",
-        &[
-            "route",
-            "add",
-            "default",
-            "via",
-            "203.0.113.2",
-            "table",
-            &TABLE.to_string(),
-        ],
-    );
+    r.ip("rule add pref 10000 lookup main suppress_prefixlength 0");
+    r.ip(&format!("route add default via 203.0.113.2 table {TABLE}"));
     if with_fwmark {
-        r.exec(
-            "ip",
-            &[
-                "rule",
-                "add",
-                "pref",
-                "10001",
-                "fwmark",
-                &format!("{MARK:#x}/0xffffffff"),
-                "lookup",
-                &TABLE.to_string(),
-            ],
-        );
+        r.ip(&format!(
+            "rule add pref 10001 fwmark {MARK:#x}/0xffffffff lookup {TABLE}"
+        ));
     }
 }
 
@@ -230,31 +197,28 @@ fn load(v: Variant, r: &NetNs, n: usize, cap: Duration) -> Result<Option<Duratio
             return Ok(None);
         }
         Variant::Policyroute => {
-            let f = temp_file("policy.toml", &policy_toml(n, None));
+            let f = TempFile::new("policy.toml", &policy_toml(n, None));
             let bin = cli::bin();
-            (
-                ns_exec(&[bin.to_str().unwrap(), "apply", "-c", f.to_str().unwrap()]),
-                f,
-            )
+            (ns_exec(&[bin.to_str().unwrap(), "apply", "-c", f.arg()]), f)
         }
         Variant::Iptables => {
             classic_routing(r, true);
-            let f = temp_file("iptables.rules", &iptables_rules(n));
-            (ns_exec(&["iptables-restore", f.to_str().unwrap()]), f)
+            let f = TempFile::new("iptables.rules", &iptables_rules(n));
+            (ns_exec(&["iptables-restore", f.arg()]), f)
         }
         Variant::Nftables => {
             classic_routing(r, true);
-            let f = temp_file("ruleset.nft", &nft_ruleset(n));
-            (ns_exec(&["nft", "-f", f.to_str().unwrap()]), f)
+            let f = TempFile::new("ruleset.nft", &nft_ruleset(n));
+            (ns_exec(&["nft", "-f", f.arg()]), f)
         }
         Variant::IpRule => {
             classic_routing(r, false);
-            let f = temp_file("ip-rule.batch", &ip_rule_batch(n));
-            (ns_exec(&["ip", "-batch", f.to_str().unwrap()]), f)
+            let f = TempFile::new("ip-rule.batch", &ip_rule_batch(n));
+            (ns_exec(&["ip", "-batch", f.arg()]), f)
         }
     };
     let m = measure(&mut cmd, cap);
-    let _ = std::fs::remove_file(file);
+    drop(file);
     if m.timed_out {
         return Err(format!("loading took over the {} s cap", cap.as_secs()));
     }
@@ -281,7 +245,7 @@ fn prepare(t: &Topology) {
     );
     for up in [&t.up1, &t.up2] {
         up.exec("ethtool", &["-K", "eth0", "gro", "on"]);
-        up.exec("ip", &["route", "add", "blackhole", "198.18.0.0/15"]);
+        up.ip("route add blackhole 198.18.0.0/15");
     }
 }
 
@@ -361,12 +325,12 @@ fn blast(s: &mut Setup, run: Duration) -> (f64, f64) {
 /// Profiles the router CPU (`perf record -C 1 -e cpu-clock -g`) while `s` forwards at full
 /// rate; returns the top self-time symbols, or None without a usable perf.
 fn profile(s: &mut Setup, run: Duration) -> Option<Vec<String>> {
-    let data = std::env::temp_dir().join(format!("prt-bench-{}-e2e.perf", std::process::id()));
+    let data = TempFile::new("e2e.perf", "");
     let mut perf = Command::new("perf")
         .args(["record", "-q", "-g", "-e", "cpu-clock", "-C"])
         .arg(ROUTER_CPU.to_string())
         .arg("-o")
-        .arg(&data)
+        .arg(&data.path)
         .args(["--", "sleep"])
         .arg(format!("{:.3}", run.as_secs_f64()))
         .stdout(std::process::Stdio::null())
@@ -386,26 +350,10 @@ fn profile(s: &mut Setup, run: Duration) -> Option<Vec<String>> {
             "none",
             "-i",
         ])
-        .arg(&data)
+        .arg(&data.path)
         .output()
         .ok()?;
-    let _ = std::fs::remove_file(&data);
-    if !ok {
-        return None;
-    }
-    Some(
-        String::from_utf8_lossy(&report.stdout)
-            .lines()
-            .filter(|l| {
-                l.trim_start()
-                    .chars()
-                    .next()
-                    .is_some_and(|c| c.is_ascii_digit())
-            })
-            .take(25)
-            .map(|l| l.trim().to_string())
-            .collect(),
-    )
+    ok.then(|| perf_symbols(&report.stdout, |_| true))
 }
 
 fn main() {
@@ -605,11 +553,10 @@ fn main() {
     if !full.is_empty() {
         bench::write_result("e2e-perf.txt", &full);
     }
-    println!("{md}");
-    bench::write_result("e2e.md", &md);
-    bench::write_result(
-        "e2e.json",
-        &serde_json::to_string_pretty(&json!({
+    bench::write_results(
+        "e2e",
+        &md,
+        &json!({
             "environment": env,
             "reps": reps,
             "run_ms": run.as_millis() as u64,
@@ -620,7 +567,6 @@ fn main() {
             "profiles": profiles.iter().map(|(n, v, top)| json!({
                 "entries": n, "variant": v.key(), "top": top,
             })).collect::<Vec<_>>(),
-        }))
-        .unwrap(),
+        }),
     );
 }

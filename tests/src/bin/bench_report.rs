@@ -18,6 +18,11 @@ fn f(v: &Value) -> f64 {
     v.as_f64().unwrap_or(f64::NAN)
 }
 
+/// A [`bench::Spread`] as gnuplot data columns: `median min max`.
+fn spread(v: &Value) -> String {
+    format!("{} {} {}", f(&v["median"]), f(&v["min"]), f(&v["max"]))
+}
+
 /// The e2e row of `variant` at `entries`, if measured.
 fn e2e_row<'a>(e2e: &'a Value, variant: &str, entries: u64) -> Option<&'a Value> {
     e2e["rows"].as_array()?.iter().find(|r| {
@@ -187,11 +192,9 @@ fn plot(
                 if r["family"] == fam && r["case"] == case {
                     let _ = writeln!(
                         data,
-                        "{} {} {} {} {}",
+                        "{} {} {}",
                         r["rules"],
-                        f(&r["ns"]["median"]),
-                        f(&r["ns"]["min"]),
-                        f(&r["ns"]["max"]),
+                        spread(&r["ns"]),
                         f(&r["empty_ns"]["median"])
                     );
                 }
@@ -241,17 +244,11 @@ fn plot(
             for r in rows {
                 let _ = writeln!(
                     data,
-                    "{} {} {} {} {} {} {} {} {} {}",
+                    "{} {} {} {}",
                     r["entries"],
-                    f(&r["kpps"]["median"]),
-                    f(&r["kpps"]["min"]),
-                    f(&r["kpps"]["max"]),
-                    f(&r["cpu_ns"]["median"]),
-                    f(&r["cpu_ns"]["min"]),
-                    f(&r["cpu_ns"]["max"]),
-                    f(&r["ratio"]["median"]),
-                    f(&r["ratio"]["min"]),
-                    f(&r["ratio"]["max"])
+                    spread(&r["kpps"]),
+                    spread(&r["cpu_ns"]),
+                    spread(&r["ratio"])
                 );
             }
             data.push_str("\n\n");

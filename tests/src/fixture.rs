@@ -1,0 +1,152 @@
+//! What the integration tests and benchmarks set up before they act: namespaces with veth
+//! links, the pieces test policies are made of (the standard gateway, shared rules, in
+//! `tests/fixtures/`), files written for a run, and frames for the classifier. The full
+//! five-namespace router topology is [`crate::topology`], built from these links.
+use std::{
+    net::IpAddr,
+    path::PathBuf,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use policyroute::reference::frame::FrameSpec;
+
+use crate::netns::NetNs;
+
+/// A veth pair from `a_dev` in `a` to `b_dev` in `b`, both ends up.
+pub fn veth(a: &NetNs, a_dev: &str, b: &NetNs, b_dev: &str) {
+    a.exec(
+        "ip",
+        &[
+            "link", "add", a_dev, "type", "veth", "peer", "name", b_dev, "netns", &b.name,
+        ],
+    );
+    a.ip(&format!("link set {a_dev} up"));
+    b.ip(&format!("link set {b_dev} up"));
+}
+
+/// For each of `devs`, a veth pair whose other end (`<dev>p`) stays in `ns` too: a device
+/// with carrier where no packet has to reach a neighbour (this kernel has no dummy links).
+pub fn loose_veths(ns: &NetNs, devs: &[&str]) {
+    for dev in devs {
+        veth(ns, dev, ns, &format!("{dev}p"));
+    }
+}
+
+/// Adds `cidr` to `dev`; IPv6 addresses skip duplicate address detection, so they are
+/// usable at once.
+pub fn address(ns: &NetNs, dev: &str, cidr: &str) {
+    let nodad = if cidr.contains(':') { " nodad" } else { "" };
+    ns.ip(&format!("addr add {cidr} dev {dev}{nodad}"));
+}
+
+/// A router namespace without neighbours: `lan0`, `wan1` and `wan2` as [`loose_veths`],
+/// the uplinks with the addresses the router of [`crate::topology::Topology`] has. Enough
+/// for whatever only installs and inspects: every device a test policy names exists.
+pub fn lone_router(tag: &str) -> NetNs {
+    let ns = NetNs::new(tag);
+    loose_veths(&ns, &["lan0", "wan1", "wan2"]);
+    for (dev, cidr) in [
+        ("wan1", "198.51.100.1/24"),
+        ("wan2", "203.0.113.1/24"),
+        ("wan2", "2001:db8:b::1/64"),
+    ] {
+        address(&ns, dev, cidr);
+    }
+    ns
+}
+
+/// The gateway the test policies route through: `isp2`, uplink 2 of the topology (wan2,
+/// whose far end is 203.0.113.2 and 2001:db8:b::2), table 100. Its text ends with the
+/// gateway's last key, so a policy goes on with more keys of the gateway (`sticky = true`)
+/// or with its rules.
+pub const GATEWAY_ISP2: &str = include_str!("../fixtures/gateway-isp2.toml");
+
+/// Two rules through isp2: web (TCP 80 and 443) and dns (UDP 53).
+pub const RULES_WEB_DNS: &str = include_str!("../fixtures/rules-web-dns.toml");
+
+/// A rule through isp2 for each kind of field: `web` (TCP destination ports 80 and 443),
+/// `from-alt` (source [`crate::topology::LAN_HOST_ALT`]) and `to-net1` (destination
+/// 198.18.1.0/24, where the second internet address is).
+pub const RULES_BY_FIELD: &str = include_str!("../fixtures/rules-by-field.toml");
+
+/// [`GATEWAY_ISP2`] with `key` set to `value` (a TOML value) instead.
+pub fn gateway_isp2_with(key: &str, value: &str) -> String {
+    let line = format!("{key} = ");
+    let old = GATEWAY_ISP2
+        .lines()
+        .find(|l| l.starts_with(&line))
+        .unwrap_or_else(|| panic!("the isp2 gateway has no {key}"));
+    GATEWAY_ISP2.replace(old, &format!("{line}{value}"))
+}
+
+/// A policy of `gateway` ([`GATEWAY_ISP2`], its variations), `rules` (`[[rule]]` tables:
+/// the fixtures above, a test's own) and an `[attach]` table of the lines `attach`.
+pub fn policy(gateway: &str, rules: &[&str], attach: &str) -> String {
+    format!("{gateway}\n{}\n[attach]\n{attach}", rules.join("\n"))
+}
+
+/// `text` (policy or rules) without its `[[rule]]` named `name`.
+pub fn without_rule(text: &str, name: &str) -> String {
+    let head = format!("[[rule]]\nname = \"{name}\"\n");
+    let start = text
+        .find(&head)
+        .unwrap_or_else(|| panic!("no rule {name} in {text}"));
+    let body = start + head.len();
+    let end = text[body..]
+        .find("\n[")
+        .map_or(text.len(), |i| body + i + 1);
+    format!("{}{}", &text[..start], &text[end..])
+}
+
+/// A file of this process in the temp directory, removed on drop.
+pub struct TempFile {
+    pub path: PathBuf,
+}
+
+static NEXT_FILE: AtomicU32 = AtomicU32::new(0);
+
+impl TempFile {
+    /// Writes `text` to `prt-<pid>-<n>-<name>`: tests running in parallel may pick the same
+    /// name, and the name stays the end of the path that error messages show.
+    pub fn new(name: &str, text: &str) -> Self {
+        let n = NEXT_FILE.fetch_add(1, Ordering::Relaxed);
+        let file = format!("prt-{}-{n}-{name}", std::process::id());
+        let path = std::env::temp_dir().join(file);
+        std::fs::write(&path, text).expect("write temp file");
+        Self { path }
+    }
+
+    pub fn arg(&self) -> &str {
+        self.path.to_str().expect("utf-8 path")
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+pub const TCP: u8 = 6;
+pub const UDP: u8 = 17;
+pub const ICMP: u8 = 1;
+pub const ICMPV6: u8 = 58;
+
+pub fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// A frame of `proto` from `src:sport` to `dst:dport`.
+pub fn frame(proto: u8, src: &str, sport: u16, dst: &str, dport: u16) -> FrameSpec {
+    FrameSpec::new(proto, ip(src), sport, ip(dst), dport)
+}
+
+/// An IPv4 frame from the LAN host to a host behind uplink 1.
+pub fn frame4(proto: u8, sport: u16, dport: u16) -> FrameSpec {
+    frame(proto, "192.0.2.10", sport, "198.51.100.20", dport)
+}
+
+/// An IPv6 frame from the LAN host to a host on the second LAN.
+pub fn frame6(proto: u8, sport: u16, dport: u16) -> FrameSpec {
+    frame(proto, "2001:db8:1::10", sport, "2001:db8:2::20", dport)
+}
