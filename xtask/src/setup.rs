@@ -17,7 +17,12 @@ use crate::cmd::{output, run};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages (binary, package) the tests call as independent witnesses.
-const PACKAGES: &[(&str, &str)] = &[("ip", "iproute2"), ("setpriv", "util-linux")];
+/// (systemd-analyze checks the shipped unit file.)
+const PACKAGES: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("setpriv", "util-linux"),
+    ("systemd-analyze", "systemd"),
+];
 /// What only the benchmarks need: the classic tools policyroute is compared with, GRO on
 /// veth, plots, profiles. Installed by `cargo xtask bench`, not by every command.
 const BENCH_PACKAGES: &[(&str, &str)] = &[
