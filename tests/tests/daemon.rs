@@ -49,6 +49,22 @@ fn topology(tag: &str) -> Topology {
     t
 }
 
+/// The router of a fresh topology running `policyroute run` (with `args`) on [`policy`],
+/// ready; the policy file, so tests can change it.
+struct Running {
+    t: Topology,
+    file: TempFile,
+    d: Daemon,
+}
+
+fn running(tag: &str, args: &[&str]) -> Running {
+    let t = topology(tag);
+    let file = TempFile::new(&format!("{tag}.toml"), &policy());
+    let d = Daemon::start(&t.router, file.arg(), args, &[]);
+    d.ready();
+    Running { t, file, d }
+}
+
 /// Default routes in table 100 (IPv4 and IPv6) with policyroute's protocol.
 fn gateway_routes(ns: &NetNs) -> usize {
     ["-4", "-6"]
@@ -83,10 +99,11 @@ fn flap(ns: &NetNs, down_for: Duration) -> Instant {
 
 #[test]
 fn link_flaps_are_repaired_within_two_seconds() {
-    let t = topology("flap");
-    let file = TempFile::new("flap.toml", &policy());
-    let d = Daemon::start(&t.router, file.arg(), &[], &[]);
-    d.ready();
+    let Running {
+        t,
+        file: _file,
+        d: _d,
+    } = running("flap", &[]);
     web_goes_via_isp2(&t);
     let up = flap(&t.router, Duration::from_secs(1));
     assert!(within(REPAIR, || gateway_routes(&t.router) == 2).is_some());
@@ -113,10 +130,7 @@ fn link_flaps_are_repaired_within_two_seconds() {
 
 #[test]
 fn manual_damage_is_repaired() {
-    let t = topology("damage");
-    let file = TempFile::new("damage.toml", &policy());
-    let d = Daemon::start(&t.router, file.arg(), &[], &[]);
-    d.ready();
+    let Running { t, file: _file, d } = running("damage", &[]);
     t.router
         .exec("ip", &["-4", "route", "flush", "table", "100"]);
     t.router
@@ -135,10 +149,7 @@ fn manual_damage_is_repaired() {
 
 #[test]
 fn sticky_from_rules_follow_an_address_change() {
-    let t = topology("addr");
-    let file = TempFile::new("addr.toml", &policy());
-    let d = Daemon::start(&t.router, file.arg(), &[], &[]);
-    d.ready();
+    let Running { t, file: _file, d } = running("addr", &[]);
     let rules = |ns: &NetNs| ns.exec("ip", &["-4", "rule", "show"]);
     assert!(rules(&t.router).contains("from 203.0.113.1 lookup 100"));
     // A new lease: the old address goes, the new one comes.
@@ -212,10 +223,7 @@ fn a_device_that_appears_later_gets_its_hook() {
 
 #[test]
 fn sighup_applies_a_changed_rule_and_loses_no_packet() {
-    let t = topology("hup");
-    let file = TempFile::new("hup.toml", &policy());
-    let d = Daemon::start(&t.router, file.arg(), &[], &[]);
-    d.ready();
+    let Running { t, file, d } = running("hup", &[]);
     const PROBES: usize = 300;
     let changed = policy().replace("dport = [80, 443]", "dport = [8080]");
     let arrived = t.expect_udp("198.18.0.1", 9999, PROBES, || {
@@ -250,10 +258,7 @@ fn sighup_applies_a_changed_rule_and_loses_no_packet() {
 
 #[test]
 fn sighup_with_a_broken_file_keeps_the_running_policy() {
-    let t = topology("broken");
-    let file = TempFile::new("broken.toml", &policy());
-    let d = Daemon::start(&t.router, file.arg(), &[], &[]);
-    d.ready();
+    let Running { t, file, d } = running("broken", &[]);
     std::fs::write(
         &file.path,
         policy().replace("dport = 9999", "dport = \"x\""),
@@ -287,10 +292,7 @@ fn web_status(ns: &NetNs) -> (u64, u64) {
 
 #[test]
 fn after_sigkill_the_dataplane_forwards_and_the_next_run_adopts_it() {
-    let t = topology("kill");
-    let file = TempFile::new("kill.toml", &policy());
-    let mut d = Daemon::start(&t.router, file.arg(), &[], &[]);
-    d.ready();
+    let Running { t, file, mut d } = running("kill", &[]);
     assert_eq!(place(t.tcp(LAN_HOST, 0, "198.18.0.1", 80)), Place::Up2);
     let (program, packets) = web_status(&t.router);
     assert!(packets > 0);
@@ -305,10 +307,7 @@ fn after_sigkill_the_dataplane_forwards_and_the_next_run_adopts_it() {
 
 #[test]
 fn a_second_run_in_the_namespace_names_the_first() {
-    let t = topology("twice");
-    let file = TempFile::new("twice.toml", &policy());
-    let d = Daemon::start(&t.router, file.arg(), &[], &[]);
-    d.ready();
+    let Running { t, file, d } = running("twice", &[]);
     let second = cli::run(&t.router, &["run", "-c", file.arg()]);
     assert!(!second.status.success());
     let pid = d.pid().to_string();
@@ -434,10 +433,11 @@ fn sample(text: &str, name: &str) -> f64 {
 
 #[test]
 fn metrics_count_real_traffic() {
-    let t = topology("metrics");
-    let file = TempFile::new("metrics.toml", &policy());
-    let d = Daemon::start(&t.router, file.arg(), &["--metrics", "9464"], &[]);
-    d.ready();
+    let Running {
+        t,
+        file: _file,
+        d: _d,
+    } = running("metrics", &["--metrics", "9464"]);
     let web = "policyroute_rule_packets_total{rule=\"web\"}";
     let before = sample(&scrape(&t.router, 9464), web);
     assert_eq!(place(t.tcp(LAN_HOST, 0, "198.18.0.1", 80)), Place::Up2);

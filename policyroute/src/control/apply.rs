@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::{execute, lock, require_privileges, ControlError, Options};
+use super::{execute, lock, require_privileges, timings::Timings, ControlError, Options};
 use crate::{
     kernel::{
         maps::InstallStats,
@@ -84,7 +84,9 @@ impl Report {
 
 pub async fn apply(path: &Path, opts: &Options, dry_run: bool) -> Result<Report, ControlError> {
     require_privileges()?;
+    let mut t = Timings::start();
     let policy = Policy::load(path, &opts.tables()?)?;
+    t.mark("load policy");
     let nl = Netlink::new()?;
     let source = path.display().to_string();
     reconcile(&nl, opts, &policy, &source, Devices::Required, dry_run).await
@@ -101,13 +103,17 @@ pub async fn reconcile(
     dry_run: bool,
 ) -> Result<Report, ControlError> {
     let _lock = lock()?;
+    let mut t = Timings::start();
     let links = nl.links().await?;
     let cgroups: Vec<String> = plan::desired::local_cgroup(policy).into_iter().collect();
     let mut installed = observe::installed(&links, &cgroups)?;
     let gateway_devices: Vec<&str> = policy.gateways.iter().map(|g| g.dev.as_str()).collect();
     let observed = observe::observe(nl, &links, &installed, &gateway_devices).await?;
+    t.mark("observe");
     let (previous, unreadable) = previous_record(&installed);
+    t.mark("read the previous record");
     let plan = plan::plan(policy, source, &observed, previous.as_ref(), devices)?;
+    t.mark("plan");
     let mut report = Report::of(&plan, &observed, dry_run);
     report.warnings.extend(unreadable);
     if dry_run {
@@ -116,6 +122,7 @@ pub async fn reconcile(
         let warnings = &mut report.warnings;
         report.entries = execute::execute(nl, opts, &plan, &mut installed, warnings).await?;
     }
+    t.mark("execute");
     Ok(report)
 }
 

@@ -2,7 +2,7 @@
 //! first (new entries become reachable only when the shape tables switch), routes before
 //! the ip rules that point at them, new hooks before stale ones go, stale ip rules and
 //! routes last.
-use super::{ControlError, Options};
+use super::{timings::Timings, ControlError, Options};
 use crate::kernel::{
     attach,
     dataplane::{Dataplane, DataplaneError},
@@ -87,13 +87,16 @@ fn dataplane(
             dp
         }
     };
+    let mut t = Timings::start();
     let entries = dp.maps.install(&plan.compiled)?;
+    t.mark("execute: classifier entries");
     crash_point("maps");
     let desired = &plan.desired;
     dp.maps
         .set_control(desired.control_flags, plan.netns_cookie, plan.sticky_ttl_ns)?;
     dp.maps.set_roles(&desired.roles, &desired.sources)?;
     record_store::write_record(&mut dp.maps, &plan.record)?;
+    t.mark("execute: write the record");
     crash_point("record");
     Ok(Some((dp, entries)))
 }

@@ -9,6 +9,7 @@ pub mod flush;
 pub mod metrics;
 pub mod run;
 pub mod status;
+pub mod timings;
 
 use std::path::PathBuf;
 

@@ -12,7 +12,7 @@ use std::{
 
 use tokio::{
     net::TcpListener,
-    signal::unix::{signal, SignalKind},
+    signal::unix::{signal, Signal, SignalKind},
     time::{sleep_until, Instant},
 };
 use tracing::{error, info, warn};
@@ -102,28 +102,47 @@ pub async fn run(opts: &Options, run: &RunOptions) -> Result<(), ControlError> {
         waiting: Vec::new(),
         ready: false,
     };
+    // Handled from now on: a SIGHUP during the first pass must not end the process.
+    let mut signals = Signals::install()?;
     daemon.pass("start").await;
     daemon.metrics.applied(unix_now());
-    let signals = daemon.serve(&mut events).await?;
+    let signal = daemon.serve(&mut events, &mut signals).await;
     if run.flush_on_exit {
         let r = flush::flush(opts).await?;
-        info!("{signals}: flushed: {}", present::flush(&r).trim_end());
+        info!("{signal}: flushed: {}", present::flush(&r).trim_end());
     } else {
-        info!("{signals}: exiting; the dataplane stays in place (`policyroute flush` removes it)");
+        info!("{signal}: exiting; the dataplane stays in place (`policyroute flush` removes it)");
     }
     Ok(())
 }
 
+/// The signals the daemon handles.
+struct Signals {
+    hup: Signal,
+    term: Signal,
+    int: Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self, ControlError> {
+        let handle = |kind| {
+            signal(kind).map_err(|source| KernelError::Io {
+                what: "installing signal handlers".into(),
+                source,
+            })
+        };
+        Ok(Self {
+            hup: handle(SignalKind::hangup())?,
+            term: handle(SignalKind::terminate())?,
+            int: handle(SignalKind::interrupt())?,
+        })
+    }
+}
+
 impl Daemon<'_> {
     /// The event loop; returns the name of the signal that ended it.
-    async fn serve(&mut self, events: &mut Events) -> Result<&'static str, ControlError> {
-        let signal_error = |e| KernelError::Io {
-            what: "installing signal handlers".into(),
-            source: e,
-        };
-        let mut hup = signal(SignalKind::hangup()).map_err(signal_error)?;
-        let mut term = signal(SignalKind::terminate()).map_err(signal_error)?;
-        let mut int = signal(SignalKind::interrupt()).map_err(signal_error)?;
+    async fn serve(&mut self, events: &mut Events, signals: &mut Signals) -> &'static str {
+        let Signals { hup, term, int } = signals;
         let mut periodic = tokio::time::interval_at(Instant::now() + PERIOD, PERIOD);
         // (first event of the burst, deadline)
         let mut pending: Option<(Instant, Instant)> = None;
@@ -133,7 +152,7 @@ impl Daemon<'_> {
                 change = events.next() => {
                     let Some(change) = change else {
                         error!("the rtnetlink event subscription ended; relying on the periodic pass");
-                        return self.without_events(&mut hup, &mut term, &mut int).await;
+                        return self.without_events(hup, term, int).await;
                     };
                     let now = Instant::now();
                     let first = pending.map_or(now, |(f, _)| f);
@@ -146,8 +165,8 @@ impl Daemon<'_> {
                 }
                 _ = periodic.tick() => self.pass("periodic").await,
                 _ = hup.recv() => self.reload().await,
-                _ = term.recv() => return Ok("SIGTERM"),
-                _ = int.recv() => return Ok("SIGINT"),
+                _ = term.recv() => return "SIGTERM",
+                _ = int.recv() => return "SIGINT",
             }
         }
     }
@@ -155,23 +174,24 @@ impl Daemon<'_> {
     /// Keeps reconciling on the periodic pass when events are gone.
     async fn without_events(
         &mut self,
-        hup: &mut tokio::signal::unix::Signal,
-        term: &mut tokio::signal::unix::Signal,
-        int: &mut tokio::signal::unix::Signal,
-    ) -> Result<&'static str, ControlError> {
+        hup: &mut Signal,
+        term: &mut Signal,
+        int: &mut Signal,
+    ) -> &'static str {
         let mut periodic = tokio::time::interval(PERIOD);
         loop {
             tokio::select! {
                 _ = periodic.tick() => self.pass("periodic").await,
                 _ = hup.recv() => self.reload().await,
-                _ = term.recv() => return Ok("SIGTERM"),
-                _ = int.recv() => return Ok("SIGINT"),
+                _ = term.recv() => return "SIGTERM",
+                _ = int.recv() => return "SIGINT",
             }
         }
     }
 
     /// SIGHUP: the file again. A broken file changes nothing in the kernel.
     async fn reload(&mut self) {
+        let start = Instant::now();
         let loaded = self
             .opts
             .tables()
@@ -182,6 +202,8 @@ impl Daemon<'_> {
                 self.policy = policy;
                 self.pass("reload").await;
                 self.metrics.applied(unix_now());
+                let ms = start.elapsed().as_secs_f64() * 1e3;
+                info!("SIGHUP: reload done in {ms:.0} ms");
             }
             Err(e) => {
                 self.metrics.failed();

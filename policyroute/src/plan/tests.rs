@@ -69,16 +69,35 @@ fn after(observed: &Observed, plan: &Plan, id: u32) -> Observed {
     o
 }
 
-#[test]
-fn a_fresh_namespace_gets_everything() {
-    let p = plan(
-        &policy(POLICY),
+/// `text` planned in `observed` with nothing recorded before.
+fn fresh(text: &str, observed: &Observed, devices: Devices) -> Result<Plan, PlanError> {
+    plan(&policy(text), "test.toml", observed, None, devices)
+}
+
+/// `text` planned once `first` was executed (its dataplane has rules map id 5) and `change`
+/// altered the namespace.
+fn again(first: &Plan, text: &str, change: impl FnOnce(&mut Observed)) -> Plan {
+    let mut now = after(&namespace(), first, 5);
+    change(&mut now);
+    let previous = Some(&first.record);
+    plan(
+        &policy(text),
         "test.toml",
-        &namespace(),
-        None,
+        &now,
+        previous,
         Devices::Required,
     )
-    .unwrap();
+    .expect("a plan")
+}
+
+/// [`POLICY`] planned in a fresh [`namespace`].
+fn first() -> Plan {
+    fresh(POLICY, &namespace(), Devices::Required).expect("a plan")
+}
+
+#[test]
+fn a_fresh_namespace_gets_everything() {
+    let p = first();
     assert!(matches!(p.dataplane, DataplaneStep::Load(_)));
     assert_eq!(
         p.attach,
@@ -101,17 +120,8 @@ fn a_fresh_namespace_gets_everything() {
 
 #[test]
 fn replanning_what_was_applied_changes_nothing() {
-    let pol = policy(POLICY);
-    let first = plan(&pol, "test.toml", &namespace(), None, Devices::Required).unwrap();
-    let now = after(&namespace(), &first, 5);
-    let second = plan(
-        &pol,
-        "test.toml",
-        &now,
-        Some(&first.record),
-        Devices::Required,
-    )
-    .unwrap();
+    let first = first();
+    let second = again(&first, POLICY, |_| {});
     assert_eq!(
         second.dataplane,
         DataplaneStep::Reuse {
@@ -128,29 +138,12 @@ fn replanning_what_was_applied_changes_nothing() {
 
 #[test]
 fn rules_keep_their_counter_slots_by_name() {
-    let first_policy = policy(POLICY);
-    let first = plan(
-        &first_policy,
-        "test.toml",
-        &namespace(),
-        None,
-        Devices::Required,
-    )
-    .unwrap();
-    let now = after(&namespace(), &first, 5);
     let edited = POLICY.replace(
         "[[rule]]\nname = \"web\"",
         "[[rule]]\nname = \"ssh\"\nproto = \"tcp\"\ndport = 22\ngateway = \"isp2\"\n\n[[rule]]\nname = \"web\"",
     );
     let edited = edited.replace("name = \"dns\"", "name = \"dns2\"");
-    let second = plan(
-        &policy(&edited),
-        "test.toml",
-        &now,
-        Some(&first.record),
-        Devices::Required,
-    )
-    .unwrap();
+    let second = again(&first(), &edited, |_| {});
     // ssh and dns2 are new: the lowest free slots; web keeps 0.
     assert_eq!(second.record.slots, vec![1, 0, 2]);
     assert_eq!(second.slots_to_zero, vec![1, 2]);
@@ -158,19 +151,10 @@ fn rules_keep_their_counter_slots_by_name() {
 
 #[test]
 fn new_hooks_on_a_kept_dataplane_load_programs_sharing_its_maps() {
-    let pol = policy(POLICY);
-    let first = plan(&pol, "test.toml", &namespace(), None, Devices::Required).unwrap();
-    let mut now = after(&namespace(), &first, 5);
-    now.links.insert("lan1".into(), 4);
     let text = POLICY.replace("ingress = [\"lan0\"]", "ingress = [\"lan0\", \"lan1\"]");
-    let second = plan(
-        &policy(&text),
-        "test.toml",
-        &now,
-        Some(&first.record),
-        Devices::Required,
-    )
-    .unwrap();
+    let second = again(&first(), &text, |now| {
+        now.links.insert("lan1".into(), 4);
+    });
     assert_eq!(
         second.dataplane,
         DataplaneStep::Reuse {
@@ -184,21 +168,12 @@ fn new_hooks_on_a_kept_dataplane_load_programs_sharing_its_maps() {
 
 #[test]
 fn outgrown_maps_mean_a_new_dataplane_and_every_hook_moves() {
-    let pol = policy(POLICY);
-    let first = plan(&pol, "test.toml", &namespace(), None, Devices::Required).unwrap();
-    let mut now = after(&namespace(), &first, 5);
-    now.dataplane.as_mut().unwrap().capacity = Capacity {
-        entries: 2,
-        rules: 2,
-    };
-    let second = plan(
-        &pol,
-        "test.toml",
-        &now,
-        Some(&first.record),
-        Devices::Required,
-    )
-    .unwrap();
+    let second = again(&first(), POLICY, |now| {
+        now.dataplane.as_mut().unwrap().capacity = Capacity {
+            entries: 2,
+            rules: 2,
+        };
+    });
     assert!(matches!(second.dataplane, DataplaneStep::Load(c) if c.entries >= 6));
     assert_eq!(second.attach.len(), 2);
     assert_eq!(second.detach, vec![0, 1]);
@@ -207,31 +182,19 @@ fn outgrown_maps_mean_a_new_dataplane_and_every_hook_moves() {
 
 #[test]
 fn hooks_of_a_stale_dataplane_are_detached() {
-    let pol = policy(POLICY);
-    let first = plan(&pol, "test.toml", &namespace(), None, Devices::Required).unwrap();
-    let mut now = after(&namespace(), &first, 5);
-    now.attachments.push(Attachment {
-        hook: tcx_ingress("lan0", 2),
-        program_id: 99,
-        dataplane: 4,
+    let second = again(&first(), POLICY, |now| {
+        now.attachments.push(Attachment {
+            hook: tcx_ingress("lan0", 2),
+            program_id: 99,
+            dataplane: 4,
+        });
     });
-    let second = plan(
-        &pol,
-        "test.toml",
-        &now,
-        Some(&first.record),
-        Devices::Required,
-    )
-    .unwrap();
     assert!(second.attach.is_empty());
     assert_eq!(second.detach, vec![2]);
 }
 
 #[test]
 fn owned_objects_the_policy_no_longer_has_are_removed() {
-    let pol = policy(POLICY);
-    let first = plan(&pol, "test.toml", &namespace(), None, Devices::Required).unwrap();
-    let mut now = after(&namespace(), &first, 5);
     let stale = IpRule {
         family: crate::policy::matcher::Family::V4,
         priority: 10001,
@@ -240,15 +203,9 @@ fn owned_objects_the_policy_no_longer_has_are_removed() {
         suppress_prefixlen: None,
         src: None,
     };
-    now.ip_rules.insert(stale.clone());
-    let second = plan(
-        &pol,
-        "test.toml",
-        &now,
-        Some(&first.record),
-        Devices::Required,
-    )
-    .unwrap();
+    let second = again(&first(), POLICY, |now| {
+        now.ip_rules.insert(stale.clone());
+    });
     assert_eq!(second.ip_rules.remove, vec![stale]);
     assert!(second.ip_rules.add.is_empty());
 }
@@ -256,14 +213,7 @@ fn owned_objects_the_policy_no_longer_has_are_removed() {
 #[test]
 fn a_missing_device_is_refused_at_its_line() {
     let text = POLICY.replace("ingress = [\"lan0\"]", "ingress = [\"lan9\"]");
-    let err = plan(
-        &policy(&text),
-        "test.toml",
-        &namespace(),
-        None,
-        Devices::Required,
-    )
-    .unwrap_err();
+    let err = fresh(&text, &namespace(), Devices::Required).unwrap_err();
     let msg = err.to_string();
     // Line 23: the gateway fixture's 6 lines, sticky, a blank line, the rules fixture's 12,
     // a blank line and `[attach]` come before it.
@@ -275,20 +225,10 @@ fn a_missing_device_is_refused_at_its_line() {
 
 #[test]
 fn without_hooks_nothing_is_loaded_and_everything_detaches() {
-    let pol = policy(POLICY);
-    let first = plan(&pol, "test.toml", &namespace(), None, Devices::Required).unwrap();
-    let now = after(&namespace(), &first, 5);
     let text = POLICY
         .replace("sticky = true\n", "")
         .replace("ingress = [\"lan0\"]", "ingress = []");
-    let second = plan(
-        &policy(&text),
-        "test.toml",
-        &now,
-        Some(&first.record),
-        Devices::Required,
-    )
-    .unwrap();
+    let second = again(&first(), &text, |_| {});
     assert_eq!(second.dataplane, DataplaneStep::Unused);
     assert_eq!(second.detach, vec![0, 1]);
     assert!(second.warnings[0].contains("names no hook"));
@@ -297,14 +237,7 @@ fn without_hooks_nothing_is_loaded_and_everything_detaches() {
 #[test]
 fn an_awaited_device_leaves_its_part_out_and_is_reported() {
     let text = POLICY.replace("ingress = [\"lan0\"]", "ingress = [\"lan0\", \"wg0\"]");
-    let p = plan(
-        &policy(&text),
-        "test.toml",
-        &namespace(),
-        None,
-        Devices::Awaited,
-    )
-    .unwrap();
+    let p = fresh(&text, &namespace(), Devices::Awaited).unwrap();
     assert_eq!(
         p.waiting,
         vec![Waiting {
@@ -322,14 +255,14 @@ fn an_awaited_device_leaves_its_part_out_and_is_reported() {
 fn a_gateway_device_that_is_down_gets_no_routes_until_it_is_up() {
     let mut now = namespace();
     now.down.insert("wan2".into());
-    let p = plan(&policy(POLICY), "test.toml", &now, None, Devices::Awaited).unwrap();
+    let p = fresh(POLICY, &now, Devices::Awaited).unwrap();
     assert!(p.routes.add.is_empty());
     // The fwmark and from rules stay: they point at the table, not the device.
     assert_eq!(p.ip_rules.add.len(), 6);
     assert_eq!(p.waiting[0].reason, "down");
     assert!(p.warnings[0].contains("wan2 is down"), "{:?}", p.warnings);
     now.down.clear();
-    let up = plan(&policy(POLICY), "test.toml", &now, None, Devices::Awaited).unwrap();
+    let up = fresh(POLICY, &now, Devices::Awaited).unwrap();
     assert_eq!(up.routes.add.len(), 2);
     assert!(up.waiting.is_empty());
 }

@@ -9,6 +9,7 @@ use std::{process::Command, time::Duration};
 use policyroute_tests::{
     bench::{self, env_or, measure, perf_symbols, policy_toml, Measured, Spread, Table},
     cli,
+    daemon::Daemon,
     fixture::{lone_router, TempFile},
     netns::NetNs,
 };
@@ -52,6 +53,51 @@ struct Op {
     target_s: Option<f64>,
     runs: Vec<Measured>,
     note: String,
+}
+
+/// SIGHUP to `policyroute run` with one rule changed (alternating between the two files),
+/// timed by the daemon from the signal to the end of its pass ("reload done in N ms").
+fn reloads(ns: &NetNs, large: &TempFile, changed: &TempFile, rules: usize) -> Op {
+    use std::os::unix::process::ExitStatusExt;
+    let mut op = Op {
+        name: "SIGHUP to run, one rule changed".into(),
+        rules,
+        target_s: Some(0.15),
+        runs: Vec::new(),
+        note: String::new(),
+    };
+    let text = |f: &TempFile| std::fs::read_to_string(&f.path).expect("policy file");
+    let file = TempFile::new("control-run.toml", &text(large));
+    let daemon = Daemon::start(ns, file.arg(), &[], &[]);
+    daemon.ready();
+    for i in 0..6 {
+        eprintln!("control: SIGHUP {} with one rule changed", i + 1);
+        let next = if i % 2 == 0 { changed } else { large };
+        std::fs::write(&file.path, text(next)).expect("rewrite the policy");
+        daemon.signal(libc::SIGHUP);
+        let done = "SIGHUP: reload done in ";
+        assert!(
+            daemon.wait_log(done, i + 1, Duration::from_secs(60)),
+            "{}",
+            daemon.log_text()
+        );
+        let log = daemon.log_text();
+        let ms: f64 = log
+            .lines()
+            .filter_map(|l| l.split(done).nth(1))
+            .nth(i)
+            .and_then(|rest| rest.trim_end_matches(" ms").parse().ok())
+            .expect("a reload time");
+        op.runs.push(Measured {
+            status: std::process::ExitStatus::from_raw(0),
+            wall: Duration::from_secs_f64(ms / 1e3),
+            max_rss_kib: 0,
+            stdout: String::new(),
+            stderr: String::new(),
+            timed_out: false,
+        });
+    }
+    op
 }
 
 fn main() {
@@ -104,7 +150,7 @@ fn main() {
     let mut change = Op {
         name: "re-apply, one rule changed".into(),
         rules: big,
-        target_s: Some(0.05),
+        target_s: Some(0.15),
         runs: Vec::new(),
         note: String::new(),
     };
@@ -149,7 +195,9 @@ fn main() {
             break;
         }
     }
-    ops.extend([fresh, change, flushes]);
+    ops.extend([fresh, change]);
+    ops.push(reloads(&ns, &large, &large_changed, big));
+    ops.push(flushes);
 
     let mut table = Table::new(&[
         "operation",
