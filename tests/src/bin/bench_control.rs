@@ -91,13 +91,23 @@ fn reloads(ns: &NetNs, large: &TempFile, changed: &TempFile, rules: usize) -> Op
         op.runs.push(Measured {
             status: std::process::ExitStatus::from_raw(0),
             wall: Duration::from_secs_f64(ms / 1e3),
-            max_rss_kib: 0,
+            max_rss_kib: peak_rss_kib(daemon.pid()),
             stdout: String::new(),
             stderr: String::new(),
             timed_out: false,
         });
     }
     op
+}
+
+/// The peak resident set of a running process (`VmHWM`), in KiB.
+fn peak_rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn main() {
