@@ -1,7 +1,7 @@
 //! Typed handles on the classifier's maps, and how a compiled policy, the switches and the
 //! device roles are written into them.
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::BTreeMap,
     os::fd::AsFd,
 };
 
@@ -15,6 +15,8 @@ use policyroute_common::{
     ShapeTable, StateChunk, CONTROL_MAP, COUNTERS_MAP, DEVICES_MAP, FLOWS_MAP, GENERATIONS,
     RULES_MAP, SOURCES_MAP, STATE_MAP, TABLES_MAP,
 };
+
+use rustc_hash::FxHashSet;
 
 use crate::{
     kernel::{bpf_syscalls as bpf, dataplane::DataplaneError},
@@ -143,7 +145,7 @@ impl Maps {
     /// What [`Maps::install`] would change (a dry run reads, never writes).
     pub fn diff(&self, compiled: &Compiled) -> Result<EntryDiff, DataplaneError> {
         let mut diff = EntryDiff::default();
-        let mut same = HashSet::new();
+        let mut same = FxHashSet::default();
         let have: Vec<(RuleKey, RuleValue)> =
             bpf::map_dump(self.rules.map().fd().as_fd()).map_err(DataplaneError::Batch)?;
         for (k, v) in have {

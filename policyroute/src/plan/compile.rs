@@ -5,7 +5,9 @@
 //! per (family, source-port block, destination-port block); entries sharing a shape share
 //! one hash lookup per packet. The packet cost is therefore bounded by the number of
 //! shapes per family (at most `MAX_SHAPES`), whatever the number of rules.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap as HashMap;
 
 use ipnet::IpNet;
 use policyroute_common::{
@@ -93,8 +95,9 @@ pub fn compile_with_slots(
         }
     }
     let shapes = assign_ids(&staged, previous)?;
-    let mut entries: HashMap<RuleKey, RuleValue> = HashMap::with_capacity(staged.len());
-    let mut min_prio: HashMap<ShapeDesc, u32> = HashMap::new();
+    let mut entries: HashMap<RuleKey, RuleValue> =
+        HashMap::with_capacity_and_hasher(staged.len(), Default::default());
+    let mut min_prio: HashMap<ShapeDesc, u32> = HashMap::default();
     for (desc, mut key, value) in staged {
         key.shape = shapes[&desc];
         // Identical keys: the earlier rule shadows the later one completely.
