@@ -1,9 +1,6 @@
 //! Typed handles on the classifier's maps, and how a compiled policy, the switches and the
 //! device roles are written into them.
-use std::{
-    collections::BTreeMap,
-    os::fd::AsFd,
-};
+use std::{collections::BTreeMap, os::fd::AsFd};
 
 use aya::{
     maps::{Array, HashMap, IterableMap, Map, MapData, PerCpuArray, PerCpuValues},

@@ -195,16 +195,7 @@ pub fn plan(
         },
     );
     let waiting = waiting(policy, observed);
-    let mut warnings: Vec<String> = waiting
-        .iter()
-        .filter(|w| w.reason == "down")
-        .map(|w| {
-            format!(
-                "{} is down or has no carrier: its routes wait for it",
-                w.dev
-            )
-        })
-        .collect();
+    let mut warnings = down_warnings(&waiting);
     let slots = slots::assign(policy, previous);
     let shapes = observed
         .dataplane
@@ -218,18 +209,7 @@ pub fn plan(
         &shapes,
     )?;
     let dataplane = dataplane_step(observed, &desired, &compiled, &mut warnings);
-    let keep = match dataplane {
-        DataplaneStep::Reuse { id, .. } => Some(id),
-        _ => None,
-    };
-    let (attach, detach) = attachments(&observed.attachments, keep, &desired.hooks);
-    let dataplane = match dataplane {
-        DataplaneStep::Reuse { id, .. } => DataplaneStep::Reuse {
-            id,
-            new_programs: !attach.is_empty(),
-        },
-        other => other,
-    };
+    let (dataplane, attach, detach) = hooks(dataplane, observed, &desired);
     Ok(Plan {
         record: Record::new(source.to_string(), policy.clone(), slots.slots),
         slots_to_zero: slots.to_zero,
@@ -246,6 +226,41 @@ pub fn plan(
         warnings,
         waiting,
     })
+}
+
+fn down_warnings(waiting: &[Waiting]) -> Vec<String> {
+    waiting
+        .iter()
+        .filter(|w| w.reason == "down")
+        .map(|w| {
+            format!(
+                "{} is down or has no carrier: its routes wait for it",
+                w.dev
+            )
+        })
+        .collect()
+}
+
+/// The hooks to attach and detach for `step`, which loads new programs when a kept
+/// dataplane gets new hooks.
+fn hooks(
+    step: DataplaneStep,
+    observed: &Observed,
+    desired: &Desired,
+) -> (DataplaneStep, Vec<Hook>, Vec<usize>) {
+    let keep = match step {
+        DataplaneStep::Reuse { id, .. } => Some(id),
+        _ => None,
+    };
+    let (attach, detach) = attachments(&observed.attachments, keep, &desired.hooks);
+    let step = match step {
+        DataplaneStep::Reuse { id, .. } => DataplaneStep::Reuse {
+            id,
+            new_programs: !attach.is_empty(),
+        },
+        other => other,
+    };
+    (step, attach, detach)
 }
 
 /// The policy's devices that are missing, and its gateways' devices that are down (only
