@@ -21,7 +21,7 @@ use crate::{
         record::Record,
         DataplaneStep, Devices, Observed, Plan, Waiting,
     },
-    policy::Policy,
+    policy::{incremental::Digests, rt_tables::RtTables, Policy},
     present::DeviceNames,
 };
 
@@ -84,35 +84,74 @@ impl Report {
 
 pub async fn apply(path: &Path, opts: &Options, dry_run: bool) -> Result<Report, ControlError> {
     require_privileges()?;
-    let mut t = Timings::start();
-    let policy = Policy::load(path, &opts.tables()?)?;
-    t.mark("load policy");
+    let tables = opts.tables()?;
     let nl = Netlink::new()?;
-    let source = path.display().to_string();
-    reconcile(&nl, opts, &policy, &source, Devices::Required, dry_run).await
+    let source = Source::File {
+        path,
+        tables: &tables,
+    };
+    Ok(reconcile(&nl, opts, source, Devices::Required, dry_run)
+        .await?
+        .0)
 }
 
-/// Observe → plan → execute (or, for a dry run, preview) `policy`, under the namespace
-/// lock. `apply` runs it once; `run` on every change of the network.
+/// Where a pass gets its policy.
+pub enum Source<'a> {
+    /// Read the file, taking unchanged rules from the recorded policy.
+    File {
+        path: &'a Path,
+        tables: &'a RtTables,
+    },
+    /// Already read (by `run`), with its digests.
+    Read {
+        policy: &'a Policy,
+        digests: Option<&'a Digests>,
+        path: &'a Path,
+    },
+}
+
+/// Observe → plan → execute (or, for a dry run, preview) the policy, under the namespace
+/// lock. `apply` runs it once; `run` on every change of the network. Returns the report and
+/// the record now in force.
 pub async fn reconcile(
     nl: &Netlink,
     opts: &Options,
-    policy: &Policy,
-    source: &str,
+    source: Source<'_>,
     devices: Devices,
     dry_run: bool,
-) -> Result<Report, ControlError> {
+) -> Result<(Report, Record), ControlError> {
     let _lock = lock()?;
     let mut t = Timings::start();
     let links = nl.links().await?;
-    let cgroups: Vec<String> = plan::desired::local_cgroup(policy).into_iter().collect();
-    let mut installed = observe::installed(&links, &cgroups)?;
+    let mut installed = observe::installed(&links, &[])?;
+    let (previous, unreadable) = previous_record(&installed);
+    t.mark("find the dataplane and read its record");
+    let owned;
+    let (policy, digests, path) = match source {
+        Source::File { path, tables } => {
+            let earlier = previous
+                .as_ref()
+                .and_then(|r| Some((&r.policy, r.digests.as_ref()?)));
+            owned = Policy::load_again(path, tables, earlier)?;
+            (&owned.0, owned.1.as_ref(), path)
+        }
+        Source::Read {
+            policy,
+            digests,
+            path,
+        } => (policy, digests, path),
+    };
+    t.mark("load the policy");
+    if let Some(cgroup) = plan::desired::local_cgroup(policy) {
+        // Its socket hooks, where earlier applies put them.
+        installed = observe::installed(&links, &[cgroup])?;
+    }
     let gateway_devices: Vec<&str> = policy.gateways.iter().map(|g| g.dev.as_str()).collect();
     let observed = observe::observe(nl, &links, &installed, &gateway_devices).await?;
     t.mark("observe");
-    let (previous, unreadable) = previous_record(&installed);
-    t.mark("read the previous record");
-    let plan = plan::plan(policy, source, &observed, previous.as_ref(), devices)?;
+    let source = path.display().to_string();
+    let mut plan = plan::plan(policy, &source, &observed, previous.as_ref(), devices)?;
+    plan.record.digests = digests.cloned();
     t.mark("plan");
     let mut report = Report::of(&plan, &observed, dry_run);
     report.warnings.extend(unreadable);
@@ -123,7 +162,7 @@ pub async fn reconcile(
         report.entries = execute::execute(nl, opts, &plan, &mut installed, warnings).await?;
     }
     t.mark("execute");
-    Ok(report)
+    Ok((report, plan.record))
 }
 
 /// The record of the previous apply; an unreadable one only costs counter continuity,

@@ -18,7 +18,7 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use super::{
-    apply::{reconcile, Report},
+    apply::{reconcile, Report, Source},
     flush,
     metrics::{self, Metrics},
     require_privileges, ControlError, Options,
@@ -31,7 +31,7 @@ use crate::{
         KernelError,
     },
     plan::Devices,
-    policy::Policy,
+    policy::{incremental::Digests, Policy},
     present,
 };
 
@@ -60,6 +60,8 @@ struct Daemon<'a> {
     source: String,
     nl: Netlink,
     policy: Policy,
+    /// The policy file's digests, for reading it again quickly on SIGHUP.
+    digests: Option<Digests>,
     metrics: Arc<Metrics>,
     file: DaemonFile,
     state: DaemonState,
@@ -72,7 +74,7 @@ struct Daemon<'a> {
 
 pub async fn run(opts: &Options, run: &RunOptions) -> Result<(), ControlError> {
     require_privileges()?;
-    let policy = Policy::load(&run.config, &opts.tables()?)?;
+    let (policy, digests) = Policy::load_again(&run.config, &opts.tables()?, None)?;
     let state = DaemonState {
         pid: std::process::id(),
         started: unix_now(),
@@ -95,6 +97,7 @@ pub async fn run(opts: &Options, run: &RunOptions) -> Result<(), ControlError> {
         source: run.config.display().to_string(),
         nl: Netlink::new()?,
         policy,
+        digests,
         metrics,
         file,
         state,
@@ -192,14 +195,15 @@ impl Daemon<'_> {
     /// SIGHUP: the file again. A broken file changes nothing in the kernel.
     async fn reload(&mut self) {
         let start = Instant::now();
-        let loaded = self
-            .opts
-            .tables()
-            .and_then(|tables| Policy::load(&self.config, &tables).map_err(ControlError::from));
+        let earlier = Some(&self.policy).zip(self.digests.as_ref());
+        let loaded = self.opts.tables().and_then(|tables| {
+            Policy::load_again(&self.config, &tables, earlier).map_err(ControlError::from)
+        });
         match loaded {
-            Ok(policy) => {
+            Ok((policy, digests)) => {
                 info!("SIGHUP: {} reloaded", self.source);
                 self.policy = policy;
+                self.digests = digests;
                 self.pass("reload").await;
                 self.metrics.applied(unix_now());
                 let ms = start.elapsed().as_secs_f64() * 1e3;
@@ -215,18 +219,15 @@ impl Daemon<'_> {
 
     /// One observe → plan → execute pass; failures are logged and retried.
     async fn pass(&mut self, why: &str) {
-        let result = reconcile(
-            &self.nl,
-            self.opts,
-            &self.policy,
-            &self.source,
-            Devices::Awaited,
-            false,
-        )
-        .await;
+        let source = Source::Read {
+            policy: &self.policy,
+            digests: self.digests.as_ref(),
+            path: &self.config,
+        };
+        let result = reconcile(&self.nl, self.opts, source, Devices::Awaited, false).await;
         self.metrics.reconciled();
         match result {
-            Ok(report) => self.passed(why, &report),
+            Ok((report, _)) => self.passed(why, &report),
             Err(e) => self.failed(why, &e),
         }
         if let Err(e) = self.file.write(&self.state) {

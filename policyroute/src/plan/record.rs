@@ -4,7 +4,7 @@
 //! (`kernel::record_store`); this is only the value and its encoding.
 use serde::{Deserialize, Serialize};
 
-use crate::policy::Policy;
+use crate::policy::{incremental::Digests, Policy};
 
 /// Version 2 is postcard behind [`MAGIC`]; version 1 was JSON, still read so that counters
 /// survive an upgrade.
@@ -19,6 +19,9 @@ pub struct Record {
     pub policy: Policy,
     /// Counter slot of `policy.rules[i]`.
     pub slots: Vec<u32>,
+    /// The policy file's digests, so the next read can take unchanged rules from here.
+    #[serde(default)]
+    pub digests: Option<Digests>,
 }
 
 impl Record {
@@ -28,6 +31,7 @@ impl Record {
             source,
             policy,
             slots,
+            digests: None,
         }
     }
 

@@ -34,10 +34,12 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use incremental::Digests;
 use matcher::{Match, Rule};
 use rt_tables::RtTables;
 
 mod error;
+pub mod incremental;
 mod marks;
 pub mod matcher;
 pub mod ports;
@@ -163,6 +165,29 @@ impl Policy {
             source,
         })?;
         Self::parse(&text, &path.display().to_string(), tables)
+    }
+
+    /// [`Policy::load`] after an earlier read of the same file, `previous` with its
+    /// digests: `[[rule]]` tables whose text did not change are taken from it (see
+    /// [`incremental`]). Returns the digests for the next read too (`None` for a file the
+    /// shortcut cannot follow).
+    pub fn load_again(
+        path: &Path,
+        tables: &RtTables,
+        previous: Option<(&Policy, &Digests)>,
+    ) -> Result<(Policy, Option<Digests>), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let label = path.display().to_string();
+        if let Some((policy, digests)) = previous {
+            if let Some(again) = incremental::reread(&text, &label, tables, policy, digests) {
+                return Ok((again.0, Some(again.1)));
+            }
+        }
+        let policy = Self::parse(&text, &label, tables)?;
+        Ok((policy, incremental::digests(&text)))
     }
 
     /// Parses and validates policy text; errors are labelled `file_label`. All problems

@@ -8,8 +8,8 @@ use toml::de::DeValue;
 use super::read_rules::{self, RuleDraft};
 use super::toml_tree::{Doc, Field, Section};
 use super::{
-    marks, Attach, ConfigError, Gateway, Origin, Policy, DEFAULT_MARK_MASK, DEFAULT_RULE_PRIORITY,
-    MAIN_RULE_PRIORITY,
+    marks, Attach, ConfigError, Gateway, Origin, Policy, PolicyRule, DEFAULT_MARK_MASK,
+    DEFAULT_RULE_PRIORITY, MAIN_RULE_PRIORITY,
 };
 use crate::policy::matcher::Family;
 use crate::policy::rt_tables::{self, RtTables};
@@ -86,6 +86,24 @@ pub(super) fn policy(text: &str, file: &str, tables: &RtTables) -> Result<Policy
         attach,
     };
     doc.finish(policy)
+}
+
+/// One `[[rule]]` table alone (`text` holds nothing else), as rule `n` of a policy with
+/// `mark_mask`; `None` for any problem (the whole file is then read for the messages).
+pub(super) fn rule_alone(text: &str, file: &str, n: usize, mark_mask: u32) -> Option<PolicyRule> {
+    let mut doc = Doc::new(file, text);
+    let tree = doc.parse_tree().ok()?;
+    let top = doc.table("", tree.span(), tree.get_ref(), &["rule"]);
+    let DeValue::Array(items) = top.get("rule")?.value.get_ref() else {
+        return None;
+    };
+    let mut items = items.iter();
+    let (Some(item), None) = (items.next(), items.next()) else {
+        return None;
+    };
+    let sec = doc.section(&format!("rule[{n}]"), item, read_rules::KEYS)?;
+    let draft = read_rules::rule(&mut doc, &sec, n, mark_mask);
+    doc.finish(draft.finish()).ok()
 }
 
 fn mark_mask(doc: &mut Doc<'_>, top: &Section<'_, '_>) -> u32 {
