@@ -126,23 +126,22 @@ pub async fn reconcile(
     let mut installed = observe::installed(&links, &[])?;
     let (previous, unreadable) = previous_record(&installed);
     t.mark("find the dataplane and read its record");
-    let owned;
     let (policy, digests, path) = match source {
         Source::File { path, tables } => {
             let earlier = previous
                 .as_ref()
                 .and_then(|r| Some((&r.policy, r.digests.as_ref()?)));
-            owned = Policy::load_again(path, tables, earlier)?;
-            (&owned.0, owned.1.as_ref(), path)
+            let (policy, digests) = Policy::load_again(path, tables, earlier)?;
+            (policy, digests, path)
         }
         Source::Read {
             policy,
             digests,
             path,
-        } => (policy, digests, path),
+        } => (policy.clone(), digests.cloned(), path),
     };
     t.mark("load the policy");
-    if let Some(cgroup) = plan::desired::local_cgroup(policy) {
+    if let Some(cgroup) = plan::desired::local_cgroup(&policy) {
         // Its socket hooks, where earlier applies put them.
         installed = observe::installed(&links, &[cgroup])?;
     }
@@ -151,7 +150,7 @@ pub async fn reconcile(
     t.mark("observe");
     let source = path.display().to_string();
     let mut plan = plan::plan(policy, &source, &observed, previous.as_ref(), devices)?;
-    plan.record.digests = digests.cloned();
+    plan.record.digests = digests;
     t.mark("plan");
     let mut report = Report::of(&plan, &observed, dry_run);
     report.warnings.extend(unreadable);

@@ -48,7 +48,7 @@ pub async fn drift(
         return Ok(unrecorded(&observed, &names));
     };
     let plan = plan::plan(
-        &record.policy,
+        record.policy.clone(),
         &record.source,
         &observed,
         Some(record),

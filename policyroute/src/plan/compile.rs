@@ -15,7 +15,10 @@ use policyroute_common::{
     SHAPE_SPORT, SHAPE_SRC,
 };
 
-use crate::policy::matcher::{Family, Rule, RuleError};
+use crate::policy::{
+    matcher::{Family, Match, Rule, RuleError},
+    Policy,
+};
 
 /// Everything that identifies a shape within a family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -75,23 +78,48 @@ pub fn compile_with_slots(
     mark_mask: u32,
     previous: &BTreeMap<ShapeDesc, u16>,
 ) -> Result<Compiled, CompileError> {
+    let rules = rules.iter().map(|r| (r.name.as_str(), &r.matcher, r.mark));
+    compile_rules(rules, slots, mark_mask, previous)
+}
+
+/// [`compile_with_slots`] of a policy's rules, their targets resolved to marks, read in
+/// place (a 100,000-rule policy is not copied for it).
+pub fn compile_policy(
+    policy: &Policy,
+    slots: &[u32],
+    previous: &BTreeMap<ShapeDesc, u16>,
+) -> Result<Compiled, CompileError> {
+    let rules = policy
+        .rules
+        .iter()
+        .map(|r| (r.name.as_str(), &r.matcher, policy.mark_of(&r.target)));
+    compile_rules(rules, slots, policy.mark_mask, previous)
+}
+
+/// Rules as (name, conditions, mark), first match wins.
+fn compile_rules<'a>(
+    rules: impl ExactSizeIterator<Item = (&'a str, &'a Match, u32)>,
+    slots: &[u32],
+    mark_mask: u32,
+    previous: &BTreeMap<ShapeDesc, u16>,
+) -> Result<Compiled, CompileError> {
     assert_eq!(rules.len(), slots.len(), "one counter slot per rule");
-    let mut staged: Vec<(ShapeDesc, RuleKey, RuleValue)> = Vec::new();
-    for (index, rule) in rules.iter().enumerate() {
+    let mut staged: Vec<(ShapeDesc, RuleKey, RuleValue)> = Vec::with_capacity(rules.len());
+    for (index, (name, matcher, mark)) in rules.enumerate() {
         let fail = |source| CompileError::Rule {
             index,
-            name: rule.name.clone(),
+            name: name.to_string(),
             source,
         };
-        rule.matcher.validate().map_err(fail)?;
+        matcher.validate().map_err(fail)?;
         let value = RuleValue {
             prio: index as u32,
-            mark: rule.mark & mark_mask,
+            mark: mark & mark_mask,
             counter: slots[index],
             _pad: 0,
         };
-        for family in rule.matcher.families().map_err(fail)? {
-            expand(rule, family, value, &mut staged);
+        for family in matcher.families().map_err(fail)? {
+            expand(matcher, family, value, &mut staged);
         }
     }
     let shapes = assign_ids(&staged, previous)?;
@@ -115,12 +143,11 @@ pub fn compile_with_slots(
 }
 
 fn expand(
-    rule: &Rule,
+    m: &Match,
     family: Family,
     value: RuleValue,
     out: &mut Vec<(ShapeDesc, RuleKey, RuleValue)>,
 ) {
-    let m = &rule.matcher;
     let any = vec![(0u16, 0u16)];
     let sports = m
         .sport
@@ -294,7 +321,7 @@ fn prefix_len(mask: &[u32; 4]) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{matcher::Match, ports::PortSet};
+    use crate::policy::ports::PortSet;
 
     fn tcp_dport(name: &str, port: u16, mark: u32) -> Rule {
         Rule {

@@ -16,7 +16,7 @@ use std::{
 use policyroute_common::{DEFAULT_MAX_COUNTERS, DEFAULT_MAX_ENTRIES};
 use serde::Serialize;
 
-use compile::{compile_with_slots, CompileError, Compiled, ShapeDesc};
+use compile::{compile_policy, CompileError, Compiled, ShapeDesc};
 use desired::Desired;
 use objects::{Diff, Hook, IpRoute, IpRule};
 use record::Record;
@@ -175,9 +175,10 @@ pub enum PlanError {
 }
 
 /// The plan that makes the kernel hold `policy` (read from `source`), given what it holds
-/// now and the record of the last apply (`previous`, for counter slots).
+/// now and the record of the last apply (`previous`, for counter slots). The policy moves
+/// into the plan's record.
 pub fn plan(
-    policy: &Policy,
+    policy: Policy,
     source: &str,
     observed: &Observed,
     previous: Option<&Record>,
@@ -187,35 +188,31 @@ pub fn plan(
         policy.check_devices(|dev| observed.links.contains_key(dev))?;
     }
     let desired = desired::desired(
-        policy,
+        &policy,
         &desired::System {
             index_of: &observed.links,
             addresses: &observed.addresses,
             down: &observed.down,
         },
     );
-    let waiting = waiting(policy, observed);
+    let waiting = waiting(&policy, observed);
     let mut warnings = down_warnings(&waiting);
-    let slots = slots::assign(policy, previous);
+    let slots = slots::assign(&policy, previous);
     let shapes = observed
         .dataplane
         .as_ref()
         .map(|dp| dp.shapes.clone())
         .unwrap_or_default();
-    let compiled = compile_with_slots(
-        &policy.classifier_rules(),
-        &slots.slots,
-        policy.mark_mask,
-        &shapes,
-    )?;
+    let compiled = compile_policy(&policy, &slots.slots, &shapes)?;
     let dataplane = dataplane_step(observed, &desired, &compiled, &mut warnings);
     let (dataplane, attach, detach) = hooks(dataplane, observed, &desired);
+    let sticky_ttl_ns = u64::from(policy.sticky_timeout) * 1_000_000_000;
     Ok(Plan {
-        record: Record::new(source.to_string(), policy.clone(), slots.slots),
+        record: Record::new(source.to_string(), policy, slots.slots),
         slots_to_zero: slots.to_zero,
         ip_rules: Diff::between(&observed.ip_rules, &desired.rules),
         routes: Diff::between(&observed.routes, &desired.routes),
-        sticky_ttl_ns: u64::from(policy.sticky_timeout) * 1_000_000_000,
+        sticky_ttl_ns,
         netns_cookie: observed.netns_cookie,
         cgroups: cgroups(&desired.hooks),
         compiled,

@@ -1,6 +1,6 @@
 //! Counter slots: each rule's index into the per-CPU counter array. A rule keeps its slot
 //! (and so its packet and byte counts) across re-applies as long as it keeps its name.
-use std::collections::{BTreeSet, HashMap};
+use rustc_hash::FxHashMap;
 
 use crate::{plan::record::Record, policy::Policy};
 
@@ -16,7 +16,7 @@ pub struct Slots {
 /// A rule keeps the slot of the same-named rule in `previous`; others get the lowest free
 /// slots.
 pub fn assign(policy: &Policy, previous: Option<&Record>) -> Slots {
-    let old: HashMap<&str, u32> = previous
+    let old: FxHashMap<&str, u32> = previous
         .map(|r| {
             r.policy
                 .rules
@@ -26,23 +26,30 @@ pub fn assign(policy: &Policy, previous: Option<&Record>) -> Slots {
                 .collect()
         })
         .unwrap_or_default();
-    let kept: BTreeSet<u32> = policy
+    let kept: Vec<Option<u32>> = policy
         .rules
         .iter()
-        .filter_map(|r| old.get(r.name.as_str()).copied())
+        .map(|r| old.get(r.name.as_str()).copied())
         .collect();
-    let mut free = (0u32..).filter(|s| !kept.contains(s));
+    let mut taken = vec![false; policy.rules.len() + old.len()];
+    for &slot in kept.iter().flatten() {
+        if let Some(t) = taken.get_mut(slot as usize) {
+            *t = true;
+        } else {
+            taken.resize(slot as usize + 1, false);
+            taken[slot as usize] = true;
+        }
+    }
+    let mut free = (0u32..).filter(|&s| !taken.get(s as usize).copied().unwrap_or(false));
     let mut to_zero = Vec::new();
-    let slots = policy
-        .rules
-        .iter()
-        .map(|r| match old.get(r.name.as_str()) {
-            Some(&s) => s,
-            None => {
+    let slots = kept
+        .into_iter()
+        .map(|slot| {
+            slot.unwrap_or_else(|| {
                 let s = free.next().expect("unbounded");
                 to_zero.push(s);
                 s
-            }
+            })
         })
         .collect();
     Slots { slots, to_zero }

@@ -71,7 +71,7 @@ fn after(observed: &Observed, plan: &Plan, id: u32) -> Observed {
 
 /// `text` planned in `observed` with nothing recorded before.
 fn fresh(text: &str, observed: &Observed, devices: Devices) -> Result<Plan, PlanError> {
-    plan(&policy(text), "test.toml", observed, None, devices)
+    plan(policy(text), "test.toml", observed, None, devices)
 }
 
 /// `text` planned once `first` was executed (its dataplane has rules map id 5) and `change`
@@ -80,14 +80,7 @@ fn again(first: &Plan, text: &str, change: impl FnOnce(&mut Observed)) -> Plan {
     let mut now = after(&namespace(), first, 5);
     change(&mut now);
     let previous = Some(&first.record);
-    plan(
-        &policy(text),
-        "test.toml",
-        &now,
-        previous,
-        Devices::Required,
-    )
-    .expect("a plan")
+    plan(policy(text), "test.toml", &now, previous, Devices::Required).expect("a plan")
 }
 
 /// [`POLICY`] planned in a fresh [`namespace`].

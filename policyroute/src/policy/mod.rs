@@ -239,12 +239,17 @@ impl Policy {
             .map(|r| Rule {
                 name: r.name.clone(),
                 matcher: r.matcher.clone(),
-                mark: match &r.target {
-                    Target::Gateway(name) => self.gateway(name).map_or(0, |g| g.mark),
-                    Target::Mark(mark) => *mark,
-                },
+                mark: self.mark_of(&r.target),
             })
             .collect()
+    }
+
+    /// The mark a rule's target sets (see [`Policy::classifier_rules`]).
+    pub fn mark_of(&self, target: &Target) -> u32 {
+        match target {
+            Target::Gateway(name) => self.gateway(name).map_or(0, |g| g.mark),
+            Target::Mark(mark) => *mark,
+        }
     }
 
     pub fn gateway(&self, name: &str) -> Option<&Gateway> {
