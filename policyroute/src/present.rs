@@ -27,7 +27,7 @@ pub fn apply(r: &Report) -> String {
         let _ = writeln!(o, "{verb} load the classifier");
     }
     let e = &r.entries;
-    if e.inserted + e.updated + e.removed > 0 {
+    if e.changed() {
         let _ = writeln!(
             o,
             "{verb} write classifier entries: +{} ~{} -{}",

@@ -77,7 +77,7 @@ impl Report {
             && self.routes.is_empty()
             && self.attach.is_empty()
             && self.detach.is_empty()
-            && self.entries == InstallStats::default()
+            && !self.entries.changed()
             && !self.new_dataplane)
     }
 }
@@ -151,14 +151,18 @@ pub async fn reconcile(
     let source = path.display().to_string();
     let mut plan = plan::plan(policy, &source, &observed, previous.as_ref(), devices)?;
     plan.record.digests = digests;
+    let keys = previous
+        .as_ref()
+        .and_then(|p| plan::changed::entries_to_check(p, &plan, &observed));
     t.mark("plan");
     let mut report = Report::of(&plan, &observed, dry_run);
     report.warnings.extend(unreadable);
     if dry_run {
         report.entries = execute::preview_entries(&plan, &installed)?;
     } else {
-        let warnings = &mut report.warnings;
-        report.entries = execute::execute(nl, opts, &plan, &mut installed, warnings).await?;
+        let (warnings, keys) = (&mut report.warnings, keys.as_deref());
+        report.entries =
+            execute::execute(nl, opts, &mut plan, &mut installed, keys, warnings).await?;
     }
     t.mark("execute");
     Ok((report, plan.record))

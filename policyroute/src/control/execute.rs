@@ -13,17 +13,21 @@ use crate::kernel::{
     pins, record_store, KernelError,
 };
 use crate::plan::{DataplaneStep, Plan};
+use policyroute_common::RuleKey;
 
 /// Executes `plan` against what `installed` found; returns the classifier entries written.
 /// Problems that do not stop the apply are added to `warnings`.
+/// `keys`: the only classifier entries that can differ (see `plan::changed`); `None`:
+/// compare them all.
 pub async fn execute(
     nl: &Netlink,
     opts: &Options,
-    plan: &Plan,
+    plan: &mut Plan,
     installed: &mut Installed,
+    keys: Option<&[RuleKey]>,
     warnings: &mut Vec<String>,
 ) -> Result<InstallStats, ControlError> {
-    let (mut dp, entries) = match dataplane(plan, installed, opts)? {
+    let (mut dp, entries) = match dataplane(plan, installed, opts, keys)? {
         Some((dp, entries)) => (Some(dp), entries),
         None => (None, InstallStats::default()),
     };
@@ -65,9 +69,10 @@ fn crash_point(step: &str) {
 /// Loads or reuses the dataplane, then writes the classifier, the switches, the device
 /// roles and the record into its maps.
 fn dataplane(
-    plan: &Plan,
+    plan: &mut Plan,
     installed: &mut Installed,
     opts: &Options,
+    keys: Option<&[RuleKey]>,
 ) -> Result<Option<(Dataplane, InstallStats)>, ControlError> {
     let mut dp = match &plan.dataplane {
         DataplaneStep::Unused => return Ok(None),
@@ -88,7 +93,11 @@ fn dataplane(
         }
     };
     let mut t = Timings::start();
-    let entries = dp.maps.install(&plan.compiled)?;
+    let entries = match keys {
+        Some(keys) => dp.maps.install_keys(&plan.compiled, keys)?,
+        None => dp.maps.install(&plan.compiled)?,
+    };
+    plan.record.epoch = Some(dp.maps.epoch()?);
     t.mark("execute: classifier entries");
     crash_point("maps");
     let desired = &plan.desired;

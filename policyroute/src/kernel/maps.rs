@@ -3,20 +3,20 @@
 use std::{collections::BTreeMap, os::fd::AsFd};
 
 use aya::{
-    maps::{Array, HashMap, IterableMap, Map, MapData, PerCpuArray, PerCpuValues},
+    maps::{Array, HashMap, IterableMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
     programs::ProgramInfo,
     Ebpf,
 };
 use policyroute_common::{
     Control, Counter, DeviceRole, FlowKey, FlowValue, GatewaySource, RuleKey, RuleValue,
     ShapeTable, StateChunk, CONTROL_MAP, COUNTERS_MAP, DEVICES_MAP, FLOWS_MAP, GENERATIONS,
-    RULES_MAP, SOURCES_MAP, STATE_MAP, TABLES_MAP,
+    RULES_MAP, SOURCES_MAP, STATE_CHUNK, STATE_MAP, TABLES_MAP,
 };
 
 use rustc_hash::FxHashSet;
 
 use crate::{
-    kernel::{bpf_syscalls as bpf, dataplane::DataplaneError},
+    kernel::{bpf_syscalls as bpf, dataplane::DataplaneError, record_store::EPOCH_KEY},
     plan::{
         compile::{shapes_of, Compiled, ShapeDesc},
         Capacity,
@@ -41,6 +41,7 @@ pub struct EntryDiff {
     pub insert: Vec<(RuleKey, RuleValue)>,
     pub update: Vec<(RuleKey, RuleValue)>,
     pub remove: Vec<RuleKey>,
+    pub compared: usize,
 }
 
 impl EntryDiff {
@@ -49,6 +50,7 @@ impl EntryDiff {
             inserted: self.insert.len(),
             updated: self.update.len(),
             removed: self.remove.len(),
+            compared: self.compared,
         }
     }
 }
@@ -59,6 +61,15 @@ pub struct InstallStats {
     pub inserted: usize,
     pub updated: usize,
     pub removed: usize,
+    /// Entries looked at: all of the map's, or (re-applying an edit in place) only those of
+    /// the edited rules.
+    pub compared: usize,
+}
+
+impl InstallStats {
+    pub fn changed(&self) -> bool {
+        self.inserted + self.updated + self.removed > 0
+    }
 }
 
 impl Maps {
@@ -125,6 +136,30 @@ impl Maps {
         Ok(self.control.get(&0, 0)?.generation % GENERATIONS)
     }
 
+    /// Counts the controller's writes of rule entries (raised before each); the record of
+    /// the applied policy notes the value its entries were written at. Kept in the state
+    /// map under its own key (the programs never read it).
+    pub fn epoch(&self) -> Result<u32, DataplaneError> {
+        match self.state.get(&EPOCH_KEY, 0) {
+            Ok(chunk) => Ok(u32::from_le_bytes(
+                chunk.data[..4].try_into().expect("four bytes"),
+            )),
+            Err(MapError::KeyNotFound) => Ok(0),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Raises the epoch before rule entries are written: a record noting an older one no
+    /// longer describes the entries (an install may have been cut short).
+    fn begin_writes(&mut self) -> Result<(), DataplaneError> {
+        let mut chunk = StateChunk {
+            len: 4,
+            data: [0; STATE_CHUNK],
+        };
+        chunk.data[..4].copy_from_slice(&self.epoch()?.wrapping_add(1).to_le_bytes());
+        Ok(self.state.insert(EPOCH_KEY, chunk, 0)?)
+    }
+
     /// The live shape tables (IPv4, IPv6).
     pub fn live_tables(&self) -> Result<[ShapeTable; 2], DataplaneError> {
         let g = self.generation()?;
@@ -145,6 +180,7 @@ impl Maps {
         let mut same = FxHashSet::default();
         let have: Vec<(RuleKey, RuleValue)> =
             bpf::map_dump(self.rules.map().fd().as_fd()).map_err(DataplaneError::Batch)?;
+        diff.compared = have.len();
         for (k, v) in have {
             match compiled.entries.get(&k) {
                 Some(want) if *want == v => {
@@ -179,6 +215,13 @@ impl Maps {
     /// for packets in flight: new entries first (unreachable until their shape is
     /// published), then the shape tables switch in one store, then stale entries go.
     pub fn install(&mut self, compiled: &Compiled) -> Result<InstallStats, DataplaneError> {
+        self.check_capacity(compiled)?;
+        let diff = self.diff(compiled)?;
+        self.write(compiled, &diff)?;
+        Ok(diff.stats())
+    }
+
+    fn check_capacity(&self, compiled: &Compiled) -> Result<(), DataplaneError> {
         let have = self.capacity()?;
         for (what, need, cap) in [
             ("rules", compiled.counter_slots, have.rules),
@@ -192,7 +235,42 @@ impl Maps {
                 });
             }
         }
-        let diff = self.diff(compiled)?;
+        Ok(())
+    }
+
+    /// [`Maps::install`] when the entries are known to differ from `compiled` at most at
+    /// `keys` (the entries of the rules that changed): looks those up instead of reading
+    /// the whole map.
+    pub fn install_keys(
+        &mut self,
+        compiled: &Compiled,
+        keys: &[RuleKey],
+    ) -> Result<InstallStats, DataplaneError> {
+        self.check_capacity(compiled)?;
+        let mut diff = EntryDiff {
+            compared: keys.len(),
+            ..EntryDiff::default()
+        };
+        for key in keys {
+            let have = match self.rules.get(key, 0) {
+                Ok(v) => Some(v),
+                Err(MapError::KeyNotFound) => None,
+                Err(e) => return Err(e.into()),
+            };
+            match (have, compiled.entries.get(key)) {
+                (None, Some(want)) => diff.insert.push((*key, *want)),
+                (Some(v), Some(want)) if v != *want => diff.update.push((*key, *want)),
+                (Some(_), None) => diff.remove.push(*key),
+                _ => {}
+            }
+        }
+        self.write(compiled, &diff)?;
+        Ok(diff.stats())
+    }
+
+    /// New and changed entries, then the switch to the new shape tables, then deletions.
+    fn write(&mut self, compiled: &Compiled, diff: &EntryDiff) -> Result<(), DataplaneError> {
+        self.begin_writes()?;
         let fd = self.rules.map().fd().as_fd();
         let (keys, values): (Vec<RuleKey>, Vec<RuleValue>) =
             diff.insert.iter().chain(&diff.update).copied().unzip();
@@ -200,7 +278,7 @@ impl Maps {
         self.publish(&compiled.tables)?;
         let fd = self.rules.map().fd().as_fd();
         bpf::map_delete_batch(fd, &diff.remove).map_err(DataplaneError::Batch)?;
-        Ok(diff.stats())
+        Ok(())
     }
 
     fn publish(&mut self, tables: &[ShapeTable; 2]) -> Result<(), DataplaneError> {

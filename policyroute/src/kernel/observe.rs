@@ -117,6 +117,7 @@ pub async fn observe(
             id: dp.rules_map_id,
             capacity: dp.maps.capacity()?,
             shapes: dp.maps.live_shapes()?,
+            epoch: dp.maps.epoch()?,
         }),
     };
     Ok(Observed {

@@ -19,6 +19,9 @@ pub fn write_record(maps: &mut Maps, record: &Record) -> Result<(), RecordError>
     write(&mut maps.state, &record.encode())
 }
 
+/// The state map's key of `Maps::epoch`, apart from the record's chunks.
+pub const EPOCH_KEY: u32 = u32::MAX;
+
 /// Header: payload length (u64 LE) and its FNV-1a hash (u64 LE).
 const HEADER: usize = 16;
 
@@ -46,7 +49,8 @@ fn write(map: &mut HashMap<MapData, u32, StateChunk>, payload: &[u8]) -> Result<
     bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     bytes.extend_from_slice(&fnv1a(payload).to_le_bytes());
     bytes.extend_from_slice(payload);
-    let max = MAX_STATE_CHUNKS as usize * STATE_CHUNK;
+    // One key stays free for the epoch.
+    let max = (MAX_STATE_CHUNKS as usize - 1) * STATE_CHUNK;
     if bytes.len() > max {
         return Err(RecordError::TooLarge(bytes.len(), max));
     }
@@ -63,7 +67,7 @@ fn write(map: &mut HashMap<MapData, u32, StateChunk>, payload: &[u8]) -> Result<
     let stale: Vec<u32> = map
         .keys()
         .filter_map(Result::ok)
-        .filter(|&k| k >= count)
+        .filter(|&k| k >= count && k != EPOCH_KEY)
         .collect();
     for k in stale {
         map.remove(&k)?;

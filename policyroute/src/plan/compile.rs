@@ -142,6 +142,29 @@ fn compile_rules<'a>(
     })
 }
 
+/// The keys `rules` have in tables whose shapes are `shapes`; `None` when a rule needs a
+/// shape they lack (or cannot match).
+pub fn keys_of<'a>(
+    rules: impl Iterator<Item = &'a Match>,
+    shapes: &BTreeMap<ShapeDesc, u16>,
+) -> Option<Vec<RuleKey>> {
+    let mut staged = Vec::new();
+    for matcher in rules {
+        for family in matcher.families().ok()? {
+            expand(matcher, family, RuleValue::default(), &mut staged);
+        }
+    }
+    staged
+        .into_iter()
+        .map(|(desc, key, _)| {
+            Some(RuleKey {
+                shape: *shapes.get(&desc)?,
+                ..key
+            })
+        })
+        .collect()
+}
+
 fn expand(
     m: &Match,
     family: Family,

@@ -2,6 +2,7 @@
 //! namespace holds now ([`Observed`]) and the record of the last apply: it compiles the
 //! classifier, gives rules their counter slots, and lists every kernel change an apply
 //! makes. No syscalls: `control::apply` observes before and executes after.
+pub mod changed;
 pub mod compile;
 pub mod desired;
 pub mod objects;
@@ -68,6 +69,8 @@ pub struct ObservedDataplane {
     pub capacity: Capacity,
     /// Shape ids of its live tables (kept stable, so unchanged entries keep their keys).
     pub shapes: BTreeMap<ShapeDesc, u16>,
+    /// Its `Control::epoch`.
+    pub epoch: u32,
 }
 
 /// Map capacities of a dataplane, chosen at load time.

@@ -22,6 +22,9 @@ pub struct Record {
     /// The policy file's digests, so the next read can take unchanged rules from here.
     #[serde(default)]
     pub digests: Option<Digests>,
+    /// The dataplane's `Control::epoch` once this policy's entries were written.
+    #[serde(default)]
+    pub epoch: Option<u32>,
 }
 
 impl Record {
@@ -32,6 +35,7 @@ impl Record {
             policy,
             slots,
             digests: None,
+            epoch: None,
         }
     }
 

@@ -65,6 +65,7 @@ fn after(observed: &Observed, plan: &Plan, id: u32) -> Observed {
         id,
         capacity,
         shapes: plan.compiled.shapes.clone(),
+        epoch: 1,
     });
     o
 }
@@ -258,4 +259,55 @@ fn a_gateway_device_that_is_down_gets_no_routes_until_it_is_up() {
     let up = fresh(POLICY, &now, Devices::Awaited).unwrap();
     assert_eq!(up.routes.add.len(), 2);
     assert!(up.waiting.is_empty());
+}
+
+/// `text` planned after `first` was executed and recorded (its entries at epoch 1), with the
+/// digests both files have.
+fn changed_keys(first_text: &str, text: &str) -> (Plan, Option<Vec<policyroute_common::RuleKey>>) {
+    let digests = crate::policy::incremental::digests;
+    let mut first = fresh(first_text, &namespace(), Devices::Required).unwrap();
+    first.record.digests = digests(first_text);
+    first.record.epoch = Some(1);
+    let mut second = again(&first, text, |_| {});
+    second.record.digests = digests(text);
+    let now = after(&namespace(), &first, 5);
+    let keys = changed::entries_to_check(&first.record, &second, &now);
+    (second, keys)
+}
+
+#[test]
+fn a_one_rule_edit_looks_at_that_rules_entries_only() {
+    let edited = POLICY.replace("dport = 53", "dport = 5353");
+    let (second, keys) = changed_keys(POLICY, &edited);
+    let keys = keys.expect("the quick path applies");
+    // dns: UDP 53 before, UDP 5353 after, one entry per family each.
+    assert_eq!(keys.len(), 4);
+    let dns = 1;
+    let new: Vec<_> = second
+        .compiled
+        .entries
+        .iter()
+        .filter(|(_, v)| v.prio == dns)
+        .map(|(k, _)| k)
+        .collect();
+    assert!(new.iter().all(|k| keys.contains(k)));
+}
+
+#[test]
+fn the_quick_path_needs_the_same_rule_positions_and_epoch() {
+    let added = POLICY.replace(
+        "[attach]",
+        "[[rule]]\nname = \"x\"\nproto = \"udp\"\ngateway = \"isp2\"\n\n[attach]",
+    );
+    assert!(changed_keys(POLICY, &added).1.is_none(), "a rule added");
+    let mut first = first();
+    first.record.digests = crate::policy::incremental::digests(POLICY);
+    first.record.epoch = Some(2);
+    let mut second = again(&first, POLICY, |_| {});
+    second.record.digests = first.record.digests.clone();
+    let now = after(&namespace(), &first, 5);
+    assert!(
+        changed::entries_to_check(&first.record, &second, &now).is_none(),
+        "entries written since the record"
+    );
 }

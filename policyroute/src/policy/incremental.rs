@@ -101,7 +101,7 @@ fn split(text: &str) -> Option<Split<'_>> {
 }
 
 /// The digests of `text`, for the next read; `None` when it cannot be split.
-pub(super) fn digests(text: &str) -> Option<Digests> {
+pub fn digests(text: &str) -> Option<Digests> {
     let split = split(text)?;
     Some(Digests {
         head: split.head_digest,
