@@ -187,6 +187,15 @@ pub struct StateChunk {
     pub data: [u8; STATE_CHUNK],
 }
 
+impl Default for StateChunk {
+    fn default() -> Self {
+        Self {
+            len: 0,
+            data: [0; STATE_CHUNK],
+        }
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;

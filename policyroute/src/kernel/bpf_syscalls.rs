@@ -172,8 +172,14 @@ pub fn cgroup_query(cgroup: BorrowedFd<'_>, attach_type: u32) -> io::Result<Vec<
     Ok(ids)
 }
 
-/// Entries per batch call: large enough that a 100k-rule policy takes a handful of calls.
-const BATCH: usize = 16384;
+/// Entries per batch call: large enough that a 100k-rule policy takes a handful of calls,
+/// and at most 4 MiB of keys and values (the state map's values are 4 KiB each).
+fn batch_len<K, V>() -> usize {
+    const MAX_ENTRIES: usize = 16384;
+    const MAX_BYTES: usize = 4 << 20;
+    let entry = std::mem::size_of::<K>() + std::mem::size_of::<V>();
+    (MAX_BYTES / entry.max(1)).clamp(1, MAX_ENTRIES)
+}
 
 /// `union bpf_attr` as used by the BPF_MAP_*_BATCH commands.
 #[repr(C)]
@@ -194,8 +200,9 @@ pub fn map_dump<K: Copy + Default, V: Copy + Default>(
     map: BorrowedFd<'_>,
 ) -> io::Result<Vec<(K, V)>> {
     let mut out = Vec::new();
-    let mut keys = vec![K::default(); BATCH];
-    let mut values = vec![V::default(); BATCH];
+    let batch = batch_len::<K, V>();
+    let mut keys = vec![K::default(); batch];
+    let mut values = vec![V::default(); batch];
     let (mut token_in, mut token_out) = (0u64, 0u64);
     let mut first = true;
     loop {
@@ -208,7 +215,7 @@ pub fn map_dump<K: Copy + Default, V: Copy + Default>(
             out_batch: &mut token_out as *mut u64 as u64,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
-            count: BATCH as u32,
+            count: batch as u32,
             map_fd: map.as_raw_fd() as u32,
             ..BatchAttr::default()
         };
@@ -228,7 +235,8 @@ pub fn map_dump<K: Copy + Default, V: Copy + Default>(
 
 /// Inserts or replaces entries, a batch per syscall.
 pub fn map_update_batch<K, V>(map: BorrowedFd<'_>, keys: &[K], values: &[V]) -> io::Result<()> {
-    for (k, v) in keys.chunks(BATCH).zip(values.chunks(BATCH)) {
+    let batch = batch_len::<K, V>();
+    for (k, v) in keys.chunks(batch).zip(values.chunks(batch)) {
         let attr = BatchAttr {
             keys: k.as_ptr() as u64,
             values: v.as_ptr() as u64,
@@ -243,7 +251,7 @@ pub fn map_update_batch<K, V>(map: BorrowedFd<'_>, keys: &[K], values: &[V]) -> 
 
 /// Deletes entries, a batch per syscall.
 pub fn map_delete_batch<K>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<()> {
-    for k in keys.chunks(BATCH) {
+    for k in keys.chunks(batch_len::<K, ()>()) {
         let attr = BatchAttr {
             keys: k.as_ptr() as u64,
             count: k.len() as u32,

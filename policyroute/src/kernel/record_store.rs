@@ -1,10 +1,15 @@
 //! Where the record of the last apply ([`Record`]) is kept: the dataplane's state map, as a
 //! chunked, checksummed byte string. Written after every apply; a torn write (an apply
 //! killed halfway) is detected by the checksum and reported, never misread.
-use aya::maps::{HashMap, MapData, MapError};
+use std::os::fd::AsFd;
+
+use aya::maps::{HashMap, IterableMap, MapData, MapError};
 use policyroute_common::{StateChunk, MAX_STATE_CHUNKS, STATE_CHUNK};
 
-use crate::{kernel::maps::Maps, plan::record::Record};
+use crate::{
+    kernel::{bpf_syscalls as bpf, maps::Maps},
+    plan::record::Record,
+};
 
 /// The record of the last apply; `None` when none was ever written.
 pub fn read_record(maps: &Maps) -> Result<Option<Record>, RecordError> {
@@ -29,6 +34,8 @@ const HEADER: usize = 16;
 pub enum RecordError {
     #[error("state map: {0}")]
     Map(#[from] MapError),
+    #[error("state map batch operation: {0}")]
+    Batch(std::io::Error),
     #[error("the state record is {0} bytes; at most {1} fit")]
     TooLarge(usize, usize),
     #[error(
@@ -37,69 +44,84 @@ pub enum RecordError {
     Corrupt,
 }
 
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+/// Detects a torn record (crc32c-class speed matters: a 100k-rule record is 4.5 MB).
+fn checksum(bytes: &[u8]) -> u64 {
+    u64::from(crc32fast::hash(bytes))
 }
 
-/// Replaces the stored bytes with `payload`.
+/// Replaces the stored bytes with `payload`. Chunks go in and stale ones out a batch per
+/// syscall (a 100k-rule record is over 1,000 chunks).
 fn write(map: &mut HashMap<MapData, u32, StateChunk>, payload: &[u8]) -> Result<(), RecordError> {
     let mut bytes = Vec::with_capacity(HEADER + payload.len());
     bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    bytes.extend_from_slice(&fnv1a(payload).to_le_bytes());
+    bytes.extend_from_slice(&checksum(payload).to_le_bytes());
     bytes.extend_from_slice(payload);
     // One key stays free for the epoch.
     let max = (MAX_STATE_CHUNKS as usize - 1) * STATE_CHUNK;
     if bytes.len() > max {
         return Err(RecordError::TooLarge(bytes.len(), max));
     }
-    let chunks = bytes.chunks(STATE_CHUNK);
+    let chunks: Vec<StateChunk> = bytes
+        .chunks(STATE_CHUNK)
+        .map(|piece| {
+            let mut chunk = StateChunk {
+                len: piece.len() as u32,
+                data: [0; STATE_CHUNK],
+            };
+            chunk.data[..piece.len()].copy_from_slice(piece);
+            chunk
+        })
+        .collect();
     let count = chunks.len() as u32;
-    for (i, piece) in chunks.enumerate() {
-        let mut chunk = StateChunk {
-            len: piece.len() as u32,
-            data: [0; STATE_CHUNK],
-        };
-        chunk.data[..piece.len()].copy_from_slice(piece);
-        map.insert(i as u32, chunk, 0)?;
-    }
+    let keys: Vec<u32> = (0..count).collect();
+    let fd = map.map().fd().as_fd();
+    bpf::map_update_batch(fd, &keys, &chunks).map_err(RecordError::Batch)?;
+    // Keys only (one small syscall each): a dump would copy every 4 KiB chunk again.
     let stale: Vec<u32> = map
         .keys()
         .filter_map(Result::ok)
         .filter(|&k| k >= count && k != EPOCH_KEY)
         .collect();
-    for k in stale {
-        map.remove(&k)?;
-    }
+    bpf::map_delete_batch(fd, &stale).map_err(RecordError::Batch)?;
     Ok(())
+}
+
+/// Every stored chunk, by key, read a batch per syscall.
+fn stored(map: &HashMap<MapData, u32, StateChunk>) -> Result<Vec<(u32, StateChunk)>, RecordError> {
+    bpf::map_dump(map.map().fd().as_fd()).map_err(RecordError::Batch)
 }
 
 /// The stored payload; `None` when nothing was ever written.
 fn read(map: &HashMap<MapData, u32, StateChunk>) -> Result<Option<Vec<u8>>, RecordError> {
-    let first = match map.get(&0, 0) {
-        Ok(chunk) => chunk,
-        Err(MapError::KeyNotFound) => return Ok(None),
-        Err(e) => return Err(e.into()),
+    let mut chunks: Vec<(u32, StateChunk)> = stored(map)?;
+    chunks.retain(|(k, _)| *k != EPOCH_KEY);
+    chunks.sort_unstable_by_key(|(k, _)| *k);
+    let Some((0, first)) = chunks.first() else {
+        return Ok(None);
     };
-    let mut bytes = piece(&first).to_vec();
-    if bytes.len() < HEADER {
+    let first = piece(first);
+    if first.len() < HEADER {
         return Err(RecordError::Corrupt);
     }
-    let len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
-    let hash = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+    let len = u64::from_le_bytes(first[..8].try_into().expect("8 bytes")) as usize;
+    let hash = u64::from_le_bytes(first[8..16].try_into().expect("8 bytes"));
     // Only as many chunks as the header names: leftovers of a longer, older record are
     // deleted after the new one is complete and must not be read.
-    let chunks = (HEADER + len).div_ceil(STATE_CHUNK) as u32;
-    for i in 1..chunks.min(MAX_STATE_CHUNKS) {
-        match map.get(&i, 0) {
-            Ok(chunk) => bytes.extend_from_slice(piece(&chunk)),
-            Err(MapError::KeyNotFound) => return Err(RecordError::Corrupt),
-            Err(e) => return Err(e.into()),
-        }
+    let count = (HEADER + len).div_ceil(STATE_CHUNK);
+    let whole = chunks.len() >= count
+        && chunks[..count]
+            .iter()
+            .enumerate()
+            .all(|(i, (k, _))| *k as usize == i);
+    if !whole {
+        return Err(RecordError::Corrupt);
+    }
+    let mut bytes = Vec::with_capacity(HEADER + len);
+    for (_, chunk) in &chunks[..count] {
+        bytes.extend_from_slice(piece(chunk));
     }
     let payload = &bytes[HEADER..];
-    if payload.len() != len || fnv1a(payload) != hash {
+    if payload.len() != len || checksum(payload) != hash {
         return Err(RecordError::Corrupt);
     }
     Ok(Some(payload.to_vec()))

@@ -60,7 +60,8 @@ fn classify(line: &str) -> Line {
 /// `None` when the file uses what the split cannot follow safely (multi-line strings, other
 /// tables under `rule`).
 fn split(text: &str) -> Option<Split<'_>> {
-    if text.contains("\"\"\"") || text.contains("'''") {
+    let finder = |needle: &str| memchr::memmem::find(text.as_bytes(), needle.as_bytes());
+    if finder("\"\"\"").is_some() || finder("'''").is_some() {
         return None;
     }
     let mut head = String::with_capacity(text.len() / 16);
