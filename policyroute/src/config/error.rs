@@ -1,6 +1,7 @@
 //! Errors of the policy file, each located by file, line and key.
 use std::fmt::Write as _;
 use std::path::PathBuf;
+use std::str::Utf8Error;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -52,6 +53,21 @@ fn one_per_line(errors: &[ConfigError]) -> String {
         let _ = write!(out, "{sep}{e}");
     }
     out
+}
+
+/// The error for text that is not UTF-8 (as TOML must be), at its first invalid byte.
+pub(super) fn not_utf8(bytes: &[u8], e: &Utf8Error, file: &str) -> ConfigError {
+    let valid = &bytes[..e.valid_up_to()];
+    // `valid_up_to` promises this prefix decodes; the fallback only avoids a panic path.
+    let text = std::str::from_utf8(valid).unwrap_or_default();
+    let line = line_of(text, text.len());
+    let bad = bytes.get(e.valid_up_to()).copied().unwrap_or_default();
+    ConfigError::Invalid {
+        file: file.to_owned(),
+        line,
+        key: key_near(text, line),
+        message: format!("invalid UTF-8 (byte {bad:#04x}); a policy file is UTF-8 text"),
+    }
 }
 
 /// 1-based line of a byte offset.

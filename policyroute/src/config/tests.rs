@@ -286,6 +286,21 @@ fn load_labels_errors_with_the_path() {
 }
 
 #[test]
+fn bytes_that_are_not_utf8_are_located() {
+    let mut bytes = doc(&["[[gateway]]", "name = \"a\"", "dev = \"wan"]).into_bytes();
+    bytes.extend_from_slice(b"\xff2\"\n");
+    let expected = "3: gateway[1].dev: invalid UTF-8 (byte 0xff); a policy file is UTF-8 text";
+    let err = Policy::parse_bytes(&bytes, FILE, &tables()).unwrap_err();
+    assert_eq!(err.to_string(), format!("{FILE}:{expected}"));
+    // `load` reads bytes, so a file gets the same located error instead of an I/O one.
+    let path = std::env::temp_dir().join(format!("policyroute-utf8-{}.toml", std::process::id()));
+    std::fs::write(&path, &bytes).unwrap();
+    let err = Policy::load(&path, &tables()).unwrap_err();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(err.to_string(), format!("{}:{expected}", path.display()));
+}
+
+#[test]
 fn check_devices_names_the_missing_ones() {
     let policy = parse(EXAMPLE).unwrap();
     assert!(policy.check_devices(|_| true).is_ok());
