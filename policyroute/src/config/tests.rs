@@ -370,6 +370,28 @@ fn toml_syntax_errors() {
     assert_error(&["[attach", "ingress = []"], 1, "syntax", "");
 }
 
+/// Found by fuzzing: the key of a syntax error is guessed from the raw header line, and a
+/// tab or an escape character in it reached the error (and the operator's terminal) raw.
+#[test]
+fn syntax_error_keys_escape_control_characters() {
+    assert_error(&["[[gate\tway]]"], 1, "gate\\tway[1]", "");
+    assert_error(&["[at\u{1b}[2Jtach]", "x"], 1, "at\\u001B[2Jtach", "");
+    let err = parse("[[gate\tway]]").unwrap_err().to_string();
+    assert!(!err.chars().any(char::is_control), "{err:?}");
+}
+
+/// Found by fuzzing: `.=` was blamed on the key `.`, and `[\0e..]` on a table of that
+/// name: neither names anything.
+#[test]
+fn syntax_error_keys_have_no_empty_parts() {
+    assert_error(&[".="], 1, "syntax", "");
+    assert_error(&["[attach]", "a..b = 1"], 2, "attach", "");
+    assert_error(&["[attach]", "local. = true"], 2, "attach", "");
+    assert_error(&["[attach]", "x.local = tru"], 2, "attach.x.local", "");
+    assert_error(&["[a..b]"], 1, "syntax", "");
+    assert_error(&["[attach]", "[[.rule]]"], 2, "attach", "");
+}
+
 #[test]
 fn unknown_keys() {
     assert_error(&["colour = \"blue\""], 1, "colour", "unknown key");
@@ -391,6 +413,29 @@ fn unknown_keys() {
         "attach.egres",
         "unknown key",
     );
+}
+
+/// Found writing the fuzz target: keys that are not bare were shown raw, so `"" = 1` had
+/// an empty key and a newline in a quoted key split the error over two lines.
+#[test]
+fn unknown_keys_that_need_quotes() {
+    assert_error(&["\"\" = 1"], 1, "\"\"", "unknown key");
+    assert_error(&["[attach]", "\"\" = 1"], 2, "attach.\"\"", "unknown key");
+    assert_error(&["'a.b' = 1"], 1, "\"a.b\"", "unknown key");
+    assert_error(
+        &["[attach]", "\"x\\ny\" = 1"],
+        2,
+        "attach.\"x\\ny\"",
+        "unknown key",
+    );
+    assert_error(
+        &["\"q\\\"\\u0001\" = 1"],
+        1,
+        "\"q\\\"\\u0001\"",
+        "unknown key",
+    );
+    let err = parse("\"x\\ny\" = 1\n\"\" = 2").unwrap_err().to_string();
+    assert_eq!(err.lines().count(), 2, "one line per problem:\n{err}");
 }
 
 #[test]
