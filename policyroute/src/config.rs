@@ -207,7 +207,9 @@ impl Policy {
                 file: self.origin.file.clone(),
                 line,
                 key,
-                message: format!("device {dev} does not exist"),
+                // The kernel takes control characters in a device name; a terminal
+                // should not.
+                message: format!("device {} does not exist", error::escape_controls(dev)),
             })
             .collect();
         ConfigError::from_all(errors)

@@ -324,6 +324,38 @@ fn check_devices_names_the_missing_ones() {
     );
 }
 
+/// Found by fuzzing: the list of defined gateways showed a NUL in a name raw. Device
+/// names (which may hold control characters, as the kernel's do) had the same problem.
+#[test]
+fn names_in_messages_escape_control_characters() {
+    assert_error(
+        &[
+            "[[gateway]]",
+            "name = \"isp2\\u0000\"",
+            "dev = \"wan\\u001b2\"",
+            "table = 100",
+            "[[rule]]",
+            "gateway = \"isp2\"",
+        ],
+        6,
+        "rule[1].gateway",
+        "unknown gateway \"isp2\" (defined: isp2\\u0000)",
+    );
+    let policy = parse(&doc(&[
+        "[[gateway]]",
+        "name = \"isp2\"",
+        "dev = \"wan\\u001b2\"",
+        "table = 100",
+    ]))
+    .unwrap();
+    assert_eq!(policy.gateways[0].dev, "wan\u{1b}2");
+    let err = policy.check_devices(|_| false).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "policy.toml:3: gateway[1].dev: device wan\\u001B2 does not exist"
+    );
+}
+
 #[test]
 fn all_errors_are_reported_in_line_order() {
     let err = parse(&doc(&[
