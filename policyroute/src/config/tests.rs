@@ -356,6 +356,18 @@ fn names_in_messages_escape_control_characters() {
     );
 }
 
+/// Found by the 30 s fuzz run in `cargo xtask test`: the toml crate reads `6_5<NUL>3` as
+/// an integer, and the out-of-range message showed the NUL raw.
+#[test]
+fn integers_in_messages_escape_control_characters() {
+    assert_error(
+        &["mark_mask = 6_5\u{0}3"],
+        1,
+        "mark_mask",
+        "65\\u00003 is out of range",
+    );
+}
+
 #[test]
 fn all_errors_are_reported_in_line_order() {
     let err = parse(&doc(&[

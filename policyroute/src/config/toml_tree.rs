@@ -169,10 +169,14 @@ impl<'t> Doc<'t> {
             Some(n) => Some(n),
             None => {
                 let (lo, hi) = (range.start(), range.end());
+                // The integer as written: the toml crate lets control characters through
+                // in one with underscores (`6_5<NUL>3`).
+                let written = i.to_string();
+                let written = escape_controls(&written);
                 self.error(
                     &f.value.span(),
                     f.key,
-                    format_args!("{i} is out of range ({lo} to {hi})"),
+                    format_args!("{written} is out of range ({lo} to {hi})"),
                 );
                 None
             }
