@@ -2,7 +2,7 @@
 //!
 //! Every command first runs `setup`, which installs (idempotently) what building and
 //! testing need on a fresh machine: nightly rust-src, bpf-linker built against nightly's
-//! LLVM, and the Debian packages the tests use.
+//! LLVM, cargo-fuzz, and the Debian packages the tests use.
 mod bench;
 mod cmd;
 mod setup;
@@ -26,7 +26,8 @@ enum Command {
     Setup,
     /// Build the release binary target/release/policyroute (eBPF object embedded).
     Build,
-    /// Check formatting and lints, then run every test (needs root for the kernel tests).
+    /// Check formatting and lints, run every test (needs root for the kernel tests), then
+    /// fuzz the policy reader for 30 s.
     Test {
         /// Extra arguments passed to `cargo test` (a test name filter, for example).
         #[arg(trailing_var_arg = true)]

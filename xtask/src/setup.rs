@@ -3,6 +3,7 @@
 //! - nightly's rust-src (the eBPF crate is built with `-Z build-std=core`);
 //! - bpf-linker 0.13 built against the LLVM that nightly rustc ships, found through a
 //!   directory of symlinks outside `target/` so `cargo clean` cannot break the linker;
+//! - cargo-fuzz, for the fuzz smoke run in `cargo xtask test` (`cargo +nightly fuzz`);
 //! - Debian packages the tests use as independent witnesses.
 use std::{
     fs,
@@ -16,6 +17,8 @@ use anyhow::{bail, Context};
 use crate::cmd::{output, run};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Pinned so a new release cannot change how the fuzz target is built or run under CI.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// Debian packages (binary, package) the tests call as independent witnesses.
 /// (systemd-analyze checks the shipped unit file.)
 const PACKAGES: &[(&str, &str)] = &[
@@ -36,6 +39,7 @@ const BENCH_PACKAGES: &[(&str, &str)] = &[
 pub fn ensure() -> anyhow::Result<()> {
     nightly_rust_src()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     debian_packages(PACKAGES)
 }
 
@@ -129,6 +133,27 @@ fn bpf_linker() -> anyhow::Result<()> {
         bail!("bpf-linker was installed but does not run; is ~/.cargo/bin on PATH?");
     }
     fs::write(&stamp_file, stamp)?;
+    Ok(())
+}
+
+/// cargo-fuzz is a plain binary (it drives whichever toolchain runs it), so `--version`
+/// tells whether the pinned one is there; no stamp file needed.
+fn cargo_fuzz() -> anyhow::Result<()> {
+    let want = format!("cargo-fuzz {CARGO_FUZZ_VERSION}");
+    let have = output(Command::new("cargo").args(["fuzz", "--version"])).unwrap_or_default();
+    if have.trim() == want {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {want}");
+    run(Command::new("cargo")
+        .args(["install", "cargo-fuzz", "--version", CARGO_FUZZ_VERSION])
+        .args(["--locked", "--force"]))?;
+    let have = output(Command::new("cargo").args(["fuzz", "--version"])).unwrap_or_default();
+    if have.trim() != want {
+        bail!(
+            "installed {want} but `cargo fuzz --version` says {have:?}; is ~/.cargo/bin on PATH?"
+        );
+    }
     Ok(())
 }
 

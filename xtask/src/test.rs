@@ -1,6 +1,7 @@
-//! `cargo xtask test`: formatting, lints, then the whole test suite. The kernel tests load
-//! eBPF programs and create network namespaces, so this must run as root.
-use std::{path::Path, process::Command};
+//! `cargo xtask test`: formatting, lints, the whole test suite, then a short fuzz run of
+//! the policy reader. The kernel tests load eBPF programs and create network namespaces,
+//! so this must run as root.
+use std::{fs, path::Path, process::Command};
 
 use anyhow::bail;
 
@@ -8,6 +9,9 @@ use crate::cmd::{self, cargo, output, root};
 
 /// Prefix of the network namespaces the tests create (`prt-<pid>-...`).
 const NETNS_PREFIX: &str = "prt-";
+/// Long enough to catch a regression a corpus input now triggers and to mutate around
+/// it a little; the real search is the long run fuzz/README.md describes.
+const FUZZ_SECONDS: u32 = 30;
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     if output(Command::new("id").arg("-u"))
@@ -20,10 +24,12 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     remove_stale_namespaces();
     cargo(&["fmt", "--all", "--", "--check"])?;
     let ebpf_sources = root().join("policyroute-ebpf/src");
+    let fuzz_sources = root().join("fuzz/fuzz_targets");
     cmd::run(
         Command::new("rustfmt")
             .args(["--check", "--edition", "2021"])
-            .args(rust_files(&ebpf_sources)?),
+            .args(rust_files(&ebpf_sources)?)
+            .args(rust_files(&fuzz_sources)?),
     )?;
     cargo(&[
         "clippy",
@@ -42,7 +48,52 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             .args(args)
             .env("POLICYROUTE_BIN", bin)
             .current_dir(root()),
-    )
+    )?;
+    fuzz_policy_reader()
+}
+
+/// Fuzzes the policy reader for [`FUZZ_SECONDS`]; a crash, timeout or failed assertion
+/// fails the run, leaving its input in fuzz/artifacts/policy/ (ignored by git).
+///
+/// libFuzzer writes new inputs only to the first corpus directory, so that one is a
+/// scratch directory and the corpus, seeds and regression inputs kept in the repository
+/// are only read: the run leaves the tree as it found it.
+fn fuzz_policy_reader() -> anyhow::Result<()> {
+    let fuzz = root().join("fuzz");
+    let scratch = std::env::temp_dir().join(format!("policyroute-fuzz-{}", std::process::id()));
+    fs::create_dir_all(&scratch)?;
+    // git keeps no empty directory, and libFuzzer refuses a missing one.
+    let kept = ["corpus/policy", "seeds/policy", "regressions/policy"]
+        .map(|dir| fuzz.join(dir))
+        .into_iter()
+        .filter(|dir| dir.is_dir());
+    let mut run = Command::new("cargo");
+    run.args(["+nightly", "fuzz", "run", "policy"])
+        .arg(&scratch)
+        .args(kept)
+        .arg("--")
+        .arg(format!("-max_total_time={FUZZ_SECONDS}"))
+        // The reader takes microseconds per input; seconds mean a hang.
+        .arg("-timeout=10")
+        .arg(format!("-dict={}", fuzz.join("policy.dict").display()))
+        .current_dir(root());
+    // `cargo xtask` runs under stable cargo, whose settings must not reach the nightly
+    // build (the same list policyroute/build.rs clears for the eBPF build).
+    for var in [
+        "RUSTUP_TOOLCHAIN",
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_TARGET_DIR",
+    ] {
+        run.env_remove(var);
+    }
+    let result = cmd::run(&mut run);
+    let _ = fs::remove_dir_all(&scratch);
+    result
 }
 
 fn rust_files(dir: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {

@@ -1,6 +1,8 @@
 //! Errors of the policy file, each located by file, line and key.
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::path::PathBuf;
+use std::str::Utf8Error;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -54,6 +56,21 @@ fn one_per_line(errors: &[ConfigError]) -> String {
     out
 }
 
+/// The error for text that is not UTF-8 (as TOML must be), at its first invalid byte.
+pub(super) fn not_utf8(bytes: &[u8], e: &Utf8Error, file: &str) -> ConfigError {
+    let valid = &bytes[..e.valid_up_to()];
+    // `valid_up_to` promises this prefix decodes; the fallback only avoids a panic path.
+    let text = std::str::from_utf8(valid).unwrap_or_default();
+    let line = line_of(text, text.len());
+    let bad = bytes.get(e.valid_up_to()).copied().unwrap_or_default();
+    ConfigError::Invalid {
+        file: file.to_owned(),
+        line,
+        key: key_near(text, line),
+        message: format!("invalid UTF-8 (byte {bad:#04x}); a policy file is UTF-8 text"),
+    }
+}
+
 /// 1-based line of a byte offset.
 pub(super) fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
@@ -84,9 +101,9 @@ pub(super) fn key_near(text: &str, line: usize) -> String {
                     1
                 }
             };
-            table = format!("{name}[{n}]");
+            table = format!("{}[{n}]", escape_controls(name));
         } else if let Some(name) = header(l, "[", "]") {
-            table = name.to_owned();
+            table = escape_controls(name).into_owned();
         } else if at_error {
             return join_key(&table, bare_key(l));
         }
@@ -94,16 +111,43 @@ pub(super) fn key_near(text: &str, line: usize) -> String {
     join_key(&table, None)
 }
 
+/// Control characters as TOML escapes them (`\t`, `\u001B`), so an error stays one line
+/// of plain text whatever the file holds.
+pub(super) fn escape_controls(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04X}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// The name in a `[name]` or `[[name]]` line, if every dotted part of it is non-empty:
+/// `[a..b]` names no table, so the key falls back to the one before.
 fn header<'a>(line: &'a str, open: &str, close: &str) -> Option<&'a str> {
     let rest = line.strip_prefix(open)?;
     let name = rest.split(close).next()?.trim();
-    (rest.contains(close) && !name.is_empty() && !name.starts_with('[')).then_some(name)
+    let parts = name.split('.').all(|p| !p.trim().is_empty());
+    (rest.contains(close) && parts && !name.starts_with('[')).then_some(name)
 }
 
+/// The bare (possibly dotted) key a `key = value` line starts with. Each part must be
+/// non-empty: `.` or `a..b` name nothing, so they fall back to the table.
 fn bare_key(line: &str) -> Option<&str> {
     let key = line.split('=').next()?.trim();
-    let bare = |c: char| c.is_ascii_alphanumeric() || "_-.".contains(c);
-    (line.contains('=') && !key.is_empty() && key.chars().all(bare)).then_some(key)
+    let bare = |c: char| c.is_ascii_alphanumeric() || "_-".contains(c);
+    let part = |p: &str| !p.is_empty() && p.chars().all(bare);
+    (line.contains('=') && key.split('.').all(part)).then_some(key)
 }
 
 fn join_key(table: &str, key: Option<&str>) -> String {

@@ -160,11 +160,24 @@ impl Eq for Origin {}
 impl Policy {
     /// Reads and validates the policy at `path`; errors are labelled with `path`.
     pub fn load(path: &Path, tables: &RtTables) -> Result<Policy, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        let bytes = std::fs::read(path).map_err(|source| ConfigError::Io {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text, &path.display().to_string(), tables)
+        Self::parse_bytes(&bytes, &path.display().to_string(), tables)
+    }
+
+    /// [`Policy::parse`] for a file's bytes. Bytes that are not UTF-8 are an error at the
+    /// line of the first bad one: reading the file as a string would reject it naming
+    /// only the file, unlike every other problem.
+    pub fn parse_bytes(
+        bytes: &[u8],
+        file_label: &str,
+        tables: &RtTables,
+    ) -> Result<Policy, ConfigError> {
+        let text =
+            std::str::from_utf8(bytes).map_err(|e| error::not_utf8(bytes, &e, file_label))?;
+        Self::parse(text, file_label, tables)
     }
 
     /// [`Policy::load`] after an earlier read of the same file, `previous` with its
@@ -224,7 +237,9 @@ impl Policy {
                 file: self.origin.file.clone(),
                 line,
                 key,
-                message: format!("device {dev} does not exist"),
+                // The kernel takes control characters in a device name; a terminal
+                // should not.
+                message: format!("device {} does not exist", error::escape_controls(dev)),
             })
             .collect();
         ConfigError::from_all(errors)

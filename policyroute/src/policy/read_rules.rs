@@ -4,6 +4,7 @@ use std::ops::Range;
 use ipnet::IpNet;
 use toml::de::DeValue;
 
+use super::error::escape_controls;
 use super::read::{inside_mask, non_empty, report_duplicates, GatewayDraft};
 use super::toml_tree::{Doc, Field, Section};
 use super::{PolicyRule, Target};
@@ -229,7 +230,7 @@ pub(super) fn check(doc: &mut Doc<'_>, rules: &[RuleDraft], gateways: &[GatewayD
             let defined = if known.is_empty() {
                 "none".to_owned()
             } else {
-                known.join(", ")
+                escape_controls(&known.join(", ")).into_owned()
             };
             let msg = format!("unknown gateway {name:?} (defined: {defined})");
             doc.error(span, &format!("{}.gateway", rule.key), msg);

@@ -286,6 +286,21 @@ fn load_labels_errors_with_the_path() {
 }
 
 #[test]
+fn bytes_that_are_not_utf8_are_located() {
+    let mut bytes = doc(&["[[gateway]]", "name = \"a\"", "dev = \"wan"]).into_bytes();
+    bytes.extend_from_slice(b"\xff2\"\n");
+    let expected = "3: gateway[1].dev: invalid UTF-8 (byte 0xff); a policy file is UTF-8 text";
+    let err = Policy::parse_bytes(&bytes, FILE, &tables()).unwrap_err();
+    assert_eq!(err.to_string(), format!("{FILE}:{expected}"));
+    // `load` reads bytes, so a file gets the same located error instead of an I/O one.
+    let path = std::env::temp_dir().join(format!("policyroute-utf8-{}.toml", std::process::id()));
+    std::fs::write(&path, &bytes).unwrap();
+    let err = Policy::load(&path, &tables()).unwrap_err();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(err.to_string(), format!("{}:{expected}", path.display()));
+}
+
+#[test]
 fn check_devices_names_the_missing_ones() {
     let policy = parse(EXAMPLE).unwrap();
     assert!(policy.check_devices(|_| true).is_ok());
@@ -306,6 +321,50 @@ fn check_devices_names_the_missing_ones() {
         err,
         "policy.toml:7: gateway[1].dev: device wan2 does not exist\n\
          policy.toml:23: attach.ingress[1]: device lan0 does not exist"
+    );
+}
+
+/// Found by fuzzing: the list of defined gateways showed a NUL in a name raw. Device
+/// names (which may hold control characters, as the kernel's do) had the same problem.
+#[test]
+fn names_in_messages_escape_control_characters() {
+    assert_error(
+        &[
+            "[[gateway]]",
+            "name = \"isp2\\u0000\"",
+            "dev = \"wan\\u001b2\"",
+            "table = 100",
+            "[[rule]]",
+            "gateway = \"isp2\"",
+        ],
+        6,
+        "rule[1].gateway",
+        "unknown gateway \"isp2\" (defined: isp2\\u0000)",
+    );
+    let policy = parse(&doc(&[
+        "[[gateway]]",
+        "name = \"isp2\"",
+        "dev = \"wan\\u001b2\"",
+        "table = 100",
+    ]))
+    .unwrap();
+    assert_eq!(policy.gateways[0].dev, "wan\u{1b}2");
+    let err = policy.check_devices(|_| false).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "policy.toml:3: gateway[1].dev: device wan\\u001B2 does not exist"
+    );
+}
+
+/// Found by the 30 s fuzz run in `cargo xtask test`: the toml crate reads `6_5<NUL>3` as
+/// an integer, and the out-of-range message showed the NUL raw.
+#[test]
+fn integers_in_messages_escape_control_characters() {
+    assert_error(
+        &["mark_mask = 6_5\u{0}3"],
+        1,
+        "mark_mask",
+        "65\\u00003 is out of range",
     );
 }
 
@@ -355,6 +414,28 @@ fn toml_syntax_errors() {
     assert_error(&["[attach", "ingress = []"], 1, "syntax", "");
 }
 
+/// Found by fuzzing: the key of a syntax error is guessed from the raw header line, and a
+/// tab or an escape character in it reached the error (and the operator's terminal) raw.
+#[test]
+fn syntax_error_keys_escape_control_characters() {
+    assert_error(&["[[gate\tway]]"], 1, "gate\\tway[1]", "");
+    assert_error(&["[at\u{1b}[2Jtach]", "x"], 1, "at\\u001B[2Jtach", "");
+    let err = parse("[[gate\tway]]").unwrap_err().to_string();
+    assert!(!err.chars().any(char::is_control), "{err:?}");
+}
+
+/// Found by fuzzing: `.=` was blamed on the key `.`, and `[\0e..]` on a table of that
+/// name: neither names anything.
+#[test]
+fn syntax_error_keys_have_no_empty_parts() {
+    assert_error(&[".="], 1, "syntax", "");
+    assert_error(&["[attach]", "a..b = 1"], 2, "attach", "");
+    assert_error(&["[attach]", "local. = true"], 2, "attach", "");
+    assert_error(&["[attach]", "x.local = tru"], 2, "attach.x.local", "");
+    assert_error(&["[a..b]"], 1, "syntax", "");
+    assert_error(&["[attach]", "[[.rule]]"], 2, "attach", "");
+}
+
 #[test]
 fn unknown_keys() {
     assert_error(&["colour = \"blue\""], 1, "colour", "unknown key");
@@ -376,6 +457,29 @@ fn unknown_keys() {
         "attach.egres",
         "unknown key",
     );
+}
+
+/// Found writing the fuzz target: keys that are not bare were shown raw, so `"" = 1` had
+/// an empty key and a newline in a quoted key split the error over two lines.
+#[test]
+fn unknown_keys_that_need_quotes() {
+    assert_error(&["\"\" = 1"], 1, "\"\"", "unknown key");
+    assert_error(&["[attach]", "\"\" = 1"], 2, "attach.\"\"", "unknown key");
+    assert_error(&["'a.b' = 1"], 1, "\"a.b\"", "unknown key");
+    assert_error(
+        &["[attach]", "\"x\\ny\" = 1"],
+        2,
+        "attach.\"x\\ny\"",
+        "unknown key",
+    );
+    assert_error(
+        &["\"q\\\"\\u0001\" = 1"],
+        1,
+        "\"q\\\"\\u0001\"",
+        "unknown key",
+    );
+    let err = parse("\"x\\ny\" = 1\n\"\" = 2").unwrap_err().to_string();
+    assert_eq!(err.lines().count(), 2, "one line per problem:\n{err}");
 }
 
 #[test]

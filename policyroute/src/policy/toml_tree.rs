@@ -2,13 +2,14 @@
 //! keeps its span (serde's `Spanned` is lost inside untagged enums, which "a port or a
 //! list" needs), every key path is known exactly, and all problems are collected instead
 //! of stopping at the first.
+use std::borrow::Cow;
 use std::fmt::Display;
 use std::ops::{Range, RangeInclusive};
 
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-use super::error::{key_near, line_of};
+use super::error::{escape_controls, key_near, line_of};
 use super::ConfigError;
 
 pub(super) type Value<'i> = Spanned<DeValue<'i>>;
@@ -109,7 +110,7 @@ impl<'t> Doc<'t> {
         let mut fields = Vec::new();
         for (name, value) in table.iter() {
             let name: &'a str = name.get_ref();
-            let path = join(key, name);
+            let path = join(key, &quoted(name));
             if allowed.contains(&name) {
                 fields.push((name, path, value));
             } else {
@@ -168,10 +169,14 @@ impl<'t> Doc<'t> {
             Some(n) => Some(n),
             None => {
                 let (lo, hi) = (range.start(), range.end());
+                // The integer as written: the toml crate lets control characters through
+                // in one with underscores (`6_5<NUL>3`).
+                let written = i.to_string();
+                let written = escape_controls(&written);
                 self.error(
                     &f.value.span(),
                     f.key,
-                    format_args!("{i} is out of range ({lo} to {hi})"),
+                    format_args!("{written} is out of range ({lo} to {hi})"),
                 );
                 None
             }
@@ -221,6 +226,18 @@ impl<'a, 'i> Section<'a, 'i> {
         }
         field
     }
+}
+
+/// A key as TOML writes it: bare when it can be, else quoted and escaped. An error's key
+/// path then names an empty key (`""`), or one with a dot or a newline in it, without
+/// ambiguity and on the error's one line.
+fn quoted(name: &str) -> Cow<'_, str> {
+    let bare = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    if !name.is_empty() && name.chars().all(bare) {
+        return Cow::Borrowed(name);
+    }
+    let name = name.replace('\\', "\\\\").replace('"', "\\\"");
+    Cow::Owned(format!("\"{}\"", escape_controls(&name)))
 }
 
 fn join(table: &str, name: &str) -> String {
