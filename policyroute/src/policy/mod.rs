@@ -189,18 +189,22 @@ impl Policy {
         tables: &RtTables,
         previous: Option<(&Policy, &Digests)>,
     ) -> Result<(Policy, Option<Digests>), ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        let bytes = std::fs::read(path).map_err(|source| ConfigError::Io {
             path: path.to_owned(),
             source,
         })?;
         let label = path.display().to_string();
+        let Ok(text) = std::str::from_utf8(&bytes) else {
+            // The full read names the line of the first bad byte.
+            return Self::parse_bytes(&bytes, &label, tables).map(|p| (p, None));
+        };
         if let Some((policy, digests)) = previous {
-            if let Some(again) = incremental::reread(&text, &label, tables, policy, digests) {
+            if let Some(again) = incremental::reread(text, &label, tables, policy, digests) {
                 return Ok((again.0, Some(again.1)));
             }
         }
-        let policy = Self::parse(&text, &label, tables)?;
-        Ok((policy, incremental::digests(&text)))
+        let policy = Self::parse(text, &label, tables)?;
+        Ok((policy, incremental::digests(text)))
     }
 
     /// Parses and validates policy text; errors are labelled `file_label`. All problems
