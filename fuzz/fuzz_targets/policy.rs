@@ -4,10 +4,8 @@
 
 use libfuzzer_sys::fuzz_target;
 
-// The only paths into policyroute. On main, `config` becomes `policy` and `rt_tables`
-// becomes `policy::rt_tables`: these two lines are all a merge has to change.
-use policyroute::policy::{ConfigError, Policy};
 use policyroute::policy::rt_tables::RtTables;
+use policyroute::policy::{ConfigError, Policy};
 
 const LABEL: &str = "fuzz.toml";
 /// The table names the seed policies use, so `table = "NAME"` reaches the accepting path.

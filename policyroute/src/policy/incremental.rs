@@ -45,7 +45,8 @@ enum Line {
 }
 
 fn classify(line: &str) -> Line {
-    let t = line.trim_start();
+    // Most lines are `key = value`: only a line whose first character is `[` is a header.
+    let t = line.trim_start_matches([' ', '\t']);
     if !t.starts_with('[') {
         return Line::Other;
     }
@@ -69,8 +70,12 @@ fn split(text: &str) -> Option<Split<'_>> {
     let mut head_hash = std::hash::DefaultHasher::new();
     let mut rules = Vec::new();
     let mut rule_start: Option<usize> = None;
-    let mut pos = 0;
-    for (number, line) in text.split_inclusive('\n').enumerate() {
+    let mut newlines = memchr::memchr_iter(b'\n', text.as_bytes());
+    let (mut pos, mut number) = (0, 0);
+    while pos < text.len() {
+        let end = newlines.next().map_or(text.len(), |i| i + 1);
+        let line = &text[pos..end];
+        number += 1;
         match classify(line) {
             Line::Unusual => return None,
             Line::Other => {}
@@ -85,10 +90,10 @@ fn split(text: &str) -> Option<Split<'_>> {
         }
         if rule_start.is_none() {
             head.push_str(line);
-            head_lines.push(number + 1);
+            head_lines.push(number);
             head_hash.write(line.as_bytes());
         }
-        pos += line.len();
+        pos = end;
     }
     if let Some(start) = rule_start {
         rules.push(&text[start..]);
