@@ -42,14 +42,48 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     // Integration tests run the CLI as operators do (`ip netns exec NS policyroute ...`).
     cargo(&["build", "--package", "policyroute", "--bin", "policyroute"])?;
     let bin = root().join("target/debug/policyroute");
-    cmd::run(
+    let (passed, failed) = counted(
         Command::new(env!("CARGO"))
             .args(["test", "--workspace", "--"])
             .args(args)
             .env("POLICYROUTE_BIN", bin)
             .current_dir(root()),
     )?;
-    fuzz_policy_reader()
+    fuzz_policy_reader()?;
+    // The summary CI reads last: the fuzzer's log would otherwise end the output.
+    println!("xtask: {passed} passed, {failed} failed");
+    Ok(())
+}
+
+/// Runs `cargo test`, its output passed through as it comes, and adds up its
+/// `test result:` lines; a failed run is an error.
+fn counted(cmd: &mut Command) -> anyhow::Result<(u64, u64)> {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn()?;
+    let (mut passed, mut failed) = (0, 0);
+    let stdout = child.stdout.take().expect("piped");
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        let count = |word: &str| {
+            line.split("; ")
+                .find_map(|part| {
+                    part.trim_start_matches("test result: ok. ")
+                        .strip_suffix(word)
+                })
+                .and_then(|n| n.rsplit(' ').next()?.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        if line.starts_with("test result:") {
+            passed += count(" passed");
+            failed += count(" failed");
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok((passed, failed))
 }
 
 /// Fuzzes the policy reader for [`FUZZ_SECONDS`]; a crash, timeout or failed assertion

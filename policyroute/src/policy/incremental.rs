@@ -8,7 +8,7 @@ use std::hash::Hasher;
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 
-use super::{read, rt_tables::RtTables, Policy, Target};
+use super::{read, rt_tables::RtTables, Policy, PolicyRule, Target};
 
 /// Digests of a file's parts at its last read.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,6 +150,8 @@ pub(super) fn reread(
         .collect();
     let mut rules = Vec::with_capacity(split.rules.len());
     let mut rule_digests = Vec::with_capacity(split.rules.len());
+    let mut reused = vec![false; previous.rules.len()];
+    let mut parsed = Vec::new();
     for (i, table) in split.rules.iter().enumerate() {
         let d = digest(table.as_bytes());
         rule_digests.push(d);
@@ -157,12 +159,17 @@ pub(super) fn reread(
         // A default name (`rule-N`) is the table's position: reused only in place.
         let reusable = same.filter(|(j, r)| *j == i || !is_default_name(&r.name, *j));
         rules.push(match reusable {
+            // The same table twice: its name twice, which the full read reports.
+            Some((j, _)) if std::mem::replace(&mut reused[j], true) => return None,
             Some((_, rule)) => rule.clone(),
-            None => read::rule_alone(table, label, i + 1, head.mark_mask)?,
+            None => {
+                parsed.push(i);
+                read::rule_alone(table, label, i + 1, head.mark_mask)?
+            }
         });
     }
     let policy = Policy { rules, ..head };
-    consistent(&policy).then_some((
+    consistent(&policy, &parsed).then_some((
         policy,
         Digests {
             head: split.head_digest,
@@ -179,17 +186,25 @@ fn is_default_name(name: &str, index: usize) -> bool {
 
 /// The checks across rules that reading them one by one skips: unique names, known
 /// gateways, and gateway marks derived without regard to the rules' raw marks (the head
-/// was read alone) that therefore must not collide with one.
-fn consistent(policy: &Policy) -> bool {
-    let mut names = FxHashSet::default();
-    let gateways: FxHashSet<&str> = policy.gateways.iter().map(|g| g.name.as_str()).collect();
-    let marks: FxHashSet<u32> = policy.gateways.iter().map(|g| g.mark).collect();
-    policy.rules.iter().all(|r| {
-        names.insert(r.name.as_str())
-            && match &r.target {
-                Target::Gateway(g) => gateways.contains(g.as_str()),
-                Target::Mark(m) => !marks.contains(m),
-            }
+/// was read alone) that therefore must not collide with one. Rules taken from the last
+/// read passed them under the same head and have distinct names, so only the `parsed`
+/// ones (by index) need them: a scan per edited rule, or one set when many were edited.
+fn consistent(policy: &Policy, parsed: &[usize]) -> bool {
+    let rules = &policy.rules;
+    let valid_target = |r: &PolicyRule| match &r.target {
+        Target::Gateway(g) => policy.gateway(g).is_some(),
+        Target::Mark(m) => policy.gateways.iter().all(|g| g.mark != *m),
+    };
+    if parsed.len() > 16 {
+        let mut names = FxHashSet::default();
+        return rules
+            .iter()
+            .all(|r| names.insert(r.name.as_str()) && valid_target(r));
+    }
+    parsed.iter().all(|&i| {
+        let name = &rules[i].name;
+        let clashes = rules.iter().filter(|r| &r.name == name).count() > 1;
+        !clashes && valid_target(&rules[i])
     })
 }
 
