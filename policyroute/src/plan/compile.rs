@@ -104,7 +104,8 @@ fn compile_rules<'a>(
     previous: &BTreeMap<ShapeDesc, u16>,
 ) -> Result<Compiled, CompileError> {
     assert_eq!(rules.len(), slots.len(), "one counter slot per rule");
-    let mut staged: Vec<(ShapeDesc, RuleKey, RuleValue)> = Vec::with_capacity(rules.len());
+    // Usually an entry per family.
+    let mut staged: Vec<(ShapeDesc, RuleKey, RuleValue)> = Vec::with_capacity(rules.len() * 2);
     for (index, (name, matcher, mark)) in rules.enumerate() {
         let fail = |source| CompileError::Rule {
             index,
@@ -123,11 +124,12 @@ fn compile_rules<'a>(
         }
     }
     let shapes = assign_ids(&staged, previous)?;
+    let ids: HashMap<ShapeDesc, u16> = shapes.iter().map(|(d, id)| (*d, *id)).collect();
     let mut entries: HashMap<RuleKey, RuleValue> =
         HashMap::with_capacity_and_hasher(staged.len(), Default::default());
     let mut min_prio: HashMap<ShapeDesc, u32> = HashMap::default();
     for (desc, mut key, value) in staged {
-        key.shape = shapes[&desc];
+        key.shape = ids[&desc];
         // Identical keys: the earlier rule shadows the later one completely.
         entries.entry(key).or_insert(value);
         let m = min_prio.entry(desc).or_insert(value.prio);
@@ -171,15 +173,14 @@ fn expand(
     value: RuleValue,
     out: &mut Vec<(ShapeDesc, RuleKey, RuleValue)>,
 ) {
-    let any = vec![(0u16, 0u16)];
-    let sports = m
-        .sport
-        .as_ref()
-        .map_or_else(|| any.clone(), |s| s.prefixes());
-    let dports = m
-        .dport
-        .as_ref()
-        .map_or_else(|| any.clone(), |s| s.prefixes());
+    // No condition: one block that masks nothing (no allocation: most rules have one).
+    const ANY: &[(u16, u16)] = &[(0, 0)];
+    let blocks = |ports: &Option<crate::policy::ports::PortSet>| {
+        ports
+            .as_ref()
+            .map_or(std::borrow::Cow::Borrowed(ANY), |s| s.prefixes().into())
+    };
+    let (sports, dports) = (blocks(&m.sport), blocks(&m.dport));
     let mut flags = 0;
     if m.proto.is_some() {
         flags |= SHAPE_PROTO;
@@ -198,8 +199,8 @@ fn expand(
         flags |= SHAPE_SRC;
     }
     let (dst, dst_len) = prefix_words(m.dst.as_ref());
-    for &(sp, sport_mask) in &sports {
-        for &(dp, dport_mask) in &dports {
+    for &(sp, sport_mask) in sports.iter() {
+        for &(dp, dport_mask) in dports.iter() {
             let desc = ShapeDesc {
                 family,
                 flags,
@@ -256,7 +257,9 @@ fn assign_ids(
     staged: &[(ShapeDesc, RuleKey, RuleValue)],
     previous: &BTreeMap<ShapeDesc, u16>,
 ) -> Result<BTreeMap<ShapeDesc, u16>, CompileError> {
-    let wanted: std::collections::BTreeSet<ShapeDesc> = staged.iter().map(|s| s.0).collect();
+    // Few distinct shapes among many entries: a hash set first, then in order.
+    let distinct: rustc_hash::FxHashSet<ShapeDesc> = staged.iter().map(|s| s.0).collect();
+    let wanted: std::collections::BTreeSet<ShapeDesc> = distinct.into_iter().collect();
     for family in [Family::V4, Family::V6] {
         let count = wanted.iter().filter(|d| d.family == family).count();
         if count > MAX_SHAPES {
