@@ -137,8 +137,14 @@ fn targets(classify: Option<&Value>, e2e: Option<&Value>, control: Option<&Value
             (
                 "re-apply, one rule changed",
                 100_000,
-                0.05,
-                "one-rule change to an applied 100k policy under 50 ms",
+                0.15,
+                "one-rule change to an applied 100k policy under 150 ms",
+            ),
+            (
+                "SIGHUP to run, one rule changed",
+                100_000,
+                0.15,
+                "SIGHUP to `run` with one rule of 100k changed under 150 ms",
             ),
         ] {
             let row = c["rows"].as_array().and_then(|rows| {
@@ -380,6 +386,24 @@ fn main() {
 }
 
 /// `date on N cores (CPU), kernel K, iptables, nft`: what every number depends on.
+/// When the parts were not all run on one day (one benchmark re-run alone), each part's.
+fn part_dates(classify: Option<&Value>, e2e: Option<&Value>, control: Option<&Value>) -> String {
+    let parts = [
+        ("classifier", classify),
+        ("end to end", e2e),
+        ("control plane", control),
+    ];
+    let dated: Vec<(&str, &str)> = parts
+        .iter()
+        .filter_map(|(name, v)| Some((*name, (*v)?["environment"]["date"].as_str()?)))
+        .collect();
+    if dated.windows(2).all(|w| w[0].1 == w[1].1) {
+        return String::new();
+    }
+    let list: Vec<String> = dated.iter().map(|(n, d)| format!("{n} {d}")).collect();
+    format!(" (parts run on: {})", list.join(", "))
+}
+
 fn machine(env: &Value) -> String {
     format!(
         "{} on {} cores ({}), kernel {}, `{}`, `{}`",
@@ -484,7 +508,12 @@ fn readme_section(
     control: Option<&Value>,
 ) -> String {
     let mut s = String::from("## Benchmarks\n\n");
-    let _ = writeln!(s, "Latest run: {}.\n", machine(env));
+    let _ = writeln!(
+        s,
+        "Latest run: {}{}.\n",
+        machine(env),
+        part_dates(classify, e2e, control)
+    );
     s.push_str("| measured | result | target |\n|---|---|---|\n");
     if let Some(c) = classify {
         let rows = c["rows"].as_array().map(Vec::as_slice).unwrap_or_default();
@@ -566,8 +595,14 @@ fn readme_section(
             (
                 "re-apply, one rule changed",
                 "`apply` changing one rule of 100,000",
-                0.05,
-                "under 50 ms",
+                0.15,
+                "under 150 ms",
+            ),
+            (
+                "SIGHUP to run, one rule changed",
+                "SIGHUP to `run` changing one rule of 100,000",
+                0.15,
+                "under 150 ms",
             ),
         ] {
             let row = c["rows"].as_array().and_then(|rows| {
@@ -729,7 +764,7 @@ mod tests {
         assert!(s.contains("policyroute | 679 kpps, 0.970× the baseline | at most 5% fewer packets/s than the baseline: met |"));
         assert!(s.contains("nftables map | 600 kpps, 0.860× the baseline | policyroute's overhead below this at every size: met |"));
         assert!(s.contains("| `apply` of 100,000 rules | 2.50 s | under 2 s: **missed** |"));
-        assert!(s.contains("| `apply` changing one rule of 100,000 | 40 ms | under 50 ms: met |"));
+        assert!(s.contains("| `apply` changing one rule of 100,000 | 40 ms | under 150 ms: met |"));
         assert!(s.contains("policyroute's 3.0% forwarding overhead, the fwmark ip rules alone (nothing marked) cost 20.0%"));
         assert!(s.contains("![benchmark plot](bench/results/bench.png)"));
         assert!(s.contains("(bench/results/report.md)"));
