@@ -19,14 +19,25 @@ pub struct Digests {
     pub rules: Vec<u64>,
 }
 
-/// A file cut into its `[[rule]]` tables and the rest.
-struct Split<'t> {
+/// A file cut into its `[[rule]]` tables and the rest, with their digests.
+pub struct Split {
     /// The text without its `[[rule]]` tables.
     head: String,
     /// The line in the file of each line of `head` (1-based both).
     head_lines: Vec<usize>,
     head_digest: u64,
-    rules: Vec<&'t str>,
+    /// Where each `[[rule]]` table is in the text, and its digest.
+    rules: Vec<std::ops::Range<usize>>,
+    rule_digests: Vec<u64>,
+}
+
+impl Split {
+    pub fn digests(&self) -> Digests {
+        Digests {
+            head: self.head_digest,
+            rules: self.rule_digests.clone(),
+        }
+    }
 }
 
 /// A stable 64-bit digest (SipHash with fixed keys).
@@ -60,7 +71,7 @@ fn classify(line: &str) -> Line {
 
 /// `None` when the file uses what the split cannot follow safely (multi-line strings, other
 /// tables under `rule`).
-fn split(text: &str) -> Option<Split<'_>> {
+pub fn split(text: &str) -> Option<Split> {
     let finder = |needle: &str| memchr::memmem::find(text.as_bytes(), needle.as_bytes());
     if finder("\"\"\"").is_some() || finder("'''").is_some() {
         return None;
@@ -81,7 +92,7 @@ fn split(text: &str) -> Option<Split<'_>> {
             Line::Other => {}
             header => {
                 if let Some(start) = rule_start.take() {
-                    rules.push(&text[start..pos]);
+                    rules.push(start..pos);
                 }
                 if matches!(header, Line::RuleHeader) {
                     rule_start = Some(pos);
@@ -96,35 +107,36 @@ fn split(text: &str) -> Option<Split<'_>> {
         pos = end;
     }
     if let Some(start) = rule_start {
-        rules.push(&text[start..]);
+        rules.push(start..text.len());
     }
+    let rule_digests = rules
+        .iter()
+        .map(|r| digest(text[r.clone()].as_bytes()))
+        .collect();
     Some(Split {
         head,
         head_lines,
         head_digest: head_hash.finish(),
         rules,
+        rule_digests,
     })
 }
 
 /// The digests of `text`, for the next read; `None` when it cannot be split.
 pub fn digests(text: &str) -> Option<Digests> {
-    let split = split(text)?;
-    Some(Digests {
-        head: split.head_digest,
-        rules: split.rules.iter().map(|r| digest(r.as_bytes())).collect(),
-    })
+    Some(split(text)?.digests())
 }
 
 /// Reads `text` again, taking unchanged rules from `previous` (read from a text whose
 /// digests are `digests`). `None` when the shortcut does not apply or anything is wrong.
 pub(super) fn reread(
     text: &str,
+    split: &Split,
     label: &str,
     tables: &RtTables,
     previous: &Policy,
     digests: &Digests,
-) -> Option<(Policy, Digests)> {
-    let split = split(text)?;
+) -> Option<Policy> {
     if split.head_digest != digests.head || previous.rules.len() != digests.rules.len() {
         return None;
     }
@@ -149,13 +161,11 @@ pub(super) fn reread(
         .map(|(i, d)| (*d, i))
         .collect();
     let mut rules = Vec::with_capacity(split.rules.len());
-    let mut rule_digests = Vec::with_capacity(split.rules.len());
     let mut reused = vec![false; previous.rules.len()];
     let mut parsed = Vec::new();
-    for (i, table) in split.rules.iter().enumerate() {
-        let d = digest(table.as_bytes());
-        rule_digests.push(d);
-        let same = earlier.get(&d).map(|&j| (j, &previous.rules[j]));
+    for (i, (range, d)) in split.rules.iter().zip(&split.rule_digests).enumerate() {
+        let table = &text[range.clone()];
+        let same = earlier.get(d).map(|&j| (j, &previous.rules[j]));
         // A default name (`rule-N`) is the table's position: reused only in place.
         let reusable = same.filter(|(j, r)| *j == i || !is_default_name(&r.name, *j));
         rules.push(match reusable {
@@ -169,13 +179,7 @@ pub(super) fn reread(
         });
     }
     let policy = Policy { rules, ..head };
-    consistent(&policy, &parsed).then_some((
-        policy,
-        Digests {
-            head: split.head_digest,
-            rules: rule_digests,
-        },
-    ))
+    consistent(&policy, &parsed).then_some(policy)
 }
 
 fn is_default_name(name: &str, index: usize) -> bool {
@@ -252,10 +256,8 @@ mod tests {
     fn again(old: &str, new: &str) -> Option<Policy> {
         let before = full(old).expect("the old text is valid");
         let digests = digests(old).expect("splits");
-        reread(new, "p.toml", &tables(), &before, &digests).map(|(p, d)| {
-            assert_eq!(Some(d), super::digests(new), "digests of the new text");
-            p
-        })
+        let split = split(new)?;
+        reread(new, &split, "p.toml", &tables(), &before, &digests)
     }
 
     /// Wherever the shortcut answers, it answers as the full read does, lines included.

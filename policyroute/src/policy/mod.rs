@@ -64,6 +64,31 @@ pub const DEFAULT_RULE_PRIORITY: u32 = 10_000;
 /// (and `32767 lookup default` after it).
 pub const MAIN_RULE_PRIORITY: u32 = 32_766;
 
+/// A policy file read and cut into its `[[rule]]` tables, which needs no earlier read:
+/// `apply` does it while it decodes the record of the last apply.
+pub struct PolicyText {
+    label: String,
+    bytes: Vec<u8>,
+    split: Option<incremental::Split>,
+}
+
+impl PolicyText {
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
+        let bytes = std::fs::read(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let split = std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(incremental::split);
+        Ok(Self {
+            label: path.display().to_string(),
+            bytes,
+            split,
+        })
+    }
+}
+
 /// A validated policy.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Policy {
@@ -189,22 +214,27 @@ impl Policy {
         tables: &RtTables,
         previous: Option<(&Policy, &Digests)>,
     ) -> Result<(Policy, Option<Digests>), ConfigError> {
-        let bytes = std::fs::read(path).map_err(|source| ConfigError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        let label = path.display().to_string();
-        let Ok(text) = std::str::from_utf8(&bytes) else {
+        Self::read_again(PolicyText::read(path)?, tables, previous)
+    }
+
+    /// [`Policy::load_again`] of a file already read (and split) by [`PolicyText::read`].
+    pub fn read_again(
+        file: PolicyText,
+        tables: &RtTables,
+        previous: Option<(&Policy, &Digests)>,
+    ) -> Result<(Policy, Option<Digests>), ConfigError> {
+        let Ok(text) = std::str::from_utf8(&file.bytes) else {
             // The full read names the line of the first bad byte.
-            return Self::parse_bytes(&bytes, &label, tables).map(|p| (p, None));
+            return Self::parse_bytes(&file.bytes, &file.label, tables).map(|p| (p, None));
         };
-        if let Some((policy, digests)) = previous {
-            if let Some(again) = incremental::reread(text, &label, tables, policy, digests) {
-                return Ok((again.0, Some(again.1)));
+        let digests = file.split.as_ref().map(incremental::Split::digests);
+        if let (Some((policy, earlier)), Some(split)) = (previous, &file.split) {
+            let again = incremental::reread(text, split, &file.label, tables, policy, earlier);
+            if let Some(again) = again {
+                return Ok((again, digests));
             }
         }
-        let policy = Self::parse(text, &label, tables)?;
-        Ok((policy, incremental::digests(text)))
+        Ok((Self::parse(text, &file.label, tables)?, digests))
     }
 
     /// Parses and validates policy text; errors are labelled `file_label`. All problems
