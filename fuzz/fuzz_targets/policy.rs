@@ -38,7 +38,6 @@ fuzz_target!(|data: &[u8]| {
     }
 });
 
-#[track_caller]
 fn assert_located(err: &ConfigError, lines: usize) {
     let all = err.errors();
     assert!(!all.is_empty(), "an error with no problem in it");
