@@ -49,6 +49,14 @@ fn checksum(bytes: &[u8]) -> u64 {
     u64::from(crc32fast::hash(bytes))
 }
 
+/// What records written before the crc32 carry (FNV-1a), still read so that counters
+/// survive an upgrade.
+fn legacy_checksum(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// Replaces the stored bytes with `payload`. Chunks go in and stale ones out a batch per
 /// syscall (a 100k-rule record is over 1,000 chunks).
 fn write(map: &mut HashMap<MapData, u32, StateChunk>, payload: &[u8]) -> Result<(), RecordError> {
@@ -93,7 +101,11 @@ fn stored(map: &HashMap<MapData, u32, StateChunk>) -> Result<Vec<(u32, StateChun
 
 /// The stored payload; `None` when nothing was ever written.
 fn read(map: &HashMap<MapData, u32, StateChunk>) -> Result<Option<Vec<u8>>, RecordError> {
-    let mut chunks: Vec<(u32, StateChunk)> = stored(map)?;
+    assemble(stored(map)?)
+}
+
+/// The payload the stored chunks hold, checked against the header.
+fn assemble(mut chunks: Vec<(u32, StateChunk)>) -> Result<Option<Vec<u8>>, RecordError> {
     chunks.retain(|(k, _)| *k != EPOCH_KEY);
     chunks.sort_unstable_by_key(|(k, _)| *k);
     let Some((0, first)) = chunks.first() else {
@@ -121,7 +133,8 @@ fn read(map: &HashMap<MapData, u32, StateChunk>) -> Result<Option<Vec<u8>>, Reco
         bytes.extend_from_slice(piece(chunk));
     }
     let payload = &bytes[HEADER..];
-    if payload.len() != len || checksum(payload) != hash {
+    let intact = checksum(payload) == hash || legacy_checksum(payload) == hash;
+    if payload.len() != len || !intact {
         return Err(RecordError::Corrupt);
     }
     Ok(Some(payload.to_vec()))
@@ -129,4 +142,57 @@ fn read(map: &HashMap<MapData, u32, StateChunk>) -> Result<Option<Vec<u8>>, Reco
 
 fn piece(chunk: &StateChunk) -> &[u8] {
     &chunk.data[..(chunk.len as usize).min(STATE_CHUNK)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `payload` as stored chunks under a header carrying `sum`.
+    fn chunks(payload: &[u8], sum: u64) -> Vec<(u32, StateChunk)> {
+        let mut bytes = (payload.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(&sum.to_le_bytes());
+        bytes.extend_from_slice(payload);
+        let mut out: Vec<(u32, StateChunk)> = bytes
+            .chunks(STATE_CHUNK)
+            .enumerate()
+            .map(|(i, piece)| {
+                let mut c = StateChunk {
+                    len: piece.len() as u32,
+                    ..StateChunk::default()
+                };
+                c.data[..piece.len()].copy_from_slice(piece);
+                (i as u32, c)
+            })
+            .collect();
+        // The batch dump comes in hash order, with the epoch among the chunks.
+        out.reverse();
+        out.push((EPOCH_KEY, StateChunk::default()));
+        out
+    }
+
+    #[test]
+    fn a_record_is_read_back_whole() {
+        let payload: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+        let got = assemble(chunks(&payload, checksum(&payload))).unwrap();
+        assert_eq!(got, Some(payload));
+    }
+
+    #[test]
+    fn a_record_written_before_the_crc_still_reads() {
+        let payload = b"an older record".to_vec();
+        let got = assemble(chunks(&payload, legacy_checksum(&payload))).unwrap();
+        assert_eq!(got, Some(payload));
+    }
+
+    #[test]
+    fn a_torn_record_is_corrupt_not_misread() {
+        let payload: Vec<u8> = vec![7; 9_000];
+        let mut torn = chunks(&payload, checksum(&payload));
+        torn.retain(|(k, _)| *k != 1);
+        assert!(matches!(assemble(torn), Err(RecordError::Corrupt)));
+        let wrong = chunks(&payload, 42);
+        assert!(matches!(assemble(wrong), Err(RecordError::Corrupt)));
+        assert_eq!(assemble(Vec::new()).unwrap(), None);
+    }
 }
