@@ -2,7 +2,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use policyroute::{
     control::{apply, drift, explain, flush, metrics, run, status, Options},
     policy::protocol,
@@ -114,6 +114,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a completion script for a shell, e.g. `policyroute completions bash >
+    /// /usr/share/bash-completion/completions/policyroute`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `policyroute man | man -l -`.
+    Man,
 }
 
 fn main() -> ExitCode {
@@ -195,6 +203,15 @@ async fn dispatch(command: Command, opts: Options) -> anyhow::Result<ExitCode> {
         Command::Flush { json } => {
             let r = flush::flush(&opts).await?;
             print(json, &r, || present::flush(&r))?;
+        }
+        Command::Completions { shell } => {
+            let mut cli = Cli::command();
+            clap_complete::generate(shell, &mut cli, "policyroute", &mut std::io::stdout());
+        }
+        Command::Man => {
+            // Section 8: administration commands.
+            let man = clap_mangen::Man::new(Cli::command()).section("8");
+            man.render(&mut std::io::stdout())?
         }
     }
     Ok(ExitCode::SUCCESS)

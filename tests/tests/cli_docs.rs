@@ -1,0 +1,55 @@
+//! Completions and the manual page come from the same definitions as `--help`, so they
+//! name every command there is.
+use std::process::Command;
+
+use policyroute_tests::{cli, fixture::TempFile};
+
+const COMMANDS: [&str; 8] = [
+    "apply",
+    "run",
+    "status",
+    "check",
+    "explain",
+    "flush",
+    "completions",
+    "man",
+];
+
+fn output(args: &[&str]) -> String {
+    let out = Command::new(cli::bin())
+        .args(args)
+        .output()
+        .expect("run policyroute");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("text")
+}
+
+#[test]
+fn the_bash_completion_is_valid_and_complete() {
+    let script = output(&["completions", "bash"]);
+    let file = TempFile::new("policyroute.bash", &script);
+    let syntax = Command::new("bash")
+        .args(["-n", file.arg()])
+        .status()
+        .unwrap();
+    assert!(syntax.success(), "bash -n rejects the script");
+    for command in COMMANDS {
+        assert!(script.contains(command), "no {command} in the completion");
+    }
+    for shell in ["zsh", "fish"] {
+        assert!(output(&["completions", shell]).contains("apply"), "{shell}");
+    }
+}
+
+#[test]
+fn the_manual_page_lists_every_command() {
+    let page = output(&["man"]);
+    assert!(page.contains(".TH policyroute 8"), "{page}");
+    for command in COMMANDS {
+        assert!(page.contains(command), "no {command} in the manual page");
+    }
+}
