@@ -5,6 +5,7 @@
 //! LLVM, cargo-fuzz, and the Debian packages the tests use.
 mod bench;
 mod cmd;
+mod dist;
 mod setup;
 mod test;
 
@@ -40,6 +41,9 @@ enum Command {
     },
     /// Build, run a throwaway multi-uplink topology and show where each flow went.
     Demo,
+    /// Build the Debian package target/debian/policyroute.deb (binary, systemd unit,
+    /// completions, manual page, example policy).
+    Dist,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -51,5 +55,6 @@ fn main() -> anyhow::Result<()> {
         Command::Test { args } => test::run(&args),
         Command::Bench { which } => bench::run(which),
         Command::Demo => bench::demo(),
+        Command::Dist => dist::build().map(|_| ()),
     }
 }

@@ -4,6 +4,7 @@
 //! - bpf-linker 0.13 built against the LLVM that nightly rustc ships, found through a
 //!   directory of symlinks outside `target/` so `cargo clean` cannot break the linker;
 //! - cargo-fuzz, for the fuzz smoke run in `cargo xtask test` (`cargo +nightly fuzz`);
+//! - cargo-deb, for the Debian package of `cargo xtask dist` (tested by `cargo xtask test`);
 //! - Debian packages the tests use as independent witnesses.
 use std::{
     fs,
@@ -19,6 +20,8 @@ use crate::cmd::{output, run};
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Pinned so a new release cannot change how the fuzz target is built or run under CI.
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
+/// Builds the .deb of `cargo xtask dist` (and of the package test in `cargo xtask test`).
+const CARGO_DEB_VERSION: &str = "3.8.0";
 /// Debian packages (binary, package) the tests call as independent witnesses.
 /// (systemd-analyze checks the shipped unit file.)
 const PACKAGES: &[(&str, &str)] = &[
@@ -39,7 +42,8 @@ const BENCH_PACKAGES: &[(&str, &str)] = &[
 pub fn ensure() -> anyhow::Result<()> {
     nightly_rust_src()?;
     bpf_linker()?;
-    cargo_fuzz()?;
+    cargo_subcommand("fuzz", "cargo-fuzz", CARGO_FUZZ_VERSION)?;
+    cargo_subcommand("deb", "cargo-deb", CARGO_DEB_VERSION)?;
     debian_packages(PACKAGES)
 }
 
@@ -136,22 +140,23 @@ fn bpf_linker() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// cargo-fuzz is a plain binary (it drives whichever toolchain runs it), so `--version`
-/// tells whether the pinned one is there; no stamp file needed.
-fn cargo_fuzz() -> anyhow::Result<()> {
-    let want = format!("cargo-fuzz {CARGO_FUZZ_VERSION}");
-    let have = output(Command::new("cargo").args(["fuzz", "--version"])).unwrap_or_default();
-    if have.trim() == want {
+/// cargo-fuzz and cargo-deb are plain binaries (cargo-fuzz drives whichever toolchain runs
+/// it), so `--version` tells whether the pinned version is there.
+fn cargo_subcommand(subcommand: &str, krate: &str, version: &str) -> anyhow::Result<()> {
+    let want = format!("{krate} {version}");
+    let have = || output(Command::new("cargo").args([subcommand, "--version"])).unwrap_or_default();
+    if have().trim() == want {
         return Ok(());
     }
     eprintln!("xtask: installing {want}");
     run(Command::new("cargo")
-        .args(["install", "cargo-fuzz", "--version", CARGO_FUZZ_VERSION])
+        .args(["install", krate, "--version", version])
         .args(["--locked", "--force"]))?;
-    let have = output(Command::new("cargo").args(["fuzz", "--version"])).unwrap_or_default();
-    if have.trim() != want {
+    let now = have();
+    if now.trim() != want {
         bail!(
-            "installed {want} but `cargo fuzz --version` says {have:?}; is ~/.cargo/bin on PATH?"
+            "installed {want} but `cargo {subcommand} --version` says {now:?}; is ~/.cargo/bin \
+             on PATH?"
         );
     }
     Ok(())

@@ -42,11 +42,14 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     // Integration tests run the CLI as operators do (`ip netns exec NS policyroute ...`).
     cargo(&["build", "--package", "policyroute", "--bin", "policyroute"])?;
     let bin = root().join("target/debug/policyroute");
+    // The package test unpacks it.
+    let deb = crate::dist::build()?;
     let (passed, failed) = counted(
         Command::new(env!("CARGO"))
             .args(["test", "--workspace", "--"])
             .args(args)
             .env("POLICYROUTE_BIN", bin)
+            .env("POLICYROUTE_DEB", deb)
             .current_dir(root()),
     )?;
     fuzz_policy_reader()?;
