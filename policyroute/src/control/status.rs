@@ -139,12 +139,11 @@ fn fill_from_record(s: &mut Status, record: &Record, dp: &Dataplane) -> Result<(
         })
         .collect();
     let counters = dp.maps.counters(record.slot_count())?;
-    let marks = policy.classifier_rules();
-    for ((rule, &slot), resolved) in policy.rules.iter().zip(&record.slots).zip(&marks) {
+    for (rule, &slot) in policy.rules.iter().zip(&record.slots) {
         let c = counters[slot as usize];
         s.rules.push(RuleStatus {
             name: rule.name.clone(),
-            mark: resolved.mark & policy.mark_mask,
+            mark: policy.mark_of(&rule.target) & policy.mark_mask,
             packets: c.packets,
             bytes: c.bytes,
             target: match &rule.target {

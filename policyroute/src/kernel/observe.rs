@@ -31,6 +31,8 @@ pub struct Installed {
     pub dataplane: Option<Dataplane>,
     /// Where the cgroup v2 hierarchy is mounted for this process, if anywhere.
     pub cgroup_root: Option<PathBuf>,
+    /// This namespace's cookie (socket hooks of other namespaces are told apart by it).
+    netns_cookie: u64,
 }
 
 impl Installed {
@@ -83,6 +85,7 @@ pub fn installed(links: &[Link], cgroups: &[String]) -> Result<Installed, Kernel
         dataplane_ids,
         dataplane,
         cgroup_root,
+        netns_cookie: cookie,
     })
 }
 
@@ -132,7 +135,7 @@ pub async fn observe(
         routes: nl.routes(RTPROT_POLICYROUTE).await?.into_iter().collect(),
         attachments,
         dataplane,
-        netns_cookie: namespace::netns_cookie().map_err(KernelError::io("netns cookie"))?,
+        netns_cookie: installed.netns_cookie,
     })
 }
 

@@ -185,11 +185,7 @@ impl Eq for Origin {}
 impl Policy {
     /// Reads and validates the policy at `path`; errors are labelled with `path`.
     pub fn load(path: &Path, tables: &RtTables) -> Result<Policy, ConfigError> {
-        let bytes = std::fs::read(path).map_err(|source| ConfigError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse_bytes(&bytes, &path.display().to_string(), tables)
+        Self::load_again(path, tables, None).map(|(policy, _)| policy)
     }
 
     /// [`Policy::parse`] for a file's bytes. Bytes that are not UTF-8 are an error at the
