@@ -239,12 +239,16 @@ pub struct DaemonState {
 }
 
 /// `policyroute run`'s claim on this namespace: a flock on
-/// /run/policyroute/net-<inode>.daemon, which holds its [`DaemonState`]. At most one daemon
-/// per namespace; the file goes when it exits (after a SIGKILL it stays, unlocked, and
-/// the next daemon takes it over).
+/// /run/policyroute/net-<inode>.daemon. At most one daemon per namespace; the files go
+/// when it exits (after a SIGKILL they stay, unlocked, and the next daemon takes them over).
+///
+/// The lock file holds the state as of the claim and is never rewritten, so a second
+/// daemon can always name the holder. The changing state lives beside it in `.state`,
+/// replaced by rename: rewriting the locked file in place let a reader catch it empty.
 pub struct DaemonFile {
-    file: File,
+    _lock: File,
     path: PathBuf,
+    state: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -257,6 +261,10 @@ pub enum ClaimError {
 
 fn daemon_path() -> io::Result<PathBuf> {
     Ok(Path::new(HINT_DIR).join(format!("{}.daemon", label()?)))
+}
+
+fn state_path(daemon: &Path) -> PathBuf {
+    daemon.with_extension("state")
 }
 
 impl DaemonFile {
@@ -273,18 +281,21 @@ impl DaemonFile {
             let holder = read_state(&path).map_or(0, |s| s.pid);
             return Err(ClaimError::Held(holder));
         }
-        let mut claimed = Self { file, path };
+        write_json(&file, state)?;
+        let mut claimed = Self {
+            _lock: file,
+            state: state_path(&path),
+            path,
+        };
         claimed.write(state)?;
         Ok(claimed)
     }
 
-    /// Replaces the state readers see.
+    /// Replaces the state readers see, atomically: write a temporary file, rename it.
     pub fn write(&mut self, state: &DaemonState) -> io::Result<()> {
-        use std::io::{Seek, Write};
-        let bytes = serde_json::to_vec(state).map_err(io::Error::other)?;
-        self.file.set_len(0)?;
-        self.file.seek(io::SeekFrom::Start(0))?;
-        self.file.write_all(&bytes)
+        let tmp = self.state.with_extension("state.tmp");
+        write_json(&File::create(&tmp)?, state)?;
+        fs::rename(&tmp, &self.state)
     }
 
     /// The running daemon's state; `None` when no daemon holds the namespace.
@@ -295,12 +306,17 @@ impl DaemonFile {
         if flock(&file, libc::LOCK_SH | libc::LOCK_NB).is_ok() {
             return None;
         }
-        // The daemon rewrites the file in place; a read in the middle of that fails to
-        // parse and is simply tried again.
-        (0..3)
-            .find_map(|_| read_state(&path))
+        // Between the claim and its first state write only the lock file has the state.
+        read_state(&state_path(&path))
+            .or_else(|| read_state(&path))
             .or(Some(DaemonState::default()))
     }
+}
+
+fn write_json(mut file: &File, state: &DaemonState) -> io::Result<()> {
+    use std::io::Write;
+    file.set_len(0)?;
+    file.write_all(&serde_json::to_vec(state).map_err(io::Error::other)?)
 }
 
 fn read_state(path: &Path) -> Option<DaemonState> {
@@ -309,6 +325,7 @@ fn read_state(path: &Path) -> Option<DaemonState> {
 
 impl Drop for DaemonFile {
     fn drop(&mut self) {
+        let _ = fs::remove_file(&self.state);
         let _ = fs::remove_file(&self.path);
         let _ = fs::remove_dir(HINT_DIR);
     }
