@@ -9,9 +9,11 @@
 
 pub mod names;
 pub mod net;
+pub mod targets;
 
 pub use names::*;
 pub use net::proto_has_ports;
+pub use targets::*;
 
 /// Most shapes one address family may have. Bounds the per-packet work: at worst
 /// `MAX_SHAPES` hash lookups for a packet that matches nothing.
@@ -64,9 +66,13 @@ pub struct RuleKey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct RuleValue {
     pub prio: u32,
+    /// The mark to set when `target` is 0.
     pub mark: u32,
     pub counter: u32,
-    pub _pad: u32,
+    /// 0: `mark` is the verdict. Otherwise the id of a gateway or group whose current
+    /// state ([`TARGETS_MAP`]) decides: switching an uplink rewrites that state, never
+    /// the rule entries.
+    pub target: u32,
 }
 
 /// One shape: which fields and bits of a packet its entries match.
@@ -211,4 +217,7 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for GatewaySource {}
+    unsafe impl aya::Pod for TargetState {}
+    unsafe impl aya::Pod for FlowTuple {}
+    unsafe impl aya::Pod for FlowChoice {}
 }

@@ -45,8 +45,15 @@ pub const FLOWS_MAP: &str = "PR_FLOWS";
 /// next datagram; a source address routed by a `from` rule applies now).
 pub const SOURCES_MAP: &str = "PR_SOURCES";
 
+/// Hash map `target_key(id, family) -> TargetState`: each gateway's and group's current
+/// state, which decides the mark of rules that name it.
+pub const TARGETS_MAP: &str = "PR_TARGETS";
+/// LRU hash map `FlowTuple -> FlowChoice`: where flows of degraded targets were placed,
+/// so they stay there when a member comes back.
+pub const CHOICES_MAP: &str = "PR_CHOICES";
+
 /// Every map of the classifier object.
-pub const MAPS: [&str; 8] = [
+pub const MAPS: [&str; 10] = [
     RULES_MAP,
     TABLES_MAP,
     CONTROL_MAP,
@@ -55,4 +62,6 @@ pub const MAPS: [&str; 8] = [
     DEVICES_MAP,
     FLOWS_MAP,
     SOURCES_MAP,
+    TARGETS_MAP,
+    CHOICES_MAP,
 ];

@@ -4,9 +4,11 @@
 //! it restores their gateway. The socket hooks (`sock`) do the same for this host's own
 //! traffic. All share one set of maps.
 //!
-//! It never drops, redirects or rewrites packet bytes. It always returns `TC_ACT_UNSPEC`
-//! (-1), which is `TCX_NEXT` for tcx and "continue with the next filter" for cls_bpf in
-//! direct-action mode, so other programs on the same hook still run and decide the verdict.
+//! It never redirects or rewrites packet bytes, and drops only what a rule sends to a
+//! gateway or group that is down with `when_down = "blackhole"` (`TC_ACT_SHOT`).
+//! Otherwise it returns `TC_ACT_UNSPEC` (-1), which is `TCX_NEXT` for tcx and "continue
+//! with the next filter" for cls_bpf in direct-action mode, so other programs on the same
+//! hook still run and decide the verdict.
 #![no_std]
 #![no_main]
 
@@ -14,21 +16,24 @@ mod parse;
 mod search;
 mod sock;
 mod sticky;
+mod targets;
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, TC_ACT_UNSPEC},
+    bindings::{BPF_F_NO_PREALLOC, TC_ACT_SHOT, TC_ACT_UNSPEC},
     macros::{cgroup_sock_addr, classifier, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::{SockAddrContext, TcContext},
 };
 use policyroute_common::{
-    Control, Counter, DeviceRole, FlowKey, FlowValue, GatewaySource, RuleKey, RuleValue,
-    ShapeTable, StateChunk, CONTROL_DEVICE_ROLES, CONTROL_STICKY, DEFAULT_MAX_COUNTERS,
-    DEFAULT_MAX_ENTRIES, EXPLAIN_MAGIC, GENERATIONS, MAX_FLOWS, MAX_STATE_CHUNKS, ROLE_CLASSIFY,
-    ROLE_RECORD,
+    Control, Counter, DeviceRole, FlowChoice, FlowKey, FlowTuple, FlowValue, GatewaySource,
+    RuleKey, RuleValue, ShapeTable, StateChunk, TargetState, CONTROL_DEVICE_ROLES,
+    CONTROL_STICKY, DEFAULT_MAX_COUNTERS, DEFAULT_MAX_ENTRIES, EXPLAIN_MAGIC, GENERATIONS,
+    MAX_FLOWS, MAX_STATE_CHUNKS, MAX_TARGETS, ROLE_CLASSIFY, ROLE_RECORD,
 };
 
 use parse::Packet;
+use search::Hit;
+use targets::{Decision, Flow};
 
 // Map names are listed for userspace in `policyroute_common::names`.
 
@@ -56,6 +61,14 @@ static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(MAX_
 #[map(name = "PR_SOURCES")]
 static SOURCES: HashMap<u32, GatewaySource> = HashMap::with_max_entries(1024, 0);
 
+/// Allocated on insert: a state is 4 KiB and most policies have a handful.
+#[map(name = "PR_TARGETS")]
+static TARGETS: HashMap<u32, TargetState> =
+    HashMap::with_max_entries(MAX_TARGETS * 2, BPF_F_NO_PREALLOC);
+
+#[map(name = "PR_CHOICES")]
+static CHOICES: LruHashMap<FlowTuple, FlowChoice> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
 /// Read only by userspace (see `policyroute_common::STATE_MAP`).
 #[map(name = "PR_STATE")]
 static STATE: HashMap<u32, StateChunk> =
@@ -67,7 +80,7 @@ static STATE: HashMap<u32, StateChunk> =
 #[classifier]
 pub fn policyroute_tc(ctx: TcContext) -> i32 {
     if let (Some(control), Some(pkt)) = (CONTROL.get(0), parse::packet(&ctx)) {
-        tc(&ctx, &pkt, control);
+        return tc(&ctx, &pkt, control);
     }
     TC_ACT_UNSPEC
 }
@@ -81,10 +94,28 @@ pub fn policyroute_eg(ctx: TcContext) -> i32 {
             if !is_explain(&ctx) {
                 count(hit.counter, u64::from(ctx.len()));
             }
-            set_mark(&ctx, hit.mark, hit.mark_mask);
+            // A blackholed target drops at ingress; a mark here only serves qdiscs.
+            let hash = policyroute_common::flow_hash(&targets::tuple(&pkt).words());
+            if let Some(mark) = verdict(&hit, pkt.family, Flow::Hashed(hash), control) {
+                set_mark(&ctx, mark, hit.mark_mask);
+            }
         }
     }
     TC_ACT_UNSPEC
+}
+
+/// The mark a hit sets: its own, or its target's decision; `None` to drop.
+#[inline(always)]
+fn verdict(hit: &Hit, family: u32, flow: Flow<'_>, control: &Control) -> Option<u32> {
+    if hit.target == 0 {
+        return Some(hit.mark);
+    }
+    match targets::decide(hit.target, family, flow, control) {
+        Some(Decision::Mark(mark)) => Some(mark & hit.mark_mask),
+        Some(Decision::Drop) => None,
+        // Not written yet: leave the packet to the main table rather than guess.
+        None => Some(0),
+    }
 }
 
 /// Explain runs the program on a synthesized packet: it must not count or record.
@@ -94,7 +125,7 @@ fn is_explain(ctx: &TcContext) -> bool {
 }
 
 #[inline(always)]
-fn tc(ctx: &TcContext, pkt: &Packet, control: &Control) {
+fn tc(ctx: &TcContext, pkt: &Packet, control: &Control) -> i32 {
     let explain = is_explain(ctx);
     let mut role = ROLE_CLASSIFY;
     if control.flags & CONTROL_DEVICE_ROLES != 0 {
@@ -110,19 +141,31 @@ fn tc(ctx: &TcContext, pkt: &Packet, control: &Control) {
         }
     }
     if role & ROLE_CLASSIFY == 0 {
-        return;
+        return TC_ACT_UNSPEC;
     }
     if control.flags & CONTROL_STICKY != 0 {
         if let Some(mark) = sticky::restore(&sticky::outbound_key(pkt), control) {
             set_mark(ctx, mark, search::mark_mask(pkt, control));
-            return;
+            return TC_ACT_UNSPEC;
         }
     }
-    if let Some(hit) = search::classify(pkt, control) {
-        if !explain {
-            count(hit.counter, u64::from(ctx.len()));
+    let Some(hit) = search::classify(pkt, control) else {
+        return TC_ACT_UNSPEC;
+    };
+    if !explain {
+        count(hit.counter, u64::from(ctx.len()));
+    }
+    let tuple = targets::tuple(pkt);
+    let flow = Flow::Tracked {
+        tuple: &tuple,
+        write: !explain,
+    };
+    match verdict(&hit, pkt.family, flow, control) {
+        Some(mark) => {
+            set_mark(ctx, mark, hit.mark_mask);
+            TC_ACT_UNSPEC
         }
-        set_mark(ctx, hit.mark, hit.mark_mask);
+        None => TC_ACT_SHOT,
     }
 }
 

@@ -11,11 +11,13 @@ use policyroute_common::{
 
 use crate::{parse::Packet, RULES, TABLES};
 
-/// A rule's verdict: its mark (already under the mask), the mask, and its counter slot.
+/// A rule's verdict: its mark (already under the mask), the mask, its counter slot, and
+/// the gateway or group that decides instead of `mark` when not 0.
 pub struct Hit {
     pub mark: u32,
     pub mark_mask: u32,
     pub counter: u32,
+    pub target: u32,
 }
 
 #[inline(always)]
@@ -28,6 +30,7 @@ pub fn classify(pkt: &Packet, control: &Control) -> Option<Hit> {
         best_prio: u32::MAX,
         best_mark: 0,
         best_counter: 0,
+        best_target: 0,
     };
     // A function pointer (not an integer) so the linker emits a BPF_PSEUDO_FUNC relocation.
     let step = search_step as *mut c_void;
@@ -42,6 +45,7 @@ pub fn classify(pkt: &Packet, control: &Control) -> Option<Hit> {
         mark: search.best_mark & table.mark_mask,
         mark_mask: table.mark_mask,
         counter: search.best_counter,
+        target: search.best_target,
     })
 }
 
@@ -60,6 +64,7 @@ struct Search<'a> {
     best_prio: u32,
     best_mark: u32,
     best_counter: u32,
+    best_target: u32,
 }
 
 /// One shape of the search; returns 1 to stop the loop.
@@ -101,6 +106,7 @@ unsafe extern "C" fn search_step(index: u32, ctx: *mut Search) -> i64 {
             s.best_prio = v.prio;
             s.best_mark = v.mark;
             s.best_counter = v.counter;
+            s.best_target = v.target;
         }
     }
     0

@@ -5,22 +5,30 @@
 //! At this hook the destination, protocol and destination port are known; the source
 //! address and port only when the socket is bound; DSCP never. Shapes keyed on an unknown
 //! field are skipped, so such rules do not match local traffic.
+//!
+//! Sockets bound to a device (SO_BINDTODEVICE) are left alone: they already chose their
+//! uplink, and a table of another device could not route them (the daemon's health
+//! probes are such sockets). A rule whose gateway or group is down with
+//! `when_down = "blackhole"` refuses the connect or send (EPERM).
 use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::{bpf_sock_addr, SOL_SOCKET, SO_MARK},
-    helpers::generated::{bpf_get_netns_cookie, bpf_getsockopt, bpf_setsockopt},
+    helpers::generated::{
+        bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_getsockopt, bpf_setsockopt,
+    },
     programs::SockAddrContext,
     EbpfContext,
 };
 use policyroute_common::{
-    proto_has_ports, Control, FAMILY_V4, FAMILY_V6, SHAPE_DSCP, SHAPE_PORTS, SHAPE_SPORT, SHAPE_SRC,
+    flow_hash, proto_has_ports, Control, FAMILY_V4, FAMILY_V6, SHAPE_DSCP, SHAPE_PORTS, SHAPE_SPORT, SHAPE_SRC,
 };
 
 use crate::{count, parse::Packet, search, sticky, CONTROL, SOURCES};
 
-/// sock_addr verdict: let the call proceed (the hook never refuses anything).
+/// sock_addr verdicts: let the call proceed, or fail it with EPERM.
 const ALLOW: i32 = 1;
+const DENY: i32 = 0;
 
 pub fn handle(ctx: &SockAddrContext, v6: bool, sendmsg: bool) -> i32 {
     let Some(control) = CONTROL.get(0) else {
@@ -34,29 +42,82 @@ pub fn handle(ctx: &SockAddrContext, v6: bool, sendmsg: bool) -> i32 {
     // SAFETY: ctx.sock_addr is the bpf_sock_addr the kernel passed this program, valid
     // for the whole run; the verifier checks every field access through it.
     let sa = unsafe { &mut *ctx.sock_addr };
+    if bound_to_device(sa) {
+        return ALLOW;
+    }
     let pkt = packet(sa, v6);
-    if let Some((mark, mask, counter)) = verdict(&pkt, control) {
-        set_mark(ctx, mark, mask);
-        if let Some(slot) = counter {
-            count(slot, 0);
-        }
-        if sendmsg && pkt.unknown & SHAPE_SRC != 0 {
-            set_source(sa, mark, v6);
+    match verdict(ctx, &pkt, control) {
+        Verdict::Pass => ALLOW,
+        Verdict::Deny => DENY,
+        Verdict::Mark { mark, mask, counter } => {
+            set_mark(ctx, mark, mask);
+            if let Some(slot) = counter {
+                count(slot, 0);
+            }
+            if sendmsg && pkt.unknown & SHAPE_SRC != 0 {
+                set_source(sa, mark, v6);
+            }
+            ALLOW
         }
     }
-    ALLOW
+}
+
+enum Verdict {
+    Pass,
+    Deny,
+    Mark {
+        mark: u32,
+        mask: u32,
+        counter: Option<u32>,
+    },
 }
 
 /// A sticky flow's gateway first (replies go back the way the flow came), then the rules.
-fn verdict(pkt: &Packet, control: &Control) -> Option<(u32, u32, Option<u32>)> {
+fn verdict(ctx: &SockAddrContext, pkt: &Packet, control: &Control) -> Verdict {
     let mask = search::mark_mask(pkt, control);
     if control.flags & policyroute_common::CONTROL_STICKY != 0 && pkt.unknown & SHAPE_SPORT == 0 {
         if let Some(mark) = sticky::restore(&sticky::outbound_key(pkt), control) {
-            return Some((mark & mask, mask, None));
+            return Verdict::Mark {
+                mark: mark & mask,
+                mask,
+                counter: None,
+            };
         }
     }
-    let hit = search::classify(pkt, control)?;
-    Some((hit.mark, hit.mark_mask, Some(hit.counter)))
+    let Some(hit) = search::classify(pkt, control) else {
+        return Verdict::Pass;
+    };
+    // The socket keeps the mark for its life, so one decision per socket: the cookie
+    // spreads sockets to the same destination over a group's members.
+    // SAFETY: ctx.as_ptr() is this program's context, which the helper accepts.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let mut tuple = crate::targets::tuple(pkt);
+    tuple.src = [cookie as u32, (cookie >> 32) as u32, 0, 0];
+    let flow = crate::targets::Flow::Hashed(flow_hash(&tuple.words()));
+    match crate::verdict(&hit, pkt.family, flow, control) {
+        Some(mark) => Verdict::Mark {
+            mark,
+            mask: hit.mark_mask,
+            counter: Some(hit.counter),
+        },
+        None => {
+            count(hit.counter, 0);
+            Verdict::Deny
+        }
+    }
+}
+
+/// Whether the socket is bound to a device (SO_BINDTODEVICE).
+fn bound_to_device(sa: &bpf_sock_addr) -> bool {
+    // SAFETY: reading the union's pointer member; the verifier marks it as a nullable
+    // socket pointer, checked before use.
+    let sk = unsafe { sa.__bindgen_anon_1.sk };
+    if sk.is_null() {
+        return false;
+    }
+    // SAFETY: sk is non-null and points at the kernel's bpf_sock, whose bound_dev_if
+    // the verifier allows reading at a constant offset.
+    unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*sk).bound_dev_if)) != 0 }
 }
 
 fn packet(sa: &bpf_sock_addr, v6: bool) -> Packet {

@@ -93,10 +93,15 @@ fn dataplane(
         }
     };
     let mut t = Timings::start();
+    // Gateway and group states before the entries that name them, stale ones after.
+    let had = dp.maps.targets()?;
+    dp.maps.write_targets(&plan.targets, &had)?;
+    dp.maps.forget_flows(&plan.gone_down)?;
     let entries = match keys {
         Some(keys) => dp.maps.install_keys(&plan.compiled, keys)?,
         None => dp.maps.install(&plan.compiled)?,
     };
+    dp.maps.remove_targets(&plan.targets, &had)?;
     plan.record.epoch = Some(dp.maps.epoch()?);
     t.mark("execute: classifier entries");
     crash_point("maps");

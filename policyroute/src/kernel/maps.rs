@@ -8,9 +8,10 @@ use aya::{
     Ebpf,
 };
 use policyroute_common::{
-    Control, Counter, DeviceRole, FlowKey, FlowValue, GatewaySource, RuleKey, RuleValue,
-    ShapeTable, StateChunk, CONTROL_MAP, COUNTERS_MAP, DEVICES_MAP, FLOWS_MAP, GENERATIONS,
-    RULES_MAP, SOURCES_MAP, STATE_CHUNK, STATE_MAP, TABLES_MAP,
+    Control, Counter, DeviceRole, FlowChoice, FlowKey, FlowTuple, FlowValue, GatewaySource,
+    RuleKey, RuleValue, ShapeTable, StateChunk, TargetState, CHOICES_MAP, CONTROL_MAP,
+    COUNTERS_MAP, DEVICES_MAP, FLOWS_MAP, GENERATIONS, RULES_MAP, SOURCES_MAP, STATE_CHUNK,
+    STATE_MAP, TABLES_MAP, TARGETS_MAP,
 };
 
 use rustc_hash::FxHashSet;
@@ -33,6 +34,8 @@ pub struct Maps {
     pub devices: HashMap<MapData, u32, DeviceRole>,
     pub flows: HashMap<MapData, FlowKey, FlowValue>,
     pub sources: HashMap<MapData, u32, GatewaySource>,
+    pub targets: HashMap<MapData, u32, TargetState>,
+    pub choices: HashMap<MapData, FlowTuple, FlowChoice>,
 }
 
 /// Entry changes between a compiled policy and the maps.
@@ -78,7 +81,7 @@ impl Maps {
     }
 
     /// Every map with its name.
-    pub(super) fn all(&self) -> [(&'static str, &MapData); 8] {
+    pub(super) fn all(&self) -> [(&'static str, &MapData); 10] {
         [
             (RULES_MAP, self.rules.map()),
             (TABLES_MAP, self.tables.map()),
@@ -88,6 +91,8 @@ impl Maps {
             (DEVICES_MAP, self.devices.map()),
             (FLOWS_MAP, self.flows.map()),
             (SOURCES_MAP, self.sources.map()),
+            (TARGETS_MAP, self.targets.map()),
+            (CHOICES_MAP, self.choices.map()),
         ]
     }
 
@@ -129,6 +134,8 @@ impl Maps {
             devices: HashMap::try_from(take(DEVICES_MAP)?)?,
             flows: HashMap::try_from(take(FLOWS_MAP)?)?,
             sources: HashMap::try_from(take(SOURCES_MAP)?)?,
+            targets: HashMap::try_from(take(TARGETS_MAP)?)?,
+            choices: HashMap::try_from(take(CHOICES_MAP)?)?,
         })
     }
 
@@ -337,6 +344,66 @@ impl Maps {
     ) -> Result<(), DataplaneError> {
         Self::sync(&mut self.devices, devices)?;
         Self::sync(&mut self.sources, sources)
+    }
+
+    /// The gateway and group states, by key.
+    pub fn targets(&self) -> Result<BTreeMap<u32, TargetState>, DataplaneError> {
+        Ok(self.targets.iter().collect::<Result<_, _>>()?)
+    }
+
+    /// Writes the states of `want` that differ from `have` (what [`Self::targets`] read).
+    /// Each write replaces the element whole (a hash map update links a new one), so a
+    /// packet sees the old state or the new one, never a mix.
+    pub fn write_targets(
+        &mut self,
+        want: &BTreeMap<u32, TargetState>,
+        have: &BTreeMap<u32, TargetState>,
+    ) -> Result<usize, DataplaneError> {
+        let mut written = 0;
+        for (k, v) in want {
+            if have.get(k) != Some(v) {
+                self.targets.insert(k, v, 0)?;
+                written += 1;
+            }
+        }
+        Ok(written)
+    }
+
+    /// Removes the states of `have` that `want` lacks (after no rule names them).
+    pub fn remove_targets(
+        &mut self,
+        want: &BTreeMap<u32, TargetState>,
+        have: &BTreeMap<u32, TargetState>,
+    ) -> Result<(), DataplaneError> {
+        for k in have.keys().filter(|k| !want.contains_key(k)) {
+            match self.targets.remove(k) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops the sticky flow records of gateways that went down, as (mark, family):
+    /// their replies must not keep going to a dead uplink. Returns how many went.
+    pub fn forget_flows(&mut self, gone: &[(u32, u8)]) -> Result<usize, DataplaneError> {
+        if gone.is_empty() {
+            return Ok(0);
+        }
+        let stale: Vec<FlowKey> = self
+            .flows
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, v)| gone.contains(&(v.mark, k.family)))
+            .map(|(k, _)| k)
+            .collect();
+        for k in &stale {
+            match self.flows.remove(k) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(stale.len())
     }
 
     /// Zeroes the counters of `slots` on every CPU (a slot given to a new rule starts at 0).

@@ -114,6 +114,10 @@ pub async fn observe(
             dataplane,
         })
         .collect();
+    let targets = match &installed.dataplane {
+        Some(dp) => dp.maps.targets()?,
+        None => Default::default(),
+    };
     let dataplane = match &installed.dataplane {
         None => None,
         Some(dp) => Some(ObservedDataplane {
@@ -136,7 +140,21 @@ pub async fn observe(
         attachments,
         dataplane,
         netns_cookie: installed.netns_cookie,
+        targets,
+        checks: Default::default(),
+        now_ns: monotonic_ns(),
     })
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of the classifier's `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Addresses a device answers on that route anywhere (link-local ones do not).

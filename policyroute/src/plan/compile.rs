@@ -15,9 +15,10 @@ use policyroute_common::{
     SHAPE_SPORT, SHAPE_SRC,
 };
 
+use super::targets::TargetIds;
 use crate::policy::{
     matcher::{Family, Match, Rule, RuleError},
-    Policy,
+    Policy, Target,
 };
 
 /// Everything that identifies a shape within a family.
@@ -78,27 +79,34 @@ pub fn compile_with_slots(
     mark_mask: u32,
     previous: &BTreeMap<ShapeDesc, u16>,
 ) -> Result<Compiled, CompileError> {
-    let rules = rules.iter().map(|r| (r.name.as_str(), &r.matcher, r.mark));
+    let rules = rules
+        .iter()
+        .map(|r| (r.name.as_str(), &r.matcher, r.mark, 0));
     compile_rules(rules, slots, mark_mask, previous)
 }
 
-/// [`compile_with_slots`] of a policy's rules, their targets resolved to marks, read in
-/// place (a 100,000-rule policy is not copied for it).
+/// [`compile_with_slots`] of a policy's rules, read in place (a 100,000-rule policy is not
+/// copied for it). A rule with a raw mark sets it; one that names a gateway or group
+/// carries the target's id from `targets`.
 pub fn compile_policy(
     policy: &Policy,
     slots: &[u32],
     previous: &BTreeMap<ShapeDesc, u16>,
+    targets: &TargetIds,
 ) -> Result<Compiled, CompileError> {
-    let rules = policy
-        .rules
-        .iter()
-        .map(|r| (r.name.as_str(), &r.matcher, policy.mark_of(&r.target)));
+    let rules = policy.rules.iter().map(|r| {
+        let (mark, target) = match &r.target {
+            Target::Mark(mark) => (*mark, 0),
+            Target::Gateway(name) => (0, targets.id(name, r.when_down).unwrap_or(0)),
+        };
+        (r.name.as_str(), &r.matcher, mark, target)
+    });
     compile_rules(rules, slots, policy.mark_mask, previous)
 }
 
-/// Rules as (name, conditions, mark), first match wins.
+/// Rules as (name, conditions, mark, target id), first match wins.
 fn compile_rules<'a>(
-    rules: impl ExactSizeIterator<Item = (&'a str, &'a Match, u32)>,
+    rules: impl ExactSizeIterator<Item = (&'a str, &'a Match, u32, u32)>,
     slots: &[u32],
     mark_mask: u32,
     previous: &BTreeMap<ShapeDesc, u16>,
@@ -106,7 +114,7 @@ fn compile_rules<'a>(
     assert_eq!(rules.len(), slots.len(), "one counter slot per rule");
     // Usually an entry per family.
     let mut staged: Vec<(ShapeDesc, RuleKey, RuleValue)> = Vec::with_capacity(rules.len() * 2);
-    for (index, (name, matcher, mark)) in rules.enumerate() {
+    for (index, (name, matcher, mark, target)) in rules.enumerate() {
         let fail = |source| CompileError::Rule {
             index,
             name: name.to_string(),
@@ -117,7 +125,7 @@ fn compile_rules<'a>(
             prio: index as u32,
             mark: mark & mark_mask,
             counter: slots[index],
-            _pad: 0,
+            target,
         };
         for family in matcher.families().map_err(fail)? {
             expand(matcher, family, value, &mut staged);

@@ -8,13 +8,14 @@ pub mod desired;
 pub mod objects;
 pub mod record;
 pub mod slots;
+pub mod targets;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
 };
 
-use policyroute_common::{DEFAULT_MAX_COUNTERS, DEFAULT_MAX_ENTRIES};
+use policyroute_common::{TargetState, DEFAULT_MAX_COUNTERS, DEFAULT_MAX_ENTRIES};
 use serde::Serialize;
 
 use compile::{compile_policy, CompileError, Compiled, ShapeDesc};
@@ -22,7 +23,8 @@ use desired::Desired;
 use objects::{Diff, Hook, IpRoute, IpRule};
 use record::Record;
 
-use crate::policy::{ConfigError, Policy};
+use crate::policy::{matcher::Family, ConfigError, Policy};
+use targets::{Health, TargetIds};
 
 /// What the namespace holds now, as far as a plan depends on it.
 #[derive(Clone, Debug, Default)]
@@ -43,6 +45,13 @@ pub struct Observed {
     pub dataplane: Option<ObservedDataplane>,
     /// The namespace's cookie: socket hooks act only on sockets that carry it.
     pub netns_cookie: u64,
+    /// The gateway and group states the dataplane holds, by map key.
+    pub targets: BTreeMap<u32, TargetState>,
+    /// Health check verdicts (up?) by gateway and family, from a running daemon; a
+    /// checked gateway missing here keeps the verdict the dataplane holds.
+    pub checks: BTreeMap<(String, Family), bool>,
+    /// CLOCK_MONOTONIC now, ns (the clock of flow records).
+    pub now_ns: u64,
 }
 
 /// One of our programs on a hook.
@@ -159,6 +168,12 @@ pub struct Plan {
     pub detach: Vec<usize>,
     /// `Control::sticky_ttl_ns`.
     pub sticky_ttl_ns: u64,
+    /// Every gateway's health, and the state of every target rules route to.
+    pub health: Health,
+    pub targets: BTreeMap<u32, TargetState>,
+    /// Gateways that went down since the dataplane's states were written, as (mark,
+    /// family index): their sticky flow records go.
+    pub gone_down: Vec<(u32, u8)>,
     /// `Control::netns_cookie`: the socket hooks act only on this namespace's sockets.
     pub netns_cookie: u64,
     /// The cgroups the socket hooks go to (where later commands look for them).
@@ -206,11 +221,26 @@ pub fn plan(
         .as_ref()
         .map(|dp| dp.shapes.clone())
         .unwrap_or_default();
-    let compiled = compile_policy(&policy, &slots.slots, &shapes)?;
+    let ids = TargetIds::of(&policy);
+    let compiled = compile_policy(&policy, &slots.slots, &shapes, &ids)?;
     let dataplane = dataplane_step(observed, &desired, &compiled, &mut warnings);
     let (dataplane, attach, detach) = hooks(dataplane, observed, &desired);
     let sticky_ttl_ns = u64::from(policy.sticky_timeout) * 1_000_000_000;
+    let before = targets::health_in(&policy, &observed.targets);
+    let health = health(&policy, observed, &before);
+    let gone_down = targets::gone_down(&policy, &before, &health);
+    let targets = targets::states(
+        &policy,
+        &ids,
+        &health,
+        &observed.targets,
+        observed.now_ns,
+        sticky_ttl_ns,
+    );
     Ok(Plan {
+        health,
+        targets,
+        gone_down,
         record: Record::new(source.to_string(), policy, slots.slots),
         slots_to_zero: slots.to_zero,
         ip_rules: Diff::between(&observed.ip_rules, &desired.rules),
@@ -226,6 +256,15 @@ pub fn plan(
         warnings,
         waiting,
     })
+}
+
+/// Gateway health from what is observed: carrier from the links, check verdicts from the
+/// daemon or else the dataplane.
+/// `before`: the health the dataplane's states hold.
+pub fn health(policy: &Policy, observed: &Observed, before: &Health) -> Health {
+    let carrier = |dev: &str| observed.links.contains_key(dev) && !observed.down.contains(dev);
+    let check = |name: &str, family| observed.checks.get(&(name.to_owned(), family)).copied();
+    targets::health(policy, &carrier, &check, before)
 }
 
 fn down_warnings(waiting: &[Waiting]) -> Vec<String> {

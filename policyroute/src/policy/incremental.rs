@@ -196,7 +196,7 @@ fn is_default_name(name: &str, index: usize) -> bool {
 fn consistent(policy: &Policy, parsed: &[usize]) -> bool {
     let rules = &policy.rules;
     let valid_target = |r: &PolicyRule| match &r.target {
-        Target::Gateway(g) => policy.gateway(g).is_some(),
+        Target::Gateway(g) => policy.gateway(g).is_some() || policy.group(g).is_some(),
         Target::Mark(m) => policy.gateways.iter().all(|g| g.mark != *m),
     };
     if parsed.len() > 16 {

@@ -12,13 +12,19 @@
 //! via = "203.0.113.2"        # or a list, at most one address per family; absent: device route
 //! table = 100                # or an rt_tables name
 //! mark = 4                   # optional; derived when absent
+//! check = { targets = ["198.18.0.53"], method = "icmp", interval = 0.5, timeout = 1.0, down = 3, up = 3 }
+//!
+//! [[group]]                  # gateways sharing traffic: lowest live tier, flows by weight
+//! name = "wan"
+//! members = [ { gateway = "isp1", weight = 3 }, { gateway = "isp2" }, { gateway = "lte", tier = 2 } ]
 //!
 //! [[rule]]                   # first match in file order wins
 //! name = "web-via-isp2"      # optional, default "rule-N"
 //! proto = "tcp"
 //! src = "192.168.99.0/24"
 //! dport = [80, 443, "8000-8099"]
-//! gateway = "isp2"           # or mark = N (a mark consumed elsewhere; 0 exempts the traffic)
+//! gateway = "isp2"           # a gateway or group, or mark = N (a mark consumed elsewhere; 0 exempts)
+//! when_down = "main"         # or "blackhole": drop while the gateway or group has no live member
 //!
 //! [attach]
 //! ingress = ["lan0"]
@@ -46,13 +52,16 @@ pub mod ports;
 pub mod protocol;
 mod read;
 mod read_rules;
+mod read_uplinks;
 pub mod rt_tables;
 mod toml_tree;
+pub mod uplinks;
 
 #[cfg(test)]
 mod tests;
 
 pub use error::ConfigError;
+pub use uplinks::{Check, CheckMethod, Group, Member, WhenDown};
 
 pub const DEFAULT_MARK_MASK: u32 = 0xffff_ffff;
 
@@ -99,6 +108,8 @@ pub struct Policy {
     #[serde(default = "default_sticky_timeout")]
     pub sticky_timeout: u32,
     pub gateways: Vec<Gateway>,
+    #[serde(default)]
+    pub groups: Vec<Group>,
     /// In file order: the first matching rule wins.
     pub rules: Vec<PolicyRule>,
     pub attach: Attach,
@@ -122,6 +133,9 @@ pub struct Gateway {
     /// Connections that arrive through this gateway are answered through it.
     #[serde(default)]
     pub sticky: bool,
+    /// Without one, the gateway is up while its device is up with carrier.
+    #[serde(default)]
+    pub check: Option<Check>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,12 +143,16 @@ pub struct PolicyRule {
     pub name: String,
     pub matcher: Match,
     pub target: Target,
+    /// Only for a gateway or group target.
+    #[serde(default)]
+    pub when_down: WhenDown,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Target {
-    /// Route via this gateway (by name): the rule sets the gateway's mark.
+    /// Route via this gateway or group (by name): the rule sets the mark of the gateway,
+    /// or of the group member the flow is given, while it is up.
     Gateway(String),
     /// Set this mark, for something other than this policy's gateways to act on.
     /// 0 clears the bits under the mask: the traffic is exempt from later rules.
@@ -299,5 +317,9 @@ impl Policy {
 
     pub fn gateway(&self, name: &str) -> Option<&Gateway> {
         self.gateways.iter().find(|g| g.name == name)
+    }
+
+    pub fn group(&self, name: &str) -> Option<&Group> {
+        self.groups.iter().find(|g| g.name == name)
     }
 }

@@ -6,6 +6,7 @@ use std::ops::Range;
 use toml::de::DeValue;
 
 use super::read_rules::{self, RuleDraft};
+use super::read_uplinks::{self, GroupDraft};
 use super::toml_tree::{Doc, Field, Section};
 use super::{
     marks, Attach, ConfigError, Gateway, Origin, Policy, PolicyRule, DEFAULT_MARK_MASK,
@@ -20,10 +21,11 @@ const TOP_KEYS: &[&str] = &[
     "main_routes_first",
     "sticky_timeout",
     "gateway",
+    "group",
     "rule",
     "attach",
 ];
-const GATEWAY_KEYS: &[&str] = &["name", "dev", "via", "table", "mark", "sticky"];
+const GATEWAY_KEYS: &[&str] = &["name", "dev", "via", "table", "mark", "sticky", "check"];
 const ATTACH_KEYS: &[&str] = &["ingress", "egress", "local", "local_cgroup"];
 /// Default lifetime of a sticky flow record after its last inbound packet, in seconds.
 pub const DEFAULT_STICKY_TIMEOUT: u32 = 300;
@@ -44,6 +46,7 @@ pub(super) struct GatewayDraft {
     /// Explicit mark; derived later when absent.
     pub mark: Option<(u32, Range<usize>)>,
     sticky: bool,
+    check: Option<super::Check>,
 }
 
 pub(super) fn policy(text: &str, file: &str, tables: &RtTables) -> Result<Policy, ConfigError> {
@@ -56,12 +59,17 @@ pub(super) fn policy(text: &str, file: &str, tables: &RtTables) -> Result<Policy
         .iter()
         .map(|(_, sec)| gateway(&mut doc, sec, tables, mark_mask))
         .collect::<Vec<_>>();
+    let groups = array_of_tables(&mut doc, &top, "group", read_uplinks::GROUP_KEYS)
+        .iter()
+        .map(|(_, sec)| read_uplinks::group(&mut doc, sec))
+        .collect::<Vec<_>>();
     let rules = array_of_tables(&mut doc, &top, "rule", read_rules::KEYS)
         .iter()
         .map(|(n, sec)| read_rules::rule(&mut doc, sec, *n, mark_mask))
         .collect::<Vec<_>>();
     check_gateways(&mut doc, &gateways);
-    read_rules::check(&mut doc, &rules, &gateways);
+    read_uplinks::check_groups(&mut doc, &groups, &gateways);
+    read_rules::check(&mut doc, &rules, &gateways, &groups);
     let marks = marks::assign(&mut doc, &gateways, &rules, mark_mask);
     let rule_priority = rule_priority(&mut doc, &top, gateways.len());
     let (attach, ingress_lines, egress_lines) = attach(&mut doc, &top);
@@ -82,6 +90,7 @@ pub(super) fn policy(text: &str, file: &str, tables: &RtTables) -> Result<Policy
             .zip(marks)
             .map(finish_gateway)
             .collect(),
+        groups: groups.into_iter().map(GroupDraft::finish).collect(),
         rules: rules.into_iter().map(RuleDraft::finish).collect(),
         attach,
     };
@@ -188,13 +197,18 @@ fn gateway(
     });
     let dev_field = sec.require(doc, "dev");
     let dev = dev_field.and_then(|f| ifname(doc, f));
+    let via = sec.get("via").map(|f| via(doc, f)).unwrap_or_default();
+    let check = sec
+        .get("check")
+        .and_then(|f| read_uplinks::check(doc, f, &via));
     GatewayDraft {
         key: sec.key.clone(),
         header: sec.span.clone(),
         name,
         dev,
         dev_line: dev_field.map_or(0, |f| doc.line(&f.value.span())),
-        via: sec.get("via").map(|f| via(doc, f)).unwrap_or_default(),
+        via,
+        check,
         table: sec.require(doc, "table").and_then(|f| {
             let (id, name) = table(doc, f, tables)?;
             Some((id, name, f.value.span()))
@@ -219,6 +233,7 @@ fn finish_gateway((draft, mark): (GatewayDraft, u32)) -> Gateway {
         table_name,
         mark,
         sticky: draft.sticky,
+        check: draft.check,
     }
 }
 

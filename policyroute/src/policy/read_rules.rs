@@ -4,16 +4,26 @@ use std::ops::Range;
 use ipnet::IpNet;
 use toml::de::DeValue;
 
-use super::error::escape_controls;
 use super::read::{inside_mask, non_empty, report_duplicates, GatewayDraft};
+use super::read_uplinks::{self, GroupDraft};
 use super::toml_tree::{Doc, Field, Section};
+use super::WhenDown;
 use super::{PolicyRule, Target};
 use crate::policy::matcher::{Match, RuleError};
 use crate::policy::ports::{PortRange, PortSet};
 use crate::policy::protocol;
 
 pub(super) const KEYS: &[&str] = &[
-    "name", "proto", "src", "dst", "sport", "dport", "dscp", "gateway", "mark",
+    "name",
+    "proto",
+    "src",
+    "dst",
+    "sport",
+    "dport",
+    "dscp",
+    "gateway",
+    "mark",
+    "when_down",
 ];
 
 /// A rule as read, with the spans the checks across rules report at.
@@ -25,6 +35,7 @@ pub(super) struct RuleDraft {
     matcher: Match,
     /// With the span of the `gateway` or `mark` value; `None`: error already reported.
     target: Option<(Target, Range<usize>)>,
+    when_down: WhenDown,
 }
 
 impl RuleDraft {
@@ -41,6 +52,7 @@ impl RuleDraft {
             name: self.name,
             matcher: self.matcher,
             target: self.target.map_or(Target::Mark(0), |(t, _)| t),
+            when_down: self.when_down,
         }
     }
 }
@@ -57,12 +69,22 @@ pub(super) fn rule(
         None => (format!("rule-{n}"), sec.span.clone()),
     };
     let matcher = matcher(doc, sec);
+    let target = target(doc, sec, mark_mask);
+    let when_down = sec.get("when_down").and_then(|f| {
+        let w = read_uplinks::when_down(doc, f)?;
+        if sec.get("mark").is_some() {
+            let msg = "applies to a gateway or group target, not to a mark";
+            doc.error(&f.value.span(), f.key, msg);
+        }
+        Some(w)
+    });
     RuleDraft {
         key: sec.key.clone(),
         name,
         name_span,
         matcher,
-        target: target(doc, sec, mark_mask),
+        target,
+        when_down: when_down.unwrap_or_default(),
     }
 }
 
@@ -206,8 +228,13 @@ fn target(
     }
 }
 
-/// Rule names are unique; gateways that rules name exist.
-pub(super) fn check(doc: &mut Doc<'_>, rules: &[RuleDraft], gateways: &[GatewayDraft]) {
+/// Rule names are unique; gateways and groups that rules name exist.
+pub(super) fn check(
+    doc: &mut Doc<'_>,
+    rules: &[RuleDraft],
+    gateways: &[GatewayDraft],
+    groups: &[GroupDraft],
+) {
     let names = rules.iter().map(|r| {
         (
             format!("{:?}", r.name),
@@ -216,23 +243,22 @@ pub(super) fn check(doc: &mut Doc<'_>, rules: &[RuleDraft], gateways: &[GatewayD
         )
     });
     report_duplicates(doc, names.filter(|(n, _, _)| n != "\"\""), "rule name");
-    let mut known: Vec<&str> = gateways
+    let known: Vec<&str> = gateways
         .iter()
         .filter_map(|g| Some(g.name.as_ref()?.0.as_str()))
+        .chain(
+            groups
+                .iter()
+                .filter_map(|g| Some(g.name.as_ref()?.0.as_str())),
+        )
         .collect();
-    known.sort_unstable();
-    known.dedup();
     for rule in rules {
         let Some((Target::Gateway(name), span)) = &rule.target else {
             continue;
         };
         if !known.contains(&name.as_str()) {
-            let defined = if known.is_empty() {
-                "none".to_owned()
-            } else {
-                escape_controls(&known.join(", ")).into_owned()
-            };
-            let msg = format!("unknown gateway {name:?} (defined: {defined})");
+            let defined = read_uplinks::defined(&known);
+            let msg = format!("unknown gateway or group {name:?} (defined: {defined})");
             doc.error(span, &format!("{}.gateway", rule.key), msg);
         }
     }

@@ -91,7 +91,9 @@ fn full_example_parses_to_the_expected_policy() {
             table_name: None,
             mark: 4,
             sticky: false,
+            check: None,
         }],
+        groups: Vec::new(),
         rules: vec![PolicyRule {
             name: "web-via-isp2".into(),
             matcher: Match {
@@ -103,6 +105,7 @@ fn full_example_parses_to_the_expected_policy() {
                 dscp: Some(46),
             },
             target: Target::Gateway("isp2".into()),
+            when_down: Default::default(),
         }],
         attach: Attach {
             ingress: vec!["lan0".into()],
@@ -281,7 +284,7 @@ fn load_labels_errors_with_the_path() {
     std::fs::remove_file(&path).unwrap();
     assert_eq!(
         err.to_string(),
-        format!("{}:2: bogus: unknown key (expected one of: mark_mask, rule_priority, main_routes_first, sticky_timeout, gateway, rule, attach)", path.display())
+        format!("{}:2: bogus: unknown key (expected one of: mark_mask, rule_priority, main_routes_first, sticky_timeout, gateway, group, rule, attach)", path.display())
     );
 }
 
@@ -339,7 +342,7 @@ fn names_in_messages_escape_control_characters() {
         ],
         6,
         "rule[1].gateway",
-        "unknown gateway \"isp2\" (defined: isp2\\u0000)",
+        "unknown gateway or group \"isp2\" (defined: isp2\\u0000)",
     );
     let policy = parse(&doc(&[
         "[[gateway]]",
@@ -703,7 +706,7 @@ fn rule_targets() {
         &with_gateway(&["[[rule]]", "gateway = \"isp3\""]),
         6,
         "rule[1].gateway",
-        "unknown gateway \"isp3\" (defined: isp2)",
+        "unknown gateway or group \"isp3\" (defined: isp2)",
     );
     assert_error(
         &with_gateway(&["[[rule]]", "gateway = \"isp2\"", "mark = 4"]),
