@@ -7,7 +7,7 @@ use crate::{
         drift::DriftItem,
         explain::{DecidedBy, Explanation},
         flush::FlushReport,
-        status::{GatewayStatus, Status},
+        status::{FamilyHealth, GatewayStatus, GroupStatus, Status},
     },
     kernel::{namespace::DaemonState, netlink::RTPROT_POLICYROUTE},
     plan::objects::{IpRoute, IpRule},
@@ -80,6 +80,7 @@ pub fn status(s: &Status) -> String {
         let _ = writeln!(o, "  {:<40} program {}", h.hook.describe(), h.program_id);
     }
     gateways(&mut o, &s.gateways);
+    groups(&mut o, &s.groups);
     rules(&mut o, s);
     let _ = writeln!(o, "\nip rules (protocol {RTPROT_POLICYROUTE}):");
     for r in &s.ip_rules {
@@ -154,6 +155,54 @@ fn gateways(o: &mut String, gateways: &[GatewayStatus]) {
             "  {:<16} {table:>10} {mark:>10} {:<12} {via}",
             g.name, g.dev
         );
+        for (family, h) in &g.health {
+            let _ = writeln!(o, "  {:<16} {family} {}", "", health(h));
+        }
+    }
+}
+
+/// `up`, or `down (check failed) since 12 s ago, loss 100%`, ...
+fn health(h: &FamilyHealth) -> String {
+    let mut line = h.state.to_string();
+    if let Some(why) = h.why {
+        let _ = write!(line, " ({why})");
+    }
+    if let Some(since) = h.since {
+        let _ = write!(line, " since {}", ago(since));
+    }
+    if h.checked {
+        match (h.loss_percent, h.rtt_ms) {
+            (Some(loss), rtt) => {
+                let _ = write!(line, ", probe loss {loss:.0}%");
+                if let Some(rtt) = rtt {
+                    let _ = write!(line, ", rtt {rtt:.1} ms");
+                }
+                let _ = write!(line, ", {} transition(s)", h.transitions);
+            }
+            (None, _) => line.push_str(", checked (no daemon runs the check)"),
+        }
+    } else {
+        line.push_str(", carrier only");
+    }
+    line
+}
+
+fn groups(o: &mut String, groups: &[GroupStatus]) {
+    if groups.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "
+groups:"
+    );
+    for g in groups {
+        let members: Vec<String> = g
+            .members
+            .iter()
+            .map(|m| format!("{} (tier {}, weight {})", m.gateway, m.tier, m.weight))
+            .collect();
+        let _ = writeln!(o, "  {:<16} {}", g.name, members.join(", "));
     }
 }
 
@@ -192,10 +241,28 @@ pub fn explain(e: &Explanation) -> String {
         .as_deref()
         .map_or(String::new(), |d| format!(" dev {d}"));
     let src = e.src.map_or(String::new(), |s| format!(" src {s}"));
-    format!(
-        "rule:  {rule}\nmark:  {:#x} (by {})\nroute: table {}{via}{dev}{src}\n",
+    let mut o = format!("rule:  {rule}\n");
+    if let Some(why) = &e.why {
+        let member = e.member.as_deref().unwrap_or("none");
+        match &e.group {
+            Some(g) => {
+                let _ = writeln!(o, "group: {g}, member {member}: {why}");
+            }
+            None => {
+                let _ = writeln!(o, "gateway: {why}");
+            }
+        }
+    }
+    if e.dropped {
+        let _ = writeln!(o, "drop:  the classifier drops it (by {})", e.by);
+        return o;
+    }
+    let _ = write!(
+        o,
+        "mark:  {:#x} (by {})\nroute: table {}{via}{dev}{src}\n",
         e.mark, e.by, e.table
-    )
+    );
+    o
 }
 
 fn family(f: Family) -> &'static str {

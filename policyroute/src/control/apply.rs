@@ -7,7 +7,13 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::{execute, lock, require_privileges, timings::Timings, ControlError, Options};
+use super::{
+    execute,
+    failover::{Checks, Switchboard},
+    lock, require_privileges,
+    timings::Timings,
+    ControlError, Options,
+};
 use crate::{
     kernel::{
         maps::InstallStats,
@@ -44,6 +50,9 @@ pub struct Report {
     pub waiting: Vec<Waiting>,
     #[serde(skip)]
     pub devices: DeviceNames,
+    /// What `run` needs to switch uplinks on a health change without a full pass.
+    #[serde(skip)]
+    pub switchboard: Option<Switchboard>,
 }
 
 impl Report {
@@ -69,6 +78,7 @@ impl Report {
                 .iter()
                 .map(|(n, &i)| (i, n.clone()))
                 .collect(),
+            switchboard: None,
         }
     }
 
@@ -102,11 +112,12 @@ pub enum Source<'a> {
         path: &'a Path,
         tables: &'a RtTables,
     },
-    /// Already read (by `run`), with its digests.
+    /// Already read (by `run`), with its digests and the health checks' verdicts.
     Read {
         policy: &'a Policy,
         digests: Option<&'a Digests>,
         path: &'a Path,
+        checks: &'a Checks,
     },
 }
 
@@ -139,20 +150,21 @@ pub async fn reconcile(
         )
     });
     t.mark("find the dataplane, read its record and the file");
-    let (policy, digests, path) = match source {
+    let (policy, digests, path, checks) = match source {
         Source::File { path, tables } => {
             let earlier = previous
                 .as_ref()
                 .and_then(|r| Some((&r.policy, r.digests.as_ref()?)));
             let file = file.expect("read above")?;
             let (policy, digests) = Policy::read_again(file, tables, earlier)?;
-            (policy, digests, path)
+            (policy, digests, path, Checks::new())
         }
         Source::Read {
             policy,
             digests,
             path,
-        } => (policy.clone(), digests.cloned(), path),
+            checks,
+        } => (policy.clone(), digests.cloned(), path, checks.clone()),
     };
     t.mark("load the policy");
     if let Some(cgroup) = plan::desired::local_cgroup(&policy) {
@@ -160,7 +172,8 @@ pub async fn reconcile(
         installed = observe::installed(&links, &[cgroup])?;
     }
     let gateway_devices: Vec<&str> = policy.gateways.iter().map(|g| g.dev.as_str()).collect();
-    let observed = observe::observe(nl, &links, &installed, &gateway_devices).await?;
+    let mut observed = observe::observe(nl, &links, &installed, &gateway_devices).await?;
+    observed.checks = checks;
     t.mark("observe");
     let source = path.display().to_string();
     let mut plan = plan::plan(policy, &source, &observed, previous.as_ref(), devices)?;
@@ -175,8 +188,10 @@ pub async fn reconcile(
         report.entries = execute::preview_entries(&plan, &installed)?;
     } else {
         let (warnings, keys) = (&mut report.warnings, keys.as_deref());
-        report.entries =
+        let (entries, maps) =
             execute::execute(nl, opts, &mut plan, &mut installed, keys, warnings).await?;
+        report.entries = entries;
+        report.switchboard = Some(Switchboard::new(&plan, &observed, maps));
     }
     t.mark("execute");
     Ok((report, plan.record))

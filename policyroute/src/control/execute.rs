@@ -6,7 +6,7 @@ use super::{timings::Timings, ControlError, Options};
 use crate::kernel::{
     attach,
     dataplane::{Dataplane, DataplaneError},
-    maps::InstallStats,
+    maps::{InstallStats, SwitchMaps},
     namespace,
     netlink::{Netlink, NetlinkError, RTPROT_POLICYROUTE},
     observe::Installed,
@@ -15,7 +15,8 @@ use crate::kernel::{
 use crate::plan::{DataplaneStep, Plan};
 use policyroute_common::RuleKey;
 
-/// Executes `plan` against what `installed` found; returns the classifier entries written.
+/// Executes `plan` against what `installed` found; returns the classifier entries written,
+/// and the maps a later health change writes (when a dataplane is in use).
 /// Problems that do not stop the apply are added to `warnings`.
 /// `keys`: the only classifier entries that can differ (see `plan::changed`); `None`:
 /// compare them all.
@@ -26,11 +27,12 @@ pub async fn execute(
     installed: &mut Installed,
     keys: Option<&[RuleKey]>,
     warnings: &mut Vec<String>,
-) -> Result<InstallStats, ControlError> {
+) -> Result<(InstallStats, Option<SwitchMaps>), ControlError> {
     let (mut dp, entries) = match dataplane(plan, installed, opts, keys)? {
         Some((dp, entries)) => (Some(dp), entries),
         None => (None, InstallStats::default()),
     };
+    let switch = dp.as_ref().map(|dp| dp.maps.switch_maps()).transpose()?;
     let failed = add_routing(nl, plan).await;
     attachments(plan, dp.as_ref(), installed)?;
     remove_routing(nl, plan).await?;
@@ -43,7 +45,7 @@ pub async fn execute(
     if !failed.is_empty() {
         return Err(ControlError::Incomplete(failed));
     }
-    Ok(entries)
+    Ok((entries, switch))
 }
 
 /// What writing the plan's classifier entries would change (for a dry run: reads only).

@@ -3,8 +3,9 @@
 //! a synthesized packet (BPF_PROG_TEST_RUN, counters untouched), so explain cannot disagree
 //! with the dataplane; the reference classifier is asked too and must agree. For local
 //! traffic the reference classifier answers with the socket hook's semantics.
-use std::net::IpAddr;
+use std::{collections::BTreeMap, net::IpAddr};
 
+use policyroute_common::{target_key, FlowTuple, TargetState, MEMBER_UP};
 use serde::Serialize;
 
 use super::{require_privileges, ControlError};
@@ -14,13 +15,23 @@ use crate::{
         observe::{self, Installed},
         record_store, testrun,
     },
-    plan::record::Record,
-    policy::{matcher::Rule, Target},
+    plan::{
+        record::Record,
+        targets::{self, TargetIds},
+    },
+    policy::{
+        matcher::{Family, Rule},
+        Member, Policy, Target, WhenDown,
+    },
     reference::{
         classifier::{self, LocalFlow},
         frame::FrameSpec,
+        targets::{self as ref_targets, How},
     },
 };
+
+/// The TC verdict of a dropped packet.
+const TC_ACT_SHOT: i32 = 2;
 use policyroute_common::names::TC_INGRESS;
 
 /// The question.
@@ -78,6 +89,14 @@ pub struct Explanation {
     /// The source address the kernel picks for it (prefsrc).
     pub src: Option<IpAddr>,
     pub by: DecidedBy,
+    /// The group the rule names, if it names one.
+    pub group: Option<String>,
+    /// The gateway the flow is given (the rule's gateway, or the group member), if any.
+    pub member: Option<String>,
+    /// How the gateway or group decided (null for rules with a raw mark).
+    pub why: Option<String>,
+    /// The flow is dropped: its gateway or group is down with `when_down = "blackhole"`.
+    pub dropped: bool,
 }
 
 /// The classification part of the answer.
@@ -86,6 +105,16 @@ struct Verdict {
     rule: Option<usize>,
     mark: u32,
     by: DecidedBy,
+    /// For a rule that names a gateway or group.
+    target: Option<TargetVerdict>,
+}
+
+/// What a gateway or group decided for the flow, and why.
+struct TargetVerdict {
+    group: Option<String>,
+    member: Option<String>,
+    why: String,
+    dropped: bool,
 }
 
 pub async fn explain(q: &Query) -> Result<Explanation, ControlError> {
@@ -93,9 +122,14 @@ pub async fn explain(q: &Query) -> Result<Explanation, ControlError> {
     let nl = Netlink::new()?;
     let links = nl.links().await?;
     let mut installed = observe::installed(&links, &[])?;
-    let record = match &installed.dataplane {
-        Some(dp) => record_store::read_record(&dp.maps)?,
-        None => None,
+    let (record, states) = match &installed.dataplane {
+        Some(dp) => (record_store::read_record(&dp.maps)?, dp.maps.targets()?),
+        None => (None, Default::default()),
+    };
+    let ctx = Context {
+        record: record.as_ref(),
+        states: &states,
+        installed: &mut installed,
     };
     let iif = match &q.iif {
         Some(dev) => {
@@ -104,11 +138,23 @@ pub async fn explain(q: &Query) -> Result<Explanation, ControlError> {
         None => None,
     };
     let verdict = match iif {
-        Some(ifindex) => forwarded(q, ifindex, &mut installed, record.as_ref())?,
-        None => local(q, record.as_ref()),
+        Some(ifindex) => forwarded(q, ifindex, ctx)?,
+        None => local(q, ctx),
     };
-    let route = nl.route_get(&route_query(q, iif, verdict.mark)).await?;
+    let dropped = verdict.target.as_ref().is_some_and(|t| t.dropped);
+    let route = if dropped {
+        RouteAnswer::default()
+    } else {
+        nl.route_get(&route_query(q, iif, verdict.mark)).await?
+    };
     Ok(explanation(verdict, &route, record.as_ref(), &links))
+}
+
+/// What explain reads from the dataplane.
+struct Context<'a> {
+    record: Option<&'a Record>,
+    states: &'a BTreeMap<u32, TargetState>,
+    installed: &'a mut Installed,
 }
 
 fn index_of(links: &[Link], name: &str) -> Option<u32> {
@@ -123,45 +169,158 @@ fn rules_of(record: Option<&Record>) -> Vec<Rule> {
 
 /// A packet arriving on `ifindex`: the loaded program decides, the reference classifier
 /// must agree unless a sticky flow's record pinned the mark.
-fn forwarded(
-    q: &Query,
-    ifindex: u32,
-    installed: &mut Installed,
-    record: Option<&Record>,
-) -> Result<Verdict, ControlError> {
+fn forwarded(q: &Query, ifindex: u32, ctx: Context<'_>) -> Result<Verdict, ControlError> {
     let frame = frame(q);
-    let mark = run_dataplane(installed, &frame, ifindex)?;
-    let rules = rules_of(record);
-    let mask = record.map_or(u32::MAX, |r| r.policy.mark_mask);
-    let want = classifier::mark_after(&rules, mask, &frame, 0);
-    let sticky = record.is_some_and(|r| r.policy.gateways.iter().any(|g| g.sticky));
-    let rule = classifier::parse(&frame).and_then(|p| classifier::first_match(&rules, &p));
-    match (want == mark, sticky) {
+    let (mark, dropped) = run_dataplane(ctx.installed, &frame, ifindex)?;
+    let rules = rules_of(ctx.record);
+    let pkt = classifier::parse(&frame);
+    let rule = pkt.and_then(|p| classifier::first_match(&rules, &p));
+    let target = match (ctx.record, rule, pkt) {
+        (Some(r), Some(i), Some(p)) => {
+            let flow = ref_targets::tuple(&p);
+            let choice = ctx.installed.dataplane.as_ref().and_then(|dp| {
+                // Read only: the same record the program just consulted.
+                dp.maps.choices.get(&flow, 0).ok()
+            });
+            target_verdict(&r.policy, i, ctx.states, p.family, |state, id| {
+                let now = observe::monotonic_ns();
+                let ttl = u64::from(r.policy.sticky_timeout) * 1_000_000_000;
+                ref_targets::decide(state, id, &flow, choice.as_ref(), now, ttl)
+            })
+        }
+        _ => None,
+    };
+    let mask = ctx.record.map_or(u32::MAX, |r| r.policy.mark_mask);
+    let (want, want_drop) = match (&target, rule) {
+        (Some((_, d)), _) => (d.mark.unwrap_or(0) & mask, d.mark.is_none()),
+        (None, Some(i)) => (rules[i].mark & mask, false),
+        (None, None) => (0, false),
+    };
+    let sticky = ctx
+        .record
+        .is_some_and(|r| r.policy.gateways.iter().any(|g| g.sticky));
+    match ((want, want_drop) == (mark, dropped), sticky) {
         (true, _) => Ok(Verdict {
             rule,
             mark,
             by: DecidedBy::Dataplane,
+            target: target.map(|(t, _)| t),
         }),
         // The flow's replies are pinned to the gateway it came in through.
-        (false, true) => Ok(Verdict {
+        (false, true) if !dropped => Ok(Verdict {
             rule: None,
             mark,
             by: DecidedBy::StickyFlow,
+            target: None,
         }),
-        (false, false) => Err(ControlError::Disagree {
+        _ => Err(ControlError::Disagree {
             dataplane: mark,
             reference: want,
         }),
     }
 }
 
+/// For rule `index` when it names a gateway or group: the decision `decide` makes with
+/// the target's state (for `family`), told as the operator reads it.
+fn target_verdict(
+    policy: &Policy,
+    index: usize,
+    states: &BTreeMap<u32, TargetState>,
+    family: Family,
+    decide: impl FnOnce(Option<&TargetState>, u32) -> ref_targets::Decision,
+) -> Option<(TargetVerdict, ref_targets::Decision)> {
+    let rule = &policy.rules[index];
+    let Target::Gateway(name) = &rule.target else {
+        return None;
+    };
+    let id = TargetIds::of(policy).id(name, rule.when_down)?;
+    let state = states.get(&target_key(id, family.index()));
+    let d = decide(state, id);
+    let members = targets::members_of(policy, name);
+    let member = d
+        .member
+        .and_then(|i| members.get(i))
+        .map(|m| m.gateway.clone());
+    let story = TargetVerdict {
+        group: policy.group(name).map(|g| g.name.clone()),
+        why: why(name, &members, state, &d, rule.when_down, family),
+        member,
+        dropped: d.mark.is_none(),
+    };
+    Some((story, d))
+}
+
+/// The reason, in words: which member, how it was picked, who is down.
+fn why(
+    name: &str,
+    members: &[Member],
+    state: Option<&TargetState>,
+    d: &ref_targets::Decision,
+    when_down: WhenDown,
+    family: Family,
+) -> String {
+    let Some(state) = state else {
+        return format!("{name} has no state in the dataplane yet: the main table");
+    };
+    let down: Vec<&str> = members
+        .iter()
+        .zip(&state.members)
+        .filter(|(_, m)| m.flags & MEMBER_UP == 0)
+        .map(|(m, _)| m.gateway.as_str())
+        .collect();
+    let down = if down.is_empty() {
+        String::new()
+    } else {
+        format!("; down for {family}: {}", down.join(", "))
+    };
+    let chosen = d.member.and_then(|i| members.get(i));
+    match (d.how, chosen) {
+        (How::Slot { slot, moved }, Some(m)) if members.len() > 1 => {
+            let total: u32 = members
+                .iter()
+                .zip(&state.members)
+                .filter(|(o, s)| o.tier == m.tier && s.flags & MEMBER_UP != 0)
+                .map(|(o, _)| o.weight)
+                .sum();
+            let stand_in = if moved {
+                " (standing in for a member that is down)"
+            } else {
+                ""
+            };
+            format!(
+                "the flow hash picks slot {slot}: {} of tier {}, weight {} of {total}{stand_in}{down}",
+                m.gateway, m.tier, m.weight
+            )
+        }
+        (How::Slot { .. }, Some(m)) => format!("{} is up", m.gateway),
+        (How::Record, Some(m)) => format!(
+            "a flow record keeps this flow on {} where it was placed{down}",
+            m.gateway
+        ),
+        (How::Record, None) => {
+            format!("a flow record keeps this flow on the main table, where it was placed{down}")
+        }
+        (How::Fallback, _) => format!(
+            "no member of {name} is up for {family}{down}: when_down = {}, the main table",
+            when_down.name()
+        ),
+        (How::Blackhole, _) => {
+            format!("no member of {name} is up for {family}{down}: when_down = blackhole drops it")
+        }
+        _ => format!("{name}: the main table"),
+    }
+}
+
 /// A flow this host sends: the socket hooks' semantics, from the reference classifier.
-fn local(q: &Query, record: Option<&Record>) -> Verdict {
-    let Some(record) = record.filter(|r| r.policy.attach.local) else {
+/// A group spreads sockets by their cookie, unknown here: the answer names the member
+/// only when one member is live.
+fn local(q: &Query, ctx: Context<'_>) -> Verdict {
+    let Some(record) = ctx.record.filter(|r| r.policy.attach.local) else {
         return Verdict {
             rule: None,
             mark: 0,
             by: DecidedBy::NoSocketHooks,
+            target: None,
         };
     };
     let flow = LocalFlow {
@@ -173,11 +332,33 @@ fn local(q: &Query, record: Option<&Record>) -> Verdict {
     };
     let rules = record.policy.classifier_rules();
     let rule = classifier::first_match_local(&rules, &flow);
+    let family = Family::of(&q.dst);
+    let target = rule.and_then(|i| {
+        target_verdict(&record.policy, i, ctx.states, family, |state, id| {
+            local_decision(state, id)
+        })
+    });
+    let mark = match (&target, rule) {
+        (Some((_, d)), _) => d.mark.unwrap_or(0),
+        (None, Some(i)) => rules[i].mark,
+        (None, None) => 0,
+    };
     Verdict {
         rule,
-        mark: rule.map_or(0, |i| rules[i].mark & record.policy.mark_mask),
+        mark: mark & record.policy.mark_mask,
         by: DecidedBy::Model,
+        target: target.map(|(t, _)| t),
     }
+}
+
+/// A socket's decision without its cookie: exact when at most one member is live.
+fn local_decision(state: Option<&TargetState>, id: u32) -> ref_targets::Decision {
+    let probe = FlowTuple::default();
+    let mut d = ref_targets::decide(state, id, &probe, None, 0, 0);
+    if state.is_some_and(|s| s.live > 1) {
+        d.member = None;
+    }
+    d
 }
 
 fn frame(q: &Query) -> Vec<u8> {
@@ -193,14 +374,15 @@ fn frame(q: &Query) -> Vec<u8> {
 }
 
 /// Runs the attached TC ingress program of the dataplane in use on `frame` as if it
-/// arrived on `ifindex`, telling it not to count or record; mark 0 in. No program: mark 0.
+/// arrived on `ifindex`, telling it not to count or record; mark 0 in. Returns the mark
+/// and whether it dropped the packet. No program: mark 0.
 fn run_dataplane(
     installed: &mut Installed,
     frame: &[u8],
     ifindex: u32,
-) -> Result<u32, ControlError> {
+) -> Result<(u32, bool), ControlError> {
     let Some(info) = installed.take_live_program(TC_INGRESS) else {
-        return Ok(0);
+        return Ok((0, false));
     };
     let prog = testrun::loaded(info).map_err(crate::kernel::dataplane::DataplaneError::from)?;
     let input = testrun::Input {
@@ -210,7 +392,7 @@ fn run_dataplane(
     };
     let out = testrun::run(&prog, frame, input, 1)
         .map_err(crate::kernel::dataplane::DataplaneError::from)?;
-    Ok(out.mark)
+    Ok((out.mark, out.verdict == TC_ACT_SHOT))
 }
 
 fn route_query(q: &Query, iif: Option<u32>, mark: u32) -> RouteQuery {
@@ -232,7 +414,12 @@ fn explanation(
     links: &[Link],
 ) -> Explanation {
     let rule = verdict.rule.and_then(|i| record?.policy.rules.get(i));
+    let target = verdict.target;
     Explanation {
+        group: target.as_ref().and_then(|t| t.group.clone()),
+        member: target.as_ref().and_then(|t| t.member.clone()),
+        why: target.as_ref().map(|t| t.why.clone()),
+        dropped: target.as_ref().is_some_and(|t| t.dropped),
         rule: rule.map(|r| r.name.clone()),
         target_gateway: rule.and_then(|r| match &r.target {
             Target::Gateway(g) => Some(g.clone()),

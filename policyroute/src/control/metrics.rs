@@ -18,6 +18,7 @@ use prometheus_client::{
 use tokio::net::TcpListener;
 
 use super::status;
+use crate::{kernel::namespace::family_name, policy::matcher::Family as PolicyFamily};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
@@ -29,6 +30,19 @@ struct RuleLabel {
     rule: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GatewayLabel {
+    gateway: String,
+    family: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransitionLabel {
+    gateway: String,
+    family: String,
+    state: String,
+}
+
 /// The daemon's counters.
 #[derive(Default)]
 pub struct Metrics {
@@ -36,6 +50,8 @@ pub struct Metrics {
     repairs: Family<KindLabel, Counter>,
     errors: Counter,
     last_apply: Gauge<i64, AtomicI64>,
+    gateway_up: Family<GatewayLabel, Gauge>,
+    transitions: Family<TransitionLabel, Counter>,
 }
 
 impl Metrics {
@@ -51,6 +67,25 @@ impl Metrics {
 
     pub fn failed(&self) {
         self.errors.inc();
+    }
+
+    /// A gateway's health for a family; `transition`: it just changed to this.
+    pub fn gateway(&self, gateway: &str, family: PolicyFamily, up: bool, transition: bool) {
+        let family = family_name(family).to_owned();
+        let label = GatewayLabel {
+            gateway: gateway.to_owned(),
+            family: family.clone(),
+        };
+        self.gateway_up.get_or_create(&label).set(i64::from(up));
+        if transition {
+            let state = if up { "up" } else { "down" };
+            let label = TransitionLabel {
+                gateway: gateway.to_owned(),
+                family,
+                state: state.to_owned(),
+            };
+            self.transitions.get_or_create(&label).inc();
+        }
     }
 
     /// A policy was applied (at start or on reload), at this Unix time.
@@ -76,6 +111,16 @@ impl Metrics {
             "errors",
             "Reconcile passes and reloads that failed",
             self.errors.clone(),
+        );
+        registry.register(
+            "gateway_up",
+            "1 while the gateway is up for the family (carrier, and its check passes)",
+            self.gateway_up.clone(),
+        );
+        registry.register(
+            "gateway_transitions",
+            "Times the gateway went up or down for the family",
+            self.transitions.clone(),
         );
         registry.register(
             "last_apply_timestamp_seconds",

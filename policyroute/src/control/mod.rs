@@ -5,6 +5,7 @@ pub mod apply;
 pub mod drift;
 pub mod execute;
 pub mod explain;
+pub mod failover;
 pub mod flush;
 pub mod metrics;
 pub mod run;
@@ -103,7 +104,7 @@ fn require_privileges() -> Result<(), ControlError> {
     }
 }
 
-fn lock() -> Result<namespace::Lock, ControlError> {
+pub(crate) fn lock() -> Result<namespace::Lock, ControlError> {
     let lock = namespace::Lock::acquire(|| {
         eprintln!("policyroute: another policyroute command is running in this namespace; waiting")
     });

@@ -3,6 +3,9 @@
 //! debounced, to one more pass of observe → plan → execute; a periodic pass is the safety
 //! net for what sends no event (a hook removed by hand). SIGHUP re-reads the file; SIGTERM
 //! and SIGINT exit and leave the dataplane in place.
+//!
+//! It also runs the gateways' health checks (`health`); a verdict that changes switches
+//! uplinks at once through the dataplane's target states (`failover`), without a pass.
 use std::{
     net::SocketAddr,
     path::PathBuf,
@@ -13,20 +16,23 @@ use std::{
 use tokio::{
     net::TcpListener,
     signal::unix::{signal, Signal, SignalKind},
+    sync::mpsc::UnboundedReceiver,
     time::{sleep_until, Instant},
 };
 use tracing::{error, info, warn};
 
 use super::{
     apply::{reconcile, Report, Source},
+    failover::{check_specs, Checks, Switchboard},
     flush,
     metrics::{self, Metrics},
     require_privileges, ControlError, Options,
 };
 use crate::{
+    health::{Monitor, Transition},
     kernel::{
         events::Events,
-        namespace::{DaemonFile, DaemonState},
+        namespace::{DaemonFile, DaemonState, GatewayCheck},
         netlink::Netlink,
         KernelError,
     },
@@ -41,6 +47,8 @@ const DEBOUNCE_QUIET: Duration = Duration::from_millis(50);
 const DEBOUNCE_MAX: Duration = Duration::from_millis(250);
 /// The safety net: a full pass this often even without events.
 const PERIOD: Duration = Duration::from_secs(30);
+/// How often the daemon file gets the checks' latest loss and RTT for `status`.
+const PUBLISH: Duration = Duration::from_secs(1);
 /// A failed pass is tried again after this, doubling up to `RETRY_MAX`.
 const RETRY_FIRST: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(5);
@@ -70,6 +78,11 @@ struct Daemon<'a> {
     /// Devices the last pass waited for, `dev (reason)`.
     waiting: Vec<String>,
     ready: bool,
+    /// The gateways' health checks, and their verdicts so far.
+    monitor: Monitor,
+    checks: Checks,
+    /// From the last pass: what a verdict change writes.
+    board: Option<Switchboard>,
 }
 
 pub async fn run(opts: &Options, run: &RunOptions) -> Result<(), ControlError> {
@@ -91,7 +104,12 @@ pub async fn run(opts: &Options, run: &RunOptions) -> Result<(), ControlError> {
         info!("serving metrics on http://{addr}/metrics");
         tokio::spawn(metrics::serve(listener, metrics.clone()));
     }
+    let (tx, mut transitions) = tokio::sync::mpsc::unbounded_channel();
+    let monitor = Monitor::start(check_specs(&policy), tx);
     let mut daemon = Daemon {
+        monitor,
+        checks: Checks::new(),
+        board: None,
         opts,
         config: run.config.clone(),
         source: run.config.display().to_string(),
@@ -109,7 +127,9 @@ pub async fn run(opts: &Options, run: &RunOptions) -> Result<(), ControlError> {
     let mut signals = Signals::install()?;
     daemon.pass("start").await;
     daemon.metrics.applied(unix_now());
-    let signal = daemon.serve(&mut events, &mut signals).await;
+    let signal = daemon
+        .serve(&mut events, &mut transitions, &mut signals)
+        .await;
     if run.flush_on_exit {
         let r = flush::flush(opts).await?;
         info!("{signal}: flushed: {}", present::flush(&r).trim_end());
@@ -144,9 +164,15 @@ impl Signals {
 
 impl Daemon<'_> {
     /// The event loop; returns the name of the signal that ended it.
-    async fn serve(&mut self, events: &mut Events, signals: &mut Signals) -> &'static str {
+    async fn serve(
+        &mut self,
+        events: &mut Events,
+        transitions: &mut UnboundedReceiver<Transition>,
+        signals: &mut Signals,
+    ) -> &'static str {
         let Signals { hup, term, int } = signals;
         let mut periodic = tokio::time::interval_at(Instant::now() + PERIOD, PERIOD);
+        let mut publish = tokio::time::interval(PUBLISH);
         // (first event of the burst, deadline)
         let mut pending: Option<(Instant, Instant)> = None;
         loop {
@@ -166,11 +192,65 @@ impl Daemon<'_> {
                     let why = if pending.take().is_some() { "network change" } else { "retry" };
                     self.pass(why).await;
                 }
+                Some(t) = transitions.recv() => self.transition(t),
+                _ = publish.tick() => self.publish(),
                 _ = periodic.tick() => self.pass("periodic").await,
                 _ = hup.recv() => self.reload().await,
                 _ = term.recv() => return "SIGTERM",
                 _ = int.recv() => return "SIGINT",
             }
+        }
+    }
+
+    /// A check's verdict changed: switch at once. Should the switch fail, a full pass
+    /// (which also takes the verdict into account) is tried right after.
+    fn transition(&mut self, t: Transition) {
+        let state = if t.up { "up" } else { "down" };
+        let line = format!("gateway {} {}: {state} ({})", t.gateway, t.family, t.reason);
+        if t.up {
+            info!("{line}");
+        } else {
+            warn!("{line}");
+        }
+        self.checks.insert((t.gateway.clone(), t.family), t.up);
+        let start = Instant::now();
+        let Some(board) = self.board.as_mut() else {
+            self.retry = Some((Instant::now(), RETRY_FIRST));
+            return;
+        };
+        match board.switch(&self.policy, &self.checks) {
+            Ok(s) => {
+                let ms = start.elapsed().as_secs_f64() * 1e3;
+                for (gateway, family, up) in &s.changes {
+                    self.metrics.gateway(gateway, *family, *up, true);
+                }
+                info!(
+                    "gateway {} {}: switched in {ms:.1} ms ({} target state(s) written, \
+                     {} sticky flow(s) dropped)",
+                    t.gateway, t.family, s.states, s.flows
+                );
+            }
+            Err(e) => {
+                error!(
+                    "gateway {}: switching failed: {e}; a full pass follows",
+                    t.gateway
+                );
+                self.retry = Some((Instant::now(), RETRY_FIRST));
+            }
+        }
+        self.publish();
+    }
+
+    /// The checks' state into the daemon file, for `status`.
+    fn publish(&mut self) {
+        self.state.checks = self
+            .monitor
+            .reports()
+            .into_iter()
+            .map(GatewayCheck::from)
+            .collect();
+        if let Err(e) = self.file.write(&self.state) {
+            warn!("updating the daemon file: {e}");
         }
     }
 
@@ -202,6 +282,11 @@ impl Daemon<'_> {
         match loaded {
             Ok((policy, digests)) => {
                 info!("SIGHUP: {} reloaded", self.source);
+                let specs = check_specs(&policy);
+                // Verdicts of checks that are gone no longer count.
+                self.checks
+                    .retain(|(g, f), _| specs.iter().any(|s| &s.gateway == g && s.family == *f));
+                self.monitor.replace(specs);
                 self.policy = policy;
                 self.digests = digests;
                 self.pass("reload").await;
@@ -223,20 +308,27 @@ impl Daemon<'_> {
             policy: &self.policy,
             digests: self.digests.as_ref(),
             path: &self.config,
+            checks: &self.checks,
         };
         let result = reconcile(&self.nl, self.opts, source, Devices::Awaited, false).await;
         self.metrics.reconciled();
         match result {
-            Ok((report, _)) => self.passed(why, &report),
+            Ok((mut report, _)) => {
+                self.board = report.switchboard.take();
+                self.passed(why, &report);
+            }
             Err(e) => self.failed(why, &e),
         }
-        if let Err(e) = self.file.write(&self.state) {
-            warn!("updating the daemon file: {e}");
-        }
+        self.publish();
     }
 
     fn passed(&mut self, why: &str, report: &Report) {
         self.retry = None;
+        if let Some(board) = &self.board {
+            for ((gateway, family), h) in board.health() {
+                self.metrics.gateway(gateway, *family, h.up, false);
+            }
+        }
         self.state.last_reconcile = Some(unix_now());
         self.state.last_error = None;
         for (kind, count) in repairs(report) {

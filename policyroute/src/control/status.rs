@@ -2,7 +2,7 @@
 //! hooks, gateways, every rule with its packet and byte counters (in the spirit of
 //! `iptables -t mangle -nvL`), and the ip rules and routes policyroute owns. The text form
 //! is `present::status`.
-use std::net::IpAddr;
+use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::Serialize;
 
@@ -11,15 +11,16 @@ use crate::{
     control::drift::DriftItem,
     kernel::{
         dataplane::Dataplane,
-        namespace::{self, DaemonFile, DaemonState},
+        namespace::{self, family_name, DaemonFile, DaemonState, GatewayCheck},
         netlink::{Netlink, RTPROT_POLICYROUTE},
         observe, record_store, KernelError,
     },
     plan::{
         objects::{Hook, IpRoute, IpRule},
         record::Record,
+        targets::{self, GatewayHealth},
     },
-    policy::Target,
+    policy::{Target, WhenDown},
     present::DeviceNames,
 };
 
@@ -31,6 +32,7 @@ pub struct Status {
     pub mark_mask: Option<u32>,
     pub hooks: Vec<HookStatus>,
     pub gateways: Vec<GatewayStatus>,
+    pub groups: Vec<GroupStatus>,
     pub rules: Vec<RuleStatus>,
     pub ip_rules: Vec<IpRule>,
     pub routes: Vec<IpRoute>,
@@ -60,6 +62,39 @@ pub struct GatewayStatus {
     pub mark: u32,
     pub dev: String,
     pub via: Vec<IpAddr>,
+    /// By family, `ipv4` and `ipv6`.
+    pub health: BTreeMap<&'static str, FamilyHealth>,
+}
+
+/// A gateway's health for one family.
+#[derive(Debug, Serialize)]
+pub struct FamilyHealth {
+    /// `up` or `down`.
+    pub state: &'static str,
+    /// Why it is down: `no carrier` (or no device) or `check failed`.
+    pub why: Option<&'static str>,
+    /// Whether a health check probes it (else carrier alone decides).
+    pub checked: bool,
+    /// Unix time (s) of the check's last change (known while `policyroute run` runs).
+    pub since: Option<u64>,
+    /// Over the check's last 20 rounds.
+    pub loss_percent: Option<f64>,
+    pub rtt_ms: Option<f64>,
+    /// Times the check changed state since the daemon started.
+    pub transitions: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct GroupStatus {
+    pub name: String,
+    pub members: Vec<GroupMemberStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct GroupMemberStatus {
+    pub gateway: String,
+    pub weight: u32,
+    pub tier: u32,
 }
 
 #[derive(Debug, Serialize)]
@@ -95,6 +130,7 @@ pub async fn status(drift: bool) -> Result<Status, ControlError> {
             })
             .collect(),
         gateways: Vec::new(),
+        groups: Vec::new(),
         rules: Vec::new(),
         ip_rules: nl.rules(RTPROT_POLICYROUTE).await?,
         routes: nl.routes(RTPROT_POLICYROUTE).await?,
@@ -107,7 +143,12 @@ pub async fn status(drift: bool) -> Result<Status, ControlError> {
     if let Some(dp) = &installed.dataplane {
         match record_store::read_record(&dp.maps) {
             Ok(Some(r)) => {
-                fill_from_record(&mut s, &r, dp)?;
+                let carrier: Vec<&str> = links
+                    .iter()
+                    .filter(|l| l.up)
+                    .map(|l| l.name.as_str())
+                    .collect();
+                fill_from_record(&mut s, &r, dp, &carrier)?;
                 record = Some(r);
             }
             Ok(None) => s
@@ -122,10 +163,17 @@ pub async fn status(drift: bool) -> Result<Status, ControlError> {
     Ok(s)
 }
 
-fn fill_from_record(s: &mut Status, record: &Record, dp: &Dataplane) -> Result<(), ControlError> {
+fn fill_from_record(
+    s: &mut Status,
+    record: &Record,
+    dp: &Dataplane,
+    carrier: &[&str],
+) -> Result<(), ControlError> {
     let policy = &record.policy;
     s.source = Some(record.source.clone());
     s.mark_mask = Some(policy.mark_mask);
+    let held = targets::health_in(policy, &dp.maps.targets()?);
+    let checks = s.daemon.as_ref().map_or(&[][..], |d| &d.checks[..]);
     s.gateways = policy
         .gateways
         .iter()
@@ -136,6 +184,42 @@ fn fill_from_record(s: &mut Status, record: &Record, dp: &Dataplane) -> Result<(
             mark: g.mark,
             dev: g.dev.clone(),
             via: g.via.clone(),
+            health: targets::FAMILIES
+                .into_iter()
+                .map(|f| {
+                    let up = held
+                        .get(&(g.name.clone(), f))
+                        .copied()
+                        .unwrap_or(GatewayHealth {
+                            up: carrier.contains(&g.dev.as_str()),
+                            ..GatewayHealth::default()
+                        });
+                    let checked = g
+                        .check
+                        .as_ref()
+                        .is_some_and(|c| c.targets_of(f).next().is_some());
+                    let check = checks
+                        .iter()
+                        .find(|c| c.gateway == g.name && c.family == family_name(f));
+                    (family_name(f), family_health(up, checked, check))
+                })
+                .collect(),
+        })
+        .collect();
+    s.groups = policy
+        .groups
+        .iter()
+        .map(|g| GroupStatus {
+            name: g.name.clone(),
+            members: g
+                .members
+                .iter()
+                .map(|m| GroupMemberStatus {
+                    gateway: m.gateway.clone(),
+                    weight: m.weight,
+                    tier: m.tier,
+                })
+                .collect(),
         })
         .collect();
     let counters = dp.maps.counters(record.slot_count())?;
@@ -146,12 +230,30 @@ fn fill_from_record(s: &mut Status, record: &Record, dp: &Dataplane) -> Result<(
             mark: policy.mark_of(&rule.target) & policy.mark_mask,
             packets: c.packets,
             bytes: c.bytes,
-            target: match &rule.target {
-                Target::Gateway(g) => format!("gateway {g}"),
-                Target::Mark(m) => format!("mark {m:#x}"),
+            target: match (&rule.target, rule.when_down) {
+                (Target::Gateway(g), WhenDown::Main) => format!("gateway {g}"),
+                (Target::Gateway(g), w) => format!("gateway {g} (down: {})", w.name()),
+                (Target::Mark(m), _) => format!("mark {m:#x}"),
             },
             matches: rule.matcher.to_string(),
         });
     }
     Ok(())
+}
+
+fn family_health(h: GatewayHealth, checked: bool, check: Option<&GatewayCheck>) -> FamilyHealth {
+    let why = match (h.up, h.check_down) {
+        (true, _) => None,
+        (false, true) => Some("check failed"),
+        (false, false) => Some("no carrier"),
+    };
+    FamilyHealth {
+        state: if h.up { "up" } else { "down" },
+        why,
+        checked,
+        since: check.map(|c| c.since),
+        loss_percent: check.map(|c| c.loss_percent),
+        rtt_ms: check.and_then(|c| c.rtt_ms),
+        transitions: check.map_or(0, |c| c.transitions),
+    }
 }

@@ -351,22 +351,22 @@ impl Maps {
         Ok(self.targets.iter().collect::<Result<_, _>>()?)
     }
 
+    /// The two maps a health change writes, to keep open between passes (see
+    /// [`SwitchMaps`]).
+    pub fn switch_maps(&self) -> Result<SwitchMaps, DataplaneError> {
+        SwitchMaps::open(
+            self.targets.map().info()?.id(),
+            self.flows.map().info()?.id(),
+        )
+    }
+
     /// Writes the states of `want` that differ from `have` (what [`Self::targets`] read).
-    /// Each write replaces the element whole (a hash map update links a new one), so a
-    /// packet sees the old state or the new one, never a mix.
     pub fn write_targets(
         &mut self,
         want: &BTreeMap<u32, TargetState>,
         have: &BTreeMap<u32, TargetState>,
     ) -> Result<usize, DataplaneError> {
-        let mut written = 0;
-        for (k, v) in want {
-            if have.get(k) != Some(v) {
-                self.targets.insert(k, v, 0)?;
-                written += 1;
-            }
-        }
-        Ok(written)
+        write_targets(&mut self.targets, want, have)
     }
 
     /// Removes the states of `have` that `want` lacks (after no rule names them).
@@ -376,34 +376,14 @@ impl Maps {
         have: &BTreeMap<u32, TargetState>,
     ) -> Result<(), DataplaneError> {
         for k in have.keys().filter(|k| !want.contains_key(k)) {
-            match self.targets.remove(k) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(e.into()),
-            }
+            remove(&mut self.targets, k)?;
         }
         Ok(())
     }
 
-    /// Drops the sticky flow records of gateways that went down, as (mark, family):
-    /// their replies must not keep going to a dead uplink. Returns how many went.
+    /// See [`forget_flows`].
     pub fn forget_flows(&mut self, gone: &[(u32, u8)]) -> Result<usize, DataplaneError> {
-        if gone.is_empty() {
-            return Ok(0);
-        }
-        let stale: Vec<FlowKey> = self
-            .flows
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(k, v)| gone.contains(&(v.mark, k.family)))
-            .map(|(k, _)| k)
-            .collect();
-        for k in &stale {
-            match self.flows.remove(k) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(stale.len())
+        forget_flows(&mut self.flows, gone)
     }
 
     /// Zeroes the counters of `slots` on every CPU (a slot given to a new rule starts at 0).
@@ -431,5 +411,85 @@ impl Maps {
                 }))
             })
             .collect()
+    }
+}
+
+/// The maps a gateway's health change writes: the target states, and the sticky flows
+/// of gateways that went down. The daemon keeps them open between passes, so a switch is
+/// a few map writes, whatever the size of the policy.
+pub struct SwitchMaps {
+    targets: HashMap<MapData, u32, TargetState>,
+    flows: HashMap<MapData, FlowKey, FlowValue>,
+}
+
+impl SwitchMaps {
+    pub fn open(targets_id: u32, flows_id: u32) -> Result<Self, DataplaneError> {
+        let map =
+            |id| -> Result<Map, DataplaneError> { Ok(Map::from_map_data(MapData::from_id(id)?)?) };
+        Ok(Self {
+            targets: HashMap::try_from(map(targets_id)?)?,
+            flows: HashMap::try_from(map(flows_id)?)?,
+        })
+    }
+
+    /// See [`write_targets`] and [`forget_flows`].
+    pub fn switch(
+        &mut self,
+        want: &BTreeMap<u32, TargetState>,
+        have: &BTreeMap<u32, TargetState>,
+        gone: &[(u32, u8)],
+    ) -> Result<(usize, usize), DataplaneError> {
+        let written = write_targets(&mut self.targets, want, have)?;
+        Ok((written, forget_flows(&mut self.flows, gone)?))
+    }
+}
+
+/// Writes the states of `want` that differ from `have`. Each write replaces the element
+/// whole (a hash map update links a new one), so a packet sees the old state or the new
+/// one, never a mix.
+fn write_targets(
+    map: &mut HashMap<MapData, u32, TargetState>,
+    want: &BTreeMap<u32, TargetState>,
+    have: &BTreeMap<u32, TargetState>,
+) -> Result<usize, DataplaneError> {
+    let mut written = 0;
+    for (k, v) in want {
+        if have.get(k) != Some(v) {
+            map.insert(k, v, 0)?;
+            written += 1;
+        }
+    }
+    Ok(written)
+}
+
+/// Drops the sticky flow records of gateways that went down, given as (mark, family
+/// index): their replies must not keep going to a dead uplink. Returns how many went.
+fn forget_flows(
+    map: &mut HashMap<MapData, FlowKey, FlowValue>,
+    gone: &[(u32, u8)],
+) -> Result<usize, DataplaneError> {
+    if gone.is_empty() {
+        return Ok(0);
+    }
+    let stale: Vec<FlowKey> = map
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(k, v)| gone.contains(&(v.mark, k.family)))
+        .map(|(k, _)| k)
+        .collect();
+    for k in &stale {
+        remove(map, k)?;
+    }
+    Ok(stale.len())
+}
+
+/// Removes `key`; one already gone is fine.
+fn remove<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    key: &K,
+) -> Result<(), DataplaneError> {
+    match map.remove(key) {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }

@@ -227,7 +227,7 @@ mod tests {
 }
 
 /// What `status` learns of a running `policyroute run`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DaemonState {
     pub pid: u32,
     /// Unix time (s) it started.
@@ -236,6 +236,46 @@ pub struct DaemonState {
     pub last_reconcile: Option<u64>,
     /// The last reconcile's error, if it failed.
     pub last_error: Option<String>,
+    /// The gateways' health checks.
+    #[serde(default)]
+    pub checks: Vec<GatewayCheck>,
+}
+
+/// One gateway's health check for one family, as `status` shows it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct GatewayCheck {
+    pub gateway: String,
+    /// `ipv4` or `ipv6`.
+    pub family: String,
+    pub up: bool,
+    /// Unix time (s) of its last change, or of the daemon's start.
+    pub since: u64,
+    /// Probes lost over the last 20 rounds.
+    pub loss_percent: f64,
+    pub rtt_ms: Option<f64>,
+    pub transitions: u64,
+}
+
+impl From<crate::health::CheckReport> for GatewayCheck {
+    fn from(r: crate::health::CheckReport) -> Self {
+        Self {
+            gateway: r.gateway,
+            family: family_name(r.family).to_owned(),
+            up: r.up,
+            since: r.since,
+            loss_percent: r.loss_percent,
+            rtt_ms: r.rtt_ms,
+            transitions: r.transitions,
+        }
+    }
+}
+
+/// `ipv4` / `ipv6`, as JSON output and metrics labels name a family.
+pub fn family_name(f: crate::policy::matcher::Family) -> &'static str {
+    match f {
+        crate::policy::matcher::Family::V4 => "ipv4",
+        crate::policy::matcher::Family::V6 => "ipv6",
+    }
 }
 
 /// `policyroute run`'s claim on this namespace: a flock on

@@ -100,7 +100,7 @@ impl RouteQuery {
 }
 
 /// The kernel's routing decision for a [`RouteQuery`].
-#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct RouteAnswer {
     pub table: u32,
     pub gateway: Option<IpAddr>,

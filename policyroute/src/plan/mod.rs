@@ -170,6 +170,7 @@ pub struct Plan {
     pub sticky_ttl_ns: u64,
     /// Every gateway's health, and the state of every target rules route to.
     pub health: Health,
+    pub ids: TargetIds,
     pub targets: BTreeMap<u32, TargetState>,
     /// Gateways that went down since the dataplane's states were written, as (mark,
     /// family index): their sticky flow records go.
@@ -239,6 +240,7 @@ pub fn plan(
     );
     Ok(Plan {
         health,
+        ids,
         targets,
         gone_down,
         record: Record::new(source.to_string(), policy, slots.slots),

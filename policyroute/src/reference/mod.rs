@@ -3,3 +3,4 @@
 //! program's verdicts with [`classifier`]'s.
 pub mod classifier;
 pub mod frame;
+pub mod targets;
