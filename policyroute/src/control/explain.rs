@@ -268,10 +268,15 @@ fn why(
         .filter(|(_, m)| m.flags & MEMBER_UP == 0)
         .map(|(m, _)| m.gateway.as_str())
         .collect();
-    let down = if down.is_empty() {
+    let down = if down.is_empty() || members.len() == 1 {
         String::new()
     } else {
         format!("; down for {family}: {}", down.join(", "))
+    };
+    let nobody = if members.len() == 1 {
+        format!("{name} is down for {family}")
+    } else {
+        format!("no member of {name} is up for {family}{down}")
     };
     let chosen = d.member.and_then(|i| members.get(i));
     match (d.how, chosen) {
@@ -301,12 +306,10 @@ fn why(
             format!("a flow record keeps this flow on the main table, where it was placed{down}")
         }
         (How::Fallback, _) => format!(
-            "no member of {name} is up for {family}{down}: when_down = {}, the main table",
+            "{nobody}: when_down = {}, the main table",
             when_down.name()
         ),
-        (How::Blackhole, _) => {
-            format!("no member of {name} is up for {family}{down}: when_down = blackhole drops it")
-        }
+        (How::Blackhole, _) => format!("{nobody}: when_down = blackhole drops it"),
         _ => format!("{name}: the main table"),
     }
 }

@@ -13,7 +13,7 @@ use aya::programs::ProgramInfo;
 use crate::{
     kernel::{
         attach::{self, Attached},
-        dataplane::Dataplane,
+        dataplane::{Dataplane, DataplaneError},
         namespace,
         netlink::{Link, Netlink, RTPROT_POLICYROUTE},
         KernelError,
@@ -66,7 +66,17 @@ pub fn installed(links: &[Link], cgroups: &[String]) -> Result<Installed, Kernel
     let mut dataplanes: BTreeMap<u32, (usize, Dataplane)> = BTreeMap::new();
     let (mut attached, mut dataplane_ids) = (Vec::new(), Vec::new());
     for a in found {
-        let dp = Dataplane::open(&a.program)?;
+        let dp = match Dataplane::open(&a.program) {
+            Ok(dp) => dp,
+            // An older release's programs (their maps differ): never the one to keep,
+            // so the plan loads a new dataplane and detaches them.
+            Err(DataplaneError::Missing(_)) if !matches!(a.hook, Hook::Cgroup { .. }) => {
+                dataplane_ids.push(0);
+                attached.push(a);
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         // Socket hooks of other namespaces' policies may share a cgroup with ours.
         if matches!(a.hook, Hook::Cgroup { .. }) && dp.maps.netns_cookie()? != cookie {
             continue;

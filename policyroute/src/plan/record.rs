@@ -6,10 +6,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::{incremental::Digests, Policy};
 
-/// Version 2 is postcard behind [`MAGIC`]; version 1 was JSON, still read so that counters
-/// survive an upgrade.
-const VERSION: u32 = 2;
-const MAGIC: &[u8; 4] = b"PRR\x02";
+/// Version 3 is postcard behind [`MAGIC`] (version 2 was too, before gateways had checks
+/// and groups existed: postcard is positional, so it no longer reads); version 1 was
+/// JSON, still read so that counters survive an upgrade.
+const VERSION: u32 = 3;
+const MAGIC: &[u8; 4] = b"PRR\x03";
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Record {
@@ -100,7 +101,7 @@ mod tests {
 
     #[test]
     fn garbage_is_not_a_record() {
-        assert!(Record::decode(b"PRR\x02\xff\xff").is_none());
+        assert!(Record::decode(b"PRR\x03\xff\xff").is_none());
         assert!(Record::decode(b"{}").is_none());
     }
 }
