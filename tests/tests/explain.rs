@@ -137,3 +137,104 @@ fn local_flows(t: &Topology, cg: &Cgroup) {
         );
     }
 }
+
+/// A 3:1 group over both uplinks and a blackholed rule: explain names the member a flow's
+/// packets really take, with every member up and with isp2's device down, and says when
+/// the classifier drops a flow.
+const GROUP_POLICY: &str = r#"[[gateway]]
+name = "isp1"
+dev = "wan1"
+via = ["198.51.100.2", "2001:db8:a::2"]
+table = 101
+
+[[gateway]]
+name = "isp2"
+dev = "wan2"
+via = ["203.0.113.2", "2001:db8:b::2"]
+table = 102
+
+[[group]]
+name = "wan"
+members = [ { gateway = "isp1", weight = 3 }, { gateway = "isp2", weight = 1 } ]
+
+[[rule]]
+name = "kill-switch"
+proto = "udp"
+dport = 53
+gateway = "isp2"
+when_down = "blackhole"
+
+[[rule]]
+name = "spread"
+gateway = "wan"
+
+[attach]
+ingress = ["lan0"]
+"#;
+
+fn explain_udp(t: &Topology, src: &str, sport: u16, dst: &str, dport: u16) -> serde_json::Value {
+    let (sport, dport) = (sport.to_string(), dport.to_string());
+    cli::json(
+        &t.router,
+        &[
+            "explain", "--iif", "lan0", "--proto", "udp", "--src", src, "--sport", &sport, "--dst",
+            dst, "--dport", &dport,
+        ],
+    )
+}
+
+/// Explains and sends `n` UDP flows; returns how many explain put on each uplink.
+fn group_flows(t: &Topology, n: u16, base: u16) -> [usize; 2] {
+    let mut on = [0usize; 2];
+    for i in 0..n {
+        let (src, dst) = if i % 2 == 0 {
+            (LAN_HOST, INTERNET[0])
+        } else {
+            (LAN_HOST6, INTERNET[2])
+        };
+        let sport = base + i;
+        let e = explain_udp(t, src, sport, dst, 7000);
+        assert_eq!(e["group"], "wan", "{e}");
+        let at = t
+            .udp(src, sport, dst, 7000)
+            .unwrap_or_else(|| panic!("flow {src}:{sport} lost; explain said {e}"))
+            .at;
+        let member = e["member"].as_str().expect("a member");
+        let dev = e["dev"].as_str().expect("a device");
+        assert_eq!(uplink(dev), at, "{src}:{sport}: explain said {e}");
+        assert_eq!(member == "isp2", at == Place::Up2, "{e}");
+        on[usize::from(at == Place::Up2)] += 1;
+    }
+    on
+}
+
+#[test]
+fn explain_names_the_group_member_packets_take() {
+    let t = Topology::new("exgrp");
+    t.router
+        .exec("sysctl", &["-qw", "net.ipv6.conf.wan2.accept_dad=0"]);
+    cli::apply(&t.router, GROUP_POLICY);
+    let on = group_flows(&t, 200, 30_000);
+    assert!(
+        on[0] > 110 && on[1] > 20,
+        "about 3:1 over 200 flows: {on:?}"
+    );
+    let e = explain_udp(&t, LAN_HOST, 999, INTERNET[0], 53);
+    assert_eq!(
+        (e["member"].as_str(), e["dropped"].as_bool()),
+        (Some("isp2"), Some(false))
+    );
+
+    t.up2.ip("link set eth0 down");
+    cli::apply(&t.router, GROUP_POLICY);
+    let on = group_flows(&t, 60, 31_000);
+    assert_eq!(on, [60, 0], "isp2 has no carrier: every flow takes isp1");
+    let e = explain_udp(&t, LAN_HOST, 999, INTERNET[0], 53);
+    assert_eq!(e["dropped"].as_bool(), Some(true), "{e}");
+    assert!(e["why"].as_str().unwrap().contains("blackhole"), "{e}");
+    assert!(
+        t.udp(LAN_HOST, 999, INTERNET[0], 53).is_none(),
+        "the kill switch drops it"
+    );
+    cli::ok(&t.router, &["flush"]);
+}

@@ -305,10 +305,7 @@ fn why(
         (How::Record, None) => {
             format!("a flow record keeps this flow on the main table, where it was placed{down}")
         }
-        (How::Fallback, _) => format!(
-            "{nobody}: when_down = {}, the main table",
-            when_down.name()
-        ),
+        (How::Fallback, _) => format!("{nobody}: when_down = {}, the main table", when_down.name()),
         (How::Blackhole, _) => format!("{nobody}: when_down = blackhole drops it"),
         _ => format!("{name}: the main table"),
     }
