@@ -15,7 +15,6 @@
 //! plain-Rust reference classifier and frame synthesis that tests, benchmarks and `explain`
 //! hold the loaded eBPF program to.
 pub mod control;
-pub mod health;
 pub mod kernel;
 pub mod plan;
 pub mod policy;
