@@ -13,8 +13,10 @@
 //! [`control`] strings the stages together per command (apply, status, explain, flush) and
 //! [`present`] renders their reports. [`reference`] is the judge beside the pipeline: a
 //! plain-Rust reference classifier and frame synthesis that tests, benchmarks and `explain`
-//! hold the loaded eBPF program to.
+//! hold the loaded eBPF program to. [`health`] checks the gateways with probes routed
+//! through each of them and reports when one goes down or comes back.
 pub mod control;
+pub mod health;
 pub mod kernel;
 pub mod plan;
 pub mod policy;
