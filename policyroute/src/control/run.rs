@@ -29,7 +29,7 @@ use super::{
     require_privileges, ControlError, Options,
 };
 use crate::{
-    health::{Monitor, Transition},
+    health::{CheckSpec, Monitor, Transition},
     kernel::{
         events::Events,
         namespace::{DaemonFile, DaemonState, GatewayCheck},
@@ -105,7 +105,8 @@ pub async fn run(opts: &Options, run: &RunOptions) -> Result<(), ControlError> {
         tokio::spawn(metrics::serve(listener, metrics.clone()));
     }
     let (tx, mut transitions) = tokio::sync::mpsc::unbounded_channel();
-    let monitor = Monitor::start(check_specs(&policy), tx);
+    // Checks start after the first pass, from the verdicts the dataplane holds.
+    let monitor = Monitor::start(Vec::new(), tx);
     let mut daemon = Daemon {
         monitor,
         checks: Checks::new(),
@@ -126,6 +127,7 @@ pub async fn run(opts: &Options, run: &RunOptions) -> Result<(), ControlError> {
     // Handled from now on: a SIGHUP during the first pass must not end the process.
     let mut signals = Signals::install()?;
     daemon.pass("start").await;
+    daemon.start_checks();
     daemon.metrics.applied(unix_now());
     let signal = daemon
         .serve(&mut events, &mut transitions, &mut signals)
@@ -241,6 +243,28 @@ impl Daemon<'_> {
         self.publish();
     }
 
+    /// Runs the policy's checks (keeping those that did not change). A new check begins
+    /// with the verdict the dataplane holds, so a gateway a previous daemon found down
+    /// stays down until it answers.
+    fn start_checks(&mut self) {
+        let specs = check_specs(&self.policy);
+        let held = self.board.as_ref().map(|b| b.health().clone());
+        let initially_up = |spec: &CheckSpec| {
+            held.as_ref()
+                .and_then(|h| h.get(&(spec.gateway.clone(), spec.family)))
+                .is_none_or(|h| !h.check_down)
+        };
+        // Verdicts of checks that are gone no longer count.
+        self.checks
+            .retain(|(g, f), _| specs.iter().any(|s| &s.gateway == g && s.family == *f));
+        for spec in &specs {
+            let key = (spec.gateway.clone(), spec.family);
+            let up = self.checks.get(&key).copied().unwrap_or(initially_up(spec));
+            self.checks.insert(key, up);
+        }
+        self.monitor.replace_from(specs, &initially_up);
+    }
+
     /// The checks' state into the daemon file, for `status`.
     fn publish(&mut self) {
         self.state.checks = self
@@ -282,13 +306,9 @@ impl Daemon<'_> {
         match loaded {
             Ok((policy, digests)) => {
                 info!("SIGHUP: {} reloaded", self.source);
-                let specs = check_specs(&policy);
-                // Verdicts of checks that are gone no longer count.
-                self.checks
-                    .retain(|(g, f), _| specs.iter().any(|s| &s.gateway == g && s.family == *f));
-                self.monitor.replace(specs);
                 self.policy = policy;
                 self.digests = digests;
+                self.start_checks();
                 self.pass("reload").await;
                 self.metrics.applied(unix_now());
                 let ms = start.elapsed().as_secs_f64() * 1e3;

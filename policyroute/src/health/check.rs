@@ -36,9 +36,9 @@ pub(super) struct Status {
 }
 
 impl Status {
-    pub fn new() -> Self {
+    pub fn new(up: bool) -> Self {
         Self {
-            up: true,
+            up,
             since: SystemTime::now(),
             transitions: 0,
             stats: Stats::default(),
@@ -62,7 +62,8 @@ pub(super) async fn run(spec: Arc<CheckSpec>, status: Shared, tx: UnboundedSende
     // tokio's interval panics on a zero period; a check must never take the daemon down.
     let mut ticks = interval(spec.interval.max(MIN_INTERVAL));
     ticks.set_missed_tick_behavior(MissedTickBehavior::Skip);
-    let mut checker = Checker::new(spec, events);
+    let up = status.lock().unwrap_or_else(PoisonError::into_inner).up;
+    let mut checker = Checker::new(spec, events, up);
     let mut rounds = FuturesUnordered::new();
     loop {
         let deadline = checker.next_deadline();
@@ -95,9 +96,9 @@ struct Checker {
 }
 
 impl Checker {
-    fn new(spec: Arc<CheckSpec>, events: UnboundedSender<Event>) -> Self {
+    fn new(spec: Arc<CheckSpec>, events: UnboundedSender<Event>, up: bool) -> Self {
         Self {
-            detector: Detector::new(params(&spec)),
+            detector: Detector::starting(params(&spec), up),
             spec,
             origin: Instant::now(),
             events,

@@ -98,6 +98,12 @@ pub struct Detector {
 impl Detector {
     /// A detector in the up state (optimistic: only failures produce the first change).
     pub fn new(params: Params) -> Self {
+        Self::starting(params, true)
+    }
+
+    /// A detector in state `up`: a restarted daemon goes on from the verdict the
+    /// dataplane holds, so a gateway that was down needs `up` answered rounds again.
+    pub fn starting(params: Params, up: bool) -> Self {
         let params = Params {
             probes: params.probes.max(1),
             down: params.down.max(1),
@@ -106,7 +112,7 @@ impl Detector {
         };
         Self {
             params,
-            up: true,
+            up,
             rounds: VecDeque::new(),
             next_id: 0,
             forgotten: 0,

@@ -117,8 +117,8 @@ struct Check {
 }
 
 impl Check {
-    fn start(spec: CheckSpec, tx: &UnboundedSender<Transition>) -> Self {
-        let status = Arc::new(std::sync::Mutex::new(check::Status::new()));
+    fn start(spec: CheckSpec, tx: &UnboundedSender<Transition>, up: bool) -> Self {
+        let status = Arc::new(std::sync::Mutex::new(check::Status::new(up)));
         let task = tokio::spawn(check::run(
             Arc::new(spec.clone()),
             status.clone(),
@@ -140,22 +140,44 @@ impl Monitor {
     /// sent on `tx`. Initial state is up (optimistic, like mwan3's default): only failures
     /// produce the first transition.
     pub fn start(specs: Vec<CheckSpec>, tx: UnboundedSender<Transition>) -> Monitor {
+        Self::start_from(specs, tx, &|_| true)
+    }
+
+    /// [`Monitor::start`] with each check beginning in the state `initially_up` gives it
+    /// (the verdict the dataplane holds, for a restarted daemon).
+    pub fn start_from(
+        specs: Vec<CheckSpec>,
+        tx: UnboundedSender<Transition>,
+        initially_up: &dyn Fn(&CheckSpec) -> bool,
+    ) -> Monitor {
         let mut monitor = Monitor {
             tx,
             checks: Vec::new(),
         };
-        monitor.replace(specs);
+        monitor.replace_from(specs, initially_up);
         monitor
     }
 
     /// After a policy reload: specs equal to running ones keep their task and state; others
     /// are stopped/started (a started check begins up again). Call inside a tokio runtime.
     pub fn replace(&mut self, specs: Vec<CheckSpec>) {
+        self.replace_from(specs, &|_| true);
+    }
+
+    /// [`Monitor::replace`] with new checks beginning in the state `initially_up` gives.
+    pub fn replace_from(
+        &mut self,
+        specs: Vec<CheckSpec>,
+        initially_up: &dyn Fn(&CheckSpec) -> bool,
+    ) {
         let mut old = std::mem::take(&mut self.checks);
         for spec in specs {
             match old.iter().position(|c| c.spec == spec) {
                 Some(i) => self.checks.push(old.swap_remove(i)),
-                None => self.checks.push(Check::start(spec, &self.tx)),
+                None => {
+                    let up = initially_up(&spec);
+                    self.checks.push(Check::start(spec, &self.tx, up));
+                }
             }
         }
         for check in old {

@@ -63,11 +63,27 @@ pub(super) fn check(doc: &mut Doc<'_>, f: Field<'_, '_>, via: &[IpAddr]) -> Opti
     if doc.error_count() != errors {
         return None;
     }
+    // A round counts as missed once the next has started unanswered (a late answer within
+    // the timeout still counts), so answers slower than `down` rounds look like an outage.
+    let (interval_ms, timeout_ms) = (interval_ms?, timeout_ms?);
+    if u64::from(timeout_ms) > u64::from(down) * u64::from(interval_ms) {
+        let span = sec
+            .get("timeout")
+            .map_or(sec.span.clone(), |f| f.value.span());
+        let msg = format!(
+            "{} s is longer than down × interval ({} s): answers that slow would count as \
+             an outage; raise interval or down, or lower timeout",
+            f64::from(timeout_ms) / 1000.0,
+            f64::from(down) * f64::from(interval_ms) / 1000.0
+        );
+        doc.error(&span, &sec.key("timeout"), msg);
+        return None;
+    }
     Some(Check {
         targets,
         method: method?,
-        interval_ms: interval_ms?,
-        timeout_ms: timeout_ms?,
+        interval_ms,
+        timeout_ms,
         count,
         down,
         up,

@@ -911,3 +911,144 @@ fn rule_priority_must_leave_room() {
     );
     assert_error(&at("rule_priority = 0"), 2, "rule_priority", "priority 0");
 }
+
+#[test]
+fn checks_groups_and_when_down_parse() {
+    let text = doc(&[
+        "[[gateway]]",
+        "name = \"isp1\"",
+        "dev = \"wan1\"",
+        "via = [\"198.51.100.2\", \"2001:db8:a::2\"]",
+        "table = 101",
+        "check = { targets = [\"198.18.0.53\", \"2001:db8:ff::53\"], method = \"tcp:443\", interval = 0.5, timeout = 1.0, down = 3, up = 2 }",
+        "[[gateway]]",
+        "name = \"lte\"",
+        "dev = \"wwan0\"",
+        "table = 103",
+        "check = { targets = [\"198.18.0.53\"] }",
+        "[[group]]",
+        "name = \"wan\"",
+        "members = [ { gateway = \"isp1\", weight = 3 }, { gateway = \"lte\", tier = 2 } ]",
+        "[[rule]]",
+        "gateway = \"wan\"",
+        "when_down = \"blackhole\"",
+    ]);
+    let p = parse(&text).unwrap();
+    let check = p.gateways[0].check.as_ref().unwrap();
+    assert_eq!(check.method, CheckMethod::Tcp(443));
+    assert_eq!((check.interval_ms, check.timeout_ms), (500, 1000));
+    assert_eq!((check.count, check.down, check.up), (3, 3, 2));
+    let defaults = p.gateways[1].check.as_ref().unwrap();
+    assert_eq!(defaults.method, CheckMethod::Icmp);
+    assert_eq!((defaults.interval_ms, defaults.timeout_ms), (1000, 1000));
+    let members = &p.group("wan").unwrap().members;
+    assert_eq!((members[0].weight, members[0].tier), (3, 1));
+    assert_eq!((members[1].weight, members[1].tier), (1, 2));
+    assert_eq!(p.rules[0].when_down, WhenDown::Blackhole);
+    let back: Policy = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+    assert_eq!(back, p);
+}
+
+#[test]
+fn check_problems() {
+    let check = |c: &'static str| with_gateway(&["via = \"203.0.113.2\"", c]);
+    assert_error(
+        &check("check = { targets = [\"198.18.0.53\"], method = \"udp:53\" }"),
+        6,
+        "gateway[1].check.method",
+        "unknown check method \"udp:53\"",
+    );
+    assert_error(
+        &check("check = { targets = [\"2001:db8:ff::53\"] }"),
+        6,
+        "gateway[1].check.targets[1]",
+        "no IPv6 next hop",
+    );
+    assert_error(
+        &check("check = { targets = [] }"),
+        6,
+        "gateway[1].check.targets",
+        "at least one address",
+    );
+    assert_error(
+        &check("check = { targets = [\"198.18.0.53\"], interval = 0.2, timeout = 1.0 }"),
+        6,
+        "gateway[1].check.timeout",
+        "longer than down × interval (0.6 s)",
+    );
+    assert_error(
+        &check("check = { targets = [\"198.18.0.53\"], interval = 0.001 }"),
+        6,
+        "gateway[1].check.interval",
+        "out of range",
+    );
+    assert_error(
+        &check("check = { targets = [\"198.18.0.53\"], down = 0 }"),
+        6,
+        "gateway[1].check.down",
+        "out of range",
+    );
+}
+
+#[test]
+fn group_problems() {
+    let group = |m: &'static str| {
+        with_gateway(&[
+            "[[group]]",
+            "name = \"wan\"",
+            m,
+            "[[rule]]",
+            "gateway = \"wan\"",
+        ])
+    };
+    assert_error(
+        &group("members = [ { gateway = \"isp9\" } ]"),
+        7,
+        "group[1].members[1].gateway",
+        "unknown gateway \"isp9\" (defined: isp2)",
+    );
+    assert_error(
+        &group("members = [ { gateway = \"isp2\" }, { gateway = \"isp2\" } ]"),
+        7,
+        "group[1].members[2].gateway",
+        "duplicate member \"isp2\"",
+    );
+    assert_error(
+        &group("members = []"),
+        7,
+        "group[1].members",
+        "at least one member",
+    );
+    assert_error(
+        &group("members = [ { gateway = \"isp2\", weight = 0 } ]"),
+        7,
+        "group[1].members[1].weight",
+        "out of range",
+    );
+    assert_error(
+        &with_gateway(&[
+            "[[group]]",
+            "name = \"isp2\"",
+            "members = [ { gateway = \"isp2\" } ]",
+        ]),
+        6,
+        "group[1].name",
+        "a gateway's name too",
+    );
+}
+
+#[test]
+fn when_down_problems() {
+    assert_error(
+        &with_gateway(&["[[rule]]", "gateway = \"isp2\"", "when_down = \"drop\""]),
+        7,
+        "rule[1].when_down",
+        "unknown when_down \"drop\"",
+    );
+    assert_error(
+        &with_gateway(&["[[rule]]", "mark = 4", "when_down = \"blackhole\""]),
+        7,
+        "rule[1].when_down",
+        "not to a mark",
+    );
+}
