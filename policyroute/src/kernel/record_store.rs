@@ -15,7 +15,11 @@ use crate::{
 pub fn read_record(maps: &Maps) -> Result<Option<Record>, RecordError> {
     match read(&maps.state)? {
         None => Ok(None),
-        Some(bytes) => Record::decode(&bytes).map(Some).ok_or(RecordError::Corrupt),
+        Some(bytes) => match Record::decode(&bytes) {
+            Some(r) => Ok(Some(r)),
+            None if Record::other_version(&bytes) => Err(RecordError::OtherVersion),
+            None => Err(RecordError::Corrupt),
+        },
     }
 }
 
@@ -42,6 +46,8 @@ pub enum RecordError {
         "the state record is incomplete or corrupt (an apply was interrupted?); run apply again"
     )]
     Corrupt,
+    #[error("the state record was written by another policyroute version")]
+    OtherVersion,
 }
 
 /// Detects a torn record (crc32c-class speed matters: a 100k-rule record is 4.5 MB).

@@ -60,6 +60,11 @@ impl Record {
         })
     }
 
+    /// Whether `bytes` are a binary record of another version (which this one cannot read).
+    pub fn other_version(bytes: &[u8]) -> bool {
+        bytes.len() >= MAGIC.len() && bytes[..3] == MAGIC[..3] && bytes[3] != MAGIC[3]
+    }
+
     /// Counter slots are all below this.
     pub fn slot_count(&self) -> usize {
         self.slots
@@ -102,6 +107,8 @@ mod tests {
     #[test]
     fn garbage_is_not_a_record() {
         assert!(Record::decode(b"PRR\x03\xff\xff").is_none());
+        assert!(Record::other_version(b"PRR\x02\x00"));
+        assert!(!Record::other_version(b"PRR\x03\x00"));
         assert!(Record::decode(b"{}").is_none());
     }
 }

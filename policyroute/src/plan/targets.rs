@@ -184,7 +184,11 @@ fn state(
         return s;
     }
     let ideal = balance(members, &healthy);
-    let current = balance(members, &live);
+    let current = if live == healthy {
+        ideal.clone()
+    } else {
+        balance(members, &live)
+    };
     for (slot, (&cur, &best)) in s.slots.iter_mut().zip(current.iter().zip(&ideal)) {
         *slot = cur | if cur == best { 0 } else { SLOT_MOVED };
     }
@@ -206,6 +210,9 @@ fn tier_members(members: &[Member], up: &dyn Fn(usize) -> bool) -> Vec<usize> {
 /// the policy) moves only its own slots, and adding one takes slots from each in
 /// proportion.
 fn balance(members: &[Member], among: &[usize]) -> Vec<u8> {
+    if let [only] = among {
+        return vec![*only as u8; BALANCE_SLOTS];
+    }
     (0..BALANCE_SLOTS)
         .map(|slot| {
             let mut best = (f64::NEG_INFINITY, among[0]);
