@@ -23,9 +23,10 @@ const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// Builds the .deb of `cargo xtask dist` (and of the package test in `cargo xtask test`).
 const CARGO_DEB_VERSION: &str = "3.8.0";
 /// Debian packages (binary, package) the tests call as independent witnesses.
-/// (systemd-analyze checks the shipped unit file.)
+/// (systemd-analyze checks the shipped unit file; nft makes upstream faults.)
 const PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
+    ("nft", "nftables"),
     ("setpriv", "util-linux"),
     ("systemd-analyze", "systemd"),
 ];
@@ -33,7 +34,6 @@ const PACKAGES: &[(&str, &str)] = &[
 /// veth, plots, profiles. Installed by `cargo xtask bench`, not by every command.
 const BENCH_PACKAGES: &[(&str, &str)] = &[
     ("iptables", "iptables"),
-    ("nft", "nftables"),
     ("ethtool", "ethtool"),
     ("gnuplot", "gnuplot-nox"),
     ("perf", "linux-perf"),
