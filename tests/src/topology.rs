@@ -70,7 +70,6 @@ struct Uplink {
     router6: &'static str,
     up4: &'static str,
     up6: &'static str,
-    prefix4: u8,
 }
 
 const UPLINKS: [(Place, Uplink); 3] = [
@@ -82,7 +81,6 @@ const UPLINKS: [(Place, Uplink); 3] = [
             router6: "2001:db8:a::1",
             up4: "198.51.100.2",
             up6: "2001:db8:a::2",
-            prefix4: 24,
         },
     ),
     (
@@ -93,7 +91,6 @@ const UPLINKS: [(Place, Uplink); 3] = [
             router6: "2001:db8:b::1",
             up4: "203.0.113.2",
             up6: "2001:db8:b::2",
-            prefix4: 24,
         },
     ),
     (
@@ -104,7 +101,6 @@ const UPLINKS: [(Place, Uplink); 3] = [
             router6: "2001:db8:c::1",
             up4: "198.19.3.2",
             up6: "2001:db8:c::2",
-            prefix4: 24,
         },
     ),
 ];
@@ -348,9 +344,9 @@ fn wire_upstream(router: &NetNs, up: &NetNs, place: Place) {
     let u = uplink(place);
     // An upstream keeps its IPv6 address while its link is down (crate::faults::carrier).
     up.exec("sysctl", &["-qw", "net.ipv6.conf.all.keep_addr_on_down=1"]);
-    address(router, u.dev, &format!("{}/{}", u.router4, u.prefix4));
+    address(router, u.dev, &format!("{}/24", u.router4));
     address(router, u.dev, &format!("{}/64", u.router6));
-    address(up, "eth0", &format!("{}/{}", u.up4, u.prefix4));
+    address(up, "eth0", &format!("{}/24", u.up4));
     address(up, "eth0", &format!("{}/64", u.up6));
     for a in INTERNET.iter().chain(&CHECK_TARGETS) {
         let len = if a.contains(':') { "128" } else { "32" };

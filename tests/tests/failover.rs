@@ -6,9 +6,12 @@
 //!
 //! Bounds: a check that stops being answered is known lost `timeout` after it was sent,
 //! and the first lost one may be sent up to an `interval` after the fault, so `down`
-//! losses in a row take at most `interval × down + timeout`; half a second more for
-//! reacting and for the probes' own granularity. Answers come back within a round trip,
-//! so `up` answers in a row take at most `interval × up`; a second more.
+//! losses in a row take at most `interval × down + timeout`. Coming back, `up` answers in
+//! a row take `interval × up`, and a checker that counts results as they complete also
+//! sees, up to `timeout` after the repair, checks sent before it time out. Either way: the
+//! checks' `interval × count + timeout`, and half a second more for reacting and for the
+//! probes' own granularity. (With the documented numbers, 0.5 × 3 + 1 = 2.5 s is the
+//! worst case itself, so "interval × count + 1 s" would leave no margin.)
 use std::{
     collections::HashMap,
     ops::Range,
@@ -48,8 +51,8 @@ fn down_bound(interval: f64, timeout: f64) -> Duration {
     Duration::from_secs_f64(interval * AFTER + timeout + 0.5)
 }
 
-fn up_bound(interval: f64) -> Duration {
-    Duration::from_secs_f64(interval * AFTER + 1.0)
+fn up_bound(interval: f64, timeout: f64) -> Duration {
+    down_bound(interval, timeout)
 }
 
 fn src(v6: bool) -> &'static str {
@@ -295,7 +298,7 @@ fn a_failed_gateway_falls_back_to_main_and_comes_back() {
 
     t.restore(Place::Up2);
     let restored = Instant::now();
-    let bound = up_bound(INTERVAL);
+    let bound = up_bound(INTERVAL, TIMEOUT);
     for (f, v6) in FAMILIES {
         let left = bound.saturating_sub(restored.elapsed());
         assert!(
@@ -364,7 +367,7 @@ fn when_down_blackhole_drops_matched_flows_instead_of_leaking() {
     t.restore(Place::Up2);
     let restored = Instant::now();
     for (f, v6) in FAMILIES {
-        let left = up_bound(INTERVAL).saturating_sub(restored.elapsed());
+        let left = up_bound(INTERVAL, TIMEOUT).saturating_sub(restored.elapsed());
         assert!(
             until_all_at(t, v6, Place::Up2, 1, left).is_some(),
             "{f}: not back through up2\n{}",
@@ -408,7 +411,7 @@ fn a_group_uses_its_live_members_then_the_next_tier() {
         }
     };
     let down = down_bound(INTERVAL, TIMEOUT);
-    let up = up_bound(INTERVAL);
+    let up = up_bound(INTERVAL, TIMEOUT);
     t.blackhole(Place::Up2);
     step("isp2 failed: its tier-1 peer", Place::Up1, down);
     t.blackhole(Place::Up1);
@@ -444,7 +447,7 @@ fn failover_time_with_the_documented_check_numbers() {
     let r = running("timing", &text, &[]);
     let t = &r.t;
     r.wait_up(&["isp2"]);
-    let (down, up) = (down_bound(interval, timeout), up_bound(interval));
+    let (down, up) = (down_bound(interval, timeout), up_bound(interval, timeout));
     let (mut failover, mut recovery) = (Vec::new(), Vec::new());
     for trial in 0..20 {
         assert_all_at(&land(t, false, 5), 5, Place::Up2, "before the trial");
@@ -492,7 +495,7 @@ fn a_tcp_check_fails_when_its_port_closes_though_icmp_answers() {
     t.restore(Place::Up2);
     let restored = Instant::now();
     for (f, v6) in FAMILIES {
-        let left = up_bound(INTERVAL).saturating_sub(restored.elapsed());
+        let left = up_bound(INTERVAL, TIMEOUT).saturating_sub(restored.elapsed());
         assert!(
             until_all_at(t, v6, Place::Up2, 1, left).is_some(),
             "{f}: not back\n{}",
@@ -658,7 +661,7 @@ fn flows_that_moved_during_an_outage_stay_when_the_gateway_returns() {
         .collect();
     t.restore(Place::Up2);
     // They keep sending while isp2 comes back.
-    let back = within(up_bound(INTERVAL) + Duration::from_secs(1), || {
+    let back = within(up_bound(INTERVAL, TIMEOUT) + Duration::from_secs(1), || {
         for (v6, sports) in &outage {
             send(t, *v6, sports.clone());
         }
@@ -853,7 +856,11 @@ fn status_explain_and_metrics_report_health() {
         assert!(e["why"].as_str().is_some_and(|w| !w.is_empty()), "{e}");
     }
     t.restore(Place::Up2);
-    r.wait_state("isp2", "up", up_bound(INTERVAL) + Duration::from_secs(1));
+    r.wait_state(
+        "isp2",
+        "up",
+        up_bound(INTERVAL, TIMEOUT) + Duration::from_secs(1),
+    );
     assert_eq!(transitions("up"), up0 + 1.0);
     assert_eq!(transitions("down"), down0 + 1.0);
 }
