@@ -88,6 +88,27 @@ pub fn packets(ns: &NetNs, name: &str) -> u64 {
         .expect("packets")
 }
 
+/// The gateway `name` of `status --json`.
+pub fn gateway(ns: &NetNs, name: &str) -> serde_json::Value {
+    let s = json(ns, &["status"]);
+    s["gateways"]
+        .as_array()
+        .expect("gateways array")
+        .iter()
+        .find(|g| g["name"] == name)
+        .unwrap_or_else(|| panic!("no gateway {name} in status: {s}"))
+        .clone()
+}
+
+/// The health of gateway `name` for `family` ("ipv4" or "ipv6") in `status --json`:
+/// `{state: "up"|"down", since, checked, loss_percent, rtt_ms, transitions}`.
+pub fn health(ns: &NetNs, name: &str, family: &str) -> serde_json::Value {
+    let g = gateway(ns, name);
+    let h = g["health"][family].clone();
+    assert!(h.is_object(), "gateway {name} has no health.{family}: {g}");
+    h
+}
+
 /// Everything policyroute owns in `ns` as independent tools see it: ip rules and routes
 /// tagged with its protocol (`ip`), and tcx programs attached to any device (asked with
 /// BPF_PROG_QUERY through aya; Debian 12's bpftool predates tcx).

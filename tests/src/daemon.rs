@@ -50,13 +50,26 @@ impl Daemon {
         within(timeout, || self.log_text().matches(needle).count() >= count).is_some()
     }
 
-    /// Waits for the first apply to be in force.
+    /// Waits for the first apply to be in force (not longer once the process exited).
     pub fn ready(&self) {
+        let ready = within(Duration::from_secs(20), || {
+            self.log_text().contains("in force") || self.exited()
+        });
         assert!(
-            self.wait_log("in force", 1, Duration::from_secs(20)),
+            ready.is_some() && self.log_text().contains("in force"),
             "policyroute run did not get ready:\n{}",
             self.log_text()
         );
+    }
+
+    /// The process has exited (a zombie until reaped: it is our child).
+    pub fn exited(&self) -> bool {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()));
+        // The state follows the command name, which is in parentheses.
+        stat.map_or(true, |s| {
+            s.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z'))
+        })
     }
 
     pub fn signal(&self, sig: i32) {

@@ -69,6 +69,66 @@ pub const RULES_WEB_DNS: &str = include_str!("../fixtures/rules-web-dns.toml");
 /// 198.18.1.0/24, where the second internet address is).
 pub const RULES_BY_FIELD: &str = include_str!("../fixtures/rules-by-field.toml");
 
+/// The three uplinks of [`crate::topology::Topology::with_lte`] as checked gateways: `isp1`
+/// (wan1, table 101), `isp2` (wan2, table 102) and `lte` (wan3, table 103), each checked by
+/// ICMP echo to [`crate::topology::CHECK_TARGETS`] every 0.5 s (timeout 1 s, down and up
+/// after 3).
+pub const GATEWAYS_CHECKED: &str = include_str!("../fixtures/gateways-checked.toml");
+
+/// The group `wan`: isp1 and isp2 weighted 3:1 in tier 1, lte in tier 2.
+pub const GROUP_WAN: &str = include_str!("../fixtures/group-wan.toml");
+
+/// The rule `web` (TCP and UDP to ports 80 and 443) through the group `wan`.
+pub const RULE_WEB_WAN: &str = include_str!("../fixtures/rule-web-wan.toml");
+
+/// `text` with every health check's `interval` and `timeout` (seconds) changed from the
+/// documented 0.5 and 1.0 of [`GATEWAYS_CHECKED`].
+pub fn checks(text: &str, interval: f64, timeout: f64) -> String {
+    text.replace("interval = 0.5", &format!("interval = {interval:?}"))
+        .replace("timeout = 1.0", &format!("timeout = {timeout:?}"))
+}
+
+/// `text` with `key = value` (`value` a TOML value) in the table whose `name` is `name`
+/// (a gateway, group or rule): in place of the key's line if it has one, else at the end of
+/// the table; with `value` None the key's line goes.
+pub fn set_in(text: &str, name: &str, key: &str, value: Option<&str>) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let name_line = format!("name = \"{name}\"");
+    let at = lines
+        .iter()
+        .position(|l| l.trim() == name_line)
+        .unwrap_or_else(|| panic!("no table named {name} in\n{text}"));
+    let start = lines[..at]
+        .iter()
+        .rposition(|l| l.starts_with('['))
+        .expect("a table header");
+    let end = lines[at..]
+        .iter()
+        .position(|l| l.starts_with('['))
+        .map_or(lines.len(), |i| at + i);
+    let prefix = format!("{key} = ");
+    let mut out: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    let new = value.map(|v| format!("{prefix}{v}"));
+    match (start..end).find(|&i| lines[i].starts_with(&prefix)) {
+        Some(i) => match new {
+            Some(line) => out[i] = line,
+            None => {
+                out.remove(i);
+            }
+        },
+        None => {
+            let line = new.unwrap_or_else(|| panic!("{name} has no {key} to remove"));
+            // After the table's last line of content, before blank lines and comments.
+            let last = (start..end)
+                .rev()
+                .find(|&i| !lines[i].trim().is_empty() && !lines[i].starts_with('#'))
+                .expect("the header at least");
+            out.insert(last + 1, line);
+        }
+    }
+    out.join("\n") + "\n"
+}
+
 /// [`GATEWAY_ISP2`] with `key` set to `value` (a TOML value) instead.
 pub fn gateway_isp2_with(key: &str, value: &str) -> String {
     let line = format!("{key} = ");
@@ -149,4 +209,30 @@ pub fn frame4(proto: u8, sport: u16, dport: u16) -> FrameSpec {
 /// An IPv6 frame from the LAN host to a host on the second LAN.
 pub fn frame6(proto: u8, sport: u16, dport: u16) -> FrameSpec {
     frame(proto, "2001:db8:1::10", sport, "2001:db8:2::20", dport)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_in_replaces_adds_and_removes_a_key_of_one_table() {
+        let both = format!("{GATEWAYS_CHECKED}\n{RULE_WEB_WAN}");
+        let t = set_in(&both, "web", "gateway", Some("\"isp2\""));
+        assert!(t.contains("gateway = \"isp2\"") && !t.contains("gateway = \"wan\""));
+        let t = set_in(&t, "web", "when_down", Some("\"blackhole\""));
+        assert!(
+            t.contains("gateway = \"isp2\"\nwhen_down = \"blackhole\"\n"),
+            "{t}"
+        );
+        let t = set_in(&t, "lte", "check", None);
+        assert_eq!(t.matches("check = ").count(), 2);
+        assert!(t.contains("table = 103\n\n# Web"), "{t}");
+        let t = checks(&t, 0.2, 1.0);
+        assert_eq!(
+            t.matches("interval = 0.2, timeout = 1.0,").count(),
+            2,
+            "{t}"
+        );
+    }
 }

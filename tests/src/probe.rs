@@ -1,5 +1,12 @@
 //! Running the `probe` binary (a socket of this host, in a cgroup, in a namespace).
-use std::process::{Child, Command, Stdio};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr, TcpListener},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use socket2::{Domain, Socket, Type};
 
 use crate::{
     cgroup::Cgroup,
@@ -68,4 +75,73 @@ pub fn udp(
     t.expect_udp(dst, port, count, || {
         run(cg, ns, &["udp", dst, &port_s, &count_s]);
     })
+}
+
+/// How one of [`tcp_spread`]'s connections ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Connect {
+    /// Established, and accepted there.
+    Arrived(Arrival),
+    /// Answered with a reset.
+    Refused,
+    /// No answer in time.
+    Lost,
+}
+
+/// `count` TCP connections at once from a probe in `cg` and `ns` (the router's own
+/// traffic, when `ns` is the router), each from its own ephemeral port, to `dst:port`,
+/// each given `wait` to be established: how each ended, by the probe's local port.
+pub fn tcp_spread(
+    t: &Topology,
+    cg: &Cgroup,
+    ns: &NetNs,
+    dst: &str,
+    port: u16,
+    count: usize,
+    wait: Duration,
+) -> HashMap<u16, Connect> {
+    let listeners = t.listeners(dst.parse().unwrap(), port, |at| backlog(at, count));
+    let (port_s, count_s, ms) = (
+        port.to_string(),
+        count.to_string(),
+        wait.as_millis().to_string(),
+    );
+    let out = run(cg, ns, &["tcp-many", dst, &port_s, &count_s, &ms]);
+    // Established connections wait in the accept queues (closed ones too).
+    let mut accepted = HashMap::new();
+    for (place, l) in &listeners {
+        while let Ok((_, peer)) = l.accept() {
+            accepted.insert(peer.port(), Arrival { at: *place, peer });
+        }
+    }
+    out.lines()
+        .map(|l| {
+            let (p, how) = l.split_once(' ').expect("PORT RESULT");
+            let p: u16 = p.parse().expect("a port");
+            let c = match how {
+                "ok" => Connect::Arrived(
+                    *accepted
+                        .get(&p)
+                        .unwrap_or_else(|| panic!("port {p} connected but nobody accepted it")),
+                ),
+                "refused" => Connect::Refused,
+                _ => Connect::Lost,
+            };
+            (p, c)
+        })
+        .collect()
+}
+
+/// A non-blocking TCP listener on `at` whose accept queue holds `count` connections.
+fn backlog(at: SocketAddr, count: usize) -> std::io::Result<TcpListener> {
+    let domain = match at.ip() {
+        IpAddr::V4(_) => Domain::IPV4,
+        IpAddr::V6(_) => Domain::IPV6,
+    };
+    let s = Socket::new(domain, Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.bind(&at.into())?;
+    s.listen(count.max(16) as i32)?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
 }

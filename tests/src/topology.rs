@@ -4,14 +4,19 @@
 //! ```text
 //!  lan  192.0.2.10, .99 /25   ── lan0  router  wan1 198.51.100.1 ── up1 198.51.100.2
 //!       2001:db8:1::10/64            │          wan2 203.0.113.1  ── up2 203.0.113.2
-//!  lan2 192.0.2.130/25        ── lan1┘   main default via up1
+//!  lan2 192.0.2.130/25        ── lan1┘          wan3 198.19.3.1   ── up3 198.19.3.2
+//!                                      main default via up1      (wan3/up3: with_lte only)
 //! ```
-//! Both upstreams own the "internet" addresses 198.18.0.1, 198.18.1.1, 2001:db8:ffff::1 and
-//! 2001:db8:ffff:1::1, so a flow to them is received by whichever upstream the router chose.
+//! Every upstream owns the "internet" addresses 198.18.0.1, 198.18.1.1, 2001:db8:ffff::1 and
+//! 2001:db8:ffff:1::1, so a flow to them is received by whichever upstream the router chose,
+//! and the health-check targets [`CHECK_TARGETS`], so a check sent through an uplink is
+//! answered by that uplink's upstream alone. Faults of an upstream (the link staying up)
+//! are in [`crate::faults`]; many flows at once and failover timing in [`crate::spread`].
 use std::{
     io::{ErrorKind, Read, Write},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd,
+    sync::atomic::AtomicU16,
     time::{Duration, Instant},
 };
 
@@ -33,6 +38,8 @@ pub const INTERNET: [&str; 4] = [
     "2001:db8:ffff::1",
     "2001:db8:ffff:1::1",
 ];
+/// Health-check targets, on every upstream's loopback: IPv4 and IPv6.
+pub const CHECK_TARGETS: [&str; 2] = ["198.18.0.53", "2001:db8:ff::53"];
 
 pub struct Topology {
     pub lan: NetNs,
@@ -40,14 +47,107 @@ pub struct Topology {
     pub router: NetNs,
     pub up1: NetNs,
     pub up2: NetNs,
+    /// The third uplink (an LTE modem, say) of [`Topology::with_lte`].
+    pub up3: Option<NetNs>,
+    /// The next source port [`Topology::fresh_sports`] hands out.
+    pub(crate) next_sport: AtomicU16,
 }
 
 /// Where a probe arrived.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Place {
     Up1,
     Up2,
+    Up3,
     Lan2,
+}
+
+/// An upstream and the router's side of its link.
+struct Uplink {
+    /// The router's device.
+    dev: &'static str,
+    router4: &'static str,
+    router6: &'static str,
+    up4: &'static str,
+    up6: &'static str,
+}
+
+const UPLINKS: [(Place, Uplink); 3] = [
+    (
+        Place::Up1,
+        Uplink {
+            dev: "wan1",
+            router4: "198.51.100.1",
+            router6: "2001:db8:a::1",
+            up4: "198.51.100.2",
+            up6: "2001:db8:a::2",
+        },
+    ),
+    (
+        Place::Up2,
+        Uplink {
+            dev: "wan2",
+            router4: "203.0.113.1",
+            router6: "2001:db8:b::1",
+            up4: "203.0.113.2",
+            up6: "2001:db8:b::2",
+        },
+    ),
+    (
+        Place::Up3,
+        Uplink {
+            dev: "wan3",
+            router4: "198.19.3.1",
+            router6: "2001:db8:c::1",
+            up4: "198.19.3.2",
+            up6: "2001:db8:c::2",
+        },
+    ),
+];
+
+fn uplink(place: Place) -> &'static Uplink {
+    UPLINKS
+        .iter()
+        .find(|(p, _)| *p == place)
+        .map(|(_, u)| u)
+        .unwrap_or_else(|| panic!("{place:?} is no upstream"))
+}
+
+impl Place {
+    /// The router's device towards this upstream (`wan1`, `wan2`, `wan3`).
+    pub fn dev(self) -> &'static str {
+        uplink(self).dev
+    }
+
+    /// The router's address on the link to this upstream: what the upstream sees as the
+    /// source of the router's own flows through it.
+    pub fn router_address(self, v6: bool) -> &'static str {
+        let u = uplink(self);
+        if v6 {
+            u.router6
+        } else {
+            u.router4
+        }
+    }
+
+    /// The upstream's address on the link: a gateway's `via`.
+    pub fn via(self, v6: bool) -> &'static str {
+        let u = uplink(self);
+        if v6 {
+            u.up6
+        } else {
+            u.up4
+        }
+    }
+
+    /// The upstream whose link is the router's `dev`.
+    pub fn of_dev(dev: &str) -> Place {
+        UPLINKS
+            .iter()
+            .find(|(_, u)| u.dev == dev)
+            .map(|(p, _)| *p)
+            .unwrap_or_else(|| panic!("{dev} is no uplink"))
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +165,12 @@ fn router_sysctls(ns: &NetNs) {
         "net.ipv6.conf.all.forwarding=1",
         "net.ipv4.conf.all.rp_filter=0",
         "net.ipv4.conf.default.rp_filter=0",
+        // IPv6 addresses of devices made from now on are usable at once, also after a
+        // link change (no duplicate address detection delays the neighbour solicitation).
+        "net.ipv6.conf.all.accept_dad=0",
+        "net.ipv6.conf.default.accept_dad=0",
+        // ICMP echo sockets (crate::faults::ping) for root.
+        "net.ipv4.ping_group_range=0 0",
     ] {
         ns.exec("sysctl", &["-qw", kv]);
     }
@@ -78,12 +184,45 @@ impl Topology {
             router: NetNs::new(&format!("{tag}-rtr")),
             up1: NetNs::new(&format!("{tag}-up1")),
             up2: NetNs::new(&format!("{tag}-up2")),
+            up3: None,
+            next_sport: AtomicU16::new(crate::spread::FRESH_SPORTS.start),
         };
         for ns in [&t.lan, &t.lan2, &t.router, &t.up1, &t.up2] {
             router_sysctls(ns);
         }
         t.wire();
         t
+    }
+
+    /// [`Topology::new`] with a third uplink: router `wan3` 198.19.3.1/24 and
+    /// 2001:db8:c::1/64, namespace `up3` (`eth0` 198.19.3.2/24 and 2001:db8:c::2/64) owning
+    /// the internet addresses and the check targets too. Nothing routes through it until a
+    /// test or a policy does.
+    pub fn with_lte(tag: &str) -> Self {
+        let mut t = Self::new(tag);
+        let up3 = NetNs::new(&format!("{tag}-up3"));
+        router_sysctls(&up3);
+        veth(&t.router, "wan3", &up3, "eth0");
+        wire_upstream(&t.router, &up3, Place::Up3);
+        t.up3 = Some(up3);
+        t
+    }
+
+    /// The namespace of `place`.
+    pub fn ns(&self, place: Place) -> &NetNs {
+        match place {
+            Place::Up1 => &self.up1,
+            Place::Up2 => &self.up2,
+            Place::Up3 => self.up3.as_ref().expect("a topology with_lte"),
+            Place::Lan2 => &self.lan2,
+        }
+    }
+
+    /// The upstreams this topology has.
+    pub fn upstreams(&self) -> Vec<Place> {
+        let mut all = vec![Place::Up1, Place::Up2];
+        all.extend(self.up3.as_ref().map(|_| Place::Up3));
+        all
     }
 
     fn wire(&self) {
@@ -97,21 +236,16 @@ impl Topology {
             (r, "lan0", "2001:db8:1::1/64"),
             (r, "lan1", "192.0.2.129/25"),
             (r, "lan1", "2001:db8:2::1/64"),
-            (r, "wan1", "198.51.100.1/24"),
-            (r, "wan1", "2001:db8:a::1/64"),
-            (r, "wan2", "203.0.113.1/24"),
-            (r, "wan2", "2001:db8:b::1/64"),
             (lan, "eth0", "192.0.2.10/25"),
             (lan, "eth0", "192.0.2.99/25"),
             (lan, "eth0", "2001:db8:1::10/64"),
             (lan2, "eth0", "192.0.2.130/25"),
             (lan2, "eth0", "2001:db8:2::130/64"),
-            (up1, "eth0", "198.51.100.2/24"),
-            (up1, "eth0", "2001:db8:a::2/64"),
-            (up2, "eth0", "203.0.113.2/24"),
-            (up2, "eth0", "2001:db8:b::2/64"),
         ] {
             address(ns, dev, cidr);
+        }
+        for (up, place) in [(up1, Place::Up1), (up2, Place::Up2)] {
+            wire_upstream(r, up, place);
         }
         for (ns, via) in [
             (lan, "192.0.2.1"),
@@ -123,31 +257,21 @@ impl Topology {
         ] {
             ns.ip(&format!("route add default via {via}"));
         }
-        for (up, router_addr, router_addr6) in [
-            (up1, "198.51.100.1", "2001:db8:a::1"),
-            (up2, "203.0.113.1", "2001:db8:b::1"),
-        ] {
-            for a in INTERNET {
-                let len = if a.contains(':') { "128" } else { "32" };
-                address(up, "lo", &format!("{a}/{len}"));
-            }
-            up.ip(&format!("route add 192.0.2.0/24 via {router_addr}"));
-            for lan in ["2001:db8:1::/64", "2001:db8:2::/64"] {
-                up.ip(&format!("route add {lan} via {router_addr6}"));
-            }
-        }
     }
 
-    fn receivers(&self) -> [(Place, &NetNs); 3] {
-        [
-            (Place::Up1, &self.up1),
-            (Place::Up2, &self.up2),
-            (Place::Lan2, &self.lan2),
-        ]
+    /// The upstreams and lan2: where a probe may arrive.
+    pub(crate) fn receivers(&self) -> Vec<(Place, &NetNs)> {
+        let mut all: Vec<(Place, &NetNs)> = self
+            .upstreams()
+            .into_iter()
+            .map(|p| (p, self.ns(p)))
+            .collect();
+        all.push((Place::Lan2, &self.lan2));
+        all
     }
 
     /// A socket bound to `dst:port` in every receiver namespace that owns `dst`.
-    fn listeners<S>(
+    pub(crate) fn listeners<S>(
         &self,
         dst: IpAddr,
         port: u16,
@@ -211,6 +335,32 @@ impl Topology {
             .read_exact(&mut buf)
             .expect("reply reaches the LAN host");
         Some(Arrival { at: *place, peer })
+    }
+}
+
+/// The link of `place` (its veth already made): addresses on both ends, the internet and
+/// check-target addresses on the upstream's loopback, its routes back to the LANs.
+fn wire_upstream(router: &NetNs, up: &NetNs, place: Place) {
+    let u = uplink(place);
+    // An upstream keeps its IPv6 address while its link is down (crate::faults::carrier).
+    up.exec("sysctl", &["-qw", "net.ipv6.conf.all.keep_addr_on_down=1"]);
+    address(router, u.dev, &format!("{}/24", u.router4));
+    address(router, u.dev, &format!("{}/64", u.router6));
+    address(up, "eth0", &format!("{}/24", u.up4));
+    address(up, "eth0", &format!("{}/64", u.up6));
+    for a in INTERNET.iter().chain(&CHECK_TARGETS) {
+        let len = if a.contains(':') { "128" } else { "32" };
+        address(up, "lo", &format!("{a}/{len}"));
+    }
+    upstream_routes(up, place);
+}
+
+/// The upstream's routes back to the LANs (the kernel drops them when its link goes down).
+pub(crate) fn upstream_routes(up: &NetNs, place: Place) {
+    let u = uplink(place);
+    up.ip(&format!("route replace 192.0.2.0/24 via {}", u.router4));
+    for lan in ["2001:db8:1::/64", "2001:db8:2::/64"] {
+        up.ip(&format!("route replace {lan} via {}", u.router6));
     }
 }
 

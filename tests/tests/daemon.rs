@@ -3,7 +3,7 @@
 //! and `check`. Real flows prove where traffic goes; repair times are measured.
 use std::{
     io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{SocketAddr, TcpListener, UdpSocket},
     os::unix::net::UnixDatagram,
     time::{Duration, Instant},
 };
@@ -12,6 +12,7 @@ use policyroute_tests::{
     cli,
     daemon::{within, Daemon},
     fixture::{self, TempFile, GATEWAY_ISP2, RULES_WEB_DNS},
+    metrics::{self, scrape},
     netns::NetNs,
     topology::{Arrival, Place, Topology, LAN_HOST, LAN_HOST6},
 };
@@ -392,43 +393,9 @@ fn the_unit_file_verifies() {
     );
 }
 
-/// GET /metrics from inside `ns`.
-fn scrape(ns: &NetNs, port: u16) -> String {
-    let _in = ns.enter();
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to /metrics");
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP response");
-    assert!(
-        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
-        "{head}"
-    );
-    body.to_string()
-}
-
 /// The value of the sample `name` in Prometheus text, every line of which must parse.
 fn sample(text: &str, name: &str) -> f64 {
-    let mut found = None;
-    for line in text
-        .lines()
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-    {
-        let (series, value) = line.rsplit_once(' ').expect("SERIES VALUE");
-        let value: f64 = value.parse().expect("a number");
-        let metric = series.split('{').next().unwrap();
-        assert!(
-            metric
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
-            "{line}"
-        );
-        if series == name {
-            found = Some(value);
-        }
-    }
-    found.unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    metrics::sample(text, name).unwrap_or_else(|| panic!("no {name} in\n{text}"))
 }
 
 #[test]

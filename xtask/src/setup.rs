@@ -23,13 +23,13 @@ const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// Builds the .deb of `cargo xtask dist` (and of the package test in `cargo xtask test`).
 const CARGO_DEB_VERSION: &str = "3.8.0";
 /// Debian packages (binary, package) the tests call as independent witnesses.
-/// (systemd-analyze checks the shipped unit file; nft makes the peer of the health-check
-/// tests stop answering.)
+/// (systemd-analyze checks the shipped unit file; nft makes upstream faults and health-check
+/// peers that stop answering.)
 const PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
+    ("nft", "nftables"),
     ("setpriv", "util-linux"),
     ("systemd-analyze", "systemd"),
-    ("nft", "nftables"),
 ];
 /// What only the benchmarks need: the classic tools policyroute is compared with, GRO on
 /// veth, plots, profiles. Installed by `cargo xtask bench`, not by every command.

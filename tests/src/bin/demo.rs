@@ -95,6 +95,7 @@ fn name(p: Place) -> &'static str {
     match p {
         Place::Up1 => "uplink 1 (main default)",
         Place::Up2 => "uplink 2 (isp2)",
+        Place::Up3 => "uplink 3",
         Place::Lan2 => "lan2",
     }
 }

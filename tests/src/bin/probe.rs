@@ -6,7 +6,10 @@
 //! probe CGROUP_DIR NETNS udp DST PORT COUNT      COUNT datagrams from one unconnected socket
 //! probe CGROUP_DIR NETNS udp-connected DST PORT  connect, then send one datagram
 //! probe CGROUP_DIR NETNS udp-echo BIND PORT      answer one datagram on BIND:PORT
-//! Output: `mark 0x..` per socket; exits non-zero on failure.
+//! probe CGROUP_DIR NETNS tcp-many DST PORT COUNT MS  COUNT connections at once, each given
+//!                                                     MS milliseconds to be established
+//! Output: `mark 0x..` per socket; exits non-zero on failure. tcp-many prints instead
+//! `PORT ok|refused|lost` per connection (its local port), and fails only if it cannot try.
 use std::{
     fs::File,
     io::{Read, Write},
@@ -36,6 +39,11 @@ fn main() -> anyhow::Result<()> {
         ("udp", [dst, port, count]) => udp(target(dst, port)?, count.parse()?),
         ("udp-connected", [dst, port]) => udp_connected(target(dst, port)?),
         ("udp-echo", [bind, port]) => udp_echo(target(bind, port)?),
+        ("tcp-many", [dst, port, count, ms]) => tcp_many(
+            target(dst, port)?,
+            count.parse()?,
+            Duration::from_millis(ms.parse()?),
+        ),
         _ => bail!("bad arguments {args:?}"),
     }
 }
@@ -102,5 +110,73 @@ fn udp_echo(bind: SocketAddr) -> anyhow::Result<()> {
     let (n, peer) = s.recv_from(&mut buf).context("no datagram")?;
     s.send_to(&buf[..n], peer)?;
     println!("mark {:#x}", mark(s.as_raw_fd()));
+    Ok(())
+}
+
+/// Non-blocking connects of `count` sockets at once (each its own ephemeral port), then
+/// waits up to `wait` for them together.
+fn tcp_many(to: SocketAddr, count: usize, wait: Duration) -> anyhow::Result<()> {
+    use socket2::{Domain, Socket, Type};
+    let domain = if to.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let mut socks = Vec::new();
+    for _ in 0..count {
+        let s = Socket::new(domain, Type::STREAM, None)?;
+        s.set_nonblocking(true)?;
+        match s.connect(&to.into()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) => bail!("connect {to}: {e}"),
+        }
+        // The port is chosen by connect, before the SYN leaves.
+        let port = s
+            .local_addr()?
+            .as_socket()
+            .context("an inet socket")?
+            .port();
+        socks.push((port, s, None::<&str>));
+    }
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let mut pending: Vec<libc::pollfd> = socks
+            .iter()
+            .filter(|(_, _, done)| done.is_none())
+            .map(|(_, s, _)| libc::pollfd {
+                fd: s.as_raw_fd(),
+                events: libc::POLLOUT,
+                revents: 0,
+            })
+            .collect();
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if pending.is_empty() || left.is_zero() {
+            break;
+        }
+        // SAFETY: pending is a valid array of pollfd.
+        unsafe {
+            libc::poll(
+                pending.as_mut_ptr(),
+                pending.len() as _,
+                left.as_millis().max(1) as i32,
+            )
+        };
+        for p in pending.iter().filter(|p| p.revents != 0) {
+            let (_, s, done) = socks
+                .iter_mut()
+                .find(|(_, s, _)| s.as_raw_fd() == p.fd)
+                .expect("a socket of ours");
+            *done = Some(match s.take_error()? {
+                None if s.peer_addr().is_ok() => "ok",
+                None => continue,
+                Some(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => "refused",
+                Some(_) => "lost",
+            });
+        }
+    }
+    for (port, _, done) in &socks {
+        println!("{port} {}", done.unwrap_or("lost"));
+    }
     Ok(())
 }
