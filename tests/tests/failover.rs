@@ -4,14 +4,11 @@
 //! router itself) prove where traffic goes; failover and recovery times are measured
 //! against the checks' own numbers.
 //!
-//! Bounds: a check that stops being answered is known lost `timeout` after it was sent,
-//! and the first lost one may be sent up to an `interval` after the fault, so `down`
-//! losses in a row take at most `interval × down + timeout`. Coming back, `up` answers in
-//! a row take `interval × up`, and a checker that counts results as they complete also
-//! sees, up to `timeout` after the repair, checks sent before it time out. Either way: the
-//! checks' `interval × count + timeout`, and half a second more for reacting and for the
-//! probes' own granularity. (With the documented numbers, 0.5 × 3 + 1 = 2.5 s is the
-//! worst case itself, so "interval × count + 1 s" would leave no margin.)
+//! Bounds, as the issue states them: new flows leave through the next member within
+//! `interval × down + 1 s` of the fault, and come back within `interval × up + 1 s` of the
+//! repair. (The checker counts a round as missed once the next round starts unanswered, so
+//! detection itself takes at most `(down + 1) × interval`; the rest is the switch and
+//! these tests' polling.)
 use std::{
     collections::HashMap,
     ops::Range,
@@ -47,8 +44,10 @@ const CARRIER: Duration = Duration::from_secs(2);
 /// The web rule's port; flows go to an internet address every upstream owns.
 const PORT: u16 = 443;
 
-fn down_bound(interval: f64, timeout: f64) -> Duration {
-    Duration::from_secs_f64(interval * AFTER + timeout + 0.5)
+/// `timeout` plays no part: a late answer within it still counts, but a round no longer
+/// waits for it to count as missed.
+fn down_bound(interval: f64, _timeout: f64) -> Duration {
+    Duration::from_secs_f64(interval * AFTER + 1.0)
 }
 
 fn up_bound(interval: f64, timeout: f64) -> Duration {
@@ -505,7 +504,7 @@ fn a_tcp_check_fails_when_its_port_closes_though_icmp_answers() {
 }
 
 #[test]
-fn loss_that_never_reaches_the_down_count_does_not_flap() {
+fn random_probe_loss_of_30_percent_does_not_flap() {
     let r = running("noflap", &single_isp2(None), &[]);
     let t = &r.t;
     r.wait_up(&["isp2"]);
@@ -513,8 +512,10 @@ fn loss_that_never_reaches_the_down_count_does_not_flap() {
         .iter()
         .map(|(f, _)| r.transitions("isp2", f))
         .collect();
-    // 30 % of the echo requests lost, never two in a row: down = 3 is never reached.
-    t.lossy_spread(Place::Up2, 30);
+    // 30 % of the echo requests lost at random. A round sends 3 probes (the default
+    // count) and is lost only if all are: 2.7 % of rounds, three in a row about once in
+    // 50,000 rounds; these 15 s are 75 rounds.
+    t.lossy(Place::Up2, 30);
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(15) {
         for (f, _) in FAMILIES {
@@ -738,8 +739,9 @@ fn the_routers_own_connections_follow_the_group() {
     let bound = down_bound(INTERVAL, TIMEOUT) + Duration::from_millis(250);
     for (f, v6) in FAMILIES {
         let left = bound.saturating_sub(failed.elapsed());
+        // 40 connects: before the switch all 40 land on isp1 by chance once in 10^5.
         let moved = t.time_until(left, 1, |_| {
-            let got = connect(v6, 10);
+            let got = connect(v6, 40);
             got.values()
                 .all(|c| matches!(c, Connect::Arrived(a) if a.at == Place::Up1))
         });
@@ -791,6 +793,11 @@ fn status_explain_and_metrics_report_health() {
     let t = &r.t;
     r.wait_up(&["isp1", "isp2", "lte"]);
     for (f, _) in FAMILIES {
+        // Probe RTTs reach `status` through the daemon file, rewritten every second.
+        let measured = within(Duration::from_secs(3), || {
+            r.health("isp2", f)["rtt_ms"].as_f64().is_some()
+        });
+        assert!(measured.is_some(), "{f}: no RTT: {}", r.health("isp2", f));
         let h = r.health("isp2", f);
         assert_eq!(h["checked"], true, "{f}: {h}");
         assert!(h["since"].as_f64().is_some_and(|s| s <= unix_now()), "{h}");
