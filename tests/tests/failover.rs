@@ -122,10 +122,12 @@ fn group_policy() -> String {
 
 /// The router of a fresh three-uplink topology running `policyroute run` (with `args`) on
 /// `text`, its first apply in force; the policy file, so a test can change it.
+/// Fields drop in this order: the daemon stops (and, with `--flush-on-exit`, flushes)
+/// before its namespaces go.
 struct Running {
-    t: Topology,
-    file: TempFile,
     d: Daemon,
+    file: TempFile,
+    t: Topology,
 }
 
 fn running(tag: &str, text: &str, args: &[&str]) -> Running {
@@ -694,7 +696,8 @@ fn the_routers_own_connections_follow_the_group() {
         &[GROUP_WAN, &web_rule("wan", None)],
         &cg.attach_local(),
     );
-    let r = running_on(t, "localgw", &text, &[]);
+    // Flushed on exit: the socket hooks' cgroup hint goes with the dataplane.
+    let r = running_on(t, "localgw", &text, &["--flush-on-exit"]);
     let t = &r.t;
     r.wait_up(&["isp1", "isp2"]);
     // A SYN is answered within a millisecond here; one not answered in 250 ms was lost.
