@@ -26,9 +26,9 @@ use aya_ebpf::{
 };
 use policyroute_common::{
     Control, Counter, DeviceRole, FlowChoice, FlowKey, FlowTuple, FlowValue, GatewaySource,
-    RuleKey, RuleValue, ShapeTable, StateChunk, TargetState, CONTROL_DEVICE_ROLES,
-    CONTROL_STICKY, DEFAULT_MAX_COUNTERS, DEFAULT_MAX_ENTRIES, EXPLAIN_MAGIC, GENERATIONS,
-    MAX_FLOWS, MAX_STATE_CHUNKS, MAX_TARGETS, ROLE_CLASSIFY, ROLE_RECORD,
+    RuleKey, RuleValue, ShapeTable, StateChunk, TargetState, CONTROL_DEVICE_ROLES, CONTROL_STICKY,
+    DEFAULT_MAX_COUNTERS, DEFAULT_MAX_ENTRIES, EXPLAIN_MAGIC, GENERATIONS, MAX_FLOWS,
+    MAX_STATE_CHUNKS, MAX_TARGETS, ROLE_CLASSIFY, ROLE_RECORD,
 };
 
 use parse::Packet;

@@ -21,7 +21,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use policyroute_common::{
-    flow_hash, proto_has_ports, Control, FAMILY_V4, FAMILY_V6, SHAPE_DSCP, SHAPE_PORTS, SHAPE_SPORT, SHAPE_SRC,
+    flow_hash, proto_has_ports, Control, FAMILY_V4, FAMILY_V6, SHAPE_DSCP, SHAPE_PORTS,
+    SHAPE_SPORT, SHAPE_SRC,
 };
 
 use crate::{count, parse::Packet, search, sticky, CONTROL, SOURCES};
@@ -49,7 +50,11 @@ pub fn handle(ctx: &SockAddrContext, v6: bool, sendmsg: bool) -> i32 {
     match verdict(ctx, &pkt, control) {
         Verdict::Pass => ALLOW,
         Verdict::Deny => DENY,
-        Verdict::Mark { mark, mask, counter } => {
+        Verdict::Mark {
+            mark,
+            mask,
+            counter,
+        } => {
             set_mark(ctx, mark, mask);
             if let Some(slot) = counter {
                 count(slot, 0);
