@@ -334,9 +334,19 @@ fn local(q: &Query, ctx: Context<'_>) -> Verdict {
     let rule = classifier::first_match_local(&rules, &flow);
     let family = Family::of(&q.dst);
     let target = rule.and_then(|i| {
-        target_verdict(&record.policy, i, ctx.states, family, |state, id| {
+        let mut t = target_verdict(&record.policy, i, ctx.states, family, |state, id| {
             local_decision(state, id)
-        })
+        })?;
+        if t.1.member.is_none() && t.1.mark.is_some_and(|m| m != 0) {
+            // Several live members: the socket's cookie picks one (the route shown is one
+            // of them).
+            t.0.why = format!(
+                "each socket gets a live member of {} by its own hash, weighted; {}",
+                t.0.group.as_deref().unwrap_or("the group"),
+                t.0.why
+            );
+        }
+        Some(t)
     });
     let mark = match (&target, rule) {
         (Some((_, d)), _) => d.mark.unwrap_or(0),

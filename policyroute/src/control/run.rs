@@ -183,7 +183,7 @@ impl Daemon<'_> {
                 change = events.next() => {
                     let Some(change) = change else {
                         error!("the rtnetlink event subscription ended; relying on the periodic pass");
-                        return self.without_events(hup, term, int).await;
+                        return self.without_events(transitions, hup, term, int).await;
                     };
                     let now = Instant::now();
                     let first = pending.map_or(now, |(f, _)| f);
@@ -281,13 +281,17 @@ impl Daemon<'_> {
     /// Keeps reconciling on the periodic pass when events are gone.
     async fn without_events(
         &mut self,
+        transitions: &mut UnboundedReceiver<Transition>,
         hup: &mut Signal,
         term: &mut Signal,
         int: &mut Signal,
     ) -> &'static str {
         let mut periodic = tokio::time::interval(PERIOD);
+        let mut publish = tokio::time::interval(PUBLISH);
         loop {
             tokio::select! {
+                Some(t) = transitions.recv() => self.transition(t),
+                _ = publish.tick() => self.publish(),
                 _ = periodic.tick() => self.pass("periodic").await,
                 _ = hup.recv() => self.reload().await,
                 _ = term.recv() => return "SIGTERM",
@@ -334,7 +338,9 @@ impl Daemon<'_> {
         self.metrics.reconciled();
         match result {
             Ok((mut report, _)) => {
+                let before = self.board.take();
                 self.board = report.switchboard.take();
+                self.health_changes(why, before.as_ref());
                 self.passed(why, &report);
             }
             Err(e) => self.failed(why, &e),
@@ -342,13 +348,31 @@ impl Daemon<'_> {
         self.publish();
     }
 
-    fn passed(&mut self, why: &str, report: &Report) {
-        self.retry = None;
-        if let Some(board) = &self.board {
-            for ((gateway, family), h) in board.health() {
-                self.metrics.gateway(gateway, *family, h.up, false);
+    /// Health that a pass found changed (a carrier lost or back; check verdicts are
+    /// switched and said as they come): logged and counted like the checks' changes.
+    fn health_changes(&self, why: &str, before: Option<&Switchboard>) {
+        let Some(board) = &self.board else { return };
+        for ((gateway, family), h) in board.health() {
+            let was = before.and_then(|b| b.health().get(&(gateway.clone(), *family)));
+            let changed = was.is_some_and(|w| w.up != h.up);
+            self.metrics.gateway(gateway, *family, h.up, changed);
+            match (changed, h.up) {
+                (false, _) => {}
+                (true, true) => info!("{why}: gateway {gateway} {family}: up"),
+                (true, false) => {
+                    let cause = if h.check_down {
+                        "check failed"
+                    } else {
+                        "no carrier"
+                    };
+                    warn!("{why}: gateway {gateway} {family}: down ({cause})");
+                }
             }
         }
+    }
+
+    fn passed(&mut self, why: &str, report: &Report) {
+        self.retry = None;
         self.state.last_reconcile = Some(unix_now());
         self.state.last_error = None;
         for (kind, count) in repairs(report) {
