@@ -685,6 +685,22 @@ fn flows_that_moved_during_an_outage_stay_when_the_gateway_returns() {
             "{f}: new flows: {c:?}"
         );
     }
+    // Now isp1 fails: the records that kept those flows there no longer hold (isp1 went
+    // down since), so they move to isp2 instead of staying on a dead uplink.
+    t.blackhole(Place::Up1);
+    r.wait_state(
+        "isp1",
+        "down",
+        down_bound(INTERVAL, TIMEOUT) + Duration::from_secs(1),
+    );
+    for ((f, _), (v6, sports)) in FAMILIES.iter().zip(&outage) {
+        assert_all_at(
+            &send(t, *v6, sports.clone()),
+            400,
+            Place::Up2,
+            &format!("{f}: flows recorded on isp1, after isp1 failed"),
+        );
+    }
 }
 
 #[test]

@@ -134,3 +134,49 @@ fn replies_leave_through_the_gateway_the_connection_came_in() {
     echo.join().unwrap();
     cli::ok(r, &["flush"]);
 }
+
+/// A LAN server answers a datagram that came in through uplink 2 (the flow is recorded).
+fn lan_udp_exchange(t: &Topology, client_port: u16, server_port: u16) -> bool {
+    let lan_udp: SocketAddr = (ip(LAN_SERVER), server_port).into();
+    let server = {
+        let _in = t.lan.enter();
+        UdpSocket::bind(lan_udp).unwrap()
+    };
+    let echo = std::thread::spawn(move || {
+        server.set_read_timeout(Some(PROBE_TIMEOUT)).unwrap();
+        let mut buf = [0u8; 64];
+        if let Ok((n, peer)) = server.recv_from(&mut buf) {
+            server.send_to(&buf[..n], peer).unwrap();
+        }
+    });
+    let answered = udp_round_trip(t, client_port, lan_udp);
+    echo.join().unwrap();
+    answered
+}
+
+/// How explain classifies the LAN server's reply to the client.
+fn reply_decided_by(t: &Topology, client_port: u16, server_port: u16) -> serde_json::Value {
+    let (sport, dport) = (server_port.to_string(), client_port.to_string());
+    let e = cli::json(
+        &t.router,
+        &[
+            "explain", "--iif", "lan0", "--proto", "udp", "--src", LAN_SERVER, "--sport", &sport,
+            "--dst", CLIENT, "--dport", &dport,
+        ],
+    );
+    e["by"].clone()
+}
+
+#[test]
+fn a_gateway_that_goes_down_forgets_its_sticky_flows() {
+    let t = Topology::new("stickydown");
+    let cg = Cgroup::new("stickydown");
+    cli::apply(&t.router, &policy(true, false, &cg));
+    assert!(lan_udp_exchange(&t, 41100, 8090), "LAN server over UDP");
+    assert_eq!(reply_decided_by(&t, 41100, 8090), "sticky flow");
+    // Uplink 2 loses carrier: its flows' replies must not keep going to it.
+    t.up2.ip("link set eth0 down");
+    cli::apply(&t.router, &policy(true, false, &cg));
+    assert_eq!(reply_decided_by(&t, 41100, 8090), "dataplane");
+    cli::ok(&t.router, &["flush"]);
+}

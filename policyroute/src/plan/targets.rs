@@ -25,6 +25,8 @@ pub struct TargetIds(BTreeMap<(String, WhenDown), u32>);
 impl TargetIds {
     /// Ids come from a hash of (name, `when_down`), so adding or removing one target does
     /// not renumber the others (which would rewrite every rule entry that names them).
+    /// Every gateway has one, named by a rule or not: the dataplane's states are where
+    /// its health (and the epoch that drops its sticky flows) is kept.
     pub fn of(policy: &Policy) -> Self {
         let mut wanted: Vec<(String, WhenDown)> = policy
             .rules
@@ -33,6 +35,12 @@ impl TargetIds {
                 Target::Gateway(name) => Some((name.clone(), r.when_down)),
                 Target::Mark(_) => None,
             })
+            .chain(
+                policy
+                    .gateways
+                    .iter()
+                    .map(|g| (g.name.clone(), WhenDown::Main)),
+            )
             .collect();
         wanted.sort_unstable();
         wanted.dedup();
