@@ -108,18 +108,31 @@ pub fn find_cgroup(root: &Path, cgroup: &str) -> Result<Vec<Attached>, AttachErr
     Ok(found)
 }
 
+/// The programs with these ids, found by walking every loaded program (aya 0.14 opens
+/// programs by id only that way). Another process may unload a program between the walk
+/// finding its id and opening it, which fails that step: such failures are skipped, and
+/// the walk is tried again while one of ours is still missing.
 fn by_ids(ids: &[u32]) -> Result<Vec<ProgramInfo>, AttachError> {
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut out = Vec::new();
-    for p in loaded_programs() {
-        let p = p.map_err(|source| AttachError::Open { id: 0, source })?;
-        if ids.contains(&p.id()) {
-            out.push(p);
+    const WALKS: usize = 3;
+    let mut last_error = None;
+    for _ in 0..WALKS {
+        last_error = None;
+        let mut out = Vec::new();
+        for p in loaded_programs() {
+            match p {
+                Ok(p) if ids.contains(&p.id()) => out.push(p),
+                Ok(_) => {}
+                Err(e) => last_error = Some(e),
+            }
+        }
+        if out.len() == ids.len() || last_error.is_none() {
+            return Ok(out);
         }
     }
-    Ok(out)
+    Err(AttachError::Open {
+        id: 0,
+        source: last_error.expect("a walk failed"),
+    })
 }
 
 fn attach_type(program: &str) -> u32 {
