@@ -194,6 +194,7 @@ pub fn cgroup_hints() -> Vec<String> {
 }
 
 pub fn set_cgroup_hints(cgroups: &[String]) -> io::Result<()> {
+    prune_dead_namespaces();
     let path = hints_file()?;
     if cgroups.is_empty() {
         return match fs::remove_file(path) {
@@ -207,6 +208,37 @@ pub fn set_cgroup_hints(cgroups: &[String]) -> io::Result<()> {
     }
     fs::create_dir_all(HINT_DIR)?;
     fs::write(path, cgroups.join("\n"))
+}
+
+/// Removes the files of namespaces that no longer exist (deleted while an apply had
+/// hooks there, or a daemon was killed): nothing of them is left behind in /run. A
+/// namespace lives while a process is in it or a file under /run/netns holds it.
+fn prune_dead_namespaces() {
+    let Ok(entries) = fs::read_dir(HINT_DIR) else {
+        return;
+    };
+    let mut alive: std::collections::BTreeSet<u64> = std::collections::BTreeSet::new();
+    let held = fs::read_dir("/run/netns").into_iter().flatten().flatten();
+    let pids = fs::read_dir("/proc").into_iter().flatten().flatten();
+    for path in held
+        .map(|e| e.path())
+        .chain(pids.map(|e| e.path().join("ns/net")))
+    {
+        if let Ok(m) = fs::metadata(&path) {
+            alive.insert(m.ino());
+        }
+    }
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let ino = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("net-"))
+            .and_then(|n| n.split('.').next())
+            .and_then(|n| n.parse::<u64>().ok());
+        if ino.is_some_and(|ino| !alive.contains(&ino)) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
 #[cfg(test)]
