@@ -23,6 +23,9 @@ pub const TARGET_BLACKHOLE: u32 = 1;
 /// Target flag: flow records of this target may exist (it is or recently was degraded),
 /// so packets look theirs up.
 pub const TARGET_RECORDS: u32 = 2;
+/// Target flag: every slot holds one member, unmoved (a gateway that is up, or a group
+/// with one live member where it belongs): `one_mark` is every flow's mark, no hash needed.
+pub const TARGET_ONE: u32 = 4;
 
 /// Member flag: up for this family (device up with carrier, and the check passes).
 pub const MEMBER_UP: u32 = 1;
@@ -57,7 +60,8 @@ pub struct TargetState {
     pub live: u32,
     /// Changes with the configured member list: older flow records no longer hold.
     pub version: u32,
-    pub _pad: u32,
+    /// With `TARGET_ONE`: the mark of the one member.
+    pub one_mark: u32,
     /// CLOCK_MONOTONIC ns when the target last became fully healthy (userspace only:
     /// records are looked up until they have all expired).
     pub healthy_since_ns: u64,
@@ -73,7 +77,7 @@ impl Default for TargetState {
             flags: 0,
             live: 0,
             version: 0,
-            _pad: 0,
+            one_mark: 0,
             healthy_since_ns: 0,
             members: [Member::default(); MAX_MEMBERS],
             slots: [0; BALANCE_SLOTS],

@@ -94,9 +94,14 @@ pub fn policyroute_eg(ctx: TcContext) -> i32 {
             if !is_explain(&ctx) {
                 count(hit.counter, u64::from(ctx.len()));
             }
-            // A blackholed target drops at ingress; a mark here only serves qdiscs.
-            let hash = policyroute_common::flow_hash(&targets::tuple(&pkt).words());
-            if let Some(mark) = verdict(&hit, pkt.family, Flow::Hashed(hash), control) {
+            // A blackholed target drops at ingress; a mark here only serves qdiscs, and
+            // records are read, not written.
+            let tuple = targets::tuple(&pkt);
+            let flow = Flow::Tracked {
+                tuple: &tuple,
+                write: false,
+            };
+            if let Some(mark) = verdict(&hit, pkt.family, flow, control) {
                 set_mark(&ctx, mark, hit.mark_mask);
             }
         }

@@ -5,7 +5,8 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use policyroute_common::{
     flow_hash, target_key, Control, FlowChoice, FlowTuple, Member, TargetState, BALANCE_SLOTS,
-    MAX_MEMBERS, MEMBER_FALLBACK, MEMBER_UP, SLOT_MOVED, TARGET_BLACKHOLE, TARGET_RECORDS,
+    MAX_MEMBERS, MEMBER_FALLBACK, MEMBER_UP, SLOT_MOVED, TARGET_BLACKHOLE, TARGET_ONE,
+    TARGET_RECORDS,
 };
 
 use crate::{parse::Packet, CHOICES, TARGETS};
@@ -47,15 +48,23 @@ pub fn decide(id: u32, family: u32, flow: Flow<'_>, control: &Control) -> Option
     // SAFETY: the value is only read, inside this program's RCU read side; the controller
     // replaces a state by a hash update (a new element), never in place.
     let state = unsafe { TARGETS.get(&target_key(id, family)) }?;
-    let (hash, tracked) = match flow {
-        Flow::Tracked { tuple, write } => (flow_hash(&tuple.words()), Some((tuple, write))),
-        Flow::Hashed(h) => (h, None),
+    let tracked = match flow {
+        Flow::Tracked { tuple, write } => Some((tuple, write)),
+        Flow::Hashed(_) => None,
     };
     if let (Some((tuple, _)), true) = (tracked, state.flags & TARGET_RECORDS != 0) {
         if let Some(mark) = recorded(state, id, tuple, control) {
             return Some(Decision::Mark(mark));
         }
     }
+    // The common case, a gateway that is up: no hash, no slot.
+    if state.flags & TARGET_ONE != 0 {
+        return Some(Decision::Mark(state.one_mark));
+    }
+    let hash = match flow {
+        Flow::Tracked { tuple, .. } => flow_hash(&tuple.words()),
+        Flow::Hashed(h) => h,
+    };
     let write = tracked.filter(|(_, w)| *w).map(|(t, _)| t);
     if state.live == 0 {
         if state.flags & TARGET_BLACKHOLE != 0 {

@@ -10,7 +10,7 @@ use std::{
 
 use policyroute_common::{
     target_key, Member as DpMember, TargetState, BALANCE_SLOTS, MAX_MEMBERS, MEMBER_CHECK_DOWN,
-    MEMBER_UP, SLOT_MOVED, TARGET_BLACKHOLE, TARGET_RECORDS,
+    MEMBER_UP, SLOT_MOVED, TARGET_BLACKHOLE, TARGET_ONE, TARGET_RECORDS,
 };
 use rustc_hash::FxHasher;
 
@@ -199,6 +199,12 @@ fn state(
     };
     for (slot, (&cur, &best)) in s.slots.iter_mut().zip(current.iter().zip(&ideal)) {
         *slot = cur | if cur == best { 0 } else { SLOT_MOVED };
+    }
+    if let [only] = live[..] {
+        if s.slots.iter().all(|&x| x == only as u8) {
+            s.flags |= TARGET_ONE;
+            s.one_mark = s.members[only].mark;
+        }
     }
     s
 }
@@ -431,6 +437,29 @@ when_down = "blackhole"
             }
         }
         assert_ne!(degraded.flags & TARGET_RECORDS, 0);
+    }
+
+    #[test]
+    fn one_unmoved_member_needs_no_hash() {
+        let p = policy();
+        let ids = TargetIds::of(&p);
+        let all = states(&p, &ids, &Health::new(), &BTreeMap::new(), 0, 1);
+        let isp2 = all[&target_key(ids.id("isp2", WhenDown::Blackhole).unwrap(), 0)];
+        assert_eq!(
+            (isp2.flags & TARGET_ONE, isp2.one_mark),
+            (TARGET_ONE, isp2.members[0].mark)
+        );
+        assert_eq!(
+            wan(&Health::new()).flags & TARGET_ONE,
+            0,
+            "two live members"
+        );
+        let tier2 = wan(&down(&["isp1", "isp2"]));
+        assert_eq!(
+            tier2.flags & TARGET_ONE,
+            0,
+            "a stand-in: flows are recorded"
+        );
     }
 
     #[test]
