@@ -154,29 +154,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 impl Bench {
-    /// Flushes, applies `policy` with the CLI and returns the classifier it attached to
-    /// lan0 and how long the apply took.
+    /// [`apply_in`] the bench's namespace.
     fn apply(&self, policy: &str) -> anyhow::Result<(SchedClassifier, Duration)> {
-        cli::ok(&self.ns, &["flush"]);
-        let file = TempFile::new("classify.toml", policy);
-        let m = measure(
-            Command::new("ip")
-                .args(["netns", "exec", &self.ns.name])
-                .arg(cli::bin())
-                .args(["apply", "-c", file.arg()]),
-            Duration::from_secs(600),
-        );
-        anyhow::ensure!(m.status.success(), "apply failed: {}{}", m.stderr, m.stdout);
-        let _inside = self.ns.enter();
-        let (_, progs) = SchedClassifier::query_tcx("lan0", TcAttachType::Ingress)?;
-        let info = progs
-            .into_iter()
-            .find(|p| {
-                p.name_as_str()
-                    .is_some_and(|n| n.starts_with("policyroute"))
-            })
-            .ok_or_else(|| anyhow::anyhow!("no policyroute program on lan0 after apply"))?;
-        Ok((testrun::loaded(info)?, m.wall))
+        apply_in(&self.ns, policy)
     }
 
     /// Median (and spread) ns/packet of the classifier and of the empty program over the
@@ -437,12 +417,52 @@ fn target_policy(n: usize, target: &str) -> String {
 
 /// Hits at 1,000 IPv4 rules by target: a raw mark, a gateway (its state decides: one more
 /// hash lookup), a group (and the flow hash), and a group with a member down (flows
-/// placed on a stand-in are recorded, and every packet looks its record up).
+/// placed on a stand-in are recorded, and every packet looks its record up). Each case has
+/// a namespace of its own, so all four programs stay loaded and the cases interleave
+/// round by round (as in [`attribution`]): the differences are not drift between runs.
 fn targets_table(
     b: &mut Bench,
     noop: &SchedClassifier,
 ) -> anyhow::Result<(Table, Vec<serde_json::Value>)> {
     let n = 1000;
+    let cases = [
+        ("raw mark", "mark = 1", Some(1)),
+        ("gateway", "gateway = \"isp2\"", Some(2)),
+        ("group 3:1, all up", "gateway = \"wan\"", None),
+        ("group 3:1, isp2 down", "gateway = \"wan\"", Some(1)),
+    ];
+    let mut routers = Vec::new();
+    for (i, (what, target, _)) in cases.iter().enumerate() {
+        let ns = lone_router(&format!("target{i}"));
+        if what.contains("down") {
+            ns.ip("link set wan2 down");
+        }
+        let prog = apply_in(&ns, &target_policy(n, target))?.0;
+        routers.push((ns, prog));
+    }
+    let frames: Vec<Vec<u8>> = (0..b.packets)
+        .map(|_| random_frame(&mut b.rng, n, false, true).0)
+        .collect();
+    let with_mark = |mark: Option<u32>| -> Vec<(Vec<u8>, u32)> {
+        frames
+            .iter()
+            .map(|f| (f.clone(), mark.unwrap_or(ANY_MARK)))
+            .collect()
+    };
+    let sets: Vec<Vec<(Vec<u8>, u32)>> = cases.iter().map(|c| with_mark(c.2)).collect();
+    let mut samples = vec![Vec::new(); cases.len() + 1];
+    let mut order: Vec<usize> = (0..frames.len()).collect();
+    for round in 0..b.rounds * 2 + 1 {
+        order.shuffle(&mut b.rng);
+        for k in 0..=cases.len() {
+            let case = (k + round) % (cases.len() + 1);
+            samples[case].push(match routers.get(case) {
+                Some((_, prog)) => run_once_each(prog, &sets[case], &order, true)?,
+                None => run_once_each(noop, &sets[0], &order, false)?,
+            });
+        }
+    }
+    let base = Spread::of(&samples[cases.len()]);
     let mut table = Table::new(&[
         "target",
         ">ns/packet",
@@ -450,35 +470,43 @@ fn targets_table(
         ">classifier − empty",
     ]);
     let mut rows = Vec::new();
-    let cases = [
-        ("raw mark", "mark = 1", Some(1)),
-        ("gateway", "gateway = \"isp2\"", Some(2)),
-        ("group 3:1, all up", "gateway = \"wan\"", None),
-        ("group 3:1, isp2 down", "gateway = \"wan\"", Some(1)),
-    ];
-    for (what, target, mark) in cases {
-        let degraded = what.contains("down");
-        if degraded {
-            b.ns.ip("link set wan2 down");
-        }
-        let (applied, _) = b.apply(&target_policy(n, target))?;
-        let frames: Vec<(Vec<u8>, u32)> = (0..b.packets)
-            .map(|_| {
-                let (frame, _) = random_frame(&mut b.rng, n, false, true);
-                (frame, mark.unwrap_or(ANY_MARK))
-            })
-            .collect();
-        let (cost, base) = b.measure(&applied, noop, &frames)?;
-        if degraded {
-            b.ns.ip("link set wan2 up");
-        }
+    for (case, (what, _, _)) in cases.iter().enumerate() {
+        let cost = Spread::of(&samples[case]);
         table.row(vec![
-            what.into(),
+            (*what).into(),
             cost.show(1),
             format!("{:.1}", base.median),
             format!("{:.1}", cost.median - base.median),
         ]);
         rows.push(json!({"target": what, "ns": cost.json(), "empty_ns": base.json()}));
     }
+    for (ns, _) in &routers {
+        let _ = cli::run(ns, &["flush"]);
+    }
     Ok((table, rows))
+}
+
+/// Flushes `ns`, applies `policy` with the CLI and returns the classifier it attached to
+/// lan0 and how long the apply took.
+fn apply_in(ns: &NetNs, policy: &str) -> anyhow::Result<(SchedClassifier, Duration)> {
+    cli::ok(ns, &["flush"]);
+    let file = TempFile::new("classify.toml", policy);
+    let m = measure(
+        Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .arg(cli::bin())
+            .args(["apply", "-c", file.arg()]),
+        Duration::from_secs(600),
+    );
+    anyhow::ensure!(m.status.success(), "apply failed: {}{}", m.stderr, m.stdout);
+    let _inside = ns.enter();
+    let (_, progs) = SchedClassifier::query_tcx("lan0", TcAttachType::Ingress)?;
+    let info = progs
+        .into_iter()
+        .find(|p| {
+            p.name_as_str()
+                .is_some_and(|n| n.starts_with("policyroute"))
+        })
+        .ok_or_else(|| anyhow::anyhow!("no policyroute program on lan0 after apply"))?;
+    Ok((testrun::loaded(info)?, m.wall))
 }
