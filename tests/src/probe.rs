@@ -86,6 +86,9 @@ pub enum Connect {
     Refused,
     /// No answer in time.
     Lost,
+    /// connect() failed with EPERM: a socket hook refused it (keyed 0, 1, ... in
+    /// [`tcp_spread`]'s map, as it never had a port).
+    Denied,
 }
 
 /// `count` TCP connections at once from a probe in `cg` and `ns` (the router's own
@@ -114,8 +117,13 @@ pub fn tcp_spread(
             accepted.insert(peer.port(), Arrival { at: *place, peer });
         }
     }
+    let mut denied = 0u16;
     out.lines()
         .map(|l| {
+            if l == "- denied" {
+                denied += 1;
+                return (denied - 1, Connect::Denied);
+            }
             let (p, how) = l.split_once(' ').expect("PORT RESULT");
             let p: u16 = p.parse().expect("a port");
             let c = match how {

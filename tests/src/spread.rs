@@ -98,8 +98,16 @@ impl Topology {
     ) -> HashMap<u16, Place> {
         let src: IpAddr = src.parse().unwrap();
         let dst: IpAddr = dst.parse().unwrap();
-        let listeners = self.listeners(dst, dport, big_udp);
-        assert!(!listeners.is_empty(), "nobody owns {dst}");
+        let tried = self.udp_listeners(dst, dport);
+        let why: Vec<String> = tried
+            .iter()
+            .filter_map(|(place, r)| Some(format!("{place:?}: {}", r.as_ref().err()?)))
+            .collect();
+        let listeners: Vec<(Place, UdpSocket)> = tried
+            .into_iter()
+            .filter_map(|(place, r)| Some((place, r.ok()?)))
+            .collect();
+        assert!(!listeners.is_empty(), "nobody owns {dst}: {why:?}");
         // Datagrams of an earlier call still on their way do not count.
         let nonce: u32 = rand::random();
         let to = SocketAddr::new(dst, dport);
@@ -157,6 +165,25 @@ impl Topology {
             }
         }
         got
+    }
+
+    /// One [`big_udp`] listener per receiver. A bind that finds the address in use is
+    /// tried again for up to a second: the listeners of the previous call are closed, but
+    /// a process another test thread forks in that instant holds copies of them until it
+    /// execs (the descriptors are close-on-exec).
+    fn udp_listeners(&self, dst: IpAddr, dport: u16) -> Vec<(Place, std::io::Result<UdpSocket>)> {
+        let start = Instant::now();
+        loop {
+            let tried = self.try_listeners(dst, dport, big_udp);
+            let in_use = tried.iter().any(|(_, r)| {
+                r.as_ref()
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::AddrInUse)
+            });
+            if !in_use || start.elapsed() > Duration::from_secs(1) {
+                return tried;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Calls `check` with `batch` fresh source ports ([`Self::fresh_sports`]) every

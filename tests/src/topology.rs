@@ -277,11 +277,24 @@ impl Topology {
         port: u16,
         bind: impl Fn(SocketAddr) -> std::io::Result<S>,
     ) -> Vec<(Place, S)> {
+        self.try_listeners(dst, port, bind)
+            .into_iter()
+            .filter_map(|(place, s)| Some((place, s.ok()?)))
+            .collect()
+    }
+
+    /// [`Self::listeners`] with each receiver's bind result (for messages).
+    pub(crate) fn try_listeners<S>(
+        &self,
+        dst: IpAddr,
+        port: u16,
+        bind: impl Fn(SocketAddr) -> std::io::Result<S>,
+    ) -> Vec<(Place, std::io::Result<S>)> {
         self.receivers()
             .into_iter()
-            .filter_map(|(place, ns)| {
+            .map(|(place, ns)| {
                 let _in = ns.enter();
-                bind(SocketAddr::new(dst, port)).ok().map(|s| (place, s))
+                (place, bind(SocketAddr::new(dst, port)))
             })
             .collect()
     }

@@ -770,6 +770,52 @@ fn the_routers_own_connections_follow_the_group() {
     }
 }
 
+#[test]
+fn a_blackholed_rule_refuses_the_routers_own_connects() {
+    let t = Topology::with_lte("localkill");
+    let cg = Cgroup::new("localkill");
+    let text = policy(
+        &gateways(),
+        &[&web_rule("isp2", Some("blackhole"))],
+        &cg.attach_local(),
+    );
+    let r = running_on(t, "localkill", &text, &["--flush-on-exit"]);
+    let t = &r.t;
+    r.wait_up(&["isp2"]);
+    let connect = |v6: bool| {
+        probe::tcp_spread(
+            t,
+            &cg,
+            &t.router,
+            dst(v6),
+            PORT,
+            10,
+            Duration::from_millis(250),
+        )
+    };
+    for (f, v6) in FAMILIES {
+        let got = connect(v6);
+        assert!(
+            got.values()
+                .all(|c| matches!(c, Connect::Arrived(a) if a.at == Place::Up2)),
+            "{f}: {got:?}"
+        );
+    }
+    t.blackhole(Place::Up2);
+    r.wait_state(
+        "isp2",
+        "down",
+        down_bound(INTERVAL, TIMEOUT) + Duration::from_secs(1),
+    );
+    for (f, v6) in FAMILIES {
+        let got = connect(v6);
+        assert!(
+            got.len() == 10 && got.values().all(|c| *c == Connect::Denied),
+            "{f}: the kill switch refuses them, none leaks out another uplink: {got:?}"
+        );
+    }
+}
+
 /// The gateway the explanation names, as the upstream it leads to.
 fn member_place(e: &serde_json::Value) -> Place {
     match e["member"].as_str() {

@@ -9,7 +9,8 @@
 //! probe CGROUP_DIR NETNS tcp-many DST PORT COUNT MS  COUNT connections at once, each given
 //!                                                     MS milliseconds to be established
 //! Output: `mark 0x..` per socket; exits non-zero on failure. tcp-many prints instead
-//! `PORT ok|refused|lost` per connection (its local port), and fails only if it cannot try.
+//! `PORT ok|refused|lost` per connection (its local port), or `- denied` for a connect a
+//! socket hook refused (EPERM), and fails only if it cannot try.
 use std::{
     fs::File,
     io::{Read, Write},
@@ -129,6 +130,11 @@ fn tcp_many(to: SocketAddr, count: usize, wait: Duration) -> anyhow::Result<()> 
         match s.connect(&to.into()) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            // Refused by a socket hook before any port was taken.
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                println!("- denied");
+                continue;
+            }
             Err(e) => bail!("connect {to}: {e}"),
         }
         // The port is chosen by connect, before the SYN leaves.
