@@ -901,6 +901,20 @@ fn status_explain_and_metrics_report_health() {
         )
         .unwrap_or(0.0)
     };
+    let text = metrics::scrape(&t.router, 9464);
+    for (f, _) in FAMILIES {
+        let labels = [("gateway", "isp2"), ("family", f)];
+        let rtt = metrics::sample_with(&text, "policyroute_gateway_probe_rtt_seconds", &labels);
+        assert!(
+            rtt.is_some_and(|s| s > 0.0 && s < 1.0),
+            "{f}: rtt {rtt:?}\n{text}"
+        );
+        let loss = metrics::sample_with(&text, "policyroute_gateway_probe_loss_ratio", &labels);
+        assert!(
+            loss.is_some_and(|l| (0.0..=1.0).contains(&l)),
+            "{f}: {loss:?}"
+        );
+    }
     let (down0, up0) = (transitions("down"), transitions("up"));
     let failed_unix = unix_now();
     t.blackhole(Place::Up2);

@@ -4,7 +4,10 @@
 use std::{
     convert::Infallible,
     net::SocketAddr,
-    sync::{atomic::AtomicI64, Arc},
+    sync::{
+        atomic::{AtomicI64, AtomicU64},
+        Arc,
+    },
 };
 
 use http_body_util::Full;
@@ -129,6 +132,8 @@ impl Metrics {
         );
         let packets = Family::<RuleLabel, Counter>::default();
         let bytes = Family::<RuleLabel, Counter>::default();
+        let loss = Family::<GatewayLabel, Gauge<f64, AtomicU64>>::default();
+        let rtt = Family::<GatewayLabel, Gauge<f64, AtomicU64>>::default();
         match status::status(false).await {
             Ok(s) => {
                 for r in &s.rules {
@@ -138,11 +143,35 @@ impl Metrics {
                     packets.get_or_create(&label).inc_by(r.packets);
                     bytes.get_or_create(&label).inc_by(r.bytes);
                 }
+                for g in &s.gateways {
+                    for (family, h) in &g.health {
+                        let label = GatewayLabel {
+                            gateway: g.name.clone(),
+                            family: (*family).to_owned(),
+                        };
+                        if let Some(l) = h.loss_percent {
+                            loss.get_or_create(&label).set(l / 100.0);
+                        }
+                        if let Some(ms) = h.rtt_ms {
+                            rtt.get_or_create(&label).set(ms / 1000.0);
+                        }
+                    }
+                }
             }
             Err(e) => tracing::warn!("metrics: reading the rule counters: {e}"),
         }
         registry.register("rule_packets", "Packets a rule classified", packets);
         registry.register("rule_bytes", "Bytes a rule classified", bytes);
+        registry.register(
+            "gateway_probe_loss_ratio",
+            "Health-check probes lost over the check's last 20 rounds",
+            loss,
+        );
+        registry.register(
+            "gateway_probe_rtt_seconds",
+            "Mean round-trip time of the check's answers over its last 20 rounds",
+            rtt,
+        );
         let mut out = String::new();
         encode(&mut out, &registry).expect("writing to a String cannot fail");
         out
