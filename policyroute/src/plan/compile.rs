@@ -56,6 +56,12 @@ pub enum CompileError {
          {MAX_SHAPES}; use fewer distinct prefix lengths or port ranges that align to powers of two"
     )]
     TooManyShapes { family: Family, count: usize },
+    #[error(
+        "the policy routes to {count} gateways and group/when_down pairs, the classifier \
+         holds {}; use fewer",
+        policyroute_common::MAX_TARGETS
+    )]
+    TooManyTargets { count: usize },
 }
 
 /// Compiles `rules` (first match wins) with marks restricted to `mark_mask`.
@@ -94,6 +100,11 @@ pub fn compile_policy(
     previous: &BTreeMap<ShapeDesc, u16>,
     targets: &TargetIds,
 ) -> Result<Compiled, CompileError> {
+    if targets.len() > policyroute_common::MAX_TARGETS as usize {
+        return Err(CompileError::TooManyTargets {
+            count: targets.len(),
+        });
+    }
     let rules = policy.rules.iter().map(|r| {
         let (mark, target) = match &r.target {
             Target::Mark(mark) => (*mark, 0),

@@ -440,6 +440,28 @@ when_down = "blackhole"
     }
 
     #[test]
+    fn more_targets_than_the_map_holds_is_an_error() {
+        let mut text = String::new();
+        for i in 0..=policyroute_common::MAX_TARGETS {
+            text.push_str(&format!(
+                "[[gateway]]\nname = \"g{i}\"\ndev = \"wan{}\"\ntable = {}\n",
+                i % 4,
+                1000 + i
+            ));
+        }
+        let p = Policy::parse(&text, "p.toml", &RtTables::builtin()).unwrap();
+        let ids = TargetIds::of(&p);
+        let err = crate::plan::compile::compile_policy(&p, &[], &BTreeMap::new(), &ids);
+        assert!(
+            matches!(
+                err,
+                Err(crate::plan::compile::CompileError::TooManyTargets { count: 257 })
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
     fn one_unmoved_member_needs_no_hash() {
         let p = policy();
         let ids = TargetIds::of(&p);
