@@ -183,6 +183,21 @@ impl Running {
         }
     }
 
+    /// Asserts that, in each family, `batch` fresh flows at a time all land at `want`
+    /// within `bound` of `since` (one deadline for both families); names `what` and the
+    /// log if not.
+    fn all_reach(&self, want: Place, batch: u16, since: Instant, bound: Duration, what: &str) {
+        for (f, v6) in FAMILIES {
+            let left = bound.saturating_sub(since.elapsed());
+            assert!(
+                until_all_at(&self.t, v6, want, batch, left).is_some(),
+                "{f}: {what}: flows not all at {want:?} {:?} after (bound {bound:?})\n{}",
+                since.elapsed(),
+                self.d.log_text()
+            );
+        }
+    }
+
     /// Rewrites the policy file to `text`, sends SIGHUP and waits for the reload.
     fn reload(&self, text: &str) {
         let done = self.d.log_text().matches("SIGHUP: reload done").count();
@@ -270,15 +285,13 @@ fn a_failed_gateway_falls_back_to_main_and_comes_back() {
     t.blackhole(Place::Up2);
     let failed = Instant::now();
     let bound = down_bound(INTERVAL, TIMEOUT);
-    for (f, v6) in FAMILIES {
-        let left = bound.saturating_sub(failed.elapsed());
-        assert!(
-            until_all_at(t, v6, Place::Up1, 1, left).is_some(),
-            "{f}: new flows not through main (up1) {:?} after up2 failed\n{}",
-            failed.elapsed(),
-            r.d.log_text()
-        );
-    }
+    r.all_reach(
+        Place::Up1,
+        1,
+        failed,
+        bound,
+        "through main after up2 failed",
+    );
     eprintln!("both families failed over after {:?}", failed.elapsed());
     for (f, v6) in FAMILIES {
         assert_all_at(&land(t, v6, 200), 200, Place::Up1, f);
@@ -300,15 +313,7 @@ fn a_failed_gateway_falls_back_to_main_and_comes_back() {
     t.restore(Place::Up2);
     let restored = Instant::now();
     let bound = up_bound(INTERVAL, TIMEOUT);
-    for (f, v6) in FAMILIES {
-        let left = bound.saturating_sub(restored.elapsed());
-        assert!(
-            until_all_at(t, v6, Place::Up2, 1, left).is_some(),
-            "{f}: new flows not back through up2 {:?} after it came back\n{}",
-            restored.elapsed(),
-            r.d.log_text()
-        );
-    }
+    r.all_reach(Place::Up2, 1, restored, bound, "back through up2");
     for (i, (f, v6)) in FAMILIES.iter().enumerate() {
         assert_all_at(&land(t, *v6, 100), 100, Place::Up2, f);
         assert_eq!(r.state("isp2", f), "up");
@@ -366,15 +371,8 @@ fn when_down_blackhole_drops_matched_flows_instead_of_leaking() {
     }
 
     t.restore(Place::Up2);
-    let restored = Instant::now();
-    for (f, v6) in FAMILIES {
-        let left = up_bound(INTERVAL, TIMEOUT).saturating_sub(restored.elapsed());
-        assert!(
-            until_all_at(t, v6, Place::Up2, 1, left).is_some(),
-            "{f}: not back through up2\n{}",
-            r.d.log_text()
-        );
-    }
+    let up = up_bound(INTERVAL, TIMEOUT);
+    r.all_reach(Place::Up2, 1, Instant::now(), up, "back through up2");
 }
 
 #[test]
@@ -398,14 +396,7 @@ fn a_group_uses_its_live_members_then_the_next_tier() {
     // 40 on one member means the other is out.
     let step = |what: &str, want: Place, bound: Duration| {
         let start = Instant::now();
-        for (f, v6) in FAMILIES {
-            let left = bound.saturating_sub(start.elapsed());
-            assert!(
-                until_all_at(t, v6, want, 40, left).is_some(),
-                "{what}: {f} flows not all at {want:?} within {bound:?}\n{}",
-                r.d.log_text()
-            );
-        }
+        r.all_reach(want, 40, start, bound, what);
         eprintln!("{what}: {:?}", start.elapsed());
         for (f, v6) in FAMILIES {
             assert_all_at(&land(t, v6, 200), 200, want, &format!("{what}, {f}"));
@@ -494,15 +485,8 @@ fn a_tcp_check_fails_when_its_port_closes_though_icmp_answers() {
         assert_eq!(r.state("isp2", f), "down");
     }
     t.restore(Place::Up2);
-    let restored = Instant::now();
-    for (f, v6) in FAMILIES {
-        let left = up_bound(INTERVAL, TIMEOUT).saturating_sub(restored.elapsed());
-        assert!(
-            until_all_at(t, v6, Place::Up2, 1, left).is_some(),
-            "{f}: not back\n{}",
-            r.d.log_text()
-        );
-    }
+    let up = up_bound(INTERVAL, TIMEOUT);
+    r.all_reach(Place::Up2, 1, Instant::now(), up, "back through up2");
 }
 
 #[test]
@@ -979,13 +963,5 @@ fn an_unchecked_gateway_is_up_while_its_device_has_carrier() {
         );
     }
     t.carrier(Place::Up3, true);
-    let back = Instant::now();
-    for (f, v6) in FAMILIES {
-        let left = CARRIER.saturating_sub(back.elapsed());
-        assert!(
-            until_all_at(t, v6, Place::Up3, 1, left).is_some(),
-            "{f}: flows not back through lte\n{}",
-            r.d.log_text()
-        );
-    }
+    r.all_reach(Place::Up3, 1, Instant::now(), CARRIER, "back through lte");
 }

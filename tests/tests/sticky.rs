@@ -118,20 +118,7 @@ fn replies_leave_through_the_gateway_the_connection_came_in() {
         tcp_round_trip(&t, 41004, lan_service),
         "LAN server over TCP"
     );
-    let lan_udp: SocketAddr = (ip(LAN_SERVER), 8082).into();
-    let server = {
-        let _in = t.lan.enter();
-        UdpSocket::bind(lan_udp).unwrap()
-    };
-    let echo = std::thread::spawn(move || {
-        server.set_read_timeout(Some(PROBE_TIMEOUT)).unwrap();
-        let mut buf = [0u8; 64];
-        if let Ok((n, peer)) = server.recv_from(&mut buf) {
-            server.send_to(&buf[..n], peer).unwrap();
-        }
-    });
-    assert!(udp_round_trip(&t, 41005, lan_udp), "LAN server over UDP");
-    echo.join().unwrap();
+    assert!(lan_udp_exchange(&t, 41005, 8082), "LAN server over UDP");
     cli::ok(r, &["flush"]);
 }
 
