@@ -10,10 +10,12 @@
 pub mod names;
 pub mod net;
 pub mod targets;
+pub mod trace;
 
 pub use names::*;
 pub use net::proto_has_ports;
 pub use targets::*;
+pub use trace::*;
 
 /// Most shapes one address family may have. Bounds the per-packet work: at worst
 /// `MAX_SHAPES` hash lookups for a packet that matches nothing.
@@ -220,4 +222,6 @@ mod pod {
     unsafe impl aya::Pod for TargetState {}
     unsafe impl aya::Pod for FlowTuple {}
     unsafe impl aya::Pod for FlowChoice {}
+    unsafe impl aya::Pod for TraceFilter {}
+    unsafe impl aya::Pod for TraceRate {}
 }

@@ -52,8 +52,15 @@ pub const TARGETS_MAP: &str = "PR_TARGETS";
 /// so they stay there when a member comes back.
 pub const CHOICES_MAP: &str = "PR_CHOICES";
 
+/// One-entry array map holding the `TraceFilter` of a running `policyroute trace`.
+pub const TRACE_MAP: &str = "PR_TRACE";
+/// Per-CPU one-entry array map: the trace's rate limiter (`TraceRate`).
+pub const TRACE_RATE_MAP: &str = "PR_TRACE_RATE";
+/// aya-log's ring buffer, which the trace lines go through.
+pub const LOGS_MAP: &str = "AYA_LOGS";
+
 /// Every map of the classifier object.
-pub const MAPS: [&str; 10] = [
+pub const MAPS: [&str; 13] = [
     RULES_MAP,
     TABLES_MAP,
     CONTROL_MAP,
@@ -64,4 +71,7 @@ pub const MAPS: [&str; 10] = [
     SOURCES_MAP,
     TARGETS_MAP,
     CHOICES_MAP,
+    TRACE_MAP,
+    TRACE_RATE_MAP,
+    LOGS_MAP,
 ];

@@ -4,6 +4,9 @@
 //! it restores their gateway. The socket hooks (`sock`) do the same for this host's own
 //! traffic. All share one set of maps.
 //!
+//! Packets and socket calls that pass a running `policyroute trace`'s filter are logged
+//! through aya-log (`trace`).
+//!
 //! It never redirects or rewrites packet bytes, and drops only what a rule sends to a
 //! gateway or group that is down with `when_down = "blackhole"` (`TC_ACT_SHOT`).
 //! Otherwise it returns `TC_ACT_UNSPEC` (-1), which is `TCX_NEXT` for tcx and "continue
@@ -17,6 +20,7 @@ mod search;
 mod sock;
 mod sticky;
 mod targets;
+mod trace;
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, TC_ACT_SHOT, TC_ACT_UNSPEC},
@@ -26,14 +30,16 @@ use aya_ebpf::{
 };
 use policyroute_common::{
     Control, Counter, DeviceRole, FlowChoice, FlowKey, FlowTuple, FlowValue, GatewaySource,
-    RuleKey, RuleValue, ShapeTable, StateChunk, TargetState, CONTROL_DEVICE_ROLES, CONTROL_STICKY,
-    DEFAULT_MAX_COUNTERS, DEFAULT_MAX_ENTRIES, EXPLAIN_MAGIC, GENERATIONS, MAX_FLOWS,
-    MAX_STATE_CHUNKS, MAX_TARGETS, ROLE_CLASSIFY, ROLE_RECORD,
+    RuleKey, RuleValue, ShapeTable, StateChunk, TargetState, TraceFilter, TraceRate,
+    CONTROL_DEVICE_ROLES, CONTROL_STICKY, DEFAULT_MAX_COUNTERS, DEFAULT_MAX_ENTRIES, EXPLAIN_MAGIC,
+    GENERATIONS, HOOK_TC_EGRESS, HOOK_TC_INGRESS, HOW_DROP, HOW_RULE, HOW_STICKY, HOW_UNWRITTEN,
+    MAX_FLOWS, MAX_STATE_CHUNKS, MAX_TARGETS, ROLE_CLASSIFY, ROLE_RECORD,
 };
 
 use parse::Packet;
 use search::Hit;
 use targets::{Decision, Flow};
+use trace::Traced;
 
 // Map names are listed for userspace in `policyroute_common::names`.
 
@@ -69,6 +75,13 @@ static TARGETS: HashMap<u32, TargetState> =
 #[map(name = "PR_CHOICES")]
 static CHOICES: LruHashMap<FlowTuple, FlowChoice> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
 
+/// Written by `policyroute trace`; flags 0 (no trace) unless one runs.
+#[map(name = "PR_TRACE")]
+static TRACE: Array<TraceFilter> = Array::with_max_entries(1, 0);
+
+#[map(name = "PR_TRACE_RATE")]
+static TRACE_RATE: PerCpuArray<TraceRate> = PerCpuArray::with_max_entries(1, 0);
+
 /// Read only by userspace (see `policyroute_common::STATE_MAP`).
 #[map(name = "PR_STATE")]
 static STATE: HashMap<u32, StateChunk> =
@@ -101,25 +114,37 @@ pub fn policyroute_eg(ctx: TcContext) -> i32 {
                 tuple: &tuple,
                 write: false,
             };
-            if let Some(mark) = verdict(&hit, pkt.family, flow, control) {
+            let (mark, traced) = verdict(&hit, pkt.family, flow, control);
+            if let Some(mark) = mark {
                 set_mark(&ctx, mark, hit.mark_mask);
             }
+            if !is_explain(&ctx) {
+                trace::tc(&ctx, HOOK_TC_EGRESS, &pkt, &traced);
+            }
+        } else if !is_explain(&ctx) {
+            trace::tc(&ctx, HOOK_TC_EGRESS, &pkt, &Traced::none());
         }
     }
     TC_ACT_UNSPEC
 }
 
-/// The mark a hit sets: its own, or its target's decision; `None` to drop.
+/// The mark a hit sets: its own, or its target's decision; `None` to drop. Also how it
+/// was decided, for the trace.
 #[inline(always)]
-fn verdict(hit: &Hit, family: u32, flow: Flow<'_>, control: &Control) -> Option<u32> {
+fn verdict(hit: &Hit, family: u32, flow: Flow<'_>, control: &Control) -> (Option<u32>, Traced) {
     if hit.target == 0 {
-        return Some(hit.mark);
+        return (Some(hit.mark), Traced::new(HOW_RULE, hit.counter, hit.mark));
     }
     match targets::decide(hit.target, family, flow, control) {
-        Some(Decision::Mark(mark)) => Some(mark & hit.mark_mask),
-        Some(Decision::Drop) => None,
+        Some(Decision::Mark { mark, how, member }) => {
+            let mark = mark & hit.mark_mask;
+            let mut t = Traced::new(how, hit.counter, mark);
+            t.member = member;
+            (Some(mark), t)
+        }
+        Some(Decision::Drop) => (None, Traced::new(HOW_DROP, hit.counter, 0)),
         // Not written yet: leave the packet to the main table rather than guess.
-        None => Some(0),
+        None => (Some(0), Traced::new(HOW_UNWRITTEN, hit.counter, 0)),
     }
 }
 
@@ -148,14 +173,33 @@ fn tc(ctx: &TcContext, pkt: &Packet, control: &Control) -> i32 {
     if role & ROLE_CLASSIFY == 0 {
         return TC_ACT_UNSPEC;
     }
+    let (ret, traced) = classify_ingress(ctx, pkt, control, explain);
+    if !explain {
+        trace::tc(ctx, HOOK_TC_INGRESS, pkt, &traced);
+    }
+    ret
+}
+
+/// Sticky flows first, then the rules: the verdict, and how the mark was decided.
+#[inline(always)]
+fn classify_ingress(
+    ctx: &TcContext,
+    pkt: &Packet,
+    control: &Control,
+    explain: bool,
+) -> (i32, Traced) {
     if control.flags & CONTROL_STICKY != 0 {
         if let Some(mark) = sticky::restore(&sticky::outbound_key(pkt), control) {
-            set_mark(ctx, mark, search::mark_mask(pkt, control));
-            return TC_ACT_UNSPEC;
+            let mask = search::mark_mask(pkt, control);
+            set_mark(ctx, mark, mask);
+            let mut t = Traced::none();
+            t.how = HOW_STICKY;
+            t.mark = mark & mask;
+            return (TC_ACT_UNSPEC, t);
         }
     }
     let Some(hit) = search::classify(pkt, control) else {
-        return TC_ACT_UNSPEC;
+        return (TC_ACT_UNSPEC, Traced::none());
     };
     if !explain {
         count(hit.counter, u64::from(ctx.len()));
@@ -166,11 +210,11 @@ fn tc(ctx: &TcContext, pkt: &Packet, control: &Control) -> i32 {
         write: !explain,
     };
     match verdict(&hit, pkt.family, flow, control) {
-        Some(mark) => {
+        (Some(mark), t) => {
             set_mark(ctx, mark, hit.mark_mask);
-            TC_ACT_UNSPEC
+            (TC_ACT_UNSPEC, t)
         }
-        None => TC_ACT_SHOT,
+        (None, t) => (TC_ACT_SHOT, t),
     }
 }
 

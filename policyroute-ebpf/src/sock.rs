@@ -21,11 +21,11 @@ use aya_ebpf::{
     EbpfContext,
 };
 use policyroute_common::{
-    flow_hash, proto_has_ports, Control, FAMILY_V4, FAMILY_V6, SHAPE_DSCP, SHAPE_PORTS,
-    SHAPE_SPORT, SHAPE_SRC,
+    flow_hash, proto_has_ports, Control, FAMILY_V4, FAMILY_V6, HOOK_CONNECT, HOOK_SENDMSG,
+    HOW_STICKY, SHAPE_DSCP, SHAPE_PORTS, SHAPE_SPORT, SHAPE_SRC,
 };
 
-use crate::{count, parse::Packet, search, sticky, CONTROL, SOURCES};
+use crate::{count, parse::Packet, search, sticky, trace, trace::Traced, CONTROL, SOURCES};
 
 /// sock_addr verdicts: let the call proceed, or fail it with EPERM.
 const ALLOW: i32 = 1;
@@ -47,7 +47,10 @@ pub fn handle(ctx: &SockAddrContext, v6: bool, sendmsg: bool) -> i32 {
         return ALLOW;
     }
     let pkt = packet(sa, v6);
-    match verdict(ctx, &pkt, control) {
+    let (verdict, traced) = verdict(ctx, &pkt, control);
+    let hook = if sendmsg { HOOK_SENDMSG } else { HOOK_CONNECT };
+    trace::sock(hook, &pkt, &traced);
+    match verdict {
         Verdict::Pass => ALLOW,
         Verdict::Deny => DENY,
         Verdict::Mark {
@@ -77,20 +80,25 @@ enum Verdict {
     },
 }
 
-/// A sticky flow's gateway first (replies go back the way the flow came), then the rules.
-fn verdict(ctx: &SockAddrContext, pkt: &Packet, control: &Control) -> Verdict {
+/// A sticky flow's gateway first (replies go back the way the flow came), then the rules;
+/// also how the mark was decided, for the trace.
+fn verdict(ctx: &SockAddrContext, pkt: &Packet, control: &Control) -> (Verdict, Traced) {
     let mask = search::mark_mask(pkt, control);
     if control.flags & policyroute_common::CONTROL_STICKY != 0 && pkt.unknown & SHAPE_SPORT == 0 {
         if let Some(mark) = sticky::restore(&sticky::outbound_key(pkt), control) {
-            return Verdict::Mark {
+            let mut t = Traced::none();
+            t.how = HOW_STICKY;
+            t.mark = mark & mask;
+            let v = Verdict::Mark {
                 mark: mark & mask,
                 mask,
                 counter: None,
             };
+            return (v, t);
         }
     }
     let Some(hit) = search::classify(pkt, control) else {
-        return Verdict::Pass;
+        return (Verdict::Pass, Traced::none());
     };
     // The socket keeps the mark for its life, so one decision per socket: the cookie
     // spreads sockets to the same destination over a group's members.
@@ -100,14 +108,17 @@ fn verdict(ctx: &SockAddrContext, pkt: &Packet, control: &Control) -> Verdict {
     tuple.src = [cookie as u32, (cookie >> 32) as u32, 0, 0];
     let flow = crate::targets::Flow::Hashed(flow_hash(&tuple.words()));
     match crate::verdict(&hit, pkt.family, flow, control) {
-        Some(mark) => Verdict::Mark {
-            mark,
-            mask: hit.mark_mask,
-            counter: Some(hit.counter),
-        },
-        None => {
+        (Some(mark), t) => {
+            let v = Verdict::Mark {
+                mark,
+                mask: hit.mark_mask,
+                counter: Some(hit.counter),
+            };
+            (v, t)
+        }
+        (None, t) => {
             count(hit.counter, 0);
-            Verdict::Deny
+            (Verdict::Deny, t)
         }
     }
 }

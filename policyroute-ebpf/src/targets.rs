@@ -5,15 +5,16 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use policyroute_common::{
     flow_hash, target_key, Control, FlowChoice, FlowTuple, Member, TargetState, BALANCE_SLOTS,
-    MAX_MEMBERS, MEMBER_FALLBACK, MEMBER_UP, SLOT_MOVED, TARGET_BLACKHOLE, TARGET_ONE,
-    TARGET_RECORDS,
+    HOW_FALLBACK, HOW_GATEWAY, HOW_RECORD, HOW_SLOT, HOW_STAND_IN, MAX_MEMBERS, MEMBER_FALLBACK,
+    MEMBER_UP, NO_MEMBER, SLOT_MOVED, TARGET_BLACKHOLE, TARGET_ONE, TARGET_RECORDS,
 };
 
 use crate::{parse::Packet, CHOICES, TARGETS};
 
 pub enum Decision {
-    /// Set this mark (0: the main table).
-    Mark(u32),
+    /// Set this mark (0: the main table), decided as `how` (`HOW_*`, for the trace) by
+    /// `member` (a member index or `NO_MEMBER`).
+    Mark { mark: u32, how: u8, member: u32 },
     /// `when_down = "blackhole"` and no member is live.
     Drop,
 }
@@ -53,13 +54,21 @@ pub fn decide(id: u32, family: u32, flow: Flow<'_>, control: &Control) -> Option
         Flow::Hashed(_) => None,
     };
     if let (Some((tuple, _)), true) = (tracked, state.flags & TARGET_RECORDS != 0) {
-        if let Some(mark) = recorded(state, id, tuple, control) {
-            return Some(Decision::Mark(mark));
+        if let Some((mark, member)) = recorded(state, id, tuple, control) {
+            return Some(Decision::Mark {
+                mark,
+                how: HOW_RECORD,
+                member,
+            });
         }
     }
     // The common case, a gateway that is up: no hash, no slot.
     if state.flags & TARGET_ONE != 0 {
-        return Some(Decision::Mark(state.one_mark));
+        return Some(Decision::Mark {
+            mark: state.one_mark,
+            how: HOW_GATEWAY,
+            member: NO_MEMBER,
+        });
     }
     let hash = match flow {
         Flow::Tracked { tuple, .. } => flow_hash(&tuple.words()),
@@ -73,23 +82,38 @@ pub fn decide(id: u32, family: u32, flow: Flow<'_>, control: &Control) -> Option
         if let Some(t) = write {
             remember(t, id, state.version, MEMBER_FALLBACK, 0);
         }
-        return Some(Decision::Mark(0));
+        return Some(Decision::Mark {
+            mark: 0,
+            how: HOW_FALLBACK,
+            member: NO_MEMBER,
+        });
     }
     let slot = state.slots[hash as usize & (BALANCE_SLOTS - 1)];
     let index = (slot & !SLOT_MOVED) as usize & (MAX_MEMBERS - 1);
     let member: &Member = &state.members[index];
-    if slot & SLOT_MOVED != 0 {
+    let moved = slot & SLOT_MOVED != 0;
+    if moved {
         if let Some(t) = write {
             remember(t, id, state.version, index as u32, member.epoch);
         }
     }
-    Some(Decision::Mark(member.mark))
+    Some(Decision::Mark {
+        mark: member.mark,
+        how: if moved { HOW_STAND_IN } else { HOW_SLOT },
+        member: index as u32,
+    })
 }
 
-/// The mark a still valid record of this flow holds: same target and member list, the
-/// member has not gone down since, and the flow was seen within the sticky timeout.
+/// The mark (and member) a still valid record of this flow holds: same target and member
+/// list, the member has not gone down since, and the flow was seen within the sticky
+/// timeout.
 #[inline(always)]
-fn recorded(state: &TargetState, id: u32, tuple: &FlowTuple, control: &Control) -> Option<u32> {
+fn recorded(
+    state: &TargetState,
+    id: u32,
+    tuple: &FlowTuple,
+    control: &Control,
+) -> Option<(u32, u32)> {
     // SAFETY: the value is only read, inside this program's RCU read side.
     let c = unsafe { CHOICES.get(tuple) }?;
     // SAFETY: a helper without arguments.
@@ -100,20 +124,20 @@ fn recorded(state: &TargetState, id: u32, tuple: &FlowTuple, control: &Control) 
     {
         return None;
     }
-    let mark = if c.member == MEMBER_FALLBACK {
-        0
+    let (mark, member) = if c.member == MEMBER_FALLBACK {
+        (0, NO_MEMBER)
     } else {
         let m = state.members.get(c.member as usize)?;
         if m.epoch != c.epoch || m.flags & MEMBER_UP == 0 {
             return None;
         }
-        m.mark
+        (m.mark, c.member)
     };
     // Refresh half way to expiry, so a busy flow costs a lookup per packet, not a write.
     if now.saturating_sub(c.seen_ns) >= control.sticky_ttl_ns / 2 {
         remember(tuple, id, c.version, c.member, c.epoch);
     }
-    Some(mark)
+    Some((mark, member))
 }
 
 #[inline(always)]

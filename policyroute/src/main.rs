@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
 use policyroute::{
-    control::{apply, drift, explain, flush, metrics, run, status, Options},
+    control::{apply, drift, explain, flush, metrics, run, status, trace, Options},
     policy::protocol,
     present,
 };
@@ -108,6 +108,41 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Watch real packets as the dataplane classifies them: one line per packet (or socket
+    /// connect/send) with time, device and hook, the 5-tuple, the rule, the mark, and the
+    /// sticky or group decision. Runs until Ctrl-C or --count; never changes routing.
+    /// Rate-limited (--rate); dropped lines are reported when it stops.
+    Trace {
+        /// Only packets arriving on (tc ingress) or leaving (tc egress) this device.
+        #[arg(long, value_name = "DEV")]
+        iif: Option<String>,
+        /// tcp, udp, icmp, icmpv6, sctp or a number.
+        #[arg(long, value_name = "PROTO")]
+        proto: Option<String>,
+        /// Only sources in this prefix (an address is a /32 or /128).
+        #[arg(long, value_name = "PREFIX", value_parser = parse_prefix)]
+        src: Option<ipnet::IpNet>,
+        /// Only destinations in this prefix.
+        #[arg(long, value_name = "PREFIX", value_parser = parse_prefix)]
+        dst: Option<ipnet::IpNet>,
+        /// Only this source port.
+        #[arg(long, value_name = "PORT")]
+        sport: Option<u16>,
+        /// Only this destination port.
+        #[arg(long, value_name = "PORT")]
+        dport: Option<u16>,
+        /// Stop after N lines.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+        /// Most lines per second (over all CPUs); the rest are dropped and counted.
+        #[arg(long, value_name = "N", default_value_t = 1000,
+              value_parser = clap::value_parser!(u32).range(1..))]
+        rate: u32,
+        /// One JSON object per line (keys: time, hook, dev, proto, src, sport, dst, dport,
+        /// rule, mark, gateway, group, decision, dropped).
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove everything policyroute installed in this namespace, and nothing else.
     Flush {
         /// Print the report as JSON.
@@ -200,6 +235,29 @@ async fn dispatch(command: Command, opts: Options) -> anyhow::Result<ExitCode> {
             let e = explain::explain(&q).await?;
             print(json, &e, || present::explain(&e))?;
         }
+        Command::Trace {
+            iif,
+            proto,
+            src,
+            dst,
+            sport,
+            dport,
+            count,
+            rate,
+            json,
+        } => {
+            let opts = trace::TraceOptions {
+                iif,
+                proto: proto.as_deref().map(parse_proto).transpose()?,
+                src,
+                dst,
+                sport,
+                dport,
+                count,
+                rate,
+            };
+            return run_trace(&opts, json).await;
+        }
         Command::Flush { json } => {
             let r = flush::flush(&opts).await?;
             print(json, &r, || present::flush(&r))?;
@@ -253,6 +311,36 @@ fn print<T: serde::Serialize + ?Sized>(
         print!("{}", text());
     }
     Ok(())
+}
+
+/// Prints lines as they come (flushed: a pipe reader sees them at once).
+async fn run_trace(opts: &trace::TraceOptions, json: bool) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let summary = trace::trace(opts, |line| {
+        let text = if json {
+            serde_json::to_string(line).unwrap_or_default()
+        } else {
+            present::trace_line(line)
+        };
+        let _ = writeln!(out, "{text}").and_then(|()| out.flush());
+    })
+    .await?;
+    if summary.dropped > 0 {
+        eprintln!(
+            "policyroute: {} line(s) dropped by the rate limit (--rate {})",
+            summary.dropped, opts.rate
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A prefix, or an address as a host prefix.
+fn parse_prefix(s: &str) -> Result<ipnet::IpNet, String> {
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map(|n| n.trunc())
+        .map_err(|_| format!("{s:?} is not a prefix or an address"))
 }
 
 fn parse_proto(s: &str) -> anyhow::Result<u8> {

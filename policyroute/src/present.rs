@@ -304,3 +304,44 @@ pub fn route(r: &IpRoute, devices: &DeviceNames) -> String {
         r.dst
     )
 }
+
+/// `HH:MM:SS.ffffff DEV HOOK PROTO SRC -> DST rule R mark M -> GATEWAY [group G] (HOW)`;
+/// the time is UTC, as the kernel's trace tools print it.
+pub fn trace_line(l: &crate::control::trace_line::TraceLine) -> String {
+    let secs = l.time.rem_euclid(86_400.0);
+    let (h, m, s) = (
+        (secs / 3600.0) as u32,
+        (secs % 3600.0 / 60.0) as u32,
+        secs % 60.0,
+    );
+    let endpoint = |a: std::net::IpAddr, port: u16| match (a, port) {
+        (_, 0) => a.to_string(),
+        (std::net::IpAddr::V6(_), p) => format!("[{a}]:{p}"),
+        (_, p) => format!("{a}:{p}"),
+    };
+    let mut out = format!(
+        "{h:02}:{m:02}:{s:09.6} {} {} {} {} -> {}",
+        l.dev.as_deref().unwrap_or("-"),
+        l.hook,
+        l.proto,
+        endpoint(l.src, l.sport),
+        endpoint(l.dst, l.dport),
+    );
+    match &l.rule {
+        None => out.push_str(" no rule"),
+        Some(r) => out.push_str(&format!(" rule {r}")),
+    }
+    if let Some(g) = &l.group {
+        out.push_str(&format!(" group {g}"));
+    }
+    if l.dropped {
+        out.push_str(" DROPPED");
+    } else if l.rule.is_some() || l.mark != 0 {
+        out.push_str(&format!(" mark {:#x}", l.mark));
+        if let Some(gw) = &l.gateway {
+            out.push_str(&format!(" -> {gw}"));
+        }
+    }
+    out.push_str(&format!(" ({})", l.decision));
+    out
+}

@@ -4,12 +4,13 @@ use std::process::Command;
 
 use policyroute_tests::{cli, fixture::TempFile};
 
-const COMMANDS: [&str; 8] = [
+const COMMANDS: [&str; 9] = [
     "apply",
     "run",
     "status",
     "check",
     "explain",
+    "trace",
     "flush",
     "completions",
     "man",

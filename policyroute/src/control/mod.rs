@@ -11,6 +11,8 @@ pub mod metrics;
 pub mod run;
 pub mod status;
 pub mod timings;
+pub mod trace;
+pub mod trace_line;
 
 use std::path::PathBuf;
 
@@ -40,6 +42,8 @@ pub enum ControlError {
     Disagree { dataplane: u32, reference: u32 },
     #[error("device {0} does not exist")]
     NoDevice(String),
+    #[error(transparent)]
+    Trace(#[from] trace::TraceError),
     #[error(transparent)]
     Claim(#[from] crate::kernel::namespace::ClaimError),
     /// Everything else was applied.

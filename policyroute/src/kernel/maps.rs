@@ -9,9 +9,9 @@ use aya::{
 };
 use policyroute_common::{
     Control, Counter, DeviceRole, FlowChoice, FlowKey, FlowTuple, FlowValue, GatewaySource,
-    RuleKey, RuleValue, ShapeTable, StateChunk, TargetState, CHOICES_MAP, CONTROL_MAP,
-    COUNTERS_MAP, DEVICES_MAP, FLOWS_MAP, GENERATIONS, RULES_MAP, SOURCES_MAP, STATE_CHUNK,
-    STATE_MAP, TABLES_MAP, TARGETS_MAP,
+    RuleKey, RuleValue, ShapeTable, StateChunk, TargetState, TraceFilter, TraceRate, CHOICES_MAP,
+    CONTROL_MAP, COUNTERS_MAP, DEVICES_MAP, FLOWS_MAP, GENERATIONS, LOGS_MAP, RULES_MAP,
+    SOURCES_MAP, STATE_CHUNK, STATE_MAP, TABLES_MAP, TARGETS_MAP, TRACE_MAP, TRACE_RATE_MAP,
 };
 
 use rustc_hash::FxHashSet;
@@ -36,6 +36,10 @@ pub struct Maps {
     pub sources: HashMap<MapData, u32, GatewaySource>,
     pub targets: HashMap<MapData, u32, TargetState>,
     pub choices: HashMap<MapData, FlowTuple, FlowChoice>,
+    pub trace: Array<MapData, TraceFilter>,
+    pub trace_rate: PerCpuArray<MapData, TraceRate>,
+    /// aya-log's ring buffer (read by `policyroute trace` through aya-log itself).
+    pub logs: MapData,
 }
 
 /// Entry changes between a compiled policy and the maps.
@@ -81,7 +85,7 @@ impl Maps {
     }
 
     /// Every map with its name.
-    pub(super) fn all(&self) -> [(&'static str, &MapData); 10] {
+    pub(super) fn all(&self) -> [(&'static str, &MapData); 13] {
         [
             (RULES_MAP, self.rules.map()),
             (TABLES_MAP, self.tables.map()),
@@ -93,6 +97,9 @@ impl Maps {
             (SOURCES_MAP, self.sources.map()),
             (TARGETS_MAP, self.targets.map()),
             (CHOICES_MAP, self.choices.map()),
+            (TRACE_MAP, self.trace.map()),
+            (TRACE_RATE_MAP, self.trace_rate.map()),
+            (LOGS_MAP, &self.logs),
         ]
     }
 
@@ -136,6 +143,9 @@ impl Maps {
             sources: HashMap::try_from(take(SOURCES_MAP)?)?,
             targets: HashMap::try_from(take(TARGETS_MAP)?)?,
             choices: HashMap::try_from(take(CHOICES_MAP)?)?,
+            trace: Array::try_from(take(TRACE_MAP)?)?,
+            trace_rate: PerCpuArray::try_from(take(TRACE_RATE_MAP)?)?,
+            logs: ring_buffer(take(LOGS_MAP)?)?,
         })
     }
 
@@ -491,5 +501,13 @@ fn remove<K: aya::Pod, V: aya::Pod>(
     match map.remove(key) {
         Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
         Err(e) => Err(e.into()),
+    }
+}
+
+fn ring_buffer(map: Map) -> Result<MapData, DataplaneError> {
+    match map {
+        Map::RingBuf(data) => Ok(data),
+        // Named like aya-log's map but of another type: not one of ours.
+        _ => Err(DataplaneError::Missing(LOGS_MAP)),
     }
 }

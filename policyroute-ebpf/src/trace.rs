@@ -1,0 +1,154 @@
+//! `policyroute trace`: when the trace filter map says a trace runs, each packet or socket
+//! call that passes the filter is logged through aya-log as a `TraceEvent`, at most
+//! `per_cpu_rate` lines per CPU and second. With no trace running the cost is the filter
+//! lookup (an array lookup the verifier inlines) and one branch.
+use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
+use aya_log_ebpf::info;
+use policyroute_common::{
+    TraceEvent, TraceFilter, NO_MEMBER, NO_RULE, TRACE_DPORT, TRACE_DST, TRACE_IIF, TRACE_ON,
+    TRACE_PROTO, TRACE_SPORT, TRACE_SRC,
+};
+
+use crate::{parse::Packet, TRACE, TRACE_RATE};
+
+const NS_PER_SEC: u64 = 1_000_000_000;
+
+/// How a packet's mark was decided.
+#[derive(Clone, Copy)]
+pub struct Traced {
+    pub how: u8,
+    pub rule: u32,
+    pub mark: u32,
+    pub member: u32,
+}
+
+impl Traced {
+    #[inline(always)]
+    pub const fn new(how: u8, rule: u32, mark: u32) -> Self {
+        Self {
+            how,
+            rule,
+            mark,
+            member: NO_MEMBER,
+        }
+    }
+
+    /// No rule matched.
+    #[inline(always)]
+    pub const fn none() -> Self {
+        Self::new(policyroute_common::HOW_NONE, NO_RULE, 0)
+    }
+}
+
+/// Traces a packet at a tc hook.
+#[inline(always)]
+pub fn tc(ctx: &TcContext, hook: u8, pkt: &Packet, t: &Traced) {
+    let Some(filter) = TRACE.get(0) else {
+        return;
+    };
+    if filter.flags & TRACE_ON == 0 {
+        return;
+    }
+    // SAFETY: ctx.skb.skb is the __sk_buff the kernel passed this program; the verifier
+    // allows reading ifindex from it.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let event = event(hook, ifindex, pkt, t);
+    log(&event, filter);
+}
+
+/// Traces a socket call (no device).
+#[inline(always)]
+pub fn sock(hook: u8, pkt: &Packet, t: &Traced) {
+    let Some(filter) = TRACE.get(0) else {
+        return;
+    };
+    if filter.flags & TRACE_ON == 0 {
+        return;
+    }
+    let event = event(hook, 0, pkt, t);
+    log(&event, filter);
+}
+
+#[inline(always)]
+fn event(hook: u8, ifindex: u32, pkt: &Packet, t: &Traced) -> TraceEvent {
+    TraceEvent {
+        hook,
+        family: pkt.family as u8,
+        proto: pkt.proto,
+        how: t.how,
+        ifindex,
+        sport: pkt.sport,
+        dport: pkt.dport,
+        rule: t.rule,
+        mark: t.mark,
+        member: t.member,
+        src: pkt.src,
+        dst: pkt.dst,
+    }
+}
+
+/// Out of line: the filter, the rate limit and aya-log's copy are verified once, not once
+/// per call site.
+#[inline(never)]
+fn log(e: &TraceEvent, f: &TraceFilter) {
+    if !passes(e, f) || !within_rate(f) {
+        return;
+    }
+    let bytes = e.to_bytes();
+    info!(&(), "{:x}", &bytes[..]);
+}
+
+#[inline(always)]
+fn passes(e: &TraceEvent, f: &TraceFilter) -> bool {
+    let on = |flag: u32| f.flags & flag != 0;
+    if on(TRACE_IIF) && e.ifindex != f.iif
+        || on(TRACE_PROTO) && e.proto != f.proto
+        || on(TRACE_SPORT) && e.sport != f.sport
+        || on(TRACE_DPORT) && e.dport != f.dport
+    {
+        return false;
+    }
+    if on(TRACE_SRC) && !in_prefix(e, &e.src, &f.src_net, &f.src_mask, f.family) {
+        return false;
+    }
+    !(on(TRACE_DST) && !in_prefix(e, &e.dst, &f.dst_net, &f.dst_mask, f.family))
+}
+
+#[inline(always)]
+fn in_prefix(
+    e: &TraceEvent,
+    addr: &[u32; 4],
+    net: &[u32; 4],
+    mask: &[u32; 4],
+    family: u32,
+) -> bool {
+    u32::from(e.family) == family
+        && addr[0] & mask[0] == net[0]
+        && addr[1] & mask[1] == net[1]
+        && addr[2] & mask[2] == net[2]
+        && addr[3] & mask[3] == net[3]
+}
+
+/// At most `per_cpu_rate` lines per one-second window on this CPU; the rest are counted.
+#[inline(always)]
+fn within_rate(f: &TraceFilter) -> bool {
+    let Some(r) = TRACE_RATE.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: a per-CPU array slot returned non-null is this CPU's own copy, and no other
+    // program runs on this CPU in between, so plain read-modify-writes are not torn.
+    unsafe {
+        if now.wrapping_sub((*r).window_ns) >= NS_PER_SEC {
+            (*r).window_ns = now;
+            (*r).logged = 0;
+        }
+        if (*r).logged >= u64::from(f.per_cpu_rate) {
+            (*r).dropped += 1;
+            return false;
+        }
+        (*r).logged += 1;
+    }
+    true
+}

@@ -1,0 +1,199 @@
+//! `policyroute trace` on real forwarded packets: the lines name the device, hook,
+//! 5-tuple, rule and gateway the dataplane gave each packet; the filter holds; the rate
+//! limit drops and says so; Ctrl-C stops it and routing is what it was.
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+use policyroute_tests::{
+    cli,
+    fixture::{self, TempFile, GATEWAY_ISP2, RULES_BY_FIELD},
+    netns::NetNs,
+    topology::{Place, Topology, LAN_HOST, LAN_HOST6},
+};
+use serde_json::Value;
+
+/// A running `policyroute trace`, its stdout collected line by line.
+struct Tracer {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Tracer {
+    fn start(ns: &NetNs, args: &[&str]) -> Self {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .arg(cli::bin())
+            .arg("trace")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start trace");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let out = child.stdout.take().expect("piped");
+        let sink = lines.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// Sends with `send` until `n` lines arrived (the trace needs a moment to set its
+    /// filter, and nothing tells the test when it has).
+    fn lines_while(&self, n: usize, mut send: impl FnMut()) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.lines.lock().unwrap().len() < n {
+            assert!(Instant::now() < deadline, "fewer than {n} trace lines");
+            send();
+        }
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Ctrl-C, then its exit status and stderr.
+    fn interrupt(mut self) -> (bool, String) {
+        // SAFETY: kill(2) on our own child's pid (`ip netns exec` execs the command).
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        self.finish()
+    }
+
+    fn finish(&mut self) -> (bool, String) {
+        let status = self.child.wait().expect("trace exits");
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        (status.success(), err)
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn json(line: &str) -> Value {
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))
+}
+
+fn applied(tag: &str) -> (Topology, TempFile) {
+    let t = Topology::new(tag);
+    let policy = fixture::policy(GATEWAY_ISP2, &[RULES_BY_FIELD], "ingress = [\"lan0\"]\n");
+    let file = TempFile::new(&format!("{tag}.toml"), &policy);
+    cli::ok(&t.router, &["apply", "-c", file.arg()]);
+    (t, file)
+}
+
+#[test]
+fn trace_names_rule_gateway_and_tuple_of_real_packets() {
+    let (t, _policy) = applied("trc");
+    let tracer = Tracer::start(
+        &t.router,
+        &["--json", "--iif", "lan0", "--proto", "tcp", "--dport", "80"],
+    );
+    let mut sport = 41000;
+    let lines = tracer.lines_while(3, || {
+        // Outside the filter (port 22, UDP), then inside it.
+        let _ = t.tcp(LAN_HOST, sport, "198.18.0.1", 22);
+        let _ = t.udp(LAN_HOST, sport, "198.18.0.1", 80);
+        let web = t
+            .tcp(LAN_HOST, sport + 1, "198.18.0.1", 80)
+            .expect("tcp 80");
+        assert_eq!(web.at, Place::Up2);
+        sport += 2;
+    });
+    for line in &lines {
+        let v = json(line);
+        assert_eq!(v["hook"], "tc-ingress", "{line}");
+        assert_eq!(v["dev"], "lan0", "{line}");
+        assert_eq!(v["proto"], "tcp", "{line}");
+        assert_eq!(v["dport"], 80, "{line}");
+        assert_eq!(v["dst"], "198.18.0.1", "{line}");
+        assert_eq!(v["src"], LAN_HOST, "{line}");
+        assert_eq!(v["rule"], "web", "{line}");
+        assert_eq!(v["gateway"], "isp2", "{line}");
+        assert_eq!(v["decision"], "gateway up", "{line}");
+        assert_ne!(v["mark"], 0, "{line}");
+    }
+    let (ok, err) = tracer.interrupt();
+    assert!(ok, "trace exits 0 on Ctrl-C: {err}");
+    // Routing is what it was, and a new trace may start (the filter was released).
+    let after = t.tcp(LAN_HOST, 41999, "198.18.0.1", 22).expect("tcp 22");
+    assert_eq!(after.at, Place::Up1);
+    let again = Tracer::start(
+        &t.router,
+        &["--count", "1", "--proto", "tcp", "--dport", "22"],
+    );
+    let text = again.lines_while(1, || {
+        let _ = t.tcp(LAN_HOST, 42000, "198.18.0.1", 22);
+    });
+    assert!(
+        text[0].contains("lan0 tc-ingress tcp 192.0.2.10:42000 -> 198.18.0.1:22 no rule"),
+        "{}",
+        text[0]
+    );
+}
+
+#[test]
+fn trace_counts_stop_and_the_v6_prefix_filter() {
+    let (t, _policy) = applied("trc6");
+    let mut tracer = Tracer::start(
+        &t.router,
+        &["--json", "--count", "2", "--dst", "2001:db8:ffff::/48"],
+    );
+    let mut sport = 43000;
+    let lines = tracer.lines_while(2, || {
+        let _ = t.tcp(LAN_HOST, sport, "198.18.0.1", 443);
+        let _ = t.tcp(LAN_HOST6, sport, "2001:db8:ffff::1", 443);
+        sport += 1;
+    });
+    let (ok, err) = tracer.finish();
+    assert!(ok, "--count ends the trace: {err}");
+    assert_eq!(lines.len(), 2);
+    for line in &lines {
+        let v = json(line);
+        assert_eq!(v["dst"], "2001:db8:ffff::1", "{line}");
+        assert_eq!(v["src"], LAN_HOST6, "{line}");
+        assert_eq!(v["rule"], "web", "{line}");
+    }
+}
+
+#[test]
+fn trace_rate_limit_drops_and_says_so() {
+    let (t, _policy) = applied("trcr");
+    let tracer = Tracer::start(&t.router, &["--rate", "1", "--proto", "udp"]);
+    tracer.lines_while(1, || {
+        let _ = t.udp(LAN_HOST, 44000, "198.18.0.1", 53);
+    });
+    // Within the same second, far more packets than the limit.
+    for port in 0..40 {
+        let _ = t.udp(LAN_HOST, 44001 + port, "198.18.0.1", 53);
+    }
+    let (ok, err) = tracer.interrupt();
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("dropped by the rate limit"),
+        "the drops are reported: {err:?}"
+    );
+}
+
+#[test]
+fn trace_without_a_dataplane_is_a_clear_error() {
+    let ns = NetNs::new("trcn");
+    let out = cli::run(&ns, &["trace", "--count", "1"]);
+    assert!(!out.status.success());
+    assert!(
+        out.stderr
+            .contains("no policyroute dataplane in this namespace"),
+        "{}",
+        out.stderr
+    );
+}
