@@ -54,6 +54,8 @@ pub struct TraceEvent {
     pub mark: u32,
     /// The group member index, or `NO_MEMBER`.
     pub member: u32,
+    /// The filter's `owner`: a trace ignores lines another trace left in the buffer.
+    pub owner: u32,
     /// Addresses as the classifier keys them (network byte order words).
     pub src: [u32; 4],
     pub dst: [u32; 4],
@@ -77,7 +79,7 @@ impl TraceEvent {
     }
 }
 
-const _: () = assert!(TRACE_EVENT_SIZE == 56);
+const _: () = assert!(TRACE_EVENT_SIZE == 60);
 
 /// Filter flags: which conditions of [`TraceFilter`] apply.
 pub const TRACE_ON: u32 = 1;

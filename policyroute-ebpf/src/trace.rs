@@ -52,7 +52,7 @@ pub fn tc(ctx: &TcContext, hook: u8, pkt: &Packet, t: &Traced) {
     // SAFETY: ctx.skb.skb is the __sk_buff the kernel passed this program; the verifier
     // allows reading ifindex from it.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let event = event(hook, ifindex, pkt, t);
+    let event = event(hook, ifindex, pkt, t, filter.owner);
     log(&event, filter);
 }
 
@@ -65,12 +65,12 @@ pub fn sock(hook: u8, pkt: &Packet, t: &Traced) {
     if filter.flags & TRACE_ON == 0 {
         return;
     }
-    let event = event(hook, 0, pkt, t);
+    let event = event(hook, 0, pkt, t, filter.owner);
     log(&event, filter);
 }
 
 #[inline(always)]
-fn event(hook: u8, ifindex: u32, pkt: &Packet, t: &Traced) -> TraceEvent {
+fn event(hook: u8, ifindex: u32, pkt: &Packet, t: &Traced, owner: u32) -> TraceEvent {
     TraceEvent {
         hook,
         family: pkt.family as u8,
@@ -82,6 +82,7 @@ fn event(hook: u8, ifindex: u32, pkt: &Packet, t: &Traced) -> TraceEvent {
         rule: t.rule,
         mark: t.mark,
         member: t.member,
+        owner,
         src: pkt.src,
         dst: pkt.dst,
     }

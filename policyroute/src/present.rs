@@ -342,6 +342,8 @@ pub fn trace_line(l: &crate::control::trace_line::TraceLine) -> String {
             out.push_str(&format!(" -> {gw}"));
         }
     }
-    out.push_str(&format!(" ({})", l.decision));
+    if l.rule.is_some() {
+        out.push_str(&format!(" ({})", l.decision));
+    }
     out
 }

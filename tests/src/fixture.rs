@@ -78,6 +78,10 @@ pub const GATEWAYS_CHECKED: &str = include_str!("../fixtures/gateways-checked.to
 /// The group `wan`: isp1 and isp2 weighted 3:1 in tier 1, lte in tier 2.
 pub const GROUP_WAN: &str = include_str!("../fixtures/group-wan.toml");
 
+/// isp1 and isp2 (wan1, wan2) in the group `wan` at 3:1 for every flow on lan0, and the
+/// rule `kill-switch` (UDP to port 53 via isp2 with `when_down = "blackhole"`).
+pub const GROUP_SPREAD_POLICY: &str = include_str!("../fixtures/group-spread-policy.toml");
+
 /// The rule `web` (TCP and UDP to ports 80 and 443) through the group `wan`.
 pub const RULE_WEB_WAN: &str = include_str!("../fixtures/rule-web-wan.toml");
 

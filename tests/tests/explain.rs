@@ -3,7 +3,7 @@
 use policyroute_tests::{
     cgroup::Cgroup,
     cli,
-    fixture::{self, GATEWAY_ISP2, RULES_BY_FIELD},
+    fixture::{self, GATEWAY_ISP2, GROUP_SPREAD_POLICY, RULES_BY_FIELD},
     probe,
     topology::{Place, Topology, INTERNET, LAN_HOST, LAN_HOST6, LAN_HOST_ALT},
 };
@@ -141,37 +141,6 @@ fn local_flows(t: &Topology, cg: &Cgroup) {
 /// A 3:1 group over both uplinks and a blackholed rule: explain names the member a flow's
 /// packets really take, with every member up and with isp2's device down, and says when
 /// the classifier drops a flow.
-const GROUP_POLICY: &str = r#"[[gateway]]
-name = "isp1"
-dev = "wan1"
-via = ["198.51.100.2", "2001:db8:a::2"]
-table = 101
-
-[[gateway]]
-name = "isp2"
-dev = "wan2"
-via = ["203.0.113.2", "2001:db8:b::2"]
-table = 102
-
-[[group]]
-name = "wan"
-members = [ { gateway = "isp1", weight = 3 }, { gateway = "isp2", weight = 1 } ]
-
-[[rule]]
-name = "kill-switch"
-proto = "udp"
-dport = 53
-gateway = "isp2"
-when_down = "blackhole"
-
-[[rule]]
-name = "spread"
-gateway = "wan"
-
-[attach]
-ingress = ["lan0"]
-"#;
-
 fn explain_udp(t: &Topology, src: &str, sport: u16, dst: &str, dport: u16) -> serde_json::Value {
     let (sport, dport) = (sport.to_string(), dport.to_string());
     cli::json(
@@ -213,7 +182,7 @@ fn explain_names_the_group_member_packets_take() {
     let t = Topology::new("exgrp");
     t.router
         .exec("sysctl", &["-qw", "net.ipv6.conf.wan2.accept_dad=0"]);
-    cli::apply(&t.router, GROUP_POLICY);
+    cli::apply(&t.router, GROUP_SPREAD_POLICY);
     let on = group_flows(&t, 200, 30_000);
     assert!(
         on[0] > 110 && on[1] > 20,
@@ -226,7 +195,7 @@ fn explain_names_the_group_member_packets_take() {
     );
 
     t.up2.ip("link set eth0 down");
-    cli::apply(&t.router, GROUP_POLICY);
+    cli::apply(&t.router, GROUP_SPREAD_POLICY);
     let on = group_flows(&t, 60, 31_000);
     assert_eq!(on, [60, 0], "isp2 has no carrier: every flow takes isp1");
     let e = explain_udp(&t, LAN_HOST, 999, INTERNET[0], 53);

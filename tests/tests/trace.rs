@@ -10,10 +10,12 @@ use std::{
 };
 
 use policyroute_tests::{
+    cgroup::Cgroup,
     cli,
-    fixture::{self, TempFile, GATEWAY_ISP2, RULES_BY_FIELD},
+    fixture::{self, TempFile, GATEWAY_ISP2, GROUP_SPREAD_POLICY, RULES_BY_FIELD, RULES_WEB_DNS},
     netns::NetNs,
-    topology::{Place, Topology, LAN_HOST, LAN_HOST6},
+    probe,
+    topology::{Place, Topology, INTERNET, LAN_HOST, LAN_HOST6},
 };
 use serde_json::Value;
 
@@ -135,6 +137,7 @@ fn trace_names_rule_gateway_and_tuple_of_real_packets() {
     let text = again.lines_while(1, || {
         let _ = t.tcp(LAN_HOST, 42000, "198.18.0.1", 22);
     });
+    println!("{}", text[0]);
     assert!(
         text[0].contains("lan0 tc-ingress tcp 192.0.2.10:42000 -> 198.18.0.1:22 no rule"),
         "{}",
@@ -167,15 +170,77 @@ fn trace_counts_stop_and_the_v6_prefix_filter() {
 }
 
 #[test]
+fn trace_names_the_group_member_each_flow_took() {
+    let t = Topology::new("trcg");
+    cli::apply(&t.router, GROUP_SPREAD_POLICY);
+    let tracer = Tracer::start(&t.router, &["--json", "--proto", "udp", "--dport", "7000"]);
+    let mut went = std::collections::BTreeMap::new();
+    let mut sport = 45000;
+    let lines = tracer.lines_while(40, || {
+        let at = t.udp(LAN_HOST, sport, INTERNET[0], 7000).expect("flow").at;
+        went.insert(sport, at);
+        sport += 1;
+    });
+    let mut on = [0, 0];
+    for line in &lines {
+        let v = json(line);
+        let at = went[&(v["sport"].as_u64().unwrap() as u16)];
+        let want = if at == Place::Up2 { "isp2" } else { "isp1" };
+        assert_eq!(v["gateway"], want, "the packets went to {at:?}: {line}");
+        assert_eq!(
+            (&v["rule"], &v["group"], &v["decision"]),
+            (&"spread".into(), &"wan".into(), &"balance slot".into()),
+            "{line}"
+        );
+        on[usize::from(at == Place::Up2)] += 1;
+    }
+    assert!(on[0] > 0 && on[1] > 0, "both members traced: {on:?}");
+    drop(tracer);
+
+    // isp2 without carrier: the kill switch drops, and the trace says so.
+    t.up2.ip("link set eth0 down");
+    cli::apply(&t.router, GROUP_SPREAD_POLICY);
+    let tracer = Tracer::start(&t.router, &["--json", "--dport", "53", "--count", "1"]);
+    let lines = tracer.lines_while(1, || {
+        assert!(t.udp(LAN_HOST, 999, INTERNET[0], 53).is_none(), "dropped");
+    });
+    let v = json(&lines[0]);
+    assert_eq!(v["rule"], "kill-switch", "{v}");
+    assert_eq!(v["decision"], "all down: blackhole", "{v}");
+    assert_eq!(v["dropped"], true, "{v}");
+}
+
+#[test]
+fn trace_shows_the_socket_hooks_of_local_traffic() {
+    let t = Topology::new("trcl");
+    let cg = Cgroup::new("trcl");
+    let policy = fixture::policy(GATEWAY_ISP2, &[RULES_WEB_DNS], &cg.attach_local());
+    cli::apply(&t.router, &policy);
+    let tracer = Tracer::start(&t.router, &["--json", "--proto", "udp", "--dport", "53"]);
+    let lines = tracer.lines_while(1, || {
+        let got = probe::udp(&t, &cg, &t.router, "198.18.0.1", 53, 1);
+        assert_eq!(got.iter().map(|a| a.at).collect::<Vec<_>>(), [Place::Up2]);
+    });
+    let v = json(&lines[0]);
+    assert_eq!(v["hook"], "sendmsg", "{v}");
+    assert_eq!(v["dev"], Value::Null, "{v}");
+    assert_eq!(v["dst"], "198.18.0.1", "{v}");
+    assert_eq!(v["rule"], "dns", "{v}");
+    assert_eq!(v["gateway"], "isp2", "{v}");
+}
+
+#[test]
 fn trace_rate_limit_drops_and_says_so() {
     let (t, _policy) = applied("trcr");
     let tracer = Tracer::start(&t.router, &["--rate", "1", "--proto", "udp"]);
+    let mut sport = 44000;
     tracer.lines_while(1, || {
-        let _ = t.udp(LAN_HOST, 44000, "198.18.0.1", 53);
+        let _ = t.udp(LAN_HOST, sport, "198.18.0.1", 53);
+        sport += 1;
     });
     // Within the same second, far more packets than the limit.
     for port in 0..40 {
-        let _ = t.udp(LAN_HOST, 44001 + port, "198.18.0.1", 53);
+        let _ = t.udp(LAN_HOST, sport + port, "198.18.0.1", 53);
     }
     let (ok, err) = tracer.interrupt();
     assert!(ok, "{err}");

@@ -86,8 +86,12 @@ pub async fn trace(
     let filter = filter(opts, &links)?;
     let mut session = Session::start(dp.maps, filter)?;
     let sink = Arc::new(Mutex::new(Vec::new()));
-    let logger = EbpfLogger::init_from_id_with_logger(program.id(), Collector(sink.clone()))
-        .map_err(TraceError::from)?;
+    let collector = Collector {
+        owner: std::process::id(),
+        events: sink.clone(),
+    };
+    let logger =
+        EbpfLogger::init_from_id_with_logger(program.id(), collector).map_err(TraceError::from)?;
     // SAFETY: the logger owns its ring buffer's fd for its whole life inside the AsyncFd,
     // and its as_raw_fd always returns that same fd.
     let mut logs = unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) }
@@ -143,7 +147,11 @@ fn now() -> f64 {
 }
 
 /// Receives aya-log's records: each is one event's bytes in hex (see the eBPF `trace`).
-struct Collector(Arc<Mutex<Vec<TraceEvent>>>);
+/// Lines of an earlier trace still in the ring buffer carry its owner and are skipped.
+struct Collector {
+    owner: u32,
+    events: Arc<Mutex<Vec<TraceEvent>>>,
+}
 
 impl log::Log for Collector {
     fn enabled(&self, _: &log::Metadata<'_>) -> bool {
@@ -151,8 +159,11 @@ impl log::Log for Collector {
     }
 
     fn log(&self, record: &log::Record<'_>) {
-        if let Some(e) = decode(&record.args().to_string()) {
-            self.0.lock().expect("not poisoned").push(e);
+        match decode(&record.args().to_string()) {
+            Some(e) if e.owner == self.owner => {
+                self.events.lock().expect("not poisoned").push(e);
+            }
+            _ => {}
         }
     }
 
@@ -298,6 +309,7 @@ mod tests {
             rule: 2,
             mark: 0x10,
             member: u32::MAX,
+            owner: 42,
             src: [1, 0, 0, 0],
             dst: [2, 0, 0, 0],
         };
