@@ -17,7 +17,11 @@ use std::{
 };
 
 const TARGET: &str = "bpfel-unknown-none";
-const OBJECTS: [&str; 2] = ["policyroute-classifier", "policyroute-noop"];
+const OBJECTS: [&str; 3] = [
+    "policyroute-classifier",
+    "policyroute-noop",
+    "policyroute-probes",
+];
 
 fn main() {
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());

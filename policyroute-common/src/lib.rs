@@ -7,11 +7,13 @@
 //! shapes, never on the number of rules.
 #![no_std]
 
+pub mod fast;
 pub mod names;
 pub mod net;
 pub mod targets;
 pub mod trace;
 
+pub use fast::*;
 pub use names::*;
 pub use net::proto_has_ports;
 pub use targets::*;
@@ -223,5 +225,7 @@ mod pod {
     unsafe impl aya::Pod for FlowTuple {}
     unsafe impl aya::Pod for FlowChoice {}
     unsafe impl aya::Pod for TraceFilter {}
+    unsafe impl aya::Pod for FastGateway {}
+    unsafe impl aya::Pod for FastStats {}
     unsafe impl aya::Pod for TraceRate {}
 }

@@ -59,8 +59,20 @@ pub const TRACE_RATE_MAP: &str = "PR_TRACE_RATE";
 /// aya-log's ring buffer, which the trace lines go through.
 pub const LOGS_MAP: &str = "AYA_LOGS";
 
+/// Hash map `mark -> FastGateway`: the table the fast path looks a gateway's traffic up in.
+pub const FAST_MAP: &str = "PR_FAST";
+/// LPM tries of destinations the fast path leaves to the kernel (`Kernel4Key` /
+/// `Kernel6Key`).
+pub const KERNEL4_MAP: &str = "PR_KERNEL4";
+pub const KERNEL6_MAP: &str = "PR_KERNEL6";
+/// Per-CPU one-entry array map: `FastStats`.
+pub const FAST_STATS_MAP: &str = "PR_FAST_STATS";
+/// Hash map `ifindex -> GatewaySource`: this host's addresses on each classifying device,
+/// the source of the fast path's ICMP errors.
+pub const ADDRESSES_MAP: &str = "PR_ADDRESSES";
+
 /// Every map of the classifier object.
-pub const MAPS: [&str; 13] = [
+pub const MAPS: [&str; 18] = [
     RULES_MAP,
     TABLES_MAP,
     CONTROL_MAP,
@@ -74,4 +86,9 @@ pub const MAPS: [&str; 13] = [
     TRACE_MAP,
     TRACE_RATE_MAP,
     LOGS_MAP,
+    FAST_MAP,
+    KERNEL4_MAP,
+    KERNEL6_MAP,
+    FAST_STATS_MAP,
+    ADDRESSES_MAP,
 ];

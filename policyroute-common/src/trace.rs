@@ -56,6 +56,8 @@ pub struct TraceEvent {
     pub member: u32,
     /// The filter's `owner`: a trace ignores lines another trace left in the buffer.
     pub owner: u32,
+    /// The fast path's egress device; 0: the kernel routed the packet.
+    pub oif: u32,
     /// Addresses as the classifier keys them (network byte order words).
     pub src: [u32; 4],
     pub dst: [u32; 4],
@@ -64,11 +66,12 @@ pub struct TraceEvent {
 pub const TRACE_EVENT_SIZE: usize = core::mem::size_of::<TraceEvent>();
 
 impl TraceEvent {
-    /// The bytes the programs log.
-    pub fn to_bytes(&self) -> [u8; TRACE_EVENT_SIZE] {
+    /// The bytes the programs log (a view, not a copy: the programs' stack is small).
+    pub fn as_bytes(&self) -> &[u8; TRACE_EVENT_SIZE] {
         // SAFETY: TraceEvent is #[repr(C)] plain integers without padding (checked by
-        // the size assertion below), so every byte is initialised.
-        unsafe { core::mem::transmute::<Self, [u8; TRACE_EVENT_SIZE]>(*self) }
+        // the size assertion below), so every byte is initialised; the array has
+        // alignment 1 and the same size, and borrows self.
+        unsafe { &*(self as *const Self).cast::<[u8; TRACE_EVENT_SIZE]>() }
     }
 
     /// The event of logged bytes (`None` for a short or long slice).
@@ -79,7 +82,7 @@ impl TraceEvent {
     }
 }
 
-const _: () = assert!(TRACE_EVENT_SIZE == 60);
+const _: () = assert!(TRACE_EVENT_SIZE == 64);
 
 /// Filter flags: which conditions of [`TraceFilter`] apply.
 pub const TRACE_ON: u32 = 1;

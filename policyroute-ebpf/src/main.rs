@@ -15,6 +15,8 @@
 #![no_std]
 #![no_main]
 
+mod fast;
+mod icmp;
 mod parse;
 mod search;
 mod sock;
@@ -25,15 +27,16 @@ mod trace;
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, TC_ACT_SHOT, TC_ACT_UNSPEC},
     macros::{cgroup_sock_addr, classifier, map},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     programs::{SockAddrContext, TcContext},
 };
 use policyroute_common::{
-    Control, Counter, DeviceRole, FlowChoice, FlowKey, FlowTuple, FlowValue, GatewaySource,
-    RuleKey, RuleValue, ShapeTable, StateChunk, TargetState, TraceFilter, TraceRate,
-    CONTROL_DEVICE_ROLES, CONTROL_STICKY, DEFAULT_MAX_COUNTERS, DEFAULT_MAX_ENTRIES, EXPLAIN_MAGIC,
-    GENERATIONS, HOOK_TC_EGRESS, HOOK_TC_INGRESS, HOW_DROP, HOW_RULE, HOW_STICKY, HOW_UNWRITTEN,
-    MAX_FLOWS, MAX_STATE_CHUNKS, MAX_TARGETS, ROLE_CLASSIFY, ROLE_RECORD,
+    Control, Counter, DeviceRole, FastGateway, FastStats, FlowChoice, FlowKey, FlowTuple,
+    FlowValue, GatewaySource, RuleKey, RuleValue, ShapeTable, StateChunk, TargetState, TraceEvent,
+    TraceFilter, TraceRate, CONTROL_DEVICE_ROLES, CONTROL_FAST_PATH, CONTROL_STICKY,
+    DEFAULT_MAX_COUNTERS, DEFAULT_MAX_ENTRIES, EXPLAIN_MAGIC, GENERATIONS, HOOK_TC_EGRESS,
+    HOOK_TC_INGRESS, HOW_DROP, HOW_FALLBACK, HOW_RULE, HOW_STICKY, HOW_UNWRITTEN, MAX_FLOWS,
+    MAX_KERNEL_DESTINATIONS, MAX_STATE_CHUNKS, MAX_TARGETS, ROLE_CLASSIFY, ROLE_RECORD,
 };
 
 use parse::Packet;
@@ -79,8 +82,35 @@ static CHOICES: LruHashMap<FlowTuple, FlowChoice> = LruHashMap::with_max_entries
 #[map(name = "PR_TRACE")]
 static TRACE: Array<TraceFilter> = Array::with_max_entries(1, 0);
 
+/// Per-CPU working memory of the trace: the event being logged.
+#[map(name = "PR_TRACE_EVENT")]
+static TRACE_EVENT: PerCpuArray<TraceEvent> = PerCpuArray::with_max_entries(1, 0);
+
 #[map(name = "PR_TRACE_RATE")]
 static TRACE_RATE: PerCpuArray<TraceRate> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "PR_FAST")]
+static FAST: HashMap<u32, FastGateway> = HashMap::with_max_entries(MAX_TARGETS, 0);
+
+/// Allocated on insert (LPM tries must be): most namespaces have a few dozen.
+#[map(name = "PR_KERNEL4")]
+static KERNEL4: LpmTrie<[u8; 4], u8> =
+    LpmTrie::with_max_entries(MAX_KERNEL_DESTINATIONS, BPF_F_NO_PREALLOC);
+
+#[map(name = "PR_KERNEL6")]
+static KERNEL6: LpmTrie<[u32; 4], u8> =
+    LpmTrie::with_max_entries(MAX_KERNEL_DESTINATIONS, BPF_F_NO_PREALLOC);
+
+#[map(name = "PR_FAST_STATS")]
+static FAST_STATS: PerCpuArray<FastStats> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "PR_ADDRESSES")]
+static ADDRESSES: HashMap<u32, GatewaySource> = HashMap::with_max_entries(1024, 0);
+
+/// Per-CPU working memory of the fast path: the lookup's parameters and the ICMP error's
+/// headers would not fit the stack (512 bytes for a whole call chain).
+#[map(name = "PR_SCRATCH")]
+static SCRATCH: PerCpuArray<fast::Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Read only by userspace (see `policyroute_common::STATE_MAP`).
 #[map(name = "PR_STATE")]
@@ -195,7 +225,7 @@ fn classify_ingress(
             let mut t = Traced::none();
             t.how = HOW_STICKY;
             t.mark = mark & mask;
-            return (TC_ACT_UNSPEC, t);
+            return (fast_path(ctx, pkt, control, &mut t, explain), t);
         }
     }
     let Some(hit) = search::classify(pkt, control) else {
@@ -210,11 +240,34 @@ fn classify_ingress(
         write: !explain,
     };
     match verdict(&hit, pkt.family, flow, control) {
-        (Some(mark), t) => {
+        (Some(mark), mut t) => {
             set_mark(ctx, mark, hit.mark_mask);
-            (TC_ACT_UNSPEC, t)
+            (fast_path(ctx, pkt, control, &mut t, explain), t)
         }
         (None, t) => (TC_ACT_SHOT, t),
+    }
+}
+
+/// With the fast path on, a packet whose mark a gateway decided (not a raw mark, not the
+/// main table) is forwarded by the program; otherwise it goes on to the kernel.
+#[inline(always)]
+fn fast_path(
+    ctx: &TcContext,
+    pkt: &Packet,
+    control: &Control,
+    t: &mut Traced,
+    explain: bool,
+) -> i32 {
+    if control.flags & CONTROL_FAST_PATH == 0
+        || t.mark == 0
+        || matches!(t.how, HOW_RULE | HOW_FALLBACK | HOW_UNWRITTEN)
+    {
+        return TC_ACT_UNSPEC;
+    }
+    match fast::forward(ctx, pkt, t.mark, explain, &mut t.oif) {
+        Some(fast::SEND_TOO_BIG) => icmp::too_big(ctx, pkt, fast::too_big_mtu()),
+        Some(rc) => rc,
+        None => TC_ACT_UNSPEC,
     }
 }
 

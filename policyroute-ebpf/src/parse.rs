@@ -57,7 +57,7 @@ struct Ipv6Hdr {
 
 /// Reads a `T` at `off` if the whole of it lies inside the linear packet data.
 #[inline(always)]
-fn load<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
+pub fn load<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + off + size_of::<T>() > end {

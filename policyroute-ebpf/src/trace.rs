@@ -9,7 +9,7 @@ use policyroute_common::{
     TRACE_PROTO, TRACE_SPORT, TRACE_SRC,
 };
 
-use crate::{parse::Packet, TRACE, TRACE_RATE};
+use crate::{parse::Packet, TRACE, TRACE_EVENT, TRACE_RATE};
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 
@@ -20,6 +20,8 @@ pub struct Traced {
     pub rule: u32,
     pub mark: u32,
     pub member: u32,
+    /// The fast path's egress device; 0: the kernel routes it.
+    pub oif: u32,
 }
 
 impl Traced {
@@ -30,6 +32,7 @@ impl Traced {
             rule,
             mark,
             member: NO_MEMBER,
+            oif: 0,
         }
     }
 
@@ -52,8 +55,7 @@ pub fn tc(ctx: &TcContext, hook: u8, pkt: &Packet, t: &Traced) {
     // SAFETY: ctx.skb.skb is the __sk_buff the kernel passed this program; the verifier
     // allows reading ifindex from it.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let event = event(hook, ifindex, pkt, t, filter.owner);
-    log(&event, filter);
+    log(hook, ifindex, pkt, t, filter);
 }
 
 /// Traces a socket call (no device).
@@ -65,8 +67,7 @@ pub fn sock(hook: u8, pkt: &Packet, t: &Traced) {
     if filter.flags & TRACE_ON == 0 {
         return;
     }
-    let event = event(hook, 0, pkt, t, filter.owner);
-    log(&event, filter);
+    log(hook, 0, pkt, t, filter);
 }
 
 #[inline(always)]
@@ -83,20 +84,27 @@ fn event(hook: u8, ifindex: u32, pkt: &Packet, t: &Traced, owner: u32) -> TraceE
         mark: t.mark,
         member: t.member,
         owner,
+        oif: t.oif,
         src: pkt.src,
         dst: pkt.dst,
     }
 }
 
 /// Out of line: the filter, the rate limit and aya-log's copy are verified once, not once
-/// per call site.
+/// per call site, and the event takes no room in the classifier's stack frame.
 #[inline(never)]
-fn log(e: &TraceEvent, f: &TraceFilter) {
+fn log(hook: u8, ifindex: u32, pkt: &Packet, t: &Traced, f: &TraceFilter) {
+    let Some(slot) = TRACE_EVENT.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's own slot, used by nothing else while this program runs; the event
+    // is built there because the stack of a call chain is capped at 512 bytes.
+    let e = unsafe { &mut *slot };
+    *e = event(hook, ifindex, pkt, t, f.owner);
     if !passes(e, f) || !within_rate(f) {
         return;
     }
-    let bytes = e.to_bytes();
-    info!(&(), "{:x}", &bytes[..]);
+    info!(&(), "{:x}", &e.as_bytes()[..]);
 }
 
 #[inline(always)]

@@ -139,7 +139,7 @@ enum Command {
               value_parser = clap::value_parser!(u32).range(1..))]
         rate: u32,
         /// One JSON object per line (keys: time, hook, dev, proto, src, sport, dst, dport,
-        /// rule, mark, gateway, group, decision, dropped).
+        /// rule, mark, gateway, group, decision, dropped, out_dev).
         #[arg(long)]
         json: bool,
     },

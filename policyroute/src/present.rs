@@ -82,6 +82,9 @@ pub fn status(s: &Status) -> String {
     gateways(&mut o, &s.gateways);
     groups(&mut o, &s.groups);
     rules(&mut o, s);
+    if let Some(f) = &s.fast_path {
+        fast_path(&mut o, f);
+    }
     let _ = writeln!(o, "\nip rules (protocol {RTPROT_POLICYROUTE}):");
     for r in &s.ip_rules {
         let _ = writeln!(o, "  {}", rule(r));
@@ -94,6 +97,28 @@ pub fn status(s: &Status) -> String {
     let _ = write!(o, "\n{}", drift(&s.drift));
     warnings(&mut o, "\n", &s.warnings);
     o
+}
+
+fn fast_path(o: &mut String, f: &crate::control::status::FastPathStatus) {
+    let _ = writeln!(o, "\n{}", f.bypass);
+    let _ = writeln!(
+        o,
+        "  forwarded {}, left to the kernel {} (this host, multicast, main routes), \
+         TTL expired {}, too big {} (ICMP sent), dropped {} (too big without DF), no route {}",
+        f.forwarded, f.to_kernel, f.expired, f.too_big, f.dropped_fragment, f.no_route
+    );
+    if f.rules_needed_by.is_empty() {
+        let _ = writeln!(
+            o,
+            "  ip rules: none (unmatched traffic keeps the kernel's fast path)"
+        );
+    } else {
+        let _ = writeln!(
+            o,
+            "  ip rules installed for: {} (every packet then takes the fib rules walk)",
+            f.rules_needed_by.join("; ")
+        );
+    }
 }
 
 fn daemon(d: Option<&DaemonState>) -> String {
@@ -340,6 +365,9 @@ pub fn trace_line(l: &crate::control::trace_line::TraceLine) -> String {
         out.push_str(&format!(" mark {:#x}", l.mark));
         if let Some(gw) = &l.gateway {
             out.push_str(&format!(" -> {gw}"));
+        }
+        if let Some(dev) = &l.out_dev {
+            out.push_str(&format!(" forwarded by the dataplane out {dev}"));
         }
     }
     if l.rule.is_some() {

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod daemon;
 pub mod faults;
 pub mod fixture;
+pub mod hops;
 pub mod metrics;
 pub mod netns;
 pub mod probe;

@@ -167,12 +167,15 @@ pub async fn reconcile(
         } => (policy.clone(), digests.cloned(), path, checks.clone()),
     };
     t.mark("load the policy");
+    if policy.fast_path {
+        crate::kernel::features::require_fib_tbid()?;
+    }
     if let Some(cgroup) = plan::desired::local_cgroup(&policy) {
         // Its socket hooks, where earlier applies put them.
         installed = observe::installed(&links, &[cgroup])?;
     }
-    let gateway_devices: Vec<&str> = policy.gateways.iter().map(|g| g.dev.as_str()).collect();
-    let mut observed = observe::observe(nl, &links, &installed, &gateway_devices).await?;
+    let devices_with_addresses = policy.address_devices();
+    let mut observed = observe::observe(nl, &links, &installed, &devices_with_addresses).await?;
     observed.checks = checks;
     t.mark("observe");
     let source = path.display().to_string();

@@ -39,9 +39,7 @@ pub async fn drift(
     installed: &Installed,
     record: Option<&Record>,
 ) -> Result<Vec<DriftItem>, ControlError> {
-    let devices: Vec<&str> = record.map_or_else(Vec::new, |r| {
-        r.policy.gateways.iter().map(|g| g.dev.as_str()).collect()
-    });
+    let devices: Vec<&str> = record.map_or_else(Vec::new, |r| r.policy.address_devices());
     let observed = observe::observe(nl, links, installed, &devices).await?;
     let names: DeviceNames = links.iter().map(|l| (l.index, l.name.clone())).collect();
     let Some(record) = record else {

@@ -111,6 +111,8 @@ fn dataplane(
     dp.maps
         .set_control(desired.control_flags, plan.netns_cookie, plan.sticky_ttl_ns)?;
     dp.maps.set_roles(&desired.roles, &desired.sources)?;
+    dp.maps
+        .set_fast_path(&desired.fast, &desired.addresses, &desired.kernel_dsts)?;
     record_store::write_record(&mut dp.maps, &plan.record)?;
     t.mark("execute: write the record");
     crash_point("record");

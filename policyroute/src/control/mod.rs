@@ -66,7 +66,13 @@ macro_rules! through_kernel {
         }
     )*};
 }
-through_kernel!(NetlinkError, DataplaneError, AttachError, RecordError);
+through_kernel!(
+    NetlinkError,
+    DataplaneError,
+    AttachError,
+    RecordError,
+    crate::kernel::features::FeatureError
+);
 
 /// Options every command shares.
 #[derive(Clone, Debug, Default)]

@@ -16,6 +16,7 @@ use crate::{
         observe, record_store, KernelError,
     },
     plan::{
+        fast_path,
         objects::{Hook, IpRoute, IpRule},
         record::Record,
         targets::{self, GatewayHealth},
@@ -41,11 +42,34 @@ pub struct Status {
     pub drift: Vec<DriftItem>,
     /// The `policyroute run` daemon keeping this namespace, if one runs.
     pub daemon: Option<DaemonState>,
+    /// With `fast_path = true`: what it did and what it costs (null without it).
+    pub fast_path: Option<FastPathStatus>,
     pub warnings: Vec<String>,
     /// Interface names by index, for rendering routes.
     #[serde(skip)]
     pub devices: DeviceNames,
 }
+
+/// The fast path's counters (summed over CPUs since the dataplane was loaded), and its
+/// caveats.
+#[derive(Debug, Serialize)]
+pub struct FastPathStatus {
+    pub forwarded: u64,
+    pub to_kernel: u64,
+    pub expired: u64,
+    pub too_big: u64,
+    pub dropped_fragment: u64,
+    pub no_route: u64,
+    /// Always: what forwarding in the dataplane skips.
+    pub bypass: &'static str,
+    /// Why ip rules are installed anyway (empty: none are, and unmatched traffic keeps the
+    /// kernel's fast routing path).
+    pub rules_needed_by: Vec<&'static str>,
+}
+
+/// Said wherever the fast path is on: matched traffic never meets netfilter.
+pub const FAST_PATH_BYPASS: &str = "fast path: matched traffic bypasses netfilter (no conntrack, \
+     no NAT or masquerade, no FORWARD-chain filtering, no rp_filter)";
 
 #[derive(Debug, Serialize)]
 pub struct HookStatus {
@@ -136,6 +160,7 @@ pub async fn status(drift: bool) -> Result<Status, ControlError> {
         routes: nl.routes(RTPROT_POLICYROUTE).await?,
         drift: Vec::new(),
         daemon: DaemonFile::running(),
+        fast_path: None,
         warnings: Vec::new(),
         devices: links.iter().map(|l| (l.index, l.name.clone())).collect(),
     };
@@ -222,6 +247,19 @@ fn fill_from_record(
                 .collect(),
         })
         .collect();
+    if policy.fast_path {
+        let f = dp.maps.fast_stats()?;
+        s.fast_path = Some(FastPathStatus {
+            forwarded: f.forwarded,
+            to_kernel: f.to_kernel,
+            expired: f.expired,
+            too_big: f.too_big,
+            dropped_fragment: f.dropped_fragment,
+            no_route: f.no_route,
+            bypass: FAST_PATH_BYPASS,
+            rules_needed_by: fast_path::rules_needed_by(policy),
+        });
+    }
     let counters = dp.maps.counters(record.slot_count())?;
     for (rule, &slot) in policy.rules.iter().zip(&record.slots) {
         let c = counters[slot as usize];

@@ -310,10 +310,11 @@ mod tests {
             mark: 0x10,
             member: u32::MAX,
             owner: 42,
+            oif: 3,
             src: [1, 0, 0, 0],
             dst: [2, 0, 0, 0],
         };
-        let hex: String = e.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        let hex: String = e.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(decode(&hex), Some(e));
         assert_eq!(decode("abc"), None);
         assert_eq!(decode("zz"), None);

@@ -40,6 +40,8 @@ pub struct TraceLine {
     pub decision: &'static str,
     /// The packet or call was dropped (`when_down = "blackhole"`).
     pub dropped: bool,
+    /// The device the fast path forwarded it out of (null: the kernel routed it).
+    pub out_dev: Option<String>,
 }
 
 pub fn hook_name(hook: u8) -> &'static str {
@@ -103,12 +105,7 @@ pub fn line(e: &TraceEvent, time: f64, record: Option<&Record>, links: &[Link]) 
     TraceLine {
         time,
         hook: hook_name(e.hook),
-        dev: (e.ifindex != 0).then(|| {
-            links
-                .iter()
-                .find(|l| l.index == e.ifindex)
-                .map_or_else(|| format!("if{}", e.ifindex), |l| l.name.clone())
-        }),
+        dev: device(links, e.ifindex),
         proto: protocol::name(e.proto),
         src: address(e.family, &e.src),
         sport: e.sport,
@@ -120,5 +117,16 @@ pub fn line(e: &TraceEvent, time: f64, record: Option<&Record>, links: &[Link]) 
         group: group.map(|g| g.name.clone()),
         decision: decision(e.how),
         dropped: e.how == HOW_DROP,
+        out_dev: device(links, e.oif),
     }
+}
+
+/// A device's name by index (`ifN` if it is gone); `None` for 0.
+fn device(links: &[Link], index: u32) -> Option<String> {
+    (index != 0).then(|| {
+        links
+            .iter()
+            .find(|l| l.index == index)
+            .map_or_else(|| format!("if{index}"), |l| l.name.clone())
+    })
 }

@@ -1,16 +1,24 @@
 //! Typed handles on the classifier's maps, and how a compiled policy, the switches and the
 //! device roles are written into them.
-use std::{collections::BTreeMap, os::fd::AsFd};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    os::fd::AsFd,
+};
+
+use ipnet::IpNet;
 
 use aya::{
-    maps::{Array, HashMap, IterableMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{
+        Array, HashMap, IterableMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues,
+    },
     programs::ProgramInfo,
     Ebpf,
 };
 use policyroute_common::{
-    Control, Counter, DeviceRole, FlowChoice, FlowKey, FlowTuple, FlowValue, GatewaySource,
-    RuleKey, RuleValue, ShapeTable, StateChunk, TargetState, TraceFilter, TraceRate, CHOICES_MAP,
-    CONTROL_MAP, COUNTERS_MAP, DEVICES_MAP, FLOWS_MAP, GENERATIONS, LOGS_MAP, RULES_MAP,
+    Control, Counter, DeviceRole, FastGateway, FastStats, FlowChoice, FlowKey, FlowTuple,
+    FlowValue, GatewaySource, RuleKey, RuleValue, ShapeTable, StateChunk, TargetState, TraceFilter,
+    TraceRate, ADDRESSES_MAP, CHOICES_MAP, CONTROL_MAP, COUNTERS_MAP, DEVICES_MAP, FAST_MAP,
+    FAST_STATS_MAP, FLOWS_MAP, GENERATIONS, KERNEL4_MAP, KERNEL6_MAP, LOGS_MAP, RULES_MAP,
     SOURCES_MAP, STATE_CHUNK, STATE_MAP, TABLES_MAP, TARGETS_MAP, TRACE_MAP, TRACE_RATE_MAP,
 };
 
@@ -19,7 +27,7 @@ use rustc_hash::FxHashSet;
 use crate::{
     kernel::{bpf_syscalls as bpf, dataplane::DataplaneError, record_store::EPOCH_KEY},
     plan::{
-        compile::{shapes_of, Compiled, ShapeDesc},
+        compile::{addr_words, shapes_of, Compiled, ShapeDesc},
         Capacity,
     },
 };
@@ -40,6 +48,11 @@ pub struct Maps {
     pub trace_rate: PerCpuArray<MapData, TraceRate>,
     /// aya-log's ring buffer (read by `policyroute trace` through aya-log itself).
     pub logs: MapData,
+    pub fast: HashMap<MapData, u32, FastGateway>,
+    pub kernel4: LpmTrie<MapData, [u8; 4], u8>,
+    pub kernel6: LpmTrie<MapData, [u32; 4], u8>,
+    pub fast_stats: PerCpuArray<MapData, FastStats>,
+    pub addresses: HashMap<MapData, u32, GatewaySource>,
 }
 
 /// Entry changes between a compiled policy and the maps.
@@ -85,7 +98,7 @@ impl Maps {
     }
 
     /// Every map with its name.
-    pub(super) fn all(&self) -> [(&'static str, &MapData); 13] {
+    pub(super) fn all(&self) -> [(&'static str, &MapData); 18] {
         [
             (RULES_MAP, self.rules.map()),
             (TABLES_MAP, self.tables.map()),
@@ -100,6 +113,11 @@ impl Maps {
             (TRACE_MAP, self.trace.map()),
             (TRACE_RATE_MAP, self.trace_rate.map()),
             (LOGS_MAP, &self.logs),
+            (FAST_MAP, self.fast.map()),
+            (KERNEL4_MAP, self.kernel4.map()),
+            (KERNEL6_MAP, self.kernel6.map()),
+            (FAST_STATS_MAP, self.fast_stats.map()),
+            (ADDRESSES_MAP, self.addresses.map()),
         ]
     }
 
@@ -146,6 +164,11 @@ impl Maps {
             trace: Array::try_from(take(TRACE_MAP)?)?,
             trace_rate: PerCpuArray::try_from(take(TRACE_RATE_MAP)?)?,
             logs: ring_buffer(take(LOGS_MAP)?)?,
+            fast: HashMap::try_from(take(FAST_MAP)?)?,
+            kernel4: LpmTrie::try_from(take(KERNEL4_MAP)?)?,
+            kernel6: LpmTrie::try_from(take(KERNEL6_MAP)?)?,
+            fast_stats: PerCpuArray::try_from(take(FAST_STATS_MAP)?)?,
+            addresses: HashMap::try_from(take(ADDRESSES_MAP)?)?,
         })
     }
 
@@ -356,6 +379,32 @@ impl Maps {
         Self::sync(&mut self.sources, sources)
     }
 
+    /// The fast path's gateway tables (mark -> table), classifying devices' addresses
+    /// (ifindex -> addresses), and the destinations it leaves to the kernel.
+    pub fn set_fast_path(
+        &mut self,
+        fast: &BTreeMap<u32, FastGateway>,
+        addresses: &BTreeMap<u32, GatewaySource>,
+        kernel: &BTreeSet<IpNet>,
+    ) -> Result<(), DataplaneError> {
+        Self::sync(&mut self.fast, fast)?;
+        Self::sync(&mut self.addresses, addresses)?;
+        sync_prefixes(&mut self.kernel4, &mut self.kernel6, kernel)
+    }
+
+    /// What the fast path did, summed over the CPUs.
+    pub fn fast_stats(&self) -> Result<FastStats, DataplaneError> {
+        let per_cpu = self.fast_stats.get(&0, 0)?;
+        Ok(per_cpu.iter().fold(FastStats::default(), |a, s| FastStats {
+            forwarded: a.forwarded + s.forwarded,
+            to_kernel: a.to_kernel + s.to_kernel,
+            expired: a.expired + s.expired,
+            too_big: a.too_big + s.too_big,
+            dropped_fragment: a.dropped_fragment + s.dropped_fragment,
+            no_route: a.no_route + s.no_route,
+        }))
+    }
+
     /// The gateway and group states, by key.
     pub fn targets(&self) -> Result<BTreeMap<u32, TargetState>, DataplaneError> {
         Ok(self.targets.iter().collect::<Result<_, _>>()?)
@@ -510,4 +559,40 @@ fn ring_buffer(map: Map) -> Result<MapData, DataplaneError> {
         // Named like aya-log's map but of another type: not one of ours.
         _ => Err(DataplaneError::Missing(LOGS_MAP)),
     }
+}
+
+/// Makes the two LPM tries hold exactly `want` (the value is unused).
+fn sync_prefixes(
+    v4: &mut LpmTrie<MapData, [u8; 4], u8>,
+    v6: &mut LpmTrie<MapData, [u32; 4], u8>,
+    want: &BTreeSet<IpNet>,
+) -> Result<(), DataplaneError> {
+    let (mut want4, mut want6) = (Vec::new(), Vec::new());
+    for net in want {
+        let len = u32::from(net.prefix_len());
+        match net {
+            IpNet::V4(n) => want4.push((len, n.network().octets())),
+            IpNet::V6(n) => want6.push((len, addr_words(&n.network().into()))),
+        }
+    }
+    sync_trie(v4, &want4)?;
+    sync_trie(v6, &want6)
+}
+
+fn sync_trie<K: aya::Pod + PartialEq>(
+    trie: &mut LpmTrie<MapData, K, u8>,
+    want: &[(u32, K)],
+) -> Result<(), DataplaneError> {
+    use aya::maps::lpm_trie::Key;
+    let have: Vec<(u32, K)> = trie
+        .keys()
+        .map(|k| k.map(|k| (k.prefix_len(), k.data())))
+        .collect::<Result<_, _>>()?;
+    for (len, data) in want.iter().filter(|w| !have.contains(w)) {
+        trie.insert(&Key::new(*len, *data), 1, 0)?;
+    }
+    for (len, data) in have.iter().filter(|h| !want.contains(h)) {
+        trie.remove(&Key::new(*len, *data))?;
+    }
+    Ok(())
 }

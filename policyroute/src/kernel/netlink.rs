@@ -22,7 +22,7 @@ use netlink_packet_route::{
 use rtnetlink::{Handle, IpVersion, RouteMessageBuilder};
 
 use crate::{
-    plan::objects::{IpRoute, IpRule},
+    plan::objects::{IpRoute, IpRule, KernelPrefix, LOCAL_TABLE, MAIN_TABLE},
     policy::matcher::Family,
 };
 
@@ -179,7 +179,16 @@ impl Netlink {
     /// All unicast routes (IPv4 and IPv6, all tables) whose rtm_protocol is `proto`; cached
     /// clones and multipath routes are left out.
     pub async fn routes(&self, proto: u8) -> Result<Vec<IpRoute>, NetlinkError> {
-        let mut routes = Vec::new();
+        Ok(self.route_dump(proto).await?.0)
+    }
+
+    /// The routes tagged `proto`, and the destinations the kernel routes itself (see
+    /// [`kernel_prefix`]), from one dump per family.
+    pub async fn route_dump(
+        &self,
+        proto: u8,
+    ) -> Result<(Vec<IpRoute>, Vec<KernelPrefix>), NetlinkError> {
+        let (mut routes, mut kernel) = (Vec::new(), Vec::new());
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
             // Without strict checking the kernel ignores every filter but the family: this
             // dumps all tables, and the protocol is filtered here.
@@ -191,8 +200,9 @@ impl Netlink {
                 .iter()
                 .filter(|m| u8::from(m.header.protocol) == proto);
             routes.extend(owned.filter_map(parse_route));
+            kernel.extend(messages.iter().filter_map(kernel_prefix));
         }
-        Ok(routes)
+        Ok((routes, kernel))
     }
 
     /// Adds `route` tagged with `proto`; [`NetlinkError::Exists`] if the table already has a
@@ -425,6 +435,31 @@ fn invalid(route: &IpRoute, e: impl std::fmt::Display) -> NetlinkError {
 
 /// The [`IpRoute`] a dumped route is, `None` for cached clones, non-unicast routes and
 /// multipath routes (no single RTA_OIF).
+fn kernel_prefix(message: &RouteMessage) -> Option<KernelPrefix> {
+    let header = &message.header;
+    if header.flags.contains(RouteFlags::Cloned) {
+        return None;
+    }
+    let family = family_of(header.address_family)?;
+    let mut table = u32::from(header.table);
+    let mut dst = None;
+    for attribute in &message.attributes {
+        match attribute {
+            RouteAttribute::Destination(a) => dst = Some(route_ip(a)?),
+            RouteAttribute::Table(t) => table = *t,
+            _ => {}
+        }
+    }
+    if table != MAIN_TABLE && table != LOCAL_TABLE {
+        return None;
+    }
+    let dst = dst.unwrap_or_else(|| unspecified(family));
+    Some(KernelPrefix {
+        table,
+        dst: IpNet::new(dst, header.destination_prefix_length).ok()?,
+    })
+}
+
 fn parse_route(message: &RouteMessage) -> Option<IpRoute> {
     let header = &message.header;
     if header.kind != RouteType::Unicast || header.flags.contains(RouteFlags::Cloned) {

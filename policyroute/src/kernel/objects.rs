@@ -6,6 +6,11 @@ pub fn classifier() -> &'static [u8] {
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/policyroute-classifier"))
 }
 
+/// Kernel feature probes (`kernel::features`).
+pub fn probes() -> &'static [u8] {
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/policyroute-probes"))
+}
+
 /// An empty TC program (`names::NOOP`): the benchmark's baseline.
 pub fn noop() -> &'static [u8] {
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/policyroute-noop"))

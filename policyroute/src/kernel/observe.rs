@@ -128,6 +128,7 @@ pub async fn observe(
         Some(dp) => dp.maps.targets()?,
         None => Default::default(),
     };
+    let (routes, kernel_prefixes) = nl.route_dump(RTPROT_POLICYROUTE).await?;
     let dataplane = match &installed.dataplane {
         None => None,
         Some(dp) => Some(ObservedDataplane {
@@ -146,7 +147,8 @@ pub async fn observe(
         links: index_of,
         addresses,
         ip_rules: nl.rules(RTPROT_POLICYROUTE).await?.into_iter().collect(),
-        routes: nl.routes(RTPROT_POLICYROUTE).await?.into_iter().collect(),
+        routes: routes.into_iter().collect(),
+        kernel_prefixes: kernel_prefixes.into_iter().collect(),
         attachments,
         dataplane,
         netns_cookie: installed.netns_cookie,

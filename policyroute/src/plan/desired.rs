@@ -8,14 +8,15 @@ use std::{
 use ipnet::IpNet;
 
 use policyroute_common::{
-    names::SOCK_PROGRAMS, DeviceRole, GatewaySource, CONTROL_DEVICE_ROLES, CONTROL_STICKY,
-    ROLE_CLASSIFY, ROLE_RECORD,
+    names::SOCK_PROGRAMS, DeviceRole, FastGateway, GatewaySource, CONTROL_DEVICE_ROLES,
+    CONTROL_STICKY, ROLE_CLASSIFY, ROLE_RECORD,
 };
 
 use crate::{
     plan::{
         compile::addr_words,
-        objects::{Hook, IpRoute, IpRule},
+        fast_path,
+        objects::{Hook, IpRoute, IpRule, KernelPrefix},
     },
     policy::{matcher::Family, rt_tables::MAIN, Policy},
 };
@@ -32,6 +33,12 @@ pub struct Desired {
     pub sources: BTreeMap<u32, GatewaySource>,
     /// `CONTROL_*` flags.
     pub control_flags: u32,
+    /// Fast path: each gateway's table by mark.
+    pub fast: BTreeMap<u32, FastGateway>,
+    /// Fast path: destinations left to the kernel.
+    pub kernel_dsts: BTreeSet<IpNet>,
+    /// Fast path: this host's addresses on each classifying device (by ifindex).
+    pub addresses: BTreeMap<u32, GatewaySource>,
 }
 
 /// What `desired` needs from the running system.
@@ -42,6 +49,8 @@ pub struct System<'a> {
     /// Devices that exist but are down or without carrier: their routes wait (the kernel
     /// refuses a gateway it cannot reach, and removes the routes of a device going down).
     pub down: &'a BTreeSet<String>,
+    /// Destinations of the local table and routes of the main table.
+    pub kernel_prefixes: &'a BTreeSet<KernelPrefix>,
 }
 
 /// Families a gateway routes: those of its next hops, or both for a device-only gateway.
@@ -66,6 +75,10 @@ pub fn desired(policy: &Policy, sys: &System<'_>) -> Desired {
     routing(policy, sys, &mut d);
     sticky_and_local(policy, sys, &mut d);
     hooks(policy, sys.index_of, &mut d);
+    fast_path::fast_path(policy, sys, &mut d);
+    if !fast_path::installs_rules(policy) {
+        d.rules.clear();
+    }
     d
 }
 
@@ -153,7 +166,8 @@ fn sticky_and_local(policy: &Policy, sys: &System<'_>, d: &mut Desired) {
     }
 }
 
-fn source(addrs: &[IpAddr]) -> GatewaySource {
+/// The first address of each family.
+pub(super) fn source(addrs: &[IpAddr]) -> GatewaySource {
     let mut s = GatewaySource::default();
     for a in addrs {
         match a {

@@ -5,6 +5,7 @@
 pub mod changed;
 pub mod compile;
 pub mod desired;
+pub mod fast_path;
 pub mod objects;
 pub mod record;
 pub mod slots;
@@ -20,7 +21,7 @@ use serde::Serialize;
 
 use compile::{compile_policy, CompileError, Compiled, ShapeDesc};
 use desired::Desired;
-use objects::{Diff, Hook, IpRoute, IpRule};
+use objects::{Diff, Hook, IpRoute, IpRule, KernelPrefix};
 use record::Record;
 
 use crate::policy::{matcher::Family, ConfigError, Policy};
@@ -39,6 +40,9 @@ pub struct Observed {
     /// ip rules and routes carrying policyroute's routing protocol.
     pub ip_rules: BTreeSet<IpRule>,
     pub routes: BTreeSet<IpRoute>,
+    /// Destinations of the local table and routes of the main table, which the fast
+    /// path leaves to the kernel.
+    pub kernel_prefixes: BTreeSet<KernelPrefix>,
     /// Our programs found on hooks.
     pub attachments: Vec<Attachment>,
     /// The dataplane in use (the one whose programs hold the most hooks), if any.
@@ -212,6 +216,7 @@ pub fn plan(
             index_of: &observed.links,
             addresses: &observed.addresses,
             down: &observed.down,
+            kernel_prefixes: &observed.kernel_prefixes,
         },
     );
     let waiting = waiting(&policy, observed);

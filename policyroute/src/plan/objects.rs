@@ -107,3 +107,15 @@ impl<T: Ord + Clone> Diff<T> {
         self.add.is_empty() && self.remove.is_empty()
     }
 }
+
+/// A destination of the local table (this host's addresses, broadcasts, multicast) or a
+/// route of the main table: what the fast path leaves to the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct KernelPrefix {
+    /// `MAIN_TABLE` or `LOCAL_TABLE`.
+    pub table: u32,
+    pub dst: IpNet,
+}
+
+pub const MAIN_TABLE: u32 = 254;
+pub const LOCAL_TABLE: u32 = 255;

@@ -5,6 +5,8 @@
 //! mark_mask = 0xffffffff     # bits the policy may set in skb->mark (non-zero)
 //! rule_priority = 10000      # first ip rule priority the tool uses
 //! main_routes_first = true   # `lookup main suppress_prefixlength 0` ahead of the fwmark rules
+//! fast_path = false          # tc ingress forwards matched traffic itself (bpf_fib_lookup in the
+//!                            # gateway's table + bpf_redirect_neigh); no ip rules where none are needed
 //!
 //! [[gateway]]
 //! name = "isp2"
@@ -104,6 +106,9 @@ pub struct Policy {
     pub mark_mask: u32,
     pub rule_priority: u32,
     pub main_routes_first: bool,
+    /// Matched forwarded traffic is forwarded by the tc program itself (see
+    /// `plan::fast_path`), and ip rules are installed only for what needs them.
+    pub fast_path: bool,
     /// Seconds a sticky flow is remembered after its last inbound packet.
     #[serde(default = "default_sticky_timeout")]
     pub sticky_timeout: u32,
@@ -260,6 +265,15 @@ impl Policy {
     /// smallest k whose value no other gateway or rule uses explicitly.
     pub fn parse(text: &str, file_label: &str, tables: &RtTables) -> Result<Policy, ConfigError> {
         read::policy(text, file_label, tables)
+    }
+
+    /// Devices whose addresses a plan needs: the gateways' (source addresses, `from`
+    /// rules), and with the fast path the classifying devices' (its ICMP errors' source).
+    pub fn address_devices(&self) -> Vec<&str> {
+        let gateways = self.gateways.iter().map(|g| g.dev.as_str());
+        let ingress = self.attach.ingress.iter().map(String::as_str);
+        let fast = self.fast_path.then_some(ingress).into_iter().flatten();
+        gateways.chain(fast).collect()
     }
 
     /// Reports gateway devices and ingress devices for which `exists` is false.

@@ -19,6 +19,7 @@ const TOP_KEYS: &[&str] = &[
     "mark_mask",
     "rule_priority",
     "main_routes_first",
+    "fast_path",
     "sticky_timeout",
     "gateway",
     "group",
@@ -55,6 +56,7 @@ pub(super) fn policy(text: &str, file: &str, tables: &RtTables) -> Result<Policy
     let top = doc.table("", tree.span(), tree.get_ref(), TOP_KEYS);
     let mark_mask = mark_mask(&mut doc, &top);
     let main_routes_first = top.get("main_routes_first").and_then(|f| doc.boolean(f));
+    let fast_path = top.get("fast_path").and_then(|f| doc.boolean(f));
     let gateways = array_of_tables(&mut doc, &top, "gateway", GATEWAY_KEYS)
         .iter()
         .map(|(_, sec)| gateway(&mut doc, sec, tables, mark_mask))
@@ -78,6 +80,7 @@ pub(super) fn policy(text: &str, file: &str, tables: &RtTables) -> Result<Policy
         mark_mask,
         rule_priority,
         main_routes_first: main_routes_first.unwrap_or(true),
+        fast_path: fast_path.unwrap_or(false),
         origin: Origin {
             file: file.to_owned(),
             gateway_dev: gateways.iter().map(|g| g.dev_line).collect(),

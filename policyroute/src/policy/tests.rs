@@ -82,6 +82,7 @@ fn full_example_parses_to_the_expected_policy() {
         mark_mask: 0xffff_ffff,
         rule_priority: 10_000,
         main_routes_first: true,
+        fast_path: false,
         sticky_timeout: 300,
         gateways: vec![Gateway {
             name: "isp2".into(),
@@ -284,7 +285,7 @@ fn load_labels_errors_with_the_path() {
     std::fs::remove_file(&path).unwrap();
     assert_eq!(
         err.to_string(),
-        format!("{}:2: bogus: unknown key (expected one of: mark_mask, rule_priority, main_routes_first, sticky_timeout, gateway, group, rule, attach)", path.display())
+        format!("{}:2: bogus: unknown key (expected one of: mark_mask, rule_priority, main_routes_first, fast_path, sticky_timeout, gateway, group, rule, attach)", path.display())
     );
 }
 

@@ -1,0 +1,184 @@
+//! `fast_path = true`: tc ingress forwards traffic a rule sends to a gateway itself
+//! (bpf_fib_lookup in the gateway's table + bpf_redirect_neigh), with no ip rules. Real
+//! packets show where each flow went, the TTL it arrived with, and the ICMP errors the
+//! sender got.
+use std::net::UdpSocket;
+
+use policyroute_tests::{
+    cli,
+    fixture::{self, GATEWAY_ISP2},
+    hops::{IcmpError, Send},
+    topology::{Place, Topology, LAN2_HOST, LAN2_HOST6, LAN_HOST, LAN_HOST6},
+};
+
+const RULES: &str = r#"[[rule]]
+name = "udp-9999"
+proto = "udp"
+dport = 9999
+gateway = "isp2"
+
+[[rule]]
+name = "web"
+proto = "tcp"
+dport = [80, 443]
+gateway = "isp2"
+"#;
+
+fn policy() -> String {
+    let p = fixture::policy(GATEWAY_ISP2, &[RULES], "ingress = [\"lan0\"]\n");
+    format!("fast_path = true\n{p}")
+}
+
+fn applied(tag: &str) -> Topology {
+    let t = Topology::new(tag);
+    cli::apply(&t.router, &policy());
+    t
+}
+
+/// Arrivals of one probe with default sending options.
+fn probe(t: &Topology, src: &str, sport: u16, dst: &str, dport: u16) -> (Place, u8) {
+    let p = t.udp_probe(src, sport, dst, dport, Send::default());
+    let hop = p
+        .hops
+        .first()
+        .unwrap_or_else(|| panic!("{src} -> {dst}:{dport} lost: {p:?}"));
+    (hop.arrival.at, hop.ttl)
+}
+
+#[test]
+fn matched_flows_are_forwarded_with_ttl_minus_one_and_no_ip_rules() {
+    let t = applied("fp");
+    for (src, dst) in [(LAN_HOST, "198.18.0.1"), (LAN_HOST6, "2001:db8:ffff::1")] {
+        assert_eq!(
+            probe(&t, src, 41000, dst, 9999),
+            (Place::Up2, 63),
+            "{dst}: matched"
+        );
+        assert_eq!(
+            probe(&t, src, 41001, dst, 9998),
+            (Place::Up1, 63),
+            "{dst}: unmatched"
+        );
+        let web = t.tcp(src, 41002, dst, 443).expect("tcp 443");
+        assert_eq!(web.at, Place::Up2, "{dst}: a whole TCP exchange");
+    }
+    // Marked traffic to a LAN-side route stays on the LAN (main_routes_first).
+    for (src, dst) in [(LAN_HOST, LAN2_HOST), (LAN_HOST6, LAN2_HOST6)] {
+        assert_eq!(probe(&t, src, 41003, dst, 9999), (Place::Lan2, 63), "{dst}");
+    }
+    for family in ["-4", "-6"] {
+        let rules = t.router.exec("ip", &[family, "rule", "show"]);
+        assert!(
+            !rules.contains("fwmark") && !rules.contains("suppress_prefixlength"),
+            "no policyroute rules with the fast path:\n{rules}"
+        );
+    }
+    let stats = cli::json(&t.router, &["status"]);
+    assert!(
+        stats["fast_path"]["forwarded"].as_u64().unwrap() >= 3,
+        "{}",
+        stats["fast_path"]
+    );
+}
+
+#[test]
+fn packets_for_the_router_itself_are_delivered_locally() {
+    let t = applied("fplocal");
+    for addr in ["203.0.113.1", "192.0.2.1", "2001:db8:b::1", "2001:db8:1::1"] {
+        let server = {
+            let _in = t.router.enter();
+            UdpSocket::bind((addr, 9999)).expect("bind on the router")
+        };
+        server
+            .set_read_timeout(Some(std::time::Duration::from_secs(3)))
+            .unwrap();
+        let src = if addr.contains(':') {
+            LAN_HOST6
+        } else {
+            LAN_HOST
+        };
+        let client = {
+            let _in = t.lan.enter();
+            UdpSocket::bind((src, 0)).unwrap()
+        };
+        client.send_to(b"to the router", (addr, 9999)).unwrap();
+        let mut buf = [0u8; 32];
+        let (n, _) = server
+            .recv_from(&mut buf)
+            .unwrap_or_else(|e| panic!("{addr}: not delivered locally: {e}"));
+        assert_eq!(&buf[..n], b"to the router");
+    }
+}
+
+#[test]
+fn the_first_packet_before_any_neighbour_entry_arrives() {
+    let t = applied("fpneigh");
+    t.router.ip("neigh flush dev wan2");
+    t.router.ip("-6 neigh flush dev wan2");
+    for (src, dst) in [(LAN_HOST, "198.18.0.1"), (LAN_HOST6, "2001:db8:ffff::1")] {
+        assert_eq!(probe(&t, src, 42000, dst, 9999), (Place::Up2, 63), "{dst}");
+    }
+}
+
+#[test]
+fn ttl_one_gets_time_exceeded() {
+    let t = applied("fpttl");
+    for (src, dst, kind) in [
+        (LAN_HOST, "198.18.0.1", 11),
+        (LAN_HOST6, "2001:db8:ffff::1", 3),
+    ] {
+        let how = Send {
+            ttl: 1,
+            ..Send::default()
+        };
+        let p = t.udp_probe(src, 43000, dst, 9999, how);
+        assert!(p.hops.is_empty(), "{dst}: {p:?}");
+        let e = p.error.unwrap_or_else(|| panic!("{dst}: no ICMP error"));
+        assert_eq!((e.kind, e.code), (kind, 0), "{dst}: time exceeded: {e:?}");
+    }
+}
+
+#[test]
+fn too_big_with_df_gets_the_gateways_mtu_and_never_another_uplink() {
+    let t = applied("fpmtu");
+    t.router.ip("link set wan2 mtu 1400");
+    t.up2.ip("link set eth0 mtu 1400");
+    for (src, dst, want) in [
+        (LAN_HOST, "198.18.0.1", (3, 4, 1400, "192.0.2.1")),
+        (LAN_HOST6, "2001:db8:ffff::1", (2, 0, 1400, "2001:db8:1::1")),
+    ] {
+        let how = Send {
+            size: 1450,
+            df: true,
+            ..Send::default()
+        };
+        let p = t.udp_probe(src, 44000, dst, 9999, how);
+        assert!(p.hops.is_empty(), "{dst}: nothing leaves: {p:?}");
+        let (kind, code, info, from) = want;
+        assert_eq!(
+            p.error,
+            Some(IcmpError {
+                kind,
+                code,
+                info,
+                from: Some(from.parse().unwrap()),
+            }),
+            "{dst}"
+        );
+        // Within the MTU it still goes through isp2.
+        assert_eq!(probe(&t, src, 44001, dst, 9999), (Place::Up2, 63), "{dst}");
+    }
+    // Without DF the kernel would fragment; the fast path drops it, counted.
+    let big = Send {
+        size: 1450,
+        ..Send::default()
+    };
+    let p = t.udp_probe(LAN_HOST, 44002, "198.18.0.1", 9999, big);
+    assert!(p.hops.is_empty(), "{p:?}");
+    let stats = cli::json(&t.router, &["status"]);
+    assert_eq!(
+        stats["fast_path"]["dropped_fragment"], 1,
+        "{}",
+        stats["fast_path"]
+    );
+}
