@@ -282,6 +282,14 @@ pub fn explain(e: &Explanation) -> String {
         let _ = writeln!(o, "drop:  the classifier drops it (by {})", e.by);
         return o;
     }
+    if e.forwarded_by_dataplane {
+        let _ = write!(
+            o,
+            "mark:  {:#x} (by {})\nroute: forwarded by the dataplane{via}{dev} (table {})\n",
+            e.mark, e.by, e.table
+        );
+        return o;
+    }
     let _ = write!(
         o,
         "mark:  {:#x} (by {})\nroute: table {}{via}{dev}{src}\n",

@@ -6,9 +6,9 @@ use std::net::UdpSocket;
 
 use policyroute_tests::{
     cli,
-    fixture::{self, GATEWAY_ISP2},
+    fixture::{self, GATEWAY_ISP2, GROUP_SPREAD_POLICY},
     hops::{IcmpError, Send},
-    topology::{Place, Topology, LAN2_HOST, LAN2_HOST6, LAN_HOST, LAN_HOST6},
+    topology::{Place, Topology, INTERNET, LAN2_HOST, LAN2_HOST6, LAN_HOST, LAN_HOST6},
 };
 
 const RULES: &str = r#"[[rule]]
@@ -180,5 +180,90 @@ fn too_big_with_df_gets_the_gateways_mtu_and_never_another_uplink() {
         stats["fast_path"]["dropped_fragment"], 1,
         "{}",
         stats["fast_path"]
+    );
+}
+
+fn place_of(dev: &str) -> Place {
+    match dev {
+        "wan1" => Place::Up1,
+        "wan2" => Place::Up2,
+        "lan1" => Place::Lan2,
+        other => panic!("explain named device {other}"),
+    }
+}
+
+#[test]
+fn explain_agrees_with_where_200_random_flows_went() {
+    use rand::{seq::SliceRandom, Rng, SeedableRng};
+    let t = Topology::new("fpexpl");
+    t.router
+        .exec("sysctl", &["-qw", "net.ipv6.conf.wan2.accept_dad=0"]);
+    cli::apply(
+        &t.router,
+        &format!("fast_path = true\n{GROUP_SPREAD_POLICY}"),
+    );
+    let seed: u64 = rand::random();
+    eprintln!("seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut seen = std::collections::BTreeMap::new();
+    for i in 0..200u16 {
+        let v6 = rng.gen_bool(0.5);
+        let src = if v6 { LAN_HOST6 } else { LAN_HOST };
+        let mut dsts: Vec<&str> = INTERNET
+            .iter()
+            .copied()
+            .filter(|a| a.contains(':') == v6)
+            .collect();
+        dsts.push(if v6 { LAN2_HOST6 } else { LAN2_HOST });
+        let dst = *dsts.choose(&mut rng).unwrap();
+        let (sport, dport) = (30_000 + i, rng.gen_range(1000..60000u16));
+        let (sport_s, dport_s) = (sport.to_string(), dport.to_string());
+        let e = cli::json(
+            &t.router,
+            &[
+                "explain", "--iif", "lan0", "--proto", "udp", "--src", src, "--sport", &sport_s,
+                "--dst", dst, "--dport", &dport_s,
+            ],
+        );
+        let got = probe(&t, src, sport, dst, dport);
+        let dev = e["dev"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no device: {e}"));
+        assert_eq!(
+            place_of(dev),
+            got.0,
+            "flow {i} udp {src}:{sport} -> {dst}:{dport}: {e}"
+        );
+        assert_eq!(got.1, 63, "TTL minus one: {e}");
+        let fast = e["forwarded_by_dataplane"].as_bool().unwrap();
+        assert_eq!(
+            fast,
+            got.0 != Place::Lan2,
+            "LAN routes stay with the kernel: {e}"
+        );
+        *seen.entry(dev.to_string()).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 3, "both members and the LAN: {seen:?}");
+    let text = cli::ok(
+        &t.router,
+        &[
+            "explain",
+            "--iif",
+            "lan0",
+            "--proto",
+            "udp",
+            "--src",
+            LAN_HOST,
+            "--sport",
+            "1",
+            "--dst",
+            "198.18.0.1",
+            "--dport",
+            "53",
+        ],
+    );
+    assert!(
+        text.contains("route: forwarded by the dataplane via 203.0.113.2 dev wan2 (table 102)"),
+        "{text}"
     );
 }

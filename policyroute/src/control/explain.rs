@@ -5,7 +5,9 @@
 //! traffic the reference classifier answers with the socket hook's semantics.
 use std::{collections::BTreeMap, net::IpAddr};
 
-use policyroute_common::{target_key, FlowTuple, TargetState, MEMBER_UP};
+use policyroute_common::{
+    target_key, FlowTuple, TargetState, FAST_EXPLAIN_FORWARDED, FAST_NH_V6, MEMBER_UP,
+};
 use serde::Serialize;
 
 use super::{require_privileges, ControlError};
@@ -97,6 +99,9 @@ pub struct Explanation {
     pub why: Option<String>,
     /// The flow is dropped: its gateway or group is down with `when_down = "blackhole"`.
     pub dropped: bool,
+    /// The fast path forwards it (then `gateway` and `dev` are its next hop and egress
+    /// device, and `table` the gateway's table it looked them up in).
+    pub forwarded_by_dataplane: bool,
 }
 
 /// The classification part of the answer.
@@ -107,6 +112,8 @@ struct Verdict {
     by: DecidedBy,
     /// For a rule that names a gateway or group.
     target: Option<TargetVerdict>,
+    /// The fast path forwards it: egress ifindex and next hop.
+    fast: Option<(u32, IpAddr)>,
 }
 
 /// What a gateway or group decided for the flow, and why.
@@ -171,7 +178,8 @@ fn rules_of(record: Option<&Record>) -> Vec<Rule> {
 /// must agree unless a sticky flow's record pinned the mark.
 fn forwarded(q: &Query, ifindex: u32, ctx: Context<'_>) -> Result<Verdict, ControlError> {
     let frame = frame(q);
-    let (mark, dropped) = run_dataplane(ctx.installed, &frame, ifindex)?;
+    let ran = run_dataplane(ctx.installed, &frame, ifindex)?;
+    let (mark, dropped) = (ran.mark, ran.dropped);
     let rules = rules_of(ctx.record);
     let pkt = classifier::parse(&frame);
     let rule = pkt.and_then(|p| classifier::first_match(&rules, &p));
@@ -205,6 +213,7 @@ fn forwarded(q: &Query, ifindex: u32, ctx: Context<'_>) -> Result<Verdict, Contr
             mark,
             by: DecidedBy::Dataplane,
             target: target.map(|(t, _)| t),
+            fast: ran.fast,
         }),
         // The flow's replies are pinned to the gateway it came in through.
         (false, true) if !dropped => Ok(Verdict {
@@ -212,6 +221,7 @@ fn forwarded(q: &Query, ifindex: u32, ctx: Context<'_>) -> Result<Verdict, Contr
             mark,
             by: DecidedBy::StickyFlow,
             target: None,
+            fast: ran.fast,
         }),
         _ => Err(ControlError::Disagree {
             dataplane: mark,
@@ -321,6 +331,7 @@ fn local(q: &Query, ctx: Context<'_>) -> Verdict {
             mark: 0,
             by: DecidedBy::NoSocketHooks,
             target: None,
+            fast: None,
         };
     };
     let flow = LocalFlow {
@@ -358,6 +369,7 @@ fn local(q: &Query, ctx: Context<'_>) -> Verdict {
         mark: mark & record.policy.mark_mask,
         by: DecidedBy::Model,
         target: target.map(|(t, _)| t),
+        fast: None,
     }
 }
 
@@ -386,13 +398,22 @@ fn frame(q: &Query) -> Vec<u8> {
 /// Runs the attached TC ingress program of the dataplane in use on `frame` as if it
 /// arrived on `ifindex`, telling it not to count or record; mark 0 in. Returns the mark
 /// and whether it dropped the packet. No program: mark 0.
+/// What the loaded program did with the synthesized packet.
+#[derive(Default)]
+struct Ran {
+    mark: u32,
+    dropped: bool,
+    /// The fast path forwarded it: egress ifindex and next hop.
+    fast: Option<(u32, IpAddr)>,
+}
+
 fn run_dataplane(
     installed: &mut Installed,
     frame: &[u8],
     ifindex: u32,
-) -> Result<(u32, bool), ControlError> {
+) -> Result<Ran, ControlError> {
     let Some(info) = installed.take_live_program(TC_INGRESS) else {
-        return Ok((0, false));
+        return Ok(Ran::default());
     };
     let prog = testrun::loaded(info).map_err(crate::kernel::dataplane::DataplaneError::from)?;
     let input = testrun::Input {
@@ -402,7 +423,36 @@ fn run_dataplane(
     };
     let out = testrun::run(&prog, frame, input, 1)
         .map_err(crate::kernel::dataplane::DataplaneError::from)?;
-    Ok((out.mark, out.verdict == TC_ACT_SHOT))
+    Ok(Ran {
+        mark: out.mark,
+        dropped: out.verdict == TC_ACT_SHOT,
+        fast: (out.verdict == FAST_EXPLAIN_FORWARDED).then(|| next_hop(&out.cb)),
+    })
+}
+
+/// The fast path's answer in `cb`: egress ifindex (`FAST_NH_V6` flags an IPv6 next hop)
+/// and the next hop's address words.
+fn next_hop(cb: &[u32; 5]) -> (u32, IpAddr) {
+    let mut bytes = [0u8; 16];
+    for (i, w) in cb[1..].iter().enumerate() {
+        bytes[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    let nh = if cb[0] & FAST_NH_V6 != 0 {
+        IpAddr::from(bytes)
+    } else {
+        IpAddr::from([bytes[0], bytes[1], bytes[2], bytes[3]])
+    };
+    (cb[0] & !FAST_NH_V6, nh)
+}
+
+/// The table of the gateway whose mark the fast path forwarded by.
+fn fast_table(record: Option<&Record>, mark: u32) -> u32 {
+    record
+        .and_then(|r| {
+            let p = &r.policy;
+            p.gateways.iter().find(|g| g.mark & p.mark_mask == mark)
+        })
+        .map_or(0, |g| g.table)
 }
 
 fn route_query(q: &Query, iif: Option<u32>, mark: u32) -> RouteQuery {
@@ -425,7 +475,21 @@ fn explanation(
 ) -> Explanation {
     let rule = verdict.rule.and_then(|i| record?.policy.rules.get(i));
     let target = verdict.target;
+    let fast_route;
+    let route = match verdict.fast {
+        None => route,
+        Some((oif, nh)) => {
+            fast_route = RouteAnswer {
+                table: fast_table(record, verdict.mark),
+                gateway: Some(nh),
+                oif: Some(oif),
+                prefsrc: None,
+            };
+            &fast_route
+        }
+    };
     Explanation {
+        forwarded_by_dataplane: verdict.fast.is_some(),
         group: target.as_ref().and_then(|t| t.group.clone()),
         member: target.as_ref().and_then(|t| t.member.clone()),
         why: target.as_ref().map(|t| t.why.clone()),

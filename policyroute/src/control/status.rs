@@ -67,10 +67,6 @@ pub struct FastPathStatus {
     pub rules_needed_by: Vec<&'static str>,
 }
 
-/// Said wherever the fast path is on: matched traffic never meets netfilter.
-pub const FAST_PATH_BYPASS: &str = "fast path: matched traffic bypasses netfilter (no conntrack, \
-     no NAT or masquerade, no FORWARD-chain filtering, no rp_filter)";
-
 #[derive(Debug, Serialize)]
 pub struct HookStatus {
     #[serde(flatten)]
@@ -256,7 +252,7 @@ fn fill_from_record(
             too_big: f.too_big,
             dropped_fragment: f.dropped_fragment,
             no_route: f.no_route,
-            bypass: FAST_PATH_BYPASS,
+            bypass: fast_path::BYPASS,
             rules_needed_by: fast_path::rules_needed_by(policy),
         });
     }

@@ -51,6 +51,8 @@ fn put(ctx: &mut [u8], at: usize, value: u32) {
 pub struct Outcome {
     pub mark: u32,
     pub verdict: i32,
+    /// `skb->cb` afterwards (the fast path answers explain there).
+    pub cb: [u32; 5],
     /// Average time per repetition, as the kernel measured it.
     pub duration: Duration,
 }
@@ -78,8 +80,13 @@ pub fn run(
             .try_into()
             .expect("four bytes"),
     );
+    let cb = std::array::from_fn(|i| {
+        let at = SKB_CB0 + i * 4;
+        u32::from_ne_bytes(ctx_out[at..at + 4].try_into().expect("four bytes"))
+    });
     Ok(Outcome {
         mark,
+        cb,
         verdict: result.return_value as i32,
         duration: result.duration,
     })

@@ -28,6 +28,29 @@ use crate::{
 /// local table lists this host's addresses and subnet broadcasts, not these).
 const ALWAYS_KERNEL: [&str; 4] = ["224.0.0.0/4", "255.255.255.255/32", "ff00::/8", "fe80::/10"];
 
+/// Said wherever the fast path is on (apply's report, status, README): matched traffic
+/// never meets netfilter.
+pub const BYPASS: &str = "fast path: matched traffic bypasses netfilter (no conntrack, no NAT \
+     or masquerade, no FORWARD-chain filtering, no rp_filter)";
+
+/// Apply's warnings for a fast-path policy: the bypass, and what ip rules cost if some
+/// feature needs them.
+pub fn warnings(policy: &Policy) -> Vec<String> {
+    if !policy.fast_path {
+        return Vec::new();
+    }
+    let mut out = vec![BYPASS.to_string()];
+    let why = rules_needed_by(policy);
+    if !why.is_empty() {
+        out.push(format!(
+            "fast path: ip rules are installed anyway for {}; with any ip rule every packet, \
+             matched or not, takes the kernel's fib rules walk",
+            why.join("; ")
+        ));
+    }
+    out
+}
+
 /// Why the policy needs ip rules even with the fast path (empty: it needs none).
 pub fn rules_needed_by(policy: &Policy) -> Vec<&'static str> {
     let mut why = Vec::new();

@@ -221,6 +221,7 @@ pub fn plan(
     );
     let waiting = waiting(&policy, observed);
     let mut warnings = down_warnings(&waiting);
+    warnings.extend(fast_path::warnings(&policy));
     let slots = slots::assign(&policy, previous);
     let shapes = observed
         .dataplane

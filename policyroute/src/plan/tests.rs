@@ -311,3 +311,92 @@ fn the_quick_path_needs_the_same_rule_positions_and_epoch() {
         "entries written since the record"
     );
 }
+
+/// [`POLICY`] without stickiness, with the fast path.
+const FAST: &str = concat!(
+    "fast_path = true\n",
+    include_str!("../../../tests/fixtures/gateway-isp2.toml"),
+    "\n",
+    include_str!("../../../tests/fixtures/rules-web-dns.toml"),
+    "\n[attach]\ningress = [\"lan0\"]\n",
+);
+
+fn with_tables(mut o: Observed) -> Observed {
+    let prefix = |table, p: &str| objects::KernelPrefix {
+        table,
+        dst: p.parse().unwrap(),
+    };
+    o.kernel_prefixes = [
+        prefix(objects::LOCAL_TABLE, "192.0.2.1/32"),
+        prefix(objects::LOCAL_TABLE, "192.0.2.127/32"),
+        prefix(objects::MAIN_TABLE, "192.0.2.0/25"),
+        prefix(objects::MAIN_TABLE, "0.0.0.0/0"),
+        prefix(objects::MAIN_TABLE, "::/0"),
+        prefix(7, "10.0.0.0/8"),
+    ]
+    .into_iter()
+    .collect();
+    o.addresses
+        .insert("lan0".into(), vec!["192.0.2.1".parse().unwrap()]);
+    o
+}
+
+#[test]
+fn the_fast_path_needs_no_ip_rules_and_leaves_local_and_main_routes_to_the_kernel() {
+    let p = fresh(FAST, &with_tables(namespace()), Devices::Required).expect("a plan");
+    assert!(p.desired.rules.is_empty(), "{:?}", p.desired.rules);
+    assert_eq!(p.routes.add.len(), 2, "the gateway's table is still filled");
+    let kernel: Vec<String> = p
+        .desired
+        .kernel_dsts
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    for want in [
+        "192.0.2.1/32",
+        "192.0.2.127/32",
+        "192.0.2.0/25",
+        "224.0.0.0/4",
+        "ff00::/8",
+    ] {
+        assert!(kernel.contains(&want.to_string()), "{want} in {kernel:?}");
+    }
+    assert!(
+        !kernel
+            .iter()
+            .any(|k| k.ends_with("/0") || k.starts_with("10.")),
+        "{kernel:?}"
+    );
+    assert_eq!(
+        p.desired.fast.values().map(|f| f.table).collect::<Vec<_>>(),
+        [100]
+    );
+    assert_eq!(
+        p.desired.addresses.get(&2).map(|a| a.has_v4),
+        Some(1),
+        "lan0's address"
+    );
+    assert!(
+        p.warnings.iter().any(|w| w.contains("bypasses netfilter")),
+        "{:?}",
+        p.warnings
+    );
+
+    // Without main_routes_first only this host's destinations (and multicast) stay.
+    let text = format!("main_routes_first = false\n{FAST}");
+    let p = fresh(&text, &with_tables(namespace()), Devices::Required).expect("a plan");
+    assert!(!p
+        .desired
+        .kernel_dsts
+        .contains(&"192.0.2.0/25".parse().unwrap()));
+
+    // A feature that routes by mark brings all the rules back, and says what they cost.
+    let text = FAST.replace("ingress = [\"lan0\"]", "ingress = [\"lan0\"]\nlocal = true");
+    let p = fresh(&text, &with_tables(namespace()), Devices::Required).expect("a plan");
+    assert!(!p.desired.rules.is_empty());
+    assert!(
+        p.warnings.iter().any(|w| w.contains("local = true")),
+        "{:?}",
+        p.warnings
+    );
+}
