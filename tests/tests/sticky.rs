@@ -167,3 +167,26 @@ fn a_gateway_that_goes_down_forgets_its_sticky_flows() {
     assert_eq!(reply_decided_by(&t, 41100, 8090), "dataplane");
     cli::ok(&t.router, &["flush"]);
 }
+
+#[test]
+fn with_the_fast_path_sticky_replies_are_forwarded_by_the_dataplane() {
+    let t = Topology::new("stickyfast");
+    let cg = Cgroup::new("stickyfast");
+    let lan_service: SocketAddr = (ip(LAN_SERVER), 8080).into();
+    cli::apply(
+        &t.router,
+        &format!("fast_path = true\n{}", policy(true, false, &cg)),
+    );
+    assert!(
+        tcp_round_trip(&t, 41200, lan_service),
+        "LAN server over TCP"
+    );
+    assert!(lan_udp_exchange(&t, 41201, 8095), "LAN server over UDP");
+    let status = cli::json(&t.router, &["status"]);
+    assert!(
+        status["fast_path"]["forwarded"].as_u64().unwrap() >= 2,
+        "the replies went through the fast path: {}",
+        status["fast_path"]
+    );
+    cli::ok(&t.router, &["flush"]);
+}
