@@ -4,13 +4,14 @@ use std::process::Command;
 
 use policyroute_tests::{cli, fixture::TempFile};
 
-const COMMANDS: [&str; 8] = [
+const COMMANDS: [&str; 9] = [
     "apply",
     "run",
     "status",
     "check",
     "explain",
     "flush",
+    "import",
     "completions",
     "man",
 ];

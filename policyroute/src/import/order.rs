@@ -1,0 +1,87 @@
+//! Rule order. iptables runs every MARK rule of a chain and the last match's mark stays;
+//! the policy stops at the first match. Chain order is kept unless two rules that can
+//! match the same packet set different marks: then the order is reversed, which gives
+//! every packet the mark iptables gives it.
+use ipnet::IpNet;
+
+use super::iptables_save::MarkRule;
+use crate::policy::matcher::{Family, Match};
+use crate::policy::ports::PortSet;
+
+/// A rule with where it came from and the families it is written for.
+#[derive(Clone, Debug)]
+pub struct Placed {
+    pub rule: MarkRule,
+    pub file: String,
+    pub families: Vec<Family>,
+}
+
+/// Chain order, or reversed when a later rule overrides an earlier one. Returns whether
+/// it reversed.
+pub fn last_match_first(mut rules: Vec<Placed>) -> (Vec<Placed>, bool) {
+    let clash = rules.iter().enumerate().any(|(i, a)| {
+        rules[i + 1..]
+            .iter()
+            .any(|b| a.rule.mark != b.rule.mark && can_both_match(&a.rule, &b.rule))
+    });
+    if clash {
+        rules.reverse();
+    }
+    (rules, clash)
+}
+
+fn can_both_match(a: &MarkRule, b: &MarkRule) -> bool {
+    let same_iif = a.iif.is_none() || b.iif.is_none() || a.iif == b.iif;
+    a.hook == b.hook && same_iif && overlap(&a.matcher, &b.matcher)
+}
+
+fn overlap(a: &Match, b: &Match) -> bool {
+    fn either<T>(x: &Option<T>, y: &Option<T>, f: impl Fn(&T, &T) -> bool) -> bool {
+        match (x, y) {
+            (Some(x), Some(y)) => f(x, y),
+            _ => true,
+        }
+    }
+    let nets = |x: &IpNet, y: &IpNet| x.contains(y) || y.contains(x);
+    let ports = |x: &PortSet, y: &PortSet| {
+        x.ranges()
+            .iter()
+            .any(|r| y.ranges().iter().any(|s| r.lo <= s.hi && s.lo <= r.hi))
+    };
+    either(&a.proto, &b.proto, |x, y| x == y)
+        && either(&a.src, &b.src, nets)
+        && either(&a.dst, &b.dst, nets)
+        && either(&a.sport, &b.sport, ports)
+        && either(&a.dport, &b.dport, ports)
+        && either(&a.dscp, &b.dscp, |x, y| x == y)
+}
+
+/// The IPv4 and IPv6 rule lists as one: a rule written alike for both families (no
+/// address in it) appears once, for both. Each family's order is kept; `false` when the
+/// two lists order their shared rules differently (the IPv4 order is then used).
+pub fn merge_families(v4: Vec<Placed>, v6: Vec<Placed>) -> (Vec<Placed>, bool) {
+    let mut out = v4;
+    let mut cursor = 0;
+    let mut consistent = true;
+    for rule in v6 {
+        match out.iter().position(|o| twins(&o.rule, &rule.rule)) {
+            Some(at) => {
+                consistent &= at >= cursor;
+                out[at].families.extend(rule.families);
+                cursor = cursor.max(at + 1);
+            }
+            None => {
+                out.insert(cursor, rule);
+                cursor += 1;
+            }
+        }
+    }
+    (out, consistent)
+}
+
+fn twins(a: &MarkRule, b: &MarkRule) -> bool {
+    let family_free = a.matcher.src.is_none() && a.matcher.dst.is_none();
+    family_free
+        && a.matcher == b.matcher
+        && (a.hook, &a.iif, a.mark, a.mask) == (b.hook, &b.iif, b.mark, b.mask)
+}
