@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod netns;
 pub mod probe;
 pub mod random;
+pub mod recipe;
 pub mod rules;
 pub mod spread;
 pub mod topology;

@@ -100,8 +100,10 @@ fn port_list(ports: &PortSet) -> String {
 fn attach(d: &Draft) -> String {
     let a = &d.attach;
     let mut out = "[attach]\n".to_owned();
-    let devs: Vec<String> = a.ingress.iter().map(|dev| quote(dev)).collect();
-    let _ = writeln!(out, "ingress = [{}]", devs.join(", "));
+    if !a.ingress.is_empty() {
+        let devs: Vec<String> = a.ingress.iter().map(|dev| quote(dev)).collect();
+        let _ = writeln!(out, "ingress = [{}]", devs.join(", "));
+    }
     if a.local {
         out.push_str("local = true\n");
     }
