@@ -7,7 +7,10 @@
 //! The recipes' addresses and devices are rewritten to the test topology: the LAN is
 //! `lan0` (192.0.2.0/25), the main uplink `wan1` (default via 198.51.100.2), the other
 //! uplink (a VPN, a second provider, a cheap line) `wan2` via 203.0.113.2.
-use std::process::Command;
+use std::{
+    net::{SocketAddr, TcpListener},
+    process::Command,
+};
 
 use policyroute_tests::{
     cgroup::Cgroup,
@@ -15,7 +18,7 @@ use policyroute_tests::{
     fixture::TempFile,
     probe,
     recipe::{self, Saved},
-    topology::{Place, Topology, LAN_HOST, LAN_HOST6, LAN_HOST_ALT},
+    topology::{self, Place, Topology, LAN_HOST, LAN_HOST6, LAN_HOST_ALT},
 };
 
 /// A forwarded flow from the LAN: protocol, source, source port, destination, port.
@@ -32,6 +35,23 @@ struct Recipe {
     local: &'static [(Local, Place)],
     /// Each must appear in what the import lists as not expressed; none listed when empty.
     listed: &'static [&'static str],
+    /// More checks in the recipe's router and the imported policy's.
+    extra: Option<fn(&Topology, Stage)>,
+}
+
+/// Which router an extra check runs in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Recipe,
+    Imported,
+}
+
+fn apply(t: &Topology, rt_tables: &TempFile, policy: &str) {
+    let file = TempFile::new("imported.toml", policy);
+    cli::ok(
+        &t.router,
+        &["--rt-tables", rt_tables.arg(), "apply", "-c", file.arg()],
+    );
 }
 
 struct Imported {
@@ -92,6 +112,9 @@ fn check_recipe(r: &Recipe) {
         let t = Topology::new(&format!("{}-orig", r.tag));
         recipe::sh(&t.router, &rt_tables, r.setup);
         check_flows(r, &t, &cg, "recipe");
+        if let Some(extra) = r.extra {
+            extra(&t, Stage::Recipe);
+        }
         Saved::capture(&t.router, &rt_tables)
     };
     let imported = import(&saved, &rt_tables);
@@ -113,18 +136,47 @@ fn check_recipe(r: &Recipe) {
         &format!("local = true\nlocal_cgroup = \"{}\"\n", cg.path),
     );
     let t = Topology::new(&format!("{}-imp", r.tag));
-    let file = TempFile::new("imported.toml", &policy);
-    cli::ok(
-        &t.router,
-        &["--rt-tables", rt_tables.arg(), "apply", "-c", file.arg()],
-    );
+    apply(&t, &rt_tables, &policy);
     check_flows(r, &t, &cg, &format!("imported policy\n{policy}"));
+    if let Some(extra) = r.extra {
+        extra(&t, Stage::Imported);
+    }
+}
+
+/// Whether a TCP connection from an internet address behind the upstream `from` to the
+/// router's address on its link, port 80, is established: the router's answer must leave
+/// through that link (main's default route points at another).
+fn router_web_reachable_from(t: &Topology, from: Place) -> bool {
+    let router = from.router_address(false);
+    let _listener = {
+        let _in = t.router.enter();
+        TcpListener::bind((router, 80)).expect("router web server")
+    };
+    let _in = t.ns(from).enter();
+    let client = topology::INTERNET[0].parse().expect("address");
+    let server = SocketAddr::new(router.parse().expect("address"), 80);
+    topology::connect(client, 0, server).is_some()
+}
+
+/// The listed limitation of seed 000, with real packets. The recipe sends every answer
+/// from port 80 through the VPN: a web client on the VPN's side is answered, one on the
+/// main uplink's side is not. The imported policy answers both through the link the
+/// router's address belongs to (a local gateway's `from` rule), not by the rule.
+fn router_web_over_the_vpn(t: &Topology, stage: Stage) {
+    let via_main = stage == Stage::Imported;
+    assert!(router_web_reachable_from(t, Place::Up2), "from the VPN");
+    assert_eq!(
+        router_web_reachable_from(t, Place::Up1),
+        via_main,
+        "from the main uplink"
+    );
 }
 
 /// Seed 000: port 80 of the router reachable over a VPN. The recipe breaks off before its
 /// command; the mark it describes is the router's web replies (`--sport 80`) in OUTPUT.
-/// The local hooks classify connects and sends, not a server's replies: listed. Other
-/// traffic of the router keeps the main uplink in both.
+/// The local hooks classify connects and sends, not a server's replies: listed, and shown
+/// with web clients on both sides. Other traffic of the router keeps the main uplink in
+/// both.
 #[test]
 fn seed_000_router_port_over_the_vpn() {
     check_recipe(&Recipe {
@@ -139,6 +191,7 @@ fn seed_000_router_port_over_the_vpn() {
             (("198.18.0.1", 80), Place::Up1),
         ],
         listed: &["replies of a TCP server are not classified"],
+        extra: Some(router_web_over_the_vpn),
     });
 }
 
@@ -171,6 +224,7 @@ fn seed_001_office_web_via_provider_2() {
         ],
         local: &[],
         listed: &["table nat: 2 rule(s)"],
+        extra: None,
     });
 }
 
@@ -197,6 +251,7 @@ fn seed_002_mail_out_by_table_name() {
         ],
         local: &[],
         listed: &[],
+        extra: None,
     });
 }
 
@@ -221,6 +276,7 @@ fn seed_003_local_smtp_by_table_name() {
             (("198.18.0.1", 587), Place::Up1),
         ],
         listed: &["table nat: 1 rule(s)"],
+        extra: None,
     });
 }
 
@@ -242,5 +298,6 @@ fn seed_004_local_ssh_by_table_name() {
             (("2001:db8:ffff::1", 22), Place::Up1),
         ],
         listed: &["table nat: 1 rule(s)"],
+        extra: None,
     });
 }

@@ -51,8 +51,8 @@ pub fn attach(rules: &[Placed], routes: &[Route]) -> (AttachOut, Vec<Note>) {
             notes.push(at(
                 "OUTPUT rule with -s or --sport: the host's sockets are classified at \
                  connect and send, which know the source only of a bound socket; replies of \
-                 a TCP server are not classified (`sticky = true` on the gateway answers \
-                 connections through the gateway they came in)"
+                 a TCP server are not classified (with attach.local a gateway's own address \
+                 answers through the gateway, other addresses through main)"
                     .to_owned(),
             ));
         }
