@@ -131,10 +131,11 @@ enum Command {
         /// iptables-save or ip6tables-save output; repeat for both families. `-`: stdin.
         #[arg(long = "iptables-save", value_name = "FILE", required = true)]
         iptables_save: Vec<PathBuf>,
-        /// `ip rule show` or `ip -6 rule show` output; repeat for both families.
+        /// `ip rule show` or `ip -6 rule show` output; repeat for both families. `-`: stdin.
         #[arg(long = "ip-rule", value_name = "FILE")]
         ip_rule: Vec<PathBuf>,
-        /// `ip route show table all` or `ip -6 route show table all` output; repeatable.
+        /// `ip route show table all` or `ip -6 route show table all` output; repeat for both
+        /// families. `-`: stdin.
         #[arg(long = "ip-route", value_name = "FILE")]
         ip_route: Vec<PathBuf>,
         /// Write the policy here instead of stdout.

@@ -301,3 +301,54 @@ fn seed_004_local_ssh_by_table_name() {
         extra: None,
     });
 }
+
+/// Without root or namespaces: stdin as an input, and a malformed file refused with its
+/// line, nothing written.
+#[test]
+fn stdin_input_and_a_malformed_file() {
+    use std::io::Write;
+    let rules = TempFile::new("rules.txt", "100:\tfrom all fwmark 0x1 lookup 101\n");
+    let routes = TempFile::new("routes.txt", "default via 203.0.113.2 dev wan2 table 101\n");
+    let mut child = Command::new(cli::bin())
+        .args(["import", "--iptables-save", "-", "--ip-rule", rules.arg()])
+        .args(["--ip-route", routes.arg()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run import");
+    let save = "*mangle\n-A PREROUTING -i lan0 -p udp --dport 53 -j MARK --set-mark 1\nCOMMIT\n";
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(save.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().expect("import");
+    let policy = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(policy.contains("# <stdin>:2 (PREROUTING)"), "{policy}");
+    assert!(policy.contains("gateway = \"table-101\""), "{policy}");
+
+    let broken = TempFile::new(
+        "broken.save",
+        "*mangle\n-A PREROUTING -p tcp --dport x -j MARK --set-mark 1\n",
+    );
+    let written = TempFile::new("never.toml", "");
+    let out = Command::new(cli::bin())
+        .args([
+            "import",
+            "--iptables-save",
+            broken.arg(),
+            "-o",
+            written.arg(),
+        ])
+        .output()
+        .expect("run import");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("broken.save:2: invalid port list \"x\""),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_to_string(written.arg()).unwrap(), "");
+}
