@@ -27,7 +27,9 @@ pub fn attach(rules: &[Placed], routes: &[Route]) -> (AttachOut, Vec<Note>) {
     let mut notes = Vec::new();
     for r in rules {
         let at = |text: String| Note::at(&r.file, r.rule.line, text);
+        let in_both_chains = rules.iter().any(|o| same_in_other_chain(r, o));
         match (&r.rule.hook, &r.rule.iif) {
+            _ if in_both_chains => {}
             (Hook::Forwarded, Some(dev)) if ingress.len() > 1 => notes.push(at(format!(
                 "-i {dev}: a policy rule matches on every attach.ingress device ({}), not \
                  only on {dev}",
@@ -58,6 +60,15 @@ pub fn attach(rules: &[Placed], routes: &[Route]) -> (AttachOut, Vec<Note>) {
         }
     }
     (AttachOut { ingress, local }, notes)
+}
+
+/// The same rule for the other kind of traffic: the policy's one rule serves both.
+fn same_in_other_chain(a: &Placed, b: &Placed) -> bool {
+    let (a, b) = (&a.rule, &b.rule);
+    a.hook != b.hook
+        && a.iif.is_none()
+        && b.iif.is_none()
+        && (&a.matcher, a.mark, a.mask) == (&b.matcher, b.mark, b.mask)
 }
 
 /// Every device the routes name but loopback: what PREROUTING without `-i` sees.

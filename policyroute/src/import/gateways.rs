@@ -1,6 +1,6 @@
 //! Gateways from the fwmark ip rules: each rule's table with its default route(s) is one
 //! gateway, its mark the rule's mark.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use super::ip_route::Route;
@@ -30,6 +30,8 @@ pub struct Gateways {
     pub list: Vec<GatewayOut>,
     /// Which gateway (by name) each mark selects.
     pub by_mark: BTreeMap<u32, String>,
+    /// Every mark some fwmark rule tests, gateway or not.
+    pub tested: BTreeSet<u32>,
     pub notes: Vec<Note>,
 }
 
@@ -54,6 +56,12 @@ fn add(out: &mut Gateways, rule: &FwmarkRule, routes: &[Route]) {
         line: rule.origin.1,
         text: what,
     };
+    out.tested.insert(rule.mark);
+    if rule.mark == 0 {
+        let why = "fwmark 0 matches unmarked traffic; a policy gateway needs a non-zero mark";
+        out.notes.push(note(why.to_owned()));
+        return;
+    }
     if KERNEL_TABLES.contains(&rule.table.as_str()) || out.by_mark.contains_key(&rule.mark) {
         // A mark that leads to main, or a later rule for a mark an earlier one decides:
         // the fresh namespace behaves the same without them.

@@ -192,37 +192,53 @@ fn rules(inputs: &Inputs, d: &mut Draft) -> Result<Vec<order::Placed>, ImportErr
 
 /// Names, targets, and a family restriction for rules only one family's chain had.
 fn targets(placed: &[order::Placed], gws: &gateways::Gateways, d: &mut Draft) -> Vec<RuleOut> {
-    let mut names: Vec<String> = Vec::new();
-    placed
-        .iter()
-        .map(|p| {
-            let r = &p.rule;
-            let target = match gws.by_mark.get(&r.mark) {
-                Some(name) => Target::Gateway(name.clone()),
-                None => Target::Mark(r.mark),
-            };
-            if r.mask != u32::MAX && Some(r.mask) != d.mark_mask {
-                let why = format!(
-                    "MARK sets only the bits {:#x}; the policy sets the bits of mark_mask",
-                    r.mask
-                );
-                d.notes.push(Note::at(&p.file, r.line, why));
+    let mut out: Vec<RuleOut> = Vec::new();
+    for p in placed {
+        let r = &p.rule;
+        let note = |text: String| Note::at(&p.file, r.line, text);
+        let mask = d.mark_mask.unwrap_or(u32::MAX);
+        if r.mark & !mask != 0 {
+            let why = format!(
+                "mark {:#x} is outside mark_mask {mask:#x}: not imported",
+                r.mark
+            );
+            d.notes.push(note(why));
+            continue;
+        }
+        if r.mask != u32::MAX && r.mask != mask {
+            let why = format!(
+                "MARK sets only the bits {:#x}; the policy sets the bits of mark_mask",
+                r.mask
+            );
+            d.notes.push(note(why));
+        }
+        let target = match gws.by_mark.get(&r.mark) {
+            Some(name) => Target::Gateway(name.clone()),
+            None => {
+                if r.mark != 0 && !gws.tested.contains(&r.mark) {
+                    let why = format!(
+                        "no fwmark ip rule in the input tests mark {:#x}: kept as a raw mark, \
+                         which routes only if something else acts on it",
+                        r.mark
+                    );
+                    d.notes.push(note(why));
+                }
+                Target::Mark(r.mark)
             }
-            let matcher = only_families(p, &target, gws);
-            let chain = match r.hook {
-                iptables_save::Hook::Forwarded => "PREROUTING",
-                iptables_save::Hook::Local => "OUTPUT",
-            };
-            let name = rule_name(p, chain, &names);
-            names.push(name.clone());
-            RuleOut {
-                name,
-                origin: format!("{}:{} ({chain})", p.file, r.line),
-                matcher,
-                target,
-            }
-        })
-        .collect()
+        };
+        let chain = match r.hook {
+            iptables_save::Hook::Forwarded => "PREROUTING",
+            iptables_save::Hook::Local => "OUTPUT",
+        };
+        let taken: Vec<String> = out.iter().map(|o| o.name.clone()).collect();
+        out.push(RuleOut {
+            name: rule_name(p, chain, &taken),
+            origin: format!("{}:{} ({chain})", p.file, r.line),
+            matcher: only_families(p, &target, gws),
+            target,
+        });
+    }
+    out
 }
 
 /// A rule without addresses matches both families in a policy; one that only one family's

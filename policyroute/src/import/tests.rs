@@ -254,3 +254,49 @@ fn a_table_without_a_default_route_leaves_a_raw_mark() {
     assert_eq!(p.rules[0].target, crate::policy::Target::Mark(7));
     assert!(imported.unexpressed[0].text.contains("no default route"));
 }
+
+#[test]
+fn marks_no_ip_rule_routes_are_listed() {
+    let ipt = "*mangle
+-A PREROUTING -i lan0 -p tcp --dport 25 -j MARK --set-mark 9
+-A PREROUTING -i lan0 -p tcp --dport 26 -j MARK --set-xmark 0x100/0xffff
+COMMIT
+";
+    let rules =
+        "10:\tfrom all fwmark 0x0/0xff lookup 101\n20:\tfrom all fwmark 0x1/0xff lookup 102\n";
+    let routes = "default dev ppp0 table 101\ndefault dev ppp1 table 102\n";
+    let (imported, p) = round_trip(&inputs(&[ipt], &[rules], &[routes]));
+    let texts: Vec<String> = imported
+        .unexpressed
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        texts[0].starts_with("ipt0:2: no fwmark ip rule"),
+        "{texts:#?}"
+    );
+    assert!(
+        texts[1].starts_with("ipt0:3: mark 0x100 is outside mark_mask 0xff"),
+        "{texts:#?}"
+    );
+    assert!(
+        texts[2].starts_with("rule0:1: fwmark 0 matches unmarked"),
+        "{texts:#?}"
+    );
+    assert_eq!(p.rules.len(), 1);
+    assert_eq!(p.rules[0].target, crate::policy::Target::Mark(9));
+    assert_eq!(p.gateways[0].name, "table-102");
+}
+
+#[test]
+fn the_same_rule_in_both_chains_is_no_loss() {
+    let ipt = "*mangle
+-A PREROUTING -p tcp --dport 25 -j MARK --set-mark 4
+-A OUTPUT -p tcp --dport 25 -j MARK --set-mark 4
+COMMIT
+";
+    let (imported, p) = round_trip(&inputs(&[ipt], &[RULES4], &[ROUTES4]));
+    assert_eq!(imported.unexpressed, []);
+    assert!(p.attach.local);
+    assert_eq!(p.attach.ingress, ["wan1", "lan0", "wan2"]);
+}
