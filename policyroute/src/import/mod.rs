@@ -2,9 +2,9 @@
 //! (`iptables-save`, `ip rule show`, `ip route show table all`, and their IPv6 twins),
 //! translated into a policy file. Every input is text; nothing here runs a tool.
 //!
-//! One module per input format ([`iptables_save`], [`ip_rule`], [`ip_route`]), then
-//! [`gateways`] from rules and routes, [`order`] and [`attach`] for the rules, and
-//! [`write_policy`] for the TOML. What the policy cannot say is a [`Note`] with the input
+//! One module per input format ([`iptables_save`], with `mark_rule` for one rule;
+//! [`ip_rule`]; [`ip_route`]), then [`gateways`] from rules and routes, [`order`],
+//! [`attach`] and `policy_rules` for the rules, and [`write_policy`] for the TOML. What the policy cannot say is a [`Note`] with the input
 //! line it is about: it is written at the top of the policy and returned to the caller.
 use serde::Serialize;
 
@@ -17,7 +17,9 @@ pub mod gateways;
 pub mod ip_route;
 pub mod ip_rule;
 pub mod iptables_save;
+mod mark_rule;
 pub mod order;
+mod policy_rules;
 mod source;
 mod tokens;
 pub mod write_policy;
@@ -132,7 +134,7 @@ pub fn draft(inputs: &Inputs) -> Result<Draft, ImportError> {
     let placed = rules(inputs, &mut d)?;
     let (attach, notes) = attach::attach(&placed, &routes);
     d.notes.extend(notes);
-    d.rules = targets(&placed, &gws, &mut d);
+    d.rules = policy_rules::rules(&placed, &gws, &mut d);
     d.gateways = gws.list;
     d.attach = attach;
     d.notes
@@ -188,102 +190,4 @@ fn rules(inputs: &Inputs, d: &mut Draft) -> Result<Vec<order::Placed>, ImportErr
         );
     }
     Ok(merged)
-}
-
-/// Names, targets, and a family restriction for rules only one family's chain had.
-fn targets(placed: &[order::Placed], gws: &gateways::Gateways, d: &mut Draft) -> Vec<RuleOut> {
-    let mut out: Vec<RuleOut> = Vec::new();
-    for p in placed {
-        let r = &p.rule;
-        let note = |text: String| Note::at(&p.file, r.line, text);
-        let mask = d.mark_mask.unwrap_or(u32::MAX);
-        if r.mark & !mask != 0 {
-            let why = format!(
-                "mark {:#x} is outside mark_mask {mask:#x}: not imported",
-                r.mark
-            );
-            d.notes.push(note(why));
-            continue;
-        }
-        if r.mask != u32::MAX && r.mask != mask {
-            let why = format!(
-                "MARK sets only the bits {:#x}; the policy sets the bits of mark_mask",
-                r.mask
-            );
-            d.notes.push(note(why));
-        }
-        let target = match gws.by_mark.get(&r.mark) {
-            Some(name) => Target::Gateway(name.clone()),
-            None => {
-                if r.mark != 0 && !gws.tested.contains(&r.mark) {
-                    let why = format!(
-                        "no fwmark ip rule in the input tests mark {:#x}: kept as a raw mark, \
-                         which routes only if something else acts on it",
-                        r.mark
-                    );
-                    d.notes.push(note(why));
-                }
-                Target::Mark(r.mark)
-            }
-        };
-        let chain = match r.hook {
-            iptables_save::Hook::Forwarded => "PREROUTING",
-            iptables_save::Hook::Local => "OUTPUT",
-        };
-        let taken: Vec<String> = out.iter().map(|o| o.name.clone()).collect();
-        out.push(RuleOut {
-            name: rule_name(p, chain, &taken),
-            origin: format!("{}:{} ({chain})", p.file, r.line),
-            matcher: only_families(p, &target, gws),
-            target,
-        });
-    }
-    out
-}
-
-/// A rule without addresses matches both families in a policy; one that only one family's
-/// chain had gets that family's `/0` destination when its target would route the other.
-fn only_families(p: &order::Placed, target: &Target, gws: &gateways::Gateways) -> Match {
-    let mut m = p.rule.matcher.clone();
-    let has_both = p.families.contains(&Family::V4) && p.families.contains(&Family::V6);
-    if has_both || m.src.is_some() || m.dst.is_some() {
-        return m;
-    }
-    let Some(&family) = p.families.first() else {
-        return m;
-    };
-    let other = if family == Family::V4 {
-        Family::V6
-    } else {
-        Family::V4
-    };
-    let reaches_other = match target {
-        Target::Gateway(name) => gws.list.iter().any(|g| &g.name == name && g.serves(other)),
-        Target::Mark(_) => true,
-    };
-    let family_only_proto = matches!(m.proto, Some(1) | Some(58));
-    if reaches_other && !family_only_proto {
-        let any: ipnet::IpNet = match family {
-            Family::V4 => "0.0.0.0/0".parse().expect("literal"),
-            Family::V6 => "::/0".parse().expect("literal"),
-        };
-        m.dst = Some(any);
-    }
-    m
-}
-
-/// The rule's comment when it makes a new name, else `CHAIN-LINE` (`prerouting-7`).
-fn rule_name(p: &order::Placed, chain: &str, taken: &[String]) -> String {
-    let fallback = format!("{}-{}", chain.to_ascii_lowercase(), p.rule.line);
-    let candidate = p
-        .rule
-        .comment
-        .as_ref()
-        .filter(|c| !c.is_empty() && !taken.contains(c))
-        .cloned();
-    match candidate {
-        Some(c) => c,
-        None if taken.contains(&fallback) => format!("{fallback}-{}", taken.len() + 1),
-        None => fallback,
-    }
 }

@@ -300,3 +300,28 @@ COMMIT
     assert!(p.attach.local);
     assert_eq!(p.attach.ingress, ["wan1", "lan0", "wan2"]);
 }
+
+#[test]
+fn unknown_protocols_and_address_lists_are_listed_not_fatal() {
+    let ipt = "*mangle
+-A PREROUTING -i lan0 -p ospf -j MARK --set-mark 4
+-A PREROUTING -i lan0 -s 192.0.2.1,192.0.2.2 -j MARK --set-mark 4
+-A PREROUTING -i lan0 -p tcp -m tcp --tcp-flags SYN,RST SYN -j MARK --set-mark 4
+COMMIT
+";
+    let (imported, p) = round_trip(&inputs(&[ipt], &[RULES4], &[ROUTES4]));
+    assert!(p.rules.is_empty());
+    let texts: Vec<&str> = imported
+        .unexpressed
+        .iter()
+        .map(|n| n.text.as_str())
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            "-p ospf: unknown protocol",
+            "-s 192.0.2.1,192.0.2.2: several addresses in one rule",
+            "--tcp-flags: option not supported",
+        ]
+    );
+}
