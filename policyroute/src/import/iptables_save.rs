@@ -70,7 +70,11 @@ pub fn parse(src: &Source) -> Result<Parsed, ImportError> {
             continue;
         }
         let Some(open) = table.as_mut() else {
-            let msg = "outside a table (expected *TABLE first)";
+            let msg = if line.starts_with("Chain ") {
+                "this looks like `iptables -L` output; import reads `iptables-save` output"
+            } else {
+                "outside a table (expected *TABLE first)"
+            };
             return Err(ImportError::at(&src.label, n, msg));
         };
         if line == "COMMIT" {

@@ -169,6 +169,7 @@ fn rules(inputs: &Inputs, d: &mut Draft) -> Result<Vec<order::Placed>, ImportErr
             rule,
             file: src.label.clone(),
             families: vec![family],
+            twin: None,
         }));
     }
     let [v4, v6] = by_family;

@@ -14,6 +14,8 @@ pub struct Placed {
     pub rule: MarkRule,
     pub file: String,
     pub families: Vec<Family>,
+    /// `file:line` of the other family's same rule, merged into this one.
+    pub twin: Option<String>,
 }
 
 /// Chain order, or reversed when a later rule overrides an earlier one. Returns whether
@@ -68,6 +70,7 @@ pub fn merge_families(v4: Vec<Placed>, v6: Vec<Placed>) -> (Vec<Placed>, bool) {
             Some(at) => {
                 consistent &= at >= cursor;
                 out[at].families.extend(rule.families);
+                out[at].twin = Some(format!("{}:{}", rule.file, rule.rule.line));
                 cursor = cursor.max(at + 1);
             }
             None => {

@@ -50,7 +50,10 @@ pub(super) fn rules(placed: &[Placed], gws: &Gateways, d: &mut Draft) -> Vec<Rul
         let taken: Vec<String> = out.iter().map(|o| o.name.clone()).collect();
         out.push(RuleOut {
             name: rule_name(p, chain, &taken),
-            origin: format!("{}:{} ({chain})", p.file, r.line),
+            origin: match &p.twin {
+                Some(twin) => format!("{}:{} and {twin} ({chain})", p.file, r.line),
+                None => format!("{}:{} ({chain})", p.file, r.line),
+            },
             matcher: only_families(p, &target, gws),
             target,
         });

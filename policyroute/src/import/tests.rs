@@ -122,7 +122,7 @@ type Malformed<'a> = (&'a str, &'a [&'a str], &'a [&'a str], &'a [&'a str], usiz
 
 #[test]
 fn malformed_input_is_an_error_at_its_line() {
-    let cases: [Malformed<'_>; 5] = [
+    let cases: [Malformed<'_>; 6] = [
         (
             "bad prefix",
             &["*mangle\n-A PREROUTING -s 10.0.0.300/8 -j MARK --set-mark 1\nCOMMIT\n"],
@@ -136,6 +136,13 @@ fn malformed_input_is_an_error_at_its_line() {
             &[],
             &[],
             1,
+        ),
+        (
+            "iptables -L",
+            &["\nChain PREROUTING (policy ACCEPT)\n"],
+            &[],
+            &[],
+            2,
         ),
         (
             "truncated",
@@ -203,6 +210,7 @@ fe80::/64 dev lan0 proto kernel metric 256 pref medium
     let rules6 = "32764:\tfrom all fwmark 0x4 lookup mail.out\n";
     let i = inputs(&[IPT4, ipt6], &[RULES4, rules6], &[ROUTES4, routes6]);
     let (imported, p) = round_trip(&i);
+    assert!(imported.policy.contains("# ipt0:6 and ipt1:3 (PREROUTING)"));
     assert_eq!(p.gateways.len(), 1);
     assert_eq!(p.gateways[0].via.len(), 2, "{}", imported.policy);
     let shown: Vec<String> = p.rules.iter().map(|r| r.matcher.to_string()).collect();
