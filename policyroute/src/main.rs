@@ -120,9 +120,10 @@ enum Command {
     /// `iptables-save`, `ip6tables-save`), the `fwmark` ip rules (`ip rule show`) and the
     /// tables' default routes (`ip route show table all`), saved as text. Gateways come from
     /// the fwmark rules and their tables' default routes (rt_tables names kept), rules from
-    /// the PREROUTING and OUTPUT chains. What the policy cannot express (other targets,
-    /// RETURN logic, connmark, other matches, user chains, ...) is listed at the top of
-    /// the policy and on stderr with its input line. Runs no tool and changes nothing.
+    /// the PREROUTING and OUTPUT chains (RETURN and ACCEPT as mark = 0). What the policy
+    /// cannot express (other targets, connmark, other matches, user chains, ...) is listed
+    /// at the top of the policy and on stderr with its input line. Runs no tool and changes
+    /// nothing.
     ///
     /// Example: `iptables-save > rules.save; ip rule show > rules.txt; ip route show table
     /// all > routes.txt; policyroute import --iptables-save rules.save --ip-rule rules.txt

@@ -228,6 +228,28 @@ fn seed_001_office_web_via_provider_2() {
     });
 }
 
+/// Seed 001 with the exception its text suggests for such setups ("exclude certain
+/// hosts"): a RETURN ahead of the MARK rules, which the import writes as a rule of mark 0.
+#[test]
+fn seed_001_with_a_host_excepted_by_return() {
+    check_recipe(&Recipe {
+        tag: "imp1r",
+        rt_tables: "",
+        setup: "ip route add table 4 default via 203.0.113.2
+                iptables -t mangle -A PREROUTING -s 192.0.2.10 -j RETURN
+                iptables -t mangle -A PREROUTING -p tcp --dport 80 -s 192.0.2.0/25 -j MARK --set-mark 4
+                ip rule add fwmark 4 table 4",
+        forwarded: &[
+            (("tcp", LAN_HOST, 41101, "198.18.0.1", 80), Place::Up1),
+            (("tcp", LAN_HOST_ALT, 41102, "198.18.0.1", 80), Place::Up2),
+            (("tcp", LAN_HOST_ALT, 41103, "198.18.0.1", 22), Place::Up1),
+        ],
+        local: &[],
+        listed: &[],
+        extra: None,
+    });
+}
+
 /// Seed 002 (LARTC): outgoing mail from eth0 (here lan0) through the cheap line, table
 /// `mail.out` by name. Everything is expressible; IPv6 mail keeps main in both (the
 /// recipe is IPv4 only).

@@ -27,6 +27,8 @@ pub struct MarkRule {
     pub mask: u32,
     /// `-m comment --comment TEXT`.
     pub comment: Option<String>,
+    /// `-j RETURN` or `-j ACCEPT` (mark 0): matching packets skip the chain's later rules.
+    pub ends_chain: bool,
 }
 
 #[derive(Debug, Default)]

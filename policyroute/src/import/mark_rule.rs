@@ -22,10 +22,12 @@ pub fn read(
     args: &[String],
     chains: &[String],
 ) -> Result<Verdict, String> {
-    if let Err(why) = target_kind(args, chains) {
-        return Ok(Verdict::Unexpressed(why));
-    }
+    let ends_chain = match target_kind(args, chains) {
+        Ok(ends_chain) => ends_chain,
+        Err(why) => return Ok(Verdict::Unexpressed(why)),
+    };
     let mut reader = RuleReader::new(line, hook);
+    reader.rule.ends_chain = ends_chain;
     Ok(match reader.read(args)? {
         Step::Next => Verdict::Rule(reader.rule),
         Step::Stop(why) => Verdict::Unexpressed(why),
@@ -54,6 +56,7 @@ impl RuleReader {
                 mark: 0,
                 mask: u32::MAX,
                 comment: None,
+                ends_chain: false,
             },
             target: false,
         }
@@ -150,13 +153,15 @@ impl RuleReader {
     }
 }
 
-/// `Err(why)` unless the rule's target is `MARK` setting a mark.
-fn target_kind(args: &[String], chains: &[String]) -> Result<(), String> {
+/// Whether the target ends the chain (`RETURN`, `ACCEPT`: a rule of mark 0 in the
+/// policy, which exempts what it matches from the later rules), `false` for `MARK`
+/// setting a mark; `Err(why)` for any other.
+fn target_kind(args: &[String], chains: &[String]) -> Result<bool, String> {
     let at = args
         .iter()
         .position(|a| matches!(a.as_str(), "-j" | "--jump" | "-g" | "--goto"));
     let Some(at) = at else {
-        return Ok(());
+        return Ok(false);
     };
     let target = args.get(at + 1).map_or("", String::as_str);
     if args[at].starts_with("-g") || args[at] == "--goto" {
@@ -166,7 +171,7 @@ fn target_kind(args: &[String], chains: &[String]) -> Result<(), String> {
         "MARK" => {
             let sets = args.iter().any(|a| a == "--set-xmark" || a == "--set-mark");
             return if sets {
-                Ok(())
+                Ok(false)
             } else {
                 Err("-j MARK with --and-mark, --or-mark or --xor-mark: not supported".into())
             };
@@ -174,11 +179,7 @@ fn target_kind(args: &[String], chains: &[String]) -> Result<(), String> {
         "CONNMARK" => "-j CONNMARK: connection marks are not imported (`sticky = true` on a \
                        gateway sends replies back through the gateway a connection came in)"
             .to_owned(),
-        "RETURN" | "ACCEPT" => format!(
-            "-j {target}: chain logic is not imported; the packets it lets skip the later \
-             MARK rules would match them in the policy (a rule with mark = 0 ahead of them \
-             exempts traffic)"
-        ),
+        "RETURN" | "ACCEPT" => return Ok(true),
         chain if chains.iter().any(|c| c == chain) => {
             format!("-j {chain}: jumps to user-defined chains are not followed")
         }

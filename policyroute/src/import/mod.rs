@@ -172,17 +172,21 @@ fn rules(inputs: &Inputs, d: &mut Draft) -> Result<Vec<order::Placed>, ImportErr
             twin: None,
         }));
     }
-    let [v4, v6] = by_family;
-    let (v4, rev4) = order::last_match_first(v4);
-    let (v6, rev6) = order::last_match_first(v6);
-    if rev4 || rev6 {
+    let [v4, v6] = by_family.map(order::last_match_first);
+    for p in v4.left_out.iter().chain(&v6.left_out) {
+        let why = "-j RETURN/ACCEPT: with MARK rules that override each other (written last \
+                   first) a rule of mark = 0 cannot stop at this point of the chain; not \
+                   imported";
+        d.notes.push(Note::at(&p.file, p.rule.line, why));
+    }
+    if v4.reversed || v6.reversed {
         d.remarks.push(
             "Rules are in reverse chain order: iptables keeps the mark of the last matching \
              MARK rule, the policy uses the first matching rule."
                 .to_owned(),
         );
     }
-    let (merged, consistent) = order::merge_families(v4, v6);
+    let (merged, consistent) = order::merge_families(v4.rules, v6.rules);
     if !consistent {
         d.remarks.push(
             "The IPv4 and IPv6 chains order their common rules differently; the IPv4 order \

@@ -18,18 +18,39 @@ pub struct Placed {
     pub twin: Option<String>,
 }
 
-/// Chain order, or reversed when a later rule overrides an earlier one. Returns whether
-/// it reversed.
-pub fn last_match_first(mut rules: Vec<Placed>) -> (Vec<Placed>, bool) {
-    let clash = rules.iter().enumerate().any(|(i, a)| {
-        rules[i + 1..]
+/// The rules in policy order: chain order, or reversed when a later MARK rule overrides
+/// an earlier one.
+#[derive(Debug, Default)]
+pub struct Ordered {
+    pub rules: Vec<Placed>,
+    pub reversed: bool,
+    /// `RETURN`/`ACCEPT` rules a reversed order cannot hold: in chain order a rule of mark
+    /// 0 is exactly what they do (the packets keep any earlier match's mark and skip the
+    /// rest), reversed it would also override the earlier rules.
+    pub left_out: Vec<Placed>,
+}
+
+pub fn last_match_first(rules: Vec<Placed>) -> Ordered {
+    let marks: Vec<&Placed> = rules.iter().filter(|p| !p.rule.ends_chain).collect();
+    let clash = marks.iter().enumerate().any(|(i, a)| {
+        marks[i + 1..]
             .iter()
             .any(|b| a.rule.mark != b.rule.mark && can_both_match(&a.rule, &b.rule))
     });
-    if clash {
-        rules.reverse();
+    if !clash {
+        return Ordered {
+            rules,
+            ..Ordered::default()
+        };
     }
-    (rules, clash)
+    let (left_out, mut rules): (Vec<Placed>, Vec<Placed>) =
+        rules.into_iter().partition(|p| p.rule.ends_chain);
+    rules.reverse();
+    Ordered {
+        rules,
+        reversed: true,
+        left_out,
+    }
 }
 
 fn can_both_match(a: &MarkRule, b: &MarkRule) -> bool {

@@ -47,12 +47,17 @@ pub(super) fn rules(placed: &[Placed], gws: &Gateways, d: &mut Draft) -> Vec<Rul
             Hook::Forwarded => "PREROUTING",
             Hook::Local => "OUTPUT",
         };
+        let how = if r.ends_chain {
+            ", -j RETURN/ACCEPT"
+        } else {
+            ""
+        };
         let taken: Vec<String> = out.iter().map(|o| o.name.clone()).collect();
         out.push(RuleOut {
             name: rule_name(p, chain, &taken),
             origin: match &p.twin {
-                Some(twin) => format!("{}:{} and {twin} ({chain})", p.file, r.line),
-                None => format!("{}:{} ({chain})", p.file, r.line),
+                Some(twin) => format!("{}:{} and {twin} ({chain}{how})", p.file, r.line),
+                None => format!("{}:{} ({chain}{how})", p.file, r.line),
             },
             matcher: only_families(p, &target, gws),
             target,

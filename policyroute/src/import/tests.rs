@@ -86,7 +86,7 @@ fn what_cannot_be_expressed_is_listed_with_its_line() {
 -A PREROUTING -m conntrack --ctstate NEW -j MARK --set-xmark 0x4/0xffffffff
 -A PREROUTING -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff
 -A PREROUTING ! -s 10.0.0.0/8 -j MARK --set-xmark 0x4/0xffffffff
--A PREROUTING -p tcp -j RETURN
+-A PREROUTING -p tcp -j DROP
 -A PREROUTING -j SUB
 -A SUB -j MARK --set-xmark 0x4/0xffffffff
 -A FORWARD -j MARK --set-xmark 0x4/0xffffffff
@@ -111,10 +111,10 @@ COMMIT
     assert!(text(4).starts_with("ipt0:4: -m conntrack"), "{}", text(4));
     assert!(text(5).contains("CONNMARK"));
     assert!(text(6).contains("negation"));
-    assert!(text(7).contains("RETURN"));
+    assert!(text(7).contains("-j DROP: not a MARK target"));
     assert!(text(8).contains("user-defined"));
     assert!(text(13).contains("table nat"));
-    assert!(imported.policy.contains("# - ipt0:7: -j RETURN"));
+    assert!(imported.policy.contains("# - ipt0:7: -j DROP"));
 }
 
 /// What is wrong, the three inputs, and the line the error must name.
@@ -332,4 +332,38 @@ COMMIT
             "--tcp-flags: option not supported",
         ]
     );
+}
+
+#[test]
+fn return_exempts_what_it_matches_from_the_later_rules() {
+    let ipt = "*mangle
+-A PREROUTING -i lan0 -d 192.0.2.0/24 -j RETURN
+-A PREROUTING -i lan0 -p tcp -j MARK --set-mark 4
+COMMIT
+";
+    let (imported, p) = round_trip(&inputs(&[ipt], &[RULES4], &[ROUTES4]));
+    assert_eq!(imported.unexpressed, []);
+    assert_eq!(p.rules[0].target, crate::policy::Target::Mark(0));
+    assert_eq!(p.rules[0].matcher.to_string(), "dst 192.0.2.0/24");
+    assert_eq!(
+        p.rules[1].target,
+        crate::policy::Target::Gateway("mail.out".into())
+    );
+    assert!(imported.policy.contains("(PREROUTING, -j RETURN/ACCEPT)"));
+}
+
+#[test]
+fn return_among_overriding_marks_is_listed() {
+    let ipt = "*mangle
+-A PREROUTING -i lan0 -p tcp -j MARK --set-mark 4
+-A PREROUTING -i lan0 -d 192.0.2.0/24 -j ACCEPT
+-A PREROUTING -i lan0 -p tcp --dport 22 -j MARK --set-mark 0
+COMMIT
+";
+    let (imported, p) = round_trip(&inputs(&[ipt], &[RULES4], &[ROUTES4]));
+    let names: Vec<&str> = p.rules.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["prerouting-4", "prerouting-2"]);
+    assert_eq!(imported.unexpressed.len(), 1);
+    assert_eq!(imported.unexpressed[0].line, 3);
+    assert!(imported.unexpressed[0].text.starts_with("-j RETURN/ACCEPT"));
 }
