@@ -186,13 +186,7 @@ fn rules(inputs: &Inputs, d: &mut Draft) -> Result<Vec<order::Placed>, ImportErr
                 .to_owned(),
         );
     }
-    let (merged, consistent) = order::merge_families(v4.rules, v6.rules);
-    if !consistent {
-        d.remarks.push(
-            "The IPv4 and IPv6 chains order their common rules differently; the IPv4 order \
-             is kept."
-                .to_owned(),
-        );
-    }
+    let (merged, notes) = order::merge_families(v4.rules, v6.rules);
+    d.notes.extend(notes);
     Ok(merged)
 }

@@ -5,6 +5,7 @@
 use ipnet::IpNet;
 
 use super::iptables_save::MarkRule;
+use super::Note;
 use crate::policy::matcher::{Family, Match};
 use crate::policy::ports::PortSet;
 
@@ -80,16 +81,22 @@ fn overlap(a: &Match, b: &Match) -> bool {
 }
 
 /// The IPv4 and IPv6 rule lists as one: a rule written alike for both families (no
-/// address in it) appears once, for both. Each family's order is kept; `false` when the
-/// two lists order their shared rules differently (the IPv4 order is then used).
-pub fn merge_families(v4: Vec<Placed>, v6: Vec<Placed>) -> (Vec<Placed>, bool) {
+/// address in it) appears once, for both. Each family's order is kept where the two
+/// agree; an IPv6 rule whose twin the IPv4 list has earlier than an IPv6 rule before it
+/// takes the IPv4 place, noted.
+pub fn merge_families(v4: Vec<Placed>, v6: Vec<Placed>) -> (Vec<Placed>, Vec<Note>) {
     let mut out = v4;
     let mut cursor = 0;
-    let mut consistent = true;
+    let mut notes = Vec::new();
     for rule in v6 {
         match out.iter().position(|o| twins(&o.rule, &rule.rule)) {
             Some(at) => {
-                consistent &= at >= cursor;
+                if at < cursor {
+                    let why = "the IPv4 chain has this rule before others the IPv6 chain has \
+                               ahead of it; the policy's one rule for both families keeps \
+                               the IPv4 place";
+                    notes.push(Note::at(&rule.file, rule.rule.line, why));
+                }
                 out[at].families.extend(rule.families);
                 out[at].twin = Some(format!("{}:{}", rule.file, rule.rule.line));
                 cursor = cursor.max(at + 1);
@@ -100,7 +107,7 @@ pub fn merge_families(v4: Vec<Placed>, v6: Vec<Placed>) -> (Vec<Placed>, bool) {
             }
         }
     }
-    (out, consistent)
+    (out, notes)
 }
 
 fn twins(a: &MarkRule, b: &MarkRule) -> bool {
