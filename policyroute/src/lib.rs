@@ -17,6 +17,7 @@
 //! through each of them and reports when one goes down or comes back.
 pub mod control;
 pub mod health;
+pub mod import;
 pub mod kernel;
 pub mod plan;
 pub mod policy;

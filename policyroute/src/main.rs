@@ -2,6 +2,8 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
+
+mod import_cli;
 use clap::{CommandFactory, Parser, Subcommand};
 use policyroute::{
     control::{apply, drift, explain, flush, metrics, run, status, trace, Options},
@@ -149,6 +151,36 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Translate a classic setup into a policy file: mangle-table MARK rules (from
+    /// `iptables-save`, `ip6tables-save`), the `fwmark` ip rules (`ip rule show`) and the
+    /// tables' default routes (`ip route show table all`), saved as text. Gateways come from
+    /// the fwmark rules and their tables' default routes (rt_tables names kept), rules from
+    /// the PREROUTING and OUTPUT chains (RETURN and ACCEPT as mark = 0). What the policy
+    /// cannot express (other targets, connmark, other matches, user chains, ...) is listed
+    /// at the top of the policy and on stderr with its input line. Runs no tool and changes
+    /// nothing.
+    ///
+    /// Example: `iptables-save > rules.save; ip rule show > rules.txt; ip route show table
+    /// all > routes.txt; policyroute import --iptables-save rules.save --ip-rule rules.txt
+    /// --ip-route routes.txt -o policy.toml`
+    Import {
+        /// iptables-save or ip6tables-save output; repeat for both families. `-`: stdin.
+        #[arg(long = "iptables-save", value_name = "FILE", required = true)]
+        iptables_save: Vec<PathBuf>,
+        /// `ip rule show` or `ip -6 rule show` output; repeat for both families. `-`: stdin.
+        #[arg(long = "ip-rule", value_name = "FILE")]
+        ip_rule: Vec<PathBuf>,
+        /// `ip route show table all` or `ip -6 route show table all` output; repeat for both
+        /// families. `-`: stdin.
+        #[arg(long = "ip-route", value_name = "FILE")]
+        ip_route: Vec<PathBuf>,
+        /// Write the policy here instead of stdout.
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Print {policy, unexpressed: [{file, line, text}]} as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a completion script for a shell, e.g. `policyroute completions bash >
     /// /usr/share/bash-completion/completions/policyroute`.
     Completions {
@@ -261,6 +293,20 @@ async fn dispatch(command: Command, opts: Options) -> anyhow::Result<ExitCode> {
         Command::Flush { json } => {
             let r = flush::flush(&opts).await?;
             print(json, &r, || present::flush(&r))?;
+        }
+        Command::Import {
+            iptables_save,
+            ip_rule,
+            ip_route,
+            output,
+            json,
+        } => {
+            let files = import_cli::Files {
+                iptables: iptables_save,
+                ip_rules: ip_rule,
+                ip_routes: ip_route,
+            };
+            import_cli::run(&files, output.as_deref(), json, opts.rt_tables.as_deref())?;
         }
         Command::Completions { shell } => {
             let mut cli = Cli::command();

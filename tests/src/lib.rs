@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod netns;
 pub mod probe;
 pub mod random;
+pub mod recipe;
 pub mod rules;
 pub mod spread;
 pub mod topology;

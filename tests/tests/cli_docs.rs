@@ -4,7 +4,7 @@ use std::process::Command;
 
 use policyroute_tests::{cli, fixture::TempFile};
 
-const COMMANDS: [&str; 9] = [
+const COMMANDS: [&str; 10] = [
     "apply",
     "run",
     "status",
@@ -12,6 +12,7 @@ const COMMANDS: [&str; 9] = [
     "explain",
     "trace",
     "flush",
+    "import",
     "completions",
     "man",
 ];

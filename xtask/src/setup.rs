@@ -27,6 +27,8 @@ const CARGO_DEB_VERSION: &str = "3.8.0";
 /// peers that stop answering.)
 const PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
+    // The import tests build each recipe with real iptables rules first.
+    ("iptables", "iptables"),
     ("nft", "nftables"),
     ("setpriv", "util-linux"),
     ("systemd-analyze", "systemd"),
@@ -34,7 +36,6 @@ const PACKAGES: &[(&str, &str)] = &[
 /// What only the benchmarks need: the classic tools policyroute is compared with, GRO on
 /// veth, plots, profiles. Installed by `cargo xtask bench`, not by every command.
 const BENCH_PACKAGES: &[(&str, &str)] = &[
-    ("iptables", "iptables"),
     ("ethtool", "ethtool"),
     ("gnuplot", "gnuplot-nox"),
     ("perf", "linux-perf"),

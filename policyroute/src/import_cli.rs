@@ -1,0 +1,76 @@
+//! `policyroute import` at the command line: files (or stdin) in, the policy out, what
+//! it does not express on stderr.
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use policyroute::import::{self, Imported, Inputs, Source};
+use policyroute::policy::{rt_tables::RtTables, Policy};
+
+pub struct Files {
+    pub iptables: Vec<PathBuf>,
+    pub ip_rules: Vec<PathBuf>,
+    pub ip_routes: Vec<PathBuf>,
+}
+
+pub fn run(
+    files: &Files,
+    output: Option<&Path>,
+    json: bool,
+    rt_tables: Option<&Path>,
+) -> anyhow::Result<()> {
+    let mut stdin_used = false;
+    let mut read = |paths: &[PathBuf]| -> anyhow::Result<Vec<Source>> {
+        paths.iter().map(|p| source(p, &mut stdin_used)).collect()
+    };
+    let inputs = Inputs {
+        iptables: read(&files.iptables)?,
+        ip_rules: read(&files.ip_rules)?,
+        ip_routes: read(&files.ip_routes)?,
+    };
+    let imported = import::import(&inputs)?;
+    for note in &imported.unexpressed {
+        eprintln!("policyroute import: not expressed: {note}");
+    }
+    check_loads(&imported, rt_tables);
+    if let Some(path) = output {
+        std::fs::write(path, &imported.policy)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&imported)?);
+    } else if output.is_none() {
+        print!("{}", imported.policy);
+    }
+    Ok(())
+}
+
+fn source(path: &Path, stdin_used: &mut bool) -> anyhow::Result<Source> {
+    if path.as_os_str() == "-" {
+        anyhow::ensure!(!*stdin_used, "only one input can be `-` (stdin)");
+        *stdin_used = true;
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("reading stdin")?;
+        return Ok(Source::new("<stdin>", text));
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(Source::new(path.display().to_string(), text))
+}
+
+/// Table names must be known where the policy is applied; say so now rather than at
+/// `apply` time.
+fn check_loads(imported: &Imported, rt_tables: Option<&Path>) {
+    let tables = match rt_tables {
+        Some(path) => RtTables::parse(&std::fs::read_to_string(path).unwrap_or_default()),
+        None => RtTables::system(),
+    };
+    if let Err(e) = Policy::parse(&imported.policy, "imported policy", &tables) {
+        eprintln!(
+            "policyroute import: warning: the policy does not load with this machine's \
+             rt_tables (give the names with --rt-tables FILE): {e}"
+        );
+    }
+}
