@@ -304,3 +304,29 @@ fn a_member_without_carrier_gives_its_flows_to_the_other_and_blackhole_still_dro
         "the kill switch drops: {p:?}"
     );
 }
+
+#[test]
+fn under_run_a_new_main_route_takes_matched_traffic_off_the_fast_path() {
+    use policyroute_tests::{daemon::Daemon, fixture::TempFile};
+    let t = Topology::new("fprun");
+    let file = TempFile::new("fprun.toml", &policy());
+    let d = Daemon::start(&t.router, file.arg(), &[], &[]);
+    d.ready();
+    // A LAN-side network appears: 198.18.7.0/24 behind lan2, by a static route.
+    t.lan2.ip("addr add 198.18.7.1/32 dev lo");
+    t.router.ip("route add 198.18.7.0/24 via 192.0.2.130");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut sport = 46000;
+    loop {
+        let p = t.udp_probe(LAN_HOST, sport, "198.18.7.1", 9999, Send::default());
+        if p.hops.first().map(|h| h.arrival.at) == Some(Place::Lan2) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "matched traffic to the new LAN route never stayed on the LAN: {p:?}\n{}",
+            d.log_text()
+        );
+        sport += 1;
+    }
+}
