@@ -1,6 +1,6 @@
 //! `policyroute trace`: the filter userspace writes, and the event the programs log (through
 //! aya-log) for each packet or socket call that passes it. No trace running costs the
-//! programs one array lookup and one branch.
+//! programs one bit test of the control word they have loaded anyway ([`CONTROL_TRACE`]).
 
 /// Hooks an event comes from.
 pub const HOOK_TC_INGRESS: u8 = 1;
@@ -83,6 +83,11 @@ impl TraceEvent {
 }
 
 const _: () = assert!(TRACE_EVENT_SIZE == 64);
+
+/// `Control::flags` bit: a trace runs (its filter is in `TRACE_MAP`). In the control word
+/// the programs load anyway, so no trace costs one bit test. Apply keeps the bit as it
+/// finds it.
+pub const CONTROL_TRACE: u32 = 1 << 31;
 
 /// Filter flags: which conditions of [`TraceFilter`] apply.
 pub const TRACE_ON: u32 = 1;

@@ -149,10 +149,10 @@ pub fn policyroute_eg(ctx: TcContext) -> i32 {
                 set_mark(&ctx, mark, hit.mark_mask);
             }
             if !is_explain(&ctx) {
-                trace::tc(&ctx, HOOK_TC_EGRESS, &pkt, &traced);
+                trace::tc(&ctx, control, HOOK_TC_EGRESS, &pkt, &traced);
             }
         } else if !is_explain(&ctx) {
-            trace::tc(&ctx, HOOK_TC_EGRESS, &pkt, &Traced::none());
+            trace::tc(&ctx, control, HOOK_TC_EGRESS, &pkt, &Traced::none());
         }
     }
     TC_ACT_UNSPEC
@@ -205,7 +205,7 @@ fn tc(ctx: &TcContext, pkt: &Packet, control: &Control) -> i32 {
     }
     let (ret, traced) = classify_ingress(ctx, pkt, control, explain);
     if !explain {
-        trace::tc(ctx, HOOK_TC_INGRESS, pkt, &traced);
+        trace::tc(ctx, control, HOOK_TC_INGRESS, pkt, &traced);
     }
     ret
 }

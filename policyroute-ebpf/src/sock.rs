@@ -49,7 +49,7 @@ pub fn handle(ctx: &SockAddrContext, v6: bool, sendmsg: bool) -> i32 {
     let pkt = packet(sa, v6);
     let (verdict, traced) = verdict(ctx, &pkt, control);
     let hook = if sendmsg { HOOK_SENDMSG } else { HOOK_CONNECT };
-    trace::sock(hook, &pkt, &traced);
+    trace::sock(control, hook, &pkt, &traced);
     match verdict {
         Verdict::Pass => ALLOW,
         Verdict::Deny => DENY,

@@ -1,12 +1,12 @@
 //! `policyroute trace`: when the trace filter map says a trace runs, each packet or socket
 //! call that passes the filter is logged through aya-log as a `TraceEvent`, at most
-//! `per_cpu_rate` lines per CPU and second. With no trace running the cost is the filter
-//! lookup (an array lookup the verifier inlines) and one branch.
+//! `per_cpu_rate` lines per CPU and second. With no trace running the cost is one bit test
+//! of the control word (`CONTROL_TRACE`) and one branch.
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use aya_log_ebpf::info;
 use policyroute_common::{
-    TraceEvent, TraceFilter, NO_MEMBER, NO_RULE, TRACE_DPORT, TRACE_DST, TRACE_IIF, TRACE_ON,
-    TRACE_PROTO, TRACE_SPORT, TRACE_SRC,
+    Control, TraceEvent, TraceFilter, CONTROL_TRACE, NO_MEMBER, NO_RULE, TRACE_DPORT, TRACE_DST,
+    TRACE_IIF, TRACE_ON, TRACE_PROTO, TRACE_SPORT, TRACE_SRC,
 };
 
 use crate::{parse::Packet, TRACE, TRACE_EVENT, TRACE_RATE};
@@ -45,7 +45,10 @@ impl Traced {
 
 /// Traces a packet at a tc hook.
 #[inline(always)]
-pub fn tc(ctx: &TcContext, hook: u8, pkt: &Packet, t: &Traced) {
+pub fn tc(ctx: &TcContext, control: &Control, hook: u8, pkt: &Packet, t: &Traced) {
+    if control.flags & CONTROL_TRACE == 0 {
+        return;
+    }
     let Some(filter) = TRACE.get(0) else {
         return;
     };
@@ -60,7 +63,10 @@ pub fn tc(ctx: &TcContext, hook: u8, pkt: &Packet, t: &Traced) {
 
 /// Traces a socket call (no device).
 #[inline(always)]
-pub fn sock(hook: u8, pkt: &Packet, t: &Traced) {
+pub fn sock(control: &Control, hook: u8, pkt: &Packet, t: &Traced) {
+    if control.flags & CONTROL_TRACE == 0 {
+        return;
+    }
     let Some(filter) = TRACE.get(0) else {
         return;
     };

@@ -177,14 +177,18 @@ fn trace_names_the_group_member_each_flow_took() {
     let mut went = std::collections::BTreeMap::new();
     let mut sport = 45000;
     let lines = tracer.lines_while(40, || {
-        let at = t.udp(LAN_HOST, sport, INTERNET[0], 7000).expect("flow").at;
-        went.insert(sport, at);
+        // A datagram lost on a loaded machine only leaves its line unchecked.
+        if let Some(a) = t.udp(LAN_HOST, sport, INTERNET[0], 7000) {
+            went.insert(sport, a.at);
+        }
         sport += 1;
     });
     let mut on = [0, 0];
     for line in &lines {
         let v = json(line);
-        let at = went[&(v["sport"].as_u64().unwrap() as u16)];
+        let Some(&at) = went.get(&(v["sport"].as_u64().unwrap() as u16)) else {
+            continue;
+        };
         let want = if at == Place::Up2 { "isp2" } else { "isp1" };
         assert_eq!(v["gateway"], want, "the packets went to {at:?}: {line}");
         assert_eq!(

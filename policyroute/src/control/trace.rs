@@ -97,7 +97,7 @@ pub async fn trace(
     let mut logs = unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) }
         .map_err(|e| TraceError::Io(e.into()))?;
     let mut summary = Summary::default();
-    let result = watch(&mut logs, &sink, opts.count, |e| {
+    let result = watch(&mut logs, &sink, &mut session, opts.count, |e| {
         emit(&trace_line::line(e, now(), record.as_ref(), &links));
         summary.lines += 1;
     })
@@ -108,23 +108,28 @@ pub async fn trace(
     Ok(summary)
 }
 
-/// Reads lines as they come until `count` or a signal.
+/// Reads lines as they come until `count` or a signal. Once a second the trace bit is set
+/// again, in case an apply that read the control word before the trace set it wrote it back
+/// without.
 async fn watch(
     logs: &mut AsyncFd<EbpfLogger<Collector>>,
     sink: &Mutex<Vec<TraceEvent>>,
+    session: &mut Session,
     count: Option<u64>,
     mut each: impl FnMut(&TraceEvent),
-) -> Result<(), TraceError> {
+) -> Result<(), ControlError> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
+    let mut term = signal(SignalKind::terminate()).map_err(TraceError::from)?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut seen = 0u64;
     loop {
         tokio::select! {
             ready = logs.readable_mut() => {
-                let mut guard = ready?;
+                let mut guard = ready.map_err(TraceError::from)?;
                 guard.get_inner_mut().flush();
                 guard.clear_ready();
             }
+            _ = tick.tick() => session.assert_bit()?,
             _ = tokio::signal::ctrl_c() => return Ok(()),
             _ = term.recv() => return Ok(()),
         }
@@ -260,7 +265,12 @@ impl Session {
             .set(0, zero, 0)
             .map_err(DataplaneError::from)?;
         maps.trace.set(0, filter, 0).map_err(DataplaneError::from)?;
+        maps.set_trace_bit(true)?;
         Ok(Self { maps, on: true })
+    }
+
+    fn assert_bit(&mut self) -> Result<(), ControlError> {
+        Ok(self.maps.set_trace_bit(true)?)
     }
 
     /// Lines the rate limit dropped, over all CPUs.
@@ -272,6 +282,7 @@ impl Session {
     fn stop(&mut self) -> Result<(), ControlError> {
         if self.on {
             self.on = false;
+            self.maps.set_trace_bit(false)?;
             self.maps
                 .trace
                 .set(0, TraceFilter::default(), 0)

@@ -17,9 +17,10 @@ use aya::{
 use policyroute_common::{
     Control, Counter, DeviceRole, FastGateway, FastStats, FlowChoice, FlowKey, FlowTuple,
     FlowValue, GatewaySource, RuleKey, RuleValue, ShapeTable, StateChunk, TargetState, TraceFilter,
-    TraceRate, ADDRESSES_MAP, CHOICES_MAP, CONTROL_MAP, COUNTERS_MAP, DEVICES_MAP, FAST_MAP,
-    FAST_STATS_MAP, FLOWS_MAP, GENERATIONS, KERNEL4_MAP, KERNEL6_MAP, LOGS_MAP, RULES_MAP,
-    SOURCES_MAP, STATE_CHUNK, STATE_MAP, TABLES_MAP, TARGETS_MAP, TRACE_MAP, TRACE_RATE_MAP,
+    TraceRate, ADDRESSES_MAP, CHOICES_MAP, CONTROL_MAP, CONTROL_TRACE, COUNTERS_MAP, DEVICES_MAP,
+    FAST_MAP, FAST_STATS_MAP, FLOWS_MAP, GENERATIONS, KERNEL4_MAP, KERNEL6_MAP, LOGS_MAP,
+    RULES_MAP, SOURCES_MAP, STATE_CHUNK, STATE_MAP, TABLES_MAP, TARGETS_MAP, TRACE_MAP,
+    TRACE_RATE_MAP,
 };
 
 use rustc_hash::FxHashSet;
@@ -340,13 +341,30 @@ impl Maps {
         netns_cookie: u64,
         sticky_ttl_ns: u64,
     ) -> Result<(), DataplaneError> {
+        let now = self.control.get(&0, 0)?;
         let control = Control {
-            flags,
+            // A running trace's bit is not the policy's to change.
+            flags: (flags & !CONTROL_TRACE) | (now.flags & CONTROL_TRACE),
             netns_cookie,
             sticky_ttl_ns,
-            ..self.control.get(&0, 0)?
+            ..now
         };
         self.control.set(0, control, 0)?;
+        Ok(())
+    }
+
+    /// Sets or clears [`CONTROL_TRACE`], keeping the rest of the control word.
+    pub fn set_trace_bit(&mut self, on: bool) -> Result<(), DataplaneError> {
+        let mut control = self.control.get(&0, 0)?;
+        let flags = if on {
+            control.flags | CONTROL_TRACE
+        } else {
+            control.flags & !CONTROL_TRACE
+        };
+        if flags != control.flags {
+            control.flags = flags;
+            self.control.set(0, control, 0)?;
+        }
         Ok(())
     }
 
