@@ -65,13 +65,13 @@ pub fn forward(
     // SAFETY: the value is only read, inside this program's RCU read side.
     let table = unsafe { FAST.get(&mark) }?.table;
     if kernel_routes(pkt) {
-        stat(|s| s.to_kernel += 1);
+        stat(explain, |s| s.to_kernel += 1);
         return None;
     }
     let scratch = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: this CPU's scratch slot, used by nothing else while this program runs.
     let params = unsafe { &mut (*scratch).fib };
-    fill_params(ctx, pkt, table, params)?;
+    fill_params(ctx, pkt, table, params, explain)?;
     // SAFETY: ctx is this program's context and params a live, writable bpf_fib_lookup of
     // the size given (in a map value: the stack of a call chain is capped at 512 bytes).
     let rc = unsafe {
@@ -89,7 +89,7 @@ pub fn forward(
         }
         BPF_FIB_LKUP_RET_FRAG_NEEDED => too_big(ctx, pkt, explain),
         _ => {
-            stat(|s| s.no_route += 1);
+            stat(explain, |s| s.no_route += 1);
             None
         }
     }
@@ -111,7 +111,13 @@ fn kernel_routes(pkt: &Packet) -> bool {
 /// fast path does not rewrite: VLAN-tagged in the packet, or with TTL or hop limit at most
 /// 1.
 #[inline(always)]
-fn fill_params(ctx: &TcContext, pkt: &Packet, table: u32, p: &mut FibParams) -> Option<()> {
+fn fill_params(
+    ctx: &TcContext,
+    pkt: &Packet,
+    table: u32,
+    p: &mut FibParams,
+    explain: bool,
+) -> Option<()> {
     let ethertype = u16::from_be_bytes(crate::parse::load::<[u8; 2]>(ctx, 12)?);
     // SAFETY: all-zero is a valid bpf_fib_lookup (plain integers and unions of them); p is
     // a live, exclusive reference.
@@ -144,7 +150,7 @@ fn fill_params(ctx: &TcContext, pkt: &Packet, table: u32, p: &mut FibParams) -> 
         _ => return None,
     };
     if ttl <= 1 {
-        stat(|s| s.expired += 1);
+        stat(explain, |s| s.expired += 1);
         return None;
     }
     // With the packet's length the lookup checks the route's MTU (path MTU included); a
@@ -183,7 +189,7 @@ fn redirect(ctx: &TcContext, pkt: &Packet, p: &FibParams, explain: bool) -> Opti
             0,
         )
     };
-    stat(|s| s.forwarded += 1);
+    stat(false, |s| s.forwarded += 1);
     Some(rc as i32)
 }
 
@@ -197,11 +203,11 @@ fn too_big(ctx: &TcContext, pkt: &Packet, explain: bool) -> Option<i32> {
     if pkt.family == FAMILY_V4 {
         let frag = crate::parse::load::<[u8; 2]>(ctx, ETH_HLEN + 6)?;
         if u16::from_be_bytes(frag) & IP_DF == 0 {
-            stat(|s| s.dropped_fragment += 1);
+            stat(false, |s| s.dropped_fragment += 1);
             return Some(TC_ACT_SHOT as i32);
         }
     }
-    stat(|s| s.too_big += 1);
+    stat(false, |s| s.too_big += 1);
     Some(SEND_TOO_BIG)
 }
 
@@ -259,9 +265,12 @@ fn answer(ctx: &TcContext, ifindex: u32, nh: [u32; 4]) {
     }
 }
 
-/// Per-CPU statistics: no atomics.
+/// Per-CPU statistics: no atomics. Explain's test runs count nothing.
 #[inline(always)]
-fn stat(f: impl FnOnce(&mut FastStats)) {
+fn stat(explain: bool, f: impl FnOnce(&mut FastStats)) {
+    if explain {
+        return;
+    }
     if let Some(s) = FAST_STATS.get_ptr_mut(0) {
         // SAFETY: this CPU's own slot, and no other program runs on this CPU meanwhile.
         unsafe { f(&mut *s) };

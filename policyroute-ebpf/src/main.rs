@@ -7,11 +7,12 @@
 //! Packets and socket calls that pass a running `policyroute trace`'s filter are logged
 //! through aya-log (`trace`).
 //!
-//! It never redirects or rewrites packet bytes, and drops only what a rule sends to a
-//! gateway or group that is down with `when_down = "blackhole"` (`TC_ACT_SHOT`).
-//! Otherwise it returns `TC_ACT_UNSPEC` (-1), which is `TCX_NEXT` for tcx and "continue
-//! with the next filter" for cls_bpf in direct-action mode, so other programs on the same
-//! hook still run and decide the verdict.
+//! Without `fast_path` it never redirects or rewrites packet bytes; with it, gateway-bound
+//! packets are forwarded by the program (`fast`, `icmp`). It drops only what a rule sends
+//! to a gateway or group that is down with `when_down = "blackhole"` (`TC_ACT_SHOT`), and
+//! (fast path) IPv4 too big without DF. Otherwise it returns `TC_ACT_UNSPEC` (-1), which is
+//! `TCX_NEXT` for tcx and "continue with the next filter" for cls_bpf in direct-action
+//! mode, so other programs on the same hook still run and decide the verdict.
 #![no_std]
 #![no_main]
 
