@@ -706,9 +706,10 @@ fn main() {
         std::thread::available_parallelism().map_or(1, |n| n.get()) > ROUTER_CPU,
         "needs at least 2 CPUs"
     );
+    // Read before pinning: the machine's core count, not the one CPU left to this process.
+    let env = bench::environment();
     // The whole process (sender included) and the tools it starts stay off the router CPU.
     pin_to_cpu(SENDER_CPU);
-    let env = bench::environment();
     eprintln!(
         "e2e: {} reps x {} ms per variant, mix and size, load cap {} s",
         cfg.reps,
