@@ -17,7 +17,8 @@ use crate::cmd::{self, cargo, output, root};
 pub enum Which {
     /// Classifier ns/packet by BPF_PROG_TEST_RUN at 1, 1k, 10k and 100k rules.
     Classify,
-    /// UDP forwarding through the router: policyroute vs iptables, nftables, ip rule.
+    /// UDP forwarding through the router, matched and unmatched traffic: policyroute
+    /// (mark-based and fast path) vs iptables, nftables, ip rule.
     E2e,
     /// Wall time and peak memory of apply (1k, 100k, one rule changed) and flush.
     Control,

@@ -1,12 +1,15 @@
 //! `cargo xtask bench e2e`: small-packet UDP forwarded LAN → router → upstream through veth
 //! pairs: no policy (baseline); the fwmark ip rules alone with nothing marking (what policy
-//! routing costs before classification); and the same policy expressed four ways:
-//! policyroute (the real CLI), iptables mangle PREROUTING `-j MARK` rules, an nftables
-//! concatenated-key map, and `ip rule` selectors. Every variant is first checked to send
-//! exactly the expected packets to each uplink; then repetitions run interleaved
-//! (A B C D E F A B C ...) and each is reported as a ratio to the baseline of the same
-//! repetition. A load that passes the time cap is stopped and that size (and larger ones)
-//! skipped for that variant.
+//! routing costs before classification); and the same policy expressed five ways:
+//! policyroute (the real CLI) marking for the fwmark rules, policyroute with
+//! `fast_path = true` (the tc program forwards matched packets itself, no ip rules),
+//! iptables mangle PREROUTING `-j MARK` rules, an nftables concatenated-key map, and
+//! `ip rule` selectors. Each setup carries two traffic mixes, measured and reported apart:
+//! matched (every flow hits an entry) and unmatched (no flow does). Every variant is first
+//! checked to send exactly the expected packets of each mix to each uplink; then
+//! repetitions run interleaved (per repetition and mix: A B C D ...) and each is reported
+//! as a ratio to the baseline of the same mix and repetition. A load that passes the time
+//! cap is stopped and that size (and larger ones) skipped for that variant.
 //!
 //! The sender (an AF_PACKET socket in the LAN namespace) runs on CPU 0; receive packet
 //! steering sends everything the router receives on lan0 to CPU 1, where the router's
@@ -33,9 +36,8 @@ use policyroute_tests::{
 };
 use serde_json::{json, Value};
 
-/// Distinct flows in the traffic: 3/4 hit entries spread over the policy, 1/4 miss.
+/// Distinct flows in each traffic mix.
 const FLOWS: usize = 1024;
-const HITS: usize = 768;
 /// The router's CPU (receive packet steering target) and the sender's.
 const ROUTER_CPU: usize = 1;
 const SENDER_CPU: usize = 0;
@@ -47,15 +49,17 @@ enum Variant {
     /// what policy routing costs before any classification.
     Rules,
     Policyroute,
+    FastPath,
     Iptables,
     Nftables,
     IpRule,
 }
 
-const VARIANTS: [Variant; 6] = [
+const VARIANTS: [Variant; 7] = [
     Variant::Baseline,
     Variant::Rules,
     Variant::Policyroute,
+    Variant::FastPath,
     Variant::Iptables,
     Variant::Nftables,
     Variant::IpRule,
@@ -67,6 +71,7 @@ impl Variant {
             Variant::Baseline => "baseline (no policy)",
             Variant::Rules => "fwmark rules only, no marking",
             Variant::Policyroute => "policyroute",
+            Variant::FastPath => "policyroute fast path",
             Variant::Iptables => "iptables MARK",
             Variant::Nftables => "nftables map",
             Variant::IpRule => "ip rule selectors",
@@ -78,41 +83,82 @@ impl Variant {
             Variant::Baseline => "baseline",
             Variant::Rules => "rules-only",
             Variant::Policyroute => "policyroute",
+            Variant::FastPath => "fast-path",
             Variant::Iptables => "iptables",
             Variant::Nftables => "nftables",
             Variant::IpRule => "iprule",
         }
     }
+
+    /// Whether the variant classifies at all (so matched traffic goes to up2).
+    fn routes_policy(self) -> bool {
+        !matches!(self, Variant::Baseline | Variant::Rules)
+    }
 }
 
-/// The traffic: hits spread evenly over the entries, misses to entries' addresses on a
-/// port no entry has, and misses to addresses no entry has; interleaved so consecutive
-/// packets go to different entries. Returns the flows and how many hit.
-fn flows(n: usize) -> (Vec<Flow>, usize) {
-    let src = Ipv4Addr::new(192, 0, 2, 10);
-    let mut all = Vec::with_capacity(FLOWS);
-    for k in 0..FLOWS {
-        let sport = 20_000 + ((k * 37) % 40_000) as u16;
-        let (dst, dport) = if k < HITS {
-            entry(k * n / HITS)
-        } else if k < HITS + (FLOWS - HITS) / 2 {
-            (entry((k * 7919) % n).0, 9_000 + (k % 1000) as u16)
-        } else {
-            (
-                Ipv4Addr::new(198, 19, 200, (k % 250) as u8),
-                10_000 + k as u16 % 1000,
-            )
-        };
-        all.push(Flow {
-            src,
-            sport,
-            dst,
-            dport,
-        });
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mix {
+    /// Every flow hits an entry.
+    Matched,
+    /// No flow hits an entry.
+    Unmatched,
+}
+
+const MIXES: [Mix; 2] = [Mix::Matched, Mix::Unmatched];
+
+impl Mix {
+    fn key(self) -> &'static str {
+        match self {
+            Mix::Matched => "matched",
+            Mix::Unmatched => "unmatched",
+        }
     }
-    // 389 is coprime with 1024: a permutation that spreads hits and misses.
-    let order: Vec<Flow> = (0..FLOWS).map(|j| all[(j * 389) % FLOWS]).collect();
-    (order, HITS)
+
+    /// Packets of one pass over the flows expected at (up1, up2) under `v`.
+    fn expected(self, v: Variant) -> (u64, u64) {
+        if self == Mix::Matched && v.routes_policy() {
+            (0, FLOWS as u64)
+        } else {
+            (FLOWS as u64, 0)
+        }
+    }
+}
+
+/// Flow `k` of `mix` at `n` entries. Matched flows are spread evenly over the entries;
+/// unmatched ones go half to entries' addresses on a port no entry has (so the address
+/// alone cannot decide), half to addresses no entry has.
+fn flow(mix: Mix, n: usize, k: usize) -> Flow {
+    let (dst, dport) = match mix {
+        Mix::Matched => entry(k * n / FLOWS),
+        Mix::Unmatched if k < FLOWS / 2 => (entry((k * 7919) % n).0, 9_000 + (k % 1000) as u16),
+        Mix::Unmatched => (
+            Ipv4Addr::new(198, 19, 200, (k % 250) as u8),
+            10_000 + k as u16 % 1000,
+        ),
+    };
+    Flow {
+        src: Ipv4Addr::new(192, 0, 2, 10),
+        sport: 20_000 + ((k * 37) % 40_000) as u16,
+        dst,
+        dport,
+    }
+}
+
+/// The flows of `mix`, in an order where consecutive packets go to different entries
+/// (389 is coprime with 1024, so this is a permutation).
+fn flows(mix: Mix, n: usize) -> Vec<Flow> {
+    (0..FLOWS)
+        .map(|j| flow(mix, n, (j * 389) % FLOWS))
+        .collect()
+}
+
+/// One traffic mix of one setup: its frames, the marking check, and the repetitions.
+struct MixRun {
+    mix: Mix,
+    frames: Vec<Vec<u8>>,
+    verified: Option<(u64, u64, bool)>,
+    pps: Vec<f64>,
+    cpu_ns: Vec<f64>,
 }
 
 struct Setup {
@@ -124,10 +170,8 @@ struct Setup {
     up1: IpReceived,
     up2: IpReceived,
     sender: FrameSender,
-    frames: Vec<Vec<u8>>,
-    verified: Option<(u64, u64, bool)>,
-    pps: Vec<f64>,
-    cpu_ns: Vec<f64>,
+    /// One per entry of [`MIXES`], in that order.
+    mixes: Vec<MixRun>,
 }
 
 /// Routing shared by the classic variants, as policyroute installs it: main routes first,
@@ -196,8 +240,12 @@ fn load(v: Variant, r: &NetNs, n: usize, cap: Duration) -> Result<Option<Duratio
             classic_routing(r, true);
             return Ok(None);
         }
-        Variant::Policyroute => {
-            let f = TempFile::new("policy.toml", &policy_toml(n, None));
+        Variant::Policyroute | Variant::FastPath => {
+            let mut policy = policy_toml(n, None);
+            if v == Variant::FastPath {
+                policy.insert_str(0, "fast_path = true\n");
+            }
+            let f = TempFile::new("policy.toml", &policy);
             let bin = cli::bin();
             (ns_exec(&[bin.to_str().unwrap(), "apply", "-c", f.arg()]), f)
         }
@@ -261,10 +309,18 @@ fn setup(v: Variant, n: usize, cap: Duration, skip: Option<String>) -> Setup {
     };
     let dst_mac = mac_of(&topo.router, "lan0");
     let src_mac = mac_of(&topo.lan, "eth0");
-    let frames = flows(n)
-        .0
+    let mixes = MIXES
         .iter()
-        .map(|f| udp_frame(dst_mac, src_mac, f))
+        .map(|&mix| MixRun {
+            mix,
+            frames: flows(mix, n)
+                .iter()
+                .map(|f| udp_frame(dst_mac, src_mac, f))
+                .collect(),
+            verified: None,
+            pps: Vec::new(),
+            cpu_ns: Vec::new(),
+        })
         .collect();
     Setup {
         variant: v,
@@ -274,19 +330,16 @@ fn setup(v: Variant, n: usize, cap: Duration, skip: Option<String>) -> Setup {
         _topo: topo,
         load,
         skipped,
-        frames,
-        verified: None,
-        pps: Vec::new(),
-        cpu_ns: Vec::new(),
+        mixes,
     }
 }
 
-/// Sends every flow once, batch by batch, each batch only after the previous one arrived
-/// (no drops); returns what reached up1 (main table) and up2 (table 102).
-fn verify(s: &mut Setup) -> (u64, u64) {
+/// Sends every flow of mix `m` once, batch by batch, each batch only after the previous one
+/// arrived (no drops); returns what reached up1 (main table) and up2 (table 102).
+fn verify(s: &mut Setup, m: usize) -> (u64, u64) {
     let (a0, b0) = (s.up1.get(), s.up2.get());
     let (up1, up2) = (&mut s.up1, &mut s.up2);
-    s.sender.send_each(&s.frames, |sent| {
+    s.sender.send_each(&s.mixes[m].frames, |sent| {
         let deadline = Instant::now() + Duration::from_secs(20);
         while up1.get() + up2.get() - a0 - b0 < sent as u64 && Instant::now() < deadline {
             std::thread::yield_now();
@@ -301,13 +354,13 @@ fn verify(s: &mut Setup) -> (u64, u64) {
     (s.up1.get() - a0, s.up2.get() - b0)
 }
 
-/// One timed repetition: returns (packets/s forwarded, CPU ns per packet on the router CPU),
-/// both over the sending window only; then waits until the router's queue has drained so
-/// the next measurement starts clean.
-fn blast(s: &mut Setup, run: Duration) -> (f64, f64) {
+/// One timed repetition of mix `m`: returns (packets/s forwarded, CPU ns per packet on the
+/// router CPU), both over the sending window only; then waits until the router's queue has
+/// drained so the next measurement starts clean.
+fn blast(s: &mut Setup, m: usize, run: Duration) -> (f64, f64) {
     let before = s.up1.get() + s.up2.get();
     let cpu0 = cpu_busy_ns(ROUTER_CPU);
-    let (_sent, elapsed) = s.sender.blast(&s.frames, run);
+    let (_sent, elapsed) = s.sender.blast(&s.mixes[m].frames, run);
     let at_stop = s.up1.get() + s.up2.get();
     let cpu1 = cpu_busy_ns(ROUTER_CPU);
     let received = (at_stop - before).max(1);
@@ -322,9 +375,9 @@ fn blast(s: &mut Setup, run: Duration) -> (f64, f64) {
     )
 }
 
-/// Profiles the router CPU (`perf record -C 1 -e cpu-clock -g`) while `s` forwards at full
-/// rate; returns the top self-time symbols, or None without a usable perf.
-fn profile(s: &mut Setup, run: Duration) -> Option<Vec<String>> {
+/// Profiles the router CPU (`perf record -C 1 -e cpu-clock -g`) while `s` forwards mix `m`
+/// at full rate; returns the top self-time symbols, or None without a usable perf.
+fn profile(s: &mut Setup, m: usize, run: Duration) -> Option<Vec<String>> {
     let data = TempFile::new("e2e.perf", "");
     let mut perf = Command::new("perf")
         .args(["record", "-q", "-g", "-e", "cpu-clock", "-C"])
@@ -337,7 +390,7 @@ fn profile(s: &mut Setup, run: Duration) -> Option<Vec<String>> {
         .stderr(std::process::Stdio::null())
         .spawn()
         .ok()?;
-    blast(s, run + Duration::from_millis(300));
+    blast(s, m, run + Duration::from_millis(300));
     let ok = perf.wait().ok()?.success();
     let report = Command::new("perf")
         .args([
@@ -356,85 +409,113 @@ fn profile(s: &mut Setup, run: Duration) -> Option<Vec<String>> {
     ok.then(|| perf_symbols(&report.stdout, |_| true))
 }
 
-fn main() {
-    let reps: usize = env_or("POLICYROUTE_BENCH_REPS", 7);
-    let run = Duration::from_millis(env_or("POLICYROUTE_BENCH_RUN_MS", 1500));
-    let cap = Duration::from_secs(env_or("POLICYROUTE_BENCH_LOAD_CAP", 150));
-    let sizes: Vec<usize> = std::env::var("POLICYROUTE_BENCH_SIZES")
-        .ok()
-        .map(|v| v.split(',').map(|x| x.trim().parse().unwrap()).collect())
-        .unwrap_or_else(|| SIZES.to_vec());
-    assert!(
-        std::thread::available_parallelism().map_or(1, |n| n.get()) > ROUTER_CPU,
-        "needs at least 2 CPUs"
-    );
-    // The whole process (sender included) and the tools it starts stay off the router CPU.
-    pin_to_cpu(SENDER_CPU);
-    let env = bench::environment();
-    eprintln!(
-        "e2e: {} reps x {} ms per variant and size, load cap {} s",
-        reps,
-        run.as_millis(),
-        cap.as_secs()
-    );
-    let mut rows: Vec<Value> = Vec::new();
-    let mut verify_table = Table::new(&[
-        ">entries",
-        "variant",
-        ">to up1 (main)",
-        ">to up2 (table 102)",
-        ">expected up1/up2",
-        "same marking",
-    ]);
-    let mut table = Table::new(&[
-        ">entries",
-        "variant",
-        ">load s",
-        ">kpps median (min–max)",
-        ">pps / baseline",
-        ">router CPU ns/packet",
-        ">CPU / baseline",
-    ]);
-    let mut exceeded: Vec<Variant> = Vec::new();
-    // The size the end-to-end target is set at; the router CPU is profiled there.
-    let profile_size = 10_000;
-    let mut profiles: Vec<(usize, Variant, Vec<String>)> = Vec::new();
-    for &n in &sizes {
-        let mut setups: Vec<Setup> = VARIANTS
-            .iter()
-            .map(|&v| {
-                let skip = exceeded
-                    .contains(&v)
-                    .then(|| "a smaller size already exceeded the load cap".to_string());
-                eprintln!("e2e: {n} entries: setting up {}", v.name());
-                let s = setup(v, n, cap, skip);
-                if let Some(why) = &s.skipped {
-                    eprintln!("e2e: {n} entries: {} skipped: {why}", v.name());
-                }
-                s
-            })
-            .collect();
-        for s in &setups {
-            if s.skipped.is_some() && !exceeded.contains(&s.variant) {
-                exceeded.push(s.variant);
-            }
+struct Config {
+    reps: usize,
+    run: Duration,
+    cap: Duration,
+    sizes: Vec<usize>,
+}
+
+impl Config {
+    fn from_env() -> Config {
+        Config {
+            reps: env_or("POLICYROUTE_BENCH_REPS", 7),
+            run: Duration::from_millis(env_or("POLICYROUTE_BENCH_RUN_MS", 1500)),
+            cap: Duration::from_secs(env_or("POLICYROUTE_BENCH_LOAD_CAP", 150)),
+            sizes: std::env::var("POLICYROUTE_BENCH_SIZES")
+                .ok()
+                .map(|v| v.split(',').map(|x| x.trim().parse().unwrap()).collect())
+                .unwrap_or_else(|| SIZES.to_vec()),
         }
-        let (_, hits) = flows(n);
-        for s in setups.iter_mut().filter(|s| s.skipped.is_none()) {
-            let (up1, up2) = verify(s);
-            let expect = if matches!(s.variant, Variant::Baseline | Variant::Rules) {
-                (FLOWS as u64, 0)
-            } else {
-                ((FLOWS - hits) as u64, hits as u64)
-            };
+    }
+}
+
+/// The size the end-to-end targets are judged at; the router CPU is profiled there.
+const PROFILE_SIZE: usize = 10_000;
+/// The mix profiles run on: the one where the variants differ in what they do per packet.
+const PROFILE_MIX: Mix = Mix::Matched;
+
+/// What the run found, turned into tables and JSON at the end.
+struct Results {
+    verify_table: Table,
+    table: Table,
+    rows: Vec<Value>,
+    profiles: Vec<(usize, Variant, Mix, Vec<String>)>,
+}
+
+impl Results {
+    fn new() -> Results {
+        Results {
+            verify_table: Table::new(&[
+                ">entries",
+                "mix",
+                "variant",
+                ">to up1 (main)",
+                ">to up2 (table 102)",
+                ">expected up1/up2",
+                "same marking",
+            ]),
+            table: Table::new(&[
+                ">entries",
+                "mix",
+                "variant",
+                ">load s",
+                ">kpps median (min–max)",
+                ">pps / baseline",
+                ">router CPU ns/packet",
+                ">CPU / baseline",
+            ]),
+            rows: Vec::new(),
+            profiles: Vec::new(),
+        }
+    }
+}
+
+/// Every variant's setup at `n` entries; a variant that exceeded the load cap at a smaller
+/// size is skipped (and recorded in `exceeded` when it does so now).
+fn setups_at(n: usize, cap: Duration, exceeded: &mut Vec<Variant>) -> Vec<Setup> {
+    let setups: Vec<Setup> = VARIANTS
+        .iter()
+        .map(|&v| {
+            let skip = exceeded
+                .contains(&v)
+                .then(|| "a smaller size already exceeded the load cap".to_string());
+            eprintln!("e2e: {n} entries: setting up {}", v.name());
+            let s = setup(v, n, cap, skip);
+            if let Some(why) = &s.skipped {
+                eprintln!("e2e: {n} entries: {} skipped: {why}", v.name());
+            }
+            s
+        })
+        .collect();
+    for s in &setups {
+        if s.skipped.is_some() && !exceeded.contains(&s.variant) {
+            exceeded.push(s.variant);
+        }
+    }
+    setups
+}
+
+fn live(setups: &mut [Setup]) -> impl Iterator<Item = &mut Setup> {
+    setups.iter_mut().filter(|s| s.skipped.is_none())
+}
+
+/// The marking check: every variant, every mix, each flow once.
+fn verify_all(n: usize, setups: &mut [Setup], res: &mut Results) {
+    for (m, mix) in MIXES.iter().enumerate() {
+        for s in live(setups) {
+            let (up1, up2) = verify(s, m);
+            let expect = mix.expected(s.variant);
             let ok = (up1, up2) == expect;
             eprintln!(
-                "e2e: {n} entries: {} verified: up1 {up1} up2 {up2} (expected {expect:?})",
+                "e2e: {n} entries, {}: {} verified: up1 {up1} up2 {up2} (expected {expect:?})",
+                mix.key(),
                 s.variant.name()
             );
-            s.verified = Some((up1, up2, ok));
-            verify_table.row(vec![
+            s.mixes[m].verified = Some((up1, up2, ok));
+            res.verify_table.row(vec![
                 n.to_string(),
+                mix.key().into(),
                 s.variant.name().into(),
                 up1.to_string(),
                 up2.to_string(),
@@ -442,131 +523,209 @@ fn main() {
                 if ok { "yes" } else { "**NO**" }.into(),
             ]);
         }
-        for rep in 0..reps {
-            for s in setups.iter_mut().filter(|s| s.skipped.is_none()) {
-                let (pps, cpu) = blast(s, run);
-                s.pps.push(pps);
-                s.cpu_ns.push(cpu);
+    }
+}
+
+/// The timed repetitions, interleaved: per repetition and mix, every variant once in turn,
+/// so slow drifts of the machine hit all variants alike.
+fn measure_reps(n: usize, setups: &mut [Setup], cfg: &Config) {
+    for rep in 0..cfg.reps {
+        for (m, mix) in MIXES.iter().enumerate() {
+            let mut line = Vec::new();
+            for s in live(setups) {
+                let (pps, cpu) = blast(s, m, cfg.run);
+                s.mixes[m].pps.push(pps);
+                s.mixes[m].cpu_ns.push(cpu);
+                line.push(format!("{} {:.0} kpps", s.variant.key(), pps / 1e3));
             }
             eprintln!(
-                "e2e: {n} entries: rep {}/{reps}: {}",
+                "e2e: {n} entries, {}: rep {}/{}: {}",
+                mix.key(),
                 rep + 1,
-                setups
-                    .iter()
-                    .filter(|s| s.skipped.is_none())
-                    .map(|s| format!("{} {:.0} kpps", s.variant.key(), s.pps[rep] / 1e3))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                cfg.reps,
+                line.join(", ")
             );
         }
-        if n == profile_size {
-            for s in setups
-                .iter_mut()
-                .filter(|s| s.skipped.is_none())
-                .filter(|s| s.variant != Variant::Iptables && s.variant != Variant::IpRule)
-            {
-                eprintln!(
-                    "e2e: {n} entries: profiling the router CPU under {}",
-                    s.variant.name()
-                );
-                if let Some(top) = profile(s, run) {
-                    profiles.push((n, s.variant, top));
-                }
-            }
-        }
-        let base_pps = setups[0].pps.clone();
-        let base_cpu = setups[0].cpu_ns.clone();
-        for s in &setups {
-            if let Some(why) = &s.skipped {
-                table.row(vec![
-                    n.to_string(),
-                    s.variant.name().into(),
-                    "–".into(),
-                    format!("skipped: {why}"),
-                    "–".into(),
-                    "–".into(),
-                    "–".into(),
-                ]);
-                rows.push(json!({"entries": n, "variant": s.variant.key(), "skipped": why}));
-                continue;
-            }
-            let ratio: Vec<f64> = s.pps.iter().zip(&base_pps).map(|(a, b)| a / b).collect();
-            let cpu_ratio: Vec<f64> = s.cpu_ns.iter().zip(&base_cpu).map(|(a, b)| a / b).collect();
-            let kpps: Vec<f64> = s.pps.iter().map(|p| p / 1e3).collect();
-            let (pps, ratio, cpu, cpu_ratio) = (
-                Spread::of(&kpps),
-                Spread::of(&ratio),
-                Spread::of(&s.cpu_ns),
-                Spread::of(&cpu_ratio),
-            );
-            let load = s.load.map(|d| d.as_secs_f64());
-            table.row(vec![
-                n.to_string(),
-                s.variant.name().into(),
-                load.map_or("–".into(), |l| format!("{l:.2}")),
-                pps.show(0),
-                ratio.show(3),
-                cpu.show(0),
-                cpu_ratio.show(3),
-            ]);
-            rows.push(json!({
-                "entries": n,
-                "variant": s.variant.key(),
-                "load_s": load,
-                "kpps": pps.json(),
-                "ratio": ratio.json(),
-                "cpu_ns": cpu.json(),
-                "cpu_ratio": cpu_ratio.json(),
-                "verified": s.verified.map(|v| v.2),
-            }));
-        }
-        drop(setups);
     }
-    let backend = env["iptables"].as_str().unwrap_or("").to_string();
-    let md = format!(
-        "### End to end: UDP forwarding LAN → router → upstream ({} reps × {} ms, interleaved)\n\n\
-         Marking check (each of the {FLOWS} flows sent once; {HITS} hit an entry → table 102 → up2):\n\n{}\n\
-         Throughput and router CPU per packet (median (min–max) over repetitions; ratios are \
-         to the baseline of the same repetition; iptables: `{backend}`):\n\n{}",
-        reps,
-        run.as_millis(),
-        verify_table.markdown(),
-        table.markdown()
+}
+
+/// Router CPU profiles of the variants whose cost per packet is worth reading (iptables
+/// and ip rule selectors grow linearly and are explained by their load alone).
+fn profile_all(n: usize, setups: &mut [Setup], run: Duration, res: &mut Results) {
+    let m = MIXES.iter().position(|&x| x == PROFILE_MIX).unwrap();
+    for s in live(setups).filter(|s| !matches!(s.variant, Variant::Iptables | Variant::IpRule)) {
+        eprintln!(
+            "e2e: {n} entries: profiling the router CPU under {}, {} traffic",
+            s.variant.name(),
+            PROFILE_MIX.key()
+        );
+        if let Some(top) = profile(s, m, run) {
+            res.profiles.push((n, s.variant, PROFILE_MIX, top));
+        }
+    }
+}
+
+/// The table row and JSON row of one variant and mix; ratios are to `base` (the baseline's
+/// run of the same mix), repetition by repetition.
+fn add_row(n: usize, s: &Setup, run: &MixRun, base: &MixRun, res: &mut Results) {
+    let ratio: Vec<f64> = run.pps.iter().zip(&base.pps).map(|(a, b)| a / b).collect();
+    let cpu_ratio: Vec<f64> = run
+        .cpu_ns
+        .iter()
+        .zip(&base.cpu_ns)
+        .map(|(a, b)| a / b)
+        .collect();
+    let kpps: Vec<f64> = run.pps.iter().map(|p| p / 1e3).collect();
+    let (pps, ratio, cpu, cpu_ratio) = (
+        Spread::of(&kpps),
+        Spread::of(&ratio),
+        Spread::of(&run.cpu_ns),
+        Spread::of(&cpu_ratio),
     );
-    let mut md = md;
-    let mut full = String::new();
-    for (n, v, top) in &profiles {
+    let load = s.load.map(|d| d.as_secs_f64());
+    res.table.row(vec![
+        n.to_string(),
+        run.mix.key().into(),
+        s.variant.name().into(),
+        load.map_or("–".into(), |l| format!("{l:.2}")),
+        pps.show(0),
+        ratio.show(3),
+        cpu.show(0),
+        cpu_ratio.show(3),
+    ]);
+    res.rows.push(json!({
+        "entries": n,
+        "mix": run.mix.key(),
+        "variant": s.variant.key(),
+        "load_s": load,
+        "kpps": pps.json(),
+        "ratio": ratio.json(),
+        "cpu_ns": cpu.json(),
+        "cpu_ratio": cpu_ratio.json(),
+        "verified": run.verified.map(|v| v.2),
+    }));
+}
+
+fn add_skipped(n: usize, mix: Mix, s: &Setup, why: &str, res: &mut Results) {
+    res.table.row(vec![
+        n.to_string(),
+        mix.key().into(),
+        s.variant.name().into(),
+        "–".into(),
+        format!("skipped: {why}"),
+        "–".into(),
+        "–".into(),
+        "–".into(),
+    ]);
+    res.rows.push(json!({
+        "entries": n, "mix": mix.key(), "variant": s.variant.key(), "skipped": why,
+    }));
+}
+
+fn add_rows(n: usize, setups: &[Setup], res: &mut Results) {
+    for (m, &mix) in MIXES.iter().enumerate() {
+        let base = &setups[0].mixes[m];
+        for s in setups {
+            match &s.skipped {
+                Some(why) => add_skipped(n, mix, s, why, res),
+                None => add_row(n, s, &s.mixes[m], base, res),
+            }
+        }
+    }
+}
+
+fn markdown(res: &Results, cfg: &Config, env: &Value) -> String {
+    let backend = env["iptables"].as_str().unwrap_or("");
+    let mut md = format!(
+        "### End to end: UDP forwarding LAN → router → upstream ({} reps × {} ms per mix, \
+         interleaved)\n\n\
+         Marking check (each of the {FLOWS} flows of a mix sent once; matched: every flow hits \
+         an entry → table 102 (or the fast path) → up2; unmatched: none does → main → \
+         up1):\n\n{}\n\
+         Throughput and router CPU per packet (median (min–max) over repetitions; ratios are \
+         to the baseline of the same mix and repetition; iptables: `{backend}`):\n\n{}",
+        cfg.reps,
+        cfg.run.as_millis(),
+        res.verify_table.markdown(),
+        res.table.markdown()
+    );
+    for (n, v, mix, top) in &res.profiles {
         let _ = write!(
             md,
-            "\nRouter CPU profile, {} at {n} entries (`perf record -C {ROUTER_CPU} -e cpu-clock`, \
-             self time, top symbols; full lists in `e2e-perf.txt`):\n\n```\n{}\n```\n",
+            "\nRouter CPU profile, {} at {n} entries, {} traffic (`perf record -C {ROUTER_CPU} \
+             -e cpu-clock`, self time, top symbols; full lists in `e2e-perf.txt`):\n\n```\n{}\n```\n",
             v.name(),
+            mix.key(),
             top.iter().take(12).cloned().collect::<Vec<_>>().join("\n")
         );
-        let _ = write!(
-            full,
-            "## {} at {n} entries\n\n{}\n\n",
-            v.name(),
-            top.join("\n")
-        );
     }
+    md
+}
+
+fn write_all(res: &Results, cfg: &Config, env: Value) {
+    let full: String = res
+        .profiles
+        .iter()
+        .map(|(n, v, mix, top)| {
+            format!(
+                "## {} at {n} entries, {} traffic\n\n{}\n\n",
+                v.name(),
+                mix.key(),
+                top.join("\n")
+            )
+        })
+        .collect();
     if !full.is_empty() {
         bench::write_result("e2e-perf.txt", &full);
     }
+    let md = markdown(res, cfg, &env);
+    let profiles: Vec<Value> = res.profiles.iter()
+        .map(|(n, v, mix, top)| {
+            json!({"entries": n, "variant": v.key(), "mix": mix.key(), "top": top})
+        })
+        .collect();
     bench::write_results(
         "e2e",
         &md,
         &json!({
             "environment": env,
-            "reps": reps,
-            "run_ms": run.as_millis() as u64,
-            "load_cap_s": cap.as_secs(),
+            "reps": cfg.reps,
+            "run_ms": cfg.run.as_millis() as u64,
+            "load_cap_s": cfg.cap.as_secs(),
             "flows": FLOWS,
-            "hits": HITS,
-            "rows": rows,
-            "profiles": profiles.iter().map(|(n, v, top)| json!({
-                "entries": n, "variant": v.key(), "top": top,
-            })).collect::<Vec<_>>(),
+            "mixes": MIXES.iter().map(|m| m.key()).collect::<Vec<_>>(),
+            "rows": res.rows,
+            "profiles": profiles,
         }),
     );
+}
+
+fn main() {
+    let cfg = Config::from_env();
+    assert!(
+        std::thread::available_parallelism().map_or(1, |n| n.get()) > ROUTER_CPU,
+        "needs at least 2 CPUs"
+    );
+    // Read before pinning: the machine's core count, not the one CPU left to this process.
+    let env = bench::environment();
+    // The whole process (sender included) and the tools it starts stay off the router CPU.
+    pin_to_cpu(SENDER_CPU);
+    eprintln!(
+        "e2e: {} reps x {} ms per variant, mix and size, load cap {} s",
+        cfg.reps,
+        cfg.run.as_millis(),
+        cfg.cap.as_secs()
+    );
+    let mut res = Results::new();
+    let mut exceeded: Vec<Variant> = Vec::new();
+    for &n in &cfg.sizes {
+        let mut setups = setups_at(n, cfg.cap, &mut exceeded);
+        verify_all(n, &mut setups, &mut res);
+        measure_reps(n, &mut setups, &cfg);
+        if n == PROFILE_SIZE {
+            profile_all(n, &mut setups, cfg.run, &mut res);
+        }
+        add_rows(n, &setups, &mut res);
+    }
+    write_all(&res, &cfg, env);
 }
