@@ -12,6 +12,7 @@ pub mod objects;
 pub mod observe;
 pub mod pins;
 pub mod record_store;
+pub mod tc_filters;
 pub mod testrun;
 
 use attach::AttachError;

@@ -15,7 +15,7 @@ use policyroute_common::{
 use crate::{
     plan::{
         compile::addr_words,
-        objects::{Hook, IpRoute, IpRule},
+        objects::{Hook, IpRoute, IpRule, TcPath},
     },
     policy::{matcher::Family, rt_tables::MAIN, Policy},
 };
@@ -42,6 +42,8 @@ pub struct System<'a> {
     /// Devices that exist but are down or without carrier: their routes wait (the kernel
     /// refuses a gateway it cannot reach, and removes the routes of a device going down).
     pub down: &'a BTreeSet<String>,
+    /// How TC programs attach on this kernel.
+    pub tc_path: TcPath,
 }
 
 /// Families a gateway routes: those of its next hops, or both for a device-only gateway.
@@ -65,7 +67,7 @@ pub fn desired(policy: &Policy, sys: &System<'_>) -> Desired {
     let mut d = Desired::default();
     routing(policy, sys, &mut d);
     sticky_and_local(policy, sys, &mut d);
-    hooks(policy, sys.index_of, &mut d);
+    hooks(policy, sys, &mut d);
     d
 }
 
@@ -171,22 +173,16 @@ fn source(addrs: &[IpAddr]) -> GatewaySource {
     s
 }
 
-fn hooks(policy: &Policy, index_of: &BTreeMap<String, u32>, d: &mut Desired) {
+fn hooks(policy: &Policy, sys: &System<'_>, d: &mut Desired) {
     let sticky = policy.gateways.iter().filter(|g| g.sticky).map(|g| &g.dev);
     for dev in policy.attach.ingress.iter().chain(sticky) {
-        if let Some(&ifindex) = index_of.get(dev) {
-            d.hooks.insert(Hook::TcxIngress {
-                dev: dev.clone(),
-                ifindex,
-            });
+        if let Some(&ifindex) = sys.index_of.get(dev) {
+            d.hooks.insert(sys.tc_path.ingress(dev.clone(), ifindex));
         }
     }
     for dev in &policy.attach.egress {
-        if let Some(&ifindex) = index_of.get(dev) {
-            d.hooks.insert(Hook::TcxEgress {
-                dev: dev.clone(),
-                ifindex,
-            });
+        if let Some(&ifindex) = sys.index_of.get(dev) {
+            d.hooks.insert(sys.tc_path.egress(dev.clone(), ifindex));
         }
     }
     if let Some(cgroup) = local_cgroup(policy) {
