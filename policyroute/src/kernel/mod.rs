@@ -5,6 +5,7 @@ pub mod attach;
 pub mod bpf_syscalls;
 pub mod dataplane;
 pub mod events;
+pub mod features;
 pub mod maps;
 pub mod namespace;
 pub mod netlink;
@@ -31,6 +32,8 @@ pub enum KernelError {
     Attach(#[from] AttachError),
     #[error(transparent)]
     Record(#[from] RecordError),
+    #[error(transparent)]
+    Feature(#[from] features::MissingFeature),
     #[error("{what}: {source}")]
     Io {
         what: String,
