@@ -205,12 +205,19 @@ impl TempFile {
         let n = NEXT_FILE.fetch_add(1, Ordering::Relaxed);
         let file = format!("prt-{}-{n}-{name}", std::process::id());
         let path = std::env::temp_dir().join(file);
+        let file = Self { path };
+        file.write(text);
+        file
+    }
+
+    /// Replaces the contents (a policy gets the attach mode as in [`TempFile::new`]).
+    pub fn write(&self, text: &str) {
+        let policy = self.path.extension().is_some_and(|e| e == "toml");
         let text = match std::env::var(ATTACH_MODE_ENV) {
-            Ok(mode) if name.ends_with(".toml") => with_attach_mode(text, &mode),
+            Ok(mode) if policy => with_attach_mode(text, &mode),
             _ => text.to_string(),
         };
-        std::fs::write(&path, text).expect("write temp file");
-        Self { path }
+        std::fs::write(&self.path, text).expect("write temp file");
     }
 
     pub fn arg(&self) -> &str {

@@ -239,7 +239,7 @@ fn sighup_applies_a_changed_rule_and_loses_no_packet() {
             }
         });
         std::thread::sleep(Duration::from_millis(300));
-        std::fs::write(&file.path, &changed).unwrap();
+        file.write(&changed);
         d.signal(libc::SIGHUP);
     });
     assert!(

@@ -43,10 +43,10 @@ pub fn run(kernel: &str) -> anyhow::Result<(u64, u64)> {
     setup::vm_tools()?;
     let started = Instant::now();
     let image = debian_kernel()?;
-    let binaries = build()?;
     let lane = root().join("target/vm-lane");
     let _ = fs::remove_dir_all(&lane);
-    fs::create_dir_all(&lane)?;
+    fs::create_dir_all(lane.join("bin"))?;
+    let binaries = copy_binaries(&build()?, &lane.join("bin"))?;
     fs::write(lane.join("guest.sh"), guest_script(&binaries, &lane))?;
     boot(&image, &lane)?;
     let (passed, failed) = report(&lane, &binaries)?;
@@ -193,10 +193,29 @@ fn build() -> anyhow::Result<Vec<TestBinary>> {
     Ok(found)
 }
 
+/// The guest runs copies: a build on the host while it runs (the guest reads the host's
+/// files as they are now) would swap the binaries under it.
+fn copy_binaries(built: &[TestBinary], bin: &Path) -> anyhow::Result<Vec<TestBinary>> {
+    let target = root().join("target/debug");
+    for name in ["policyroute", "demo"] {
+        fs::copy(target.join(name), bin.join(name))?;
+    }
+    let mut copies = Vec::new();
+    for b in built {
+        let path = bin.join(&b.name);
+        fs::copy(&b.path, &path)?;
+        copies.push(TestBinary {
+            name: b.name.clone(),
+            path,
+        });
+    }
+    Ok(copies)
+}
+
 /// What the guest runs: each test file (two threads: the VM has two CPUs), then the demo;
 /// their output and status go to `lane`.
 fn guest_script(binaries: &[TestBinary], lane: &Path) -> String {
-    let target = root().join("target/debug");
+    let target = lane.join("bin");
     let mut s = format!(
         "#!/bin/sh\n\
          # Written by cargo xtask test --kernel: runs inside the VM.\n\

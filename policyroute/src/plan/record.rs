@@ -6,11 +6,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::{incremental::Digests, Policy};
 
-/// Version 3 is postcard behind [`MAGIC`] (version 2 was too, before gateways had checks
-/// and groups existed: postcard is positional, so it no longer reads); version 1 was
-/// JSON, still read so that counters survive an upgrade.
-const VERSION: u32 = 3;
-const MAGIC: &[u8; 4] = b"PRR\x03";
+/// Version 4 is postcard behind [`MAGIC`] (versions 2 and 3 were too, before gateways had
+/// checks and groups, and before `[attach] mode`: postcard is positional, so they no longer
+/// read); version 1 was JSON, still read so that counters survive an upgrade.
+const VERSION: u32 = 4;
+const MAGIC: &[u8; 4] = b"PRR\x04";
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Record {
@@ -106,9 +106,9 @@ mod tests {
 
     #[test]
     fn garbage_is_not_a_record() {
-        assert!(Record::decode(b"PRR\x03\xff\xff").is_none());
-        assert!(Record::other_version(b"PRR\x02\x00"));
-        assert!(!Record::other_version(b"PRR\x03\x00"));
+        assert!(Record::decode(b"PRR\x04\xff\xff").is_none());
+        assert!(Record::other_version(b"PRR\x03\x00"));
+        assert!(!Record::other_version(b"PRR\x04\x00"));
         assert!(Record::decode(b"{}").is_none());
     }
 }

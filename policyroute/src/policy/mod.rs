@@ -174,10 +174,9 @@ pub struct Attach {
     /// The cgroup (v2 path, e.g. `/` or `/system.slice`) whose sockets are classified.
     #[serde(default)]
     pub local_cgroup: Option<String>,
-    /// How the TC programs attach (`mode`). Not in the state record: it changes no
-    /// classifier state, every apply reads it again, and the record's postcard layout
-    /// stays the one earlier releases wrote.
-    #[serde(skip)]
+    /// How the TC programs attach (`mode`); in the state record too, so `status` and
+    /// `check` compare the hooks with the path the policy asked for.
+    #[serde(default)]
     pub mode: AttachMode,
 }
 
