@@ -85,7 +85,8 @@ fn debian_kernel() -> anyhow::Result<Image> {
     let vmlinuz = dir.join(format!("boot/vmlinuz-{version}"));
     if !vmlinuz.exists() {
         eprintln!("xtask: fetching {package}");
-        let download = dir.with_extension("download");
+        // The package name has dots: `with_extension` would cut it.
+        let download = dir.with_file_name(format!("{package}.download"));
         let _ = fs::remove_dir_all(&download);
         fs::create_dir_all(&download)?;
         cmd::run(
@@ -97,7 +98,7 @@ fn debian_kernel() -> anyhow::Result<Image> {
             .filter_map(|e| Some(e.ok()?.path()))
             .find(|p| p.extension().is_some_and(|e| e == "deb"))
             .context("apt-get download left no .deb")?;
-        let unpacked = dir.with_extension("unpacking");
+        let unpacked = dir.with_file_name(format!("{package}.unpacking"));
         let _ = fs::remove_dir_all(&unpacked);
         cmd::run(Command::new("dpkg").arg("-x").arg(&deb).arg(&unpacked))?;
         let _ = fs::remove_dir_all(&dir);
