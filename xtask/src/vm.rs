@@ -24,14 +24,15 @@ use crate::{
     setup,
 };
 
-/// The test files run on the old kernel: what the issue asks for, and the attach paths.
+/// The test files run on the old kernel, in this order (after the demo): what the issue
+/// asks for, and the attach paths.
 pub const TESTS: &[&str] = &[
-    "forwarding",
-    "local",
     "sticky",
-    "lifecycle",
+    "local",
     "explain",
     "attach_mode",
+    "forwarding",
+    "lifecycle",
 ];
 /// Generous: TCG runs the tests several times slower than the host.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(45 * 60);
@@ -163,7 +164,15 @@ struct TestBinary {
 /// Builds the CLI, the demo and the chosen test files; returns the test executables.
 fn build() -> anyhow::Result<Vec<TestBinary>> {
     cmd::cargo(&["build", "-p", "policyroute", "--bin", "policyroute"])?;
-    cmd::cargo(&["build", "-p", "policyroute-tests", "--bin", "demo"])?;
+    cmd::cargo(&[
+        "build",
+        "-p",
+        "policyroute-tests",
+        "--bin",
+        "demo",
+        "--bin",
+        "probe",
+    ])?;
     let mut args = vec!["test", "-p", "policyroute-tests", "--no-run"];
     for t in TESTS {
         args.extend(["--test", t]);
@@ -191,19 +200,22 @@ fn build() -> anyhow::Result<Vec<TestBinary>> {
     if !child.wait()?.success() || found.len() != TESTS.len() {
         bail!("building the VM lane's tests failed");
     }
+    found.sort_by_key(|b| TESTS.iter().position(|t| *t == b.name));
     Ok(found)
 }
 
 /// The guest runs copies: a build on the host while it runs (the guest reads the host's
-/// files as they are now) would swap the binaries under it.
+/// files as they are now) would swap the binaries under it. The layout is cargo's (tests
+/// in `deps/`), where the tests look for the `probe` binary.
 fn copy_binaries(built: &[TestBinary], bin: &Path) -> anyhow::Result<Vec<TestBinary>> {
     let target = root().join("target/debug");
-    for name in ["policyroute", "demo"] {
+    for name in ["policyroute", "demo", "probe"] {
         fs::copy(target.join(name), bin.join(name))?;
     }
+    fs::create_dir_all(bin.join("deps"))?;
     let mut copies = Vec::new();
     for b in built {
-        let path = bin.join(&b.name);
+        let path = bin.join("deps").join(&b.name);
         fs::copy(&b.path, &path)?;
         copies.push(TestBinary {
             name: b.name.clone(),
@@ -213,7 +225,7 @@ fn copy_binaries(built: &[TestBinary], bin: &Path) -> anyhow::Result<Vec<TestBin
     Ok(copies)
 }
 
-/// What the guest runs: each test file (two threads: the VM has two CPUs), then the demo;
+/// What the guest runs: the demo, then each test file (two threads: the VM has two CPUs);
 /// their output and status go to `lane`.
 fn guest_script(binaries: &[TestBinary], lane: &Path) -> String {
     let target = lane.join("bin");
@@ -231,6 +243,7 @@ fn guest_script(binaries: &[TestBinary], lane: &Path) -> String {
         lane = lane.display(),
         bin = target.join("policyroute").display(),
     );
+    s += &format!("run demo {}\n", target.join("demo").display());
     let tests = root().join("tests");
     for b in binaries {
         s += &format!(
@@ -240,7 +253,6 @@ fn guest_script(binaries: &[TestBinary], lane: &Path) -> String {
             b.path.display()
         );
     }
-    s += &format!("run demo {}\n", target.join("demo").display());
     s += "echo $rc > $lane/rc\n";
     s
 }
@@ -289,7 +301,10 @@ fn boot(image: &Image, lane: &Path) -> anyhow::Result<()> {
 /// Prints each test file's output and adds up its `test result:` lines.
 fn report(lane: &Path, binaries: &[TestBinary]) -> anyhow::Result<(u64, u64)> {
     let (mut passed, mut failed) = (0, 0);
-    for name in binaries.iter().map(|b| b.name.as_str()).chain(["demo"]) {
+    for name in ["demo"]
+        .into_iter()
+        .chain(binaries.iter().map(|b| b.name.as_str()))
+    {
         let log = fs::read_to_string(lane.join(format!("{name}.log"))).unwrap_or_default();
         println!("==== {name} (in the VM)\n{log}");
         for line in log.lines().filter(|l| l.starts_with("test result:")) {
