@@ -72,7 +72,12 @@ pub fn status(s: &Status) -> String {
     if let (Some(src), Some(mask)) = (&s.source, s.mark_mask) {
         let _ = writeln!(o, "policy {src} (mark mask {mask:#x})");
     }
-    let _ = writeln!(o, "\nhooks:");
+    let tcx = if s.tcx_available {
+        ""
+    } else {
+        ", kernel without tcx"
+    };
+    let _ = writeln!(o, "\nhooks (attach mode {}{tcx}):", s.attach_mode);
     if s.hooks.is_empty() {
         let _ = writeln!(o, "  (none)");
     }

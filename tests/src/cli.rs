@@ -110,8 +110,8 @@ pub fn health(ns: &NetNs, name: &str, family: &str) -> serde_json::Value {
 }
 
 /// Everything policyroute owns in `ns` as independent tools see it: ip rules and routes
-/// tagged with its protocol (`ip`), and tcx programs attached to any device (asked with
-/// BPF_PROG_QUERY through aya; Debian 12's bpftool predates tcx).
+/// tagged with its protocol (`ip`), and TC programs attached to any device (see
+/// [`tc_programs`]).
 pub fn owned_objects(ns: &NetNs) -> Vec<String> {
     let mut out = Vec::new();
     for args in [
@@ -127,29 +127,56 @@ pub fn owned_objects(ns: &NetNs) -> Vec<String> {
                 .map(|l| format!("{args:?} {l}")),
         );
     }
-    out.extend(tcx_programs(ns));
+    out.extend(tc_programs(ns));
     out
 }
 
-/// `dev: program-name` for every tcx ingress program on every device of `ns`.
-pub fn tcx_programs(ns: &NetNs) -> Vec<String> {
-    use aya::programs::{tc::TcAttachType, SchedClassifier};
+/// `dev: tcx|tc ingress|egress program-name` for every TC program on every device of `ns`:
+/// tcx programs asked with BPF_PROG_QUERY through aya (Debian 12's bpftool predates tcx;
+/// kernels before 6.6 have none), clsact filters as `tc filter show` lists them.
+pub fn tc_programs(ns: &NetNs) -> Vec<String> {
+    let devs = devices(ns);
+    let mut out = tcx_programs(ns, &devs);
+    for dev in &devs {
+        for dir in ["ingress", "egress"] {
+            let filters = ns.exec("tc", &["filter", "show", "dev", dev, dir]);
+            out.extend(
+                filters
+                    .lines()
+                    .filter_map(|l| l.split_whitespace().skip_while(|w| *w != "bpf").nth(5))
+                    .map(|name| format!("{dev}: tc {dir} {name}")),
+            );
+        }
+    }
+    out
+}
+
+fn devices(ns: &NetNs) -> Vec<String> {
     let links = ns.exec("ip", &["-o", "link", "show"]);
-    let devs: Vec<String> = links
+    links
         .lines()
         .filter_map(|l| l.split(": ").nth(1))
         .map(|d| d.split('@').next().unwrap_or(d).to_string())
-        .collect();
+        .collect()
+}
+
+fn tcx_programs(ns: &NetNs, devs: &[String]) -> Vec<String> {
+    use aya::programs::{tc::TcAttachType, SchedClassifier};
     let _in = ns.enter();
     let mut out = Vec::new();
     for dev in devs {
-        let (_, progs) =
-            SchedClassifier::query_tcx(&dev, TcAttachType::Ingress).expect("query tcx");
-        for p in progs {
-            out.push(format!(
-                "{dev}: tcx ingress {}",
-                p.name_as_str().unwrap_or("?")
-            ));
+        for (kind, dir) in [
+            (TcAttachType::Ingress, "ingress"),
+            (TcAttachType::Egress, "egress"),
+        ] {
+            // Kernels before 6.6 have no tcx: nothing can be attached there.
+            let Ok((_, progs)) = SchedClassifier::query_tcx(dev, kind) else {
+                return Vec::new();
+            };
+            for p in progs {
+                let name = p.name_as_str().unwrap_or("?");
+                out.push(format!("{dev}: tcx {dir} {name}"));
+            }
         }
     }
     out

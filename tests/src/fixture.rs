@@ -162,6 +162,37 @@ pub fn without_rule(text: &str, name: &str) -> String {
     format!("{}{}", &text[..start], &text[end..])
 }
 
+/// Set to `tc` or `tcx`, every policy a test writes forces that `[attach] mode`: the same
+/// tests then cover both attach paths (`cargo xtask test` runs the kernel tests with `tc`
+/// once more).
+pub const ATTACH_MODE_ENV: &str = "POLICYROUTE_TEST_ATTACH_MODE";
+
+/// `policy` with `[attach] mode = MODE` (unless it sets a mode). Added at the end, where it
+/// moves no line that an expected error message names: under the last table when that is
+/// `[attach]`, as a new `[attach]` table when there is none, else right after the header.
+pub fn with_attach_mode(policy: &str, mode: &str) -> String {
+    let line = format!("mode = \"{mode}\"\n");
+    let headers: Vec<(usize, &str)> = policy
+        .match_indices('\n')
+        .map(|(i, _)| i + 1)
+        .chain(std::iter::once(0))
+        .filter_map(|i| Some((i, policy.get(i..)?.lines().next()?.trim())))
+        .filter(|(_, l)| l.starts_with('['))
+        .collect();
+    let attach = headers.iter().find(|(_, l)| *l == "[attach]");
+    let last = headers.iter().max_by_key(|(i, _)| *i);
+    let sep = if policy.ends_with('\n') { "" } else { "\n" };
+    match attach {
+        _ if policy.lines().any(|l| l.trim_start().starts_with("mode ")) => policy.to_string(),
+        None => format!("{policy}{sep}[attach]\n{line}"),
+        Some(a) if Some(a) == last => format!("{policy}{sep}{line}"),
+        Some((i, _)) => {
+            let end = i + policy[*i..].find('\n').map_or(policy.len() - i, |n| n + 1);
+            format!("{}{line}{}", &policy[..end], &policy[end..])
+        }
+    }
+}
+
 /// A file of this process in the temp directory, removed on drop.
 pub struct TempFile {
     pub path: PathBuf,
@@ -172,12 +203,25 @@ static NEXT_FILE: AtomicU32 = AtomicU32::new(0);
 impl TempFile {
     /// Writes `text` to `prt-<pid>-<n>-<name>`: tests running in parallel may pick the same
     /// name, and the name stays the end of the path that error messages show.
+    ///
+    /// A policy (`*.toml`) gets the attach mode of [`ATTACH_MODE_ENV`] when that is set.
     pub fn new(name: &str, text: &str) -> Self {
         let n = NEXT_FILE.fetch_add(1, Ordering::Relaxed);
         let file = format!("prt-{}-{n}-{name}", std::process::id());
         let path = std::env::temp_dir().join(file);
-        std::fs::write(&path, text).expect("write temp file");
-        Self { path }
+        let file = Self { path };
+        file.write(text);
+        file
+    }
+
+    /// Replaces the contents (a policy gets the attach mode as in [`TempFile::new`]).
+    pub fn write(&self, text: &str) {
+        let policy = self.path.extension().is_some_and(|e| e == "toml");
+        let text = match std::env::var(ATTACH_MODE_ENV) {
+            Ok(mode) if policy => with_attach_mode(text, &mode),
+            _ => text.to_string(),
+        };
+        std::fs::write(&self.path, text).expect("write temp file");
     }
 
     pub fn arg(&self) -> &str {
@@ -218,6 +262,25 @@ pub fn frame6(proto: u8, sport: u16, dport: u16) -> FrameSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attach_mode_goes_where_it_moves_no_line() {
+        let last = "[x]\na = 1\n[attach]\ningress = [\"l\"]\n";
+        assert_eq!(
+            with_attach_mode(last, "tc"),
+            format!("{last}mode = \"tc\"\n")
+        );
+        let none = "[x]\na = 1";
+        assert_eq!(
+            with_attach_mode(none, "tc"),
+            "[x]\na = 1\n[attach]\nmode = \"tc\"\n"
+        );
+        let middle = "[attach]\nlocal = true\n[[rule]]\nx = 1\n";
+        assert_eq!(
+            with_attach_mode(middle, "tc"),
+            "[attach]\nmode = \"tc\"\nlocal = true\n[[rule]]\nx = 1\n"
+        );
+    }
 
     #[test]
     fn set_in_replaces_adds_and_removes_a_key_of_one_table() {

@@ -214,7 +214,7 @@ fn a_device_that_appears_later_gets_its_hook() {
         .exec("ip", &["link", "set", "lanlater", "name", "lan0"]);
     t.router.exec("ip", &["link", "set", "lan0", "up"]);
     let hooked = within(REPAIR, || {
-        cli::tcx_programs(&t.router)
+        cli::tc_programs(&t.router)
             .iter()
             .any(|p| p.starts_with("lan0:"))
     });
@@ -239,7 +239,7 @@ fn sighup_applies_a_changed_rule_and_loses_no_packet() {
             }
         });
         std::thread::sleep(Duration::from_millis(300));
-        std::fs::write(&file.path, &changed).unwrap();
+        file.write(&changed);
         d.signal(libc::SIGHUP);
     });
     assert!(

@@ -201,7 +201,7 @@ impl Running {
     /// Rewrites the policy file to `text`, sends SIGHUP and waits for the reload.
     fn reload(&self, text: &str) {
         let done = self.d.log_text().matches("SIGHUP: reload done").count();
-        std::fs::write(&self.file.path, text).unwrap();
+        self.file.write(text);
         self.d.signal(libc::SIGHUP);
         assert!(
             self.d

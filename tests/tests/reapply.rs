@@ -53,7 +53,7 @@ fn edits_through_the_shortcuts_leave_exactly_the_policy() {
     ];
     let mut previous = 4;
     for (i, ports) in edits.into_iter().enumerate() {
-        std::fs::write(&file.path, policy(ports)).expect("edit the policy");
+        file.write(&policy(ports));
         let report = cli::json(&t.router, &["apply", "-c", file.arg()]);
         let compared = report["entries"]["compared"].as_u64().expect("compared");
         // Edits that keep every rule in its place look at the edited rules' entries only

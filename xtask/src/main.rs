@@ -8,6 +8,7 @@ mod cmd;
 mod dist;
 mod setup;
 mod test;
+mod vm;
 
 use clap::{Parser, Subcommand};
 
@@ -27,9 +28,13 @@ enum Command {
     Setup,
     /// Build the release binary target/release/policyroute (eBPF object embedded).
     Build,
-    /// Check formatting and lints, run every test (needs root for the kernel tests), then
-    /// fuzz the policy reader for 30 s.
+    /// Check formatting and lints, run every test (needs root for the kernel tests), the
+    /// kernel tests once more with classic tc attach, the Debian 6.1 VM lane, then fuzz
+    /// the policy reader for 30 s.
     Test {
+        /// Only the kernel tests in a VM booting this kernel (`debian-6.1`: Debian 12's).
+        #[arg(long)]
+        kernel: Option<String>,
         /// Extra arguments passed to `cargo test` (a test name filter, for example).
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
@@ -52,7 +57,13 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Setup => Ok(()),
         Command::Build => cmd::cargo(&["build", "--release", "--package", "policyroute"]),
-        Command::Test { args } => test::run(&args),
+        Command::Test {
+            kernel: Some(kernel),
+            ..
+        } => vm::run(&kernel).map(|(passed, failed)| {
+            println!("xtask: {passed} passed, {failed} failed");
+        }),
+        Command::Test { kernel: None, args } => test::run(&args),
         Command::Bench { which } => bench::run(which),
         Command::Demo => bench::demo(),
         Command::Dist => dist::build().map(|_| ()),

@@ -49,6 +49,39 @@ pub fn ensure() -> anyhow::Result<()> {
     debian_packages(PACKAGES)
 }
 
+/// What the VM lane (`cargo xtask test --kernel`) boots its kernel with: qemu, depmod for
+/// the kernel's modules, busybox for virtme-ng's initramfs, and virtme-ng from PyPI.
+const VM_PACKAGES: &[(&str, &str)] = &[
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("depmod", "kmod"),
+    ("busybox", "busybox-static"),
+];
+const VIRTME_NG_VERSION: &str = "1.42";
+
+pub fn vm_tools() -> anyhow::Result<()> {
+    debian_packages(VM_PACKAGES)?;
+    if output(Command::new("vng").arg("--version")).is_some() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing virtme-ng {VIRTME_NG_VERSION}");
+    let pip = |extra: &[&str]| {
+        Command::new("python3")
+            .args(["-m", "pip", "install", "-q"])
+            .args(extra)
+            .arg(format!("virtme-ng=={VIRTME_NG_VERSION}"))
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    // Debian's own python3 refuses pip installs outside a virtualenv (PEP 668).
+    if !pip(&[]) && !pip(&["--break-system-packages"]) {
+        bail!("pip could not install virtme-ng");
+    }
+    if output(Command::new("vng").arg("--version")).is_none() {
+        bail!("virtme-ng was installed but `vng` does not run; is pip's bin directory on PATH?");
+    }
+    Ok(())
+}
+
 pub fn bench_packages() -> anyhow::Result<()> {
     debian_packages(BENCH_PACKAGES)
 }

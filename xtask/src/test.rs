@@ -44,18 +44,50 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let bin = root().join("target/debug/policyroute");
     // The package test unpacks it.
     let deb = crate::dist::build()?;
-    let (passed, failed) = counted(
+    let (mut passed, mut failed) = counted(
         Command::new(env!("CARGO"))
             .args(["test", "--workspace", "--"])
             .args(args)
-            .env("POLICYROUTE_BIN", bin)
+            .env("POLICYROUTE_BIN", &bin)
             .env("POLICYROUTE_DEB", deb)
             .current_dir(root()),
     )?;
+    let (p, f) = classic_tc_pass(&bin, args)?;
+    (passed, failed) = (passed + p, failed + f);
+    let (p, f) = crate::vm::run("debian-6.1")?;
+    (passed, failed) = (passed + p, failed + f);
     fuzz_policy_reader()?;
     // The summary CI reads last: the fuzzer's log would otherwise end the output.
     println!("xtask: {passed} passed, {failed} failed");
     Ok(())
+}
+
+/// Kernel test files run again with every policy forcing `[attach] mode = "tc"`: the
+/// suite above attaches through tcx (this kernel has it), so both paths are covered.
+const CLASSIC_TC_TESTS: &[&str] = &[
+    "forwarding",
+    "local",
+    "sticky",
+    "lifecycle",
+    "reapply",
+    "explain",
+    "daemon",
+];
+
+fn classic_tc_pass(bin: &Path, args: &[String]) -> anyhow::Result<(u64, u64)> {
+    println!("xtask: the kernel tests again with [attach] mode = \"tc\"");
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(["test", "-p", "policyroute-tests"]);
+    for t in CLASSIC_TC_TESTS {
+        cmd.args(["--test", t]);
+    }
+    counted(
+        cmd.arg("--")
+            .args(args)
+            .env("POLICYROUTE_BIN", bin)
+            .env("POLICYROUTE_TEST_ATTACH_MODE", "tc")
+            .current_dir(root()),
+    )
 }
 
 /// Runs `cargo test`, its output passed through as it comes, and adds up its
@@ -68,18 +100,10 @@ fn counted(cmd: &mut Command) -> anyhow::Result<(u64, u64)> {
     for line in BufReader::new(stdout).lines() {
         let line = line?;
         println!("{line}");
-        let count = |word: &str| {
-            line.split("; ")
-                .find_map(|part| {
-                    part.trim_start_matches("test result: ok. ")
-                        .strip_suffix(word)
-                })
-                .and_then(|n| n.rsplit(' ').next()?.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
         if line.starts_with("test result:") {
-            passed += count(" passed");
-            failed += count(" failed");
+            let (p, f) = result_counts(&line);
+            passed += p;
+            failed += f;
         }
     }
     let status = child.wait()?;
@@ -87,6 +111,21 @@ fn counted(cmd: &mut Command) -> anyhow::Result<(u64, u64)> {
         bail!("{cmd:?} failed: {status}");
     }
     Ok((passed, failed))
+}
+
+/// (passed, failed) of one `test result:` line.
+pub fn result_counts(line: &str) -> (u64, u64) {
+    let count = |word: &str| {
+        line.split("; ")
+            .find_map(|part| {
+                part.trim_start_matches("test result: ok. ")
+                    .trim_start_matches("test result: FAILED. ")
+                    .strip_suffix(word)
+            })
+            .and_then(|n| n.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (count(" passed"), count(" failed"))
 }
 
 /// Fuzzes the policy reader for [`FUZZ_SECONDS`]; a crash, timeout or failed assertion

@@ -16,10 +16,11 @@ use super::{
 };
 use crate::{
     kernel::{
+        features,
         maps::InstallStats,
         netlink::Netlink,
         observe::{self, Installed},
-        record_store,
+        record_store, KernelError,
     },
     plan::{
         self,
@@ -133,6 +134,8 @@ pub async fn reconcile(
 ) -> Result<(Report, Record), ControlError> {
     let _lock = lock()?;
     let mut t = Timings::start();
+    // What every policy needs, before anything else can fail on its absence.
+    features::check(false, false).map_err(KernelError::from)?;
     let links = nl.links().await?;
     let mut installed = observe::installed(&links, &[])?;
     // Reading and cutting up the file needs no earlier read: on its own thread, while this
@@ -166,10 +169,8 @@ pub async fn reconcile(
             checks,
         } => (policy.clone(), digests.cloned(), path, checks.clone()),
     };
+    features::check(policy.attach.local, policy.fast_path).map_err(KernelError::from)?;
     t.mark("load the policy");
-    if policy.fast_path {
-        crate::kernel::features::require_fib_tbid()?;
-    }
     if let Some(cgroup) = plan::desired::local_cgroup(&policy) {
         // Its socket hooks, where earlier applies put them.
         installed = observe::installed(&links, &[cgroup])?;

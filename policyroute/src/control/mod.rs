@@ -66,13 +66,7 @@ macro_rules! through_kernel {
         }
     )*};
 }
-through_kernel!(
-    NetlinkError,
-    DataplaneError,
-    AttachError,
-    RecordError,
-    crate::kernel::features::FeatureError
-);
+through_kernel!(NetlinkError, DataplaneError, AttachError, RecordError);
 
 /// Options every command shares.
 #[derive(Clone, Debug, Default)]

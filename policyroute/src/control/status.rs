@@ -2,7 +2,10 @@
 //! hooks, gateways, every rule with its packet and byte counters (in the spirit of
 //! `iptables -t mangle -nvL`), and the ip rules and routes policyroute owns. The text form
 //! is `present::status`.
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
 
 use serde::Serialize;
 
@@ -10,6 +13,7 @@ use super::{require_privileges, ControlError};
 use crate::{
     control::drift::DriftItem,
     kernel::{
+        attach::Attached,
         dataplane::Dataplane,
         namespace::{self, family_name, DaemonFile, DaemonState, GatewayCheck},
         netlink::{Netlink, RTPROT_POLICYROUTE},
@@ -17,7 +21,7 @@ use crate::{
     },
     plan::{
         fast_path,
-        objects::{Hook, IpRoute, IpRule},
+        objects::{Hook, IpRoute, IpRule, TcPath},
         record::Record,
         targets::{self, GatewayHealth},
     },
@@ -31,6 +35,11 @@ pub struct Status {
     /// The policy file of the last apply.
     pub source: Option<String>,
     pub mark_mask: Option<u32>,
+    /// How the TC programs are attached: `tcx`, `tc` (clsact filters), `tcx+tc` while
+    /// both hold ours, or `none`.
+    pub attach_mode: &'static str,
+    /// Whether this kernel has tcx (Linux 6.6+), which `mode = "auto"` prefers.
+    pub tcx_available: bool,
     pub hooks: Vec<HookStatus>,
     pub gateways: Vec<GatewayStatus>,
     pub groups: Vec<GroupStatus>,
@@ -141,6 +150,8 @@ pub async fn status(drift: bool) -> Result<Status, ControlError> {
         namespace: namespace::label().map_err(KernelError::io("namespace id"))?,
         source: None,
         mark_mask: None,
+        attach_mode: attach_mode(&installed.attached),
+        tcx_available: installed.tcx,
         hooks: installed
             .attached
             .iter()
@@ -182,6 +193,20 @@ pub async fn status(drift: bool) -> Result<Status, ControlError> {
         s.drift = super::drift::drift(&nl, &links, &installed, record.as_ref()).await?;
     }
     Ok(s)
+}
+
+/// The TC paths our device hooks use (see [`Status::attach_mode`]).
+fn attach_mode(attached: &[Attached]) -> &'static str {
+    let paths: BTreeSet<TcPath> = attached.iter().filter_map(|a| a.hook.tc_path()).collect();
+    match (
+        paths.contains(&TcPath::Tcx),
+        paths.contains(&TcPath::Classic),
+    ) {
+        (true, true) => "tcx+tc",
+        (true, false) => "tcx",
+        (false, true) => "tc",
+        (false, false) => "none",
+    }
 }
 
 fn fill_from_record(

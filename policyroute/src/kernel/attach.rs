@@ -1,10 +1,10 @@
 //! The hooks the dataplane uses and how to find, attach and detach them. The kernel is the
 //! source of truth: a later process (another `ip netns exec`) finds the dataplane by
-//! querying each device's tcx chains and the policy's cgroup for our programs, then the
-//! programs' maps by id.
+//! querying each device's tcx chains or clsact filters and the policy's cgroup for our
+//! programs, then the programs' maps by id.
 use std::{
     fs::File,
-    os::fd::{AsFd, BorrowedFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd},
     path::Path,
 };
 
@@ -13,13 +13,17 @@ use aya::programs::{
 };
 use policyroute_common::names::{CONNECT4, CONNECT6, SENDMSG4, SENDMSG6, TC_EGRESS, TC_INGRESS};
 
-use crate::{kernel::bpf_syscalls as bpf, plan::objects::Hook};
+use crate::{
+    kernel::{
+        bpf_syscalls as bpf,
+        tc_filters::{self, Direction, Filter},
+    },
+    plan::objects::Hook,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
-    #[error(
-        "querying tcx programs on {dev}: {source} (policyroute needs tcx, Linux 6.6 or newer)"
-    )]
+    #[error("querying tcx programs on {dev}: {source}")]
     Query { dev: String, source: ProgramError },
     #[error("{what} {hook}: {source}")]
     Io {
@@ -43,6 +47,8 @@ const SOCK_HOOKS: [(&str, u32); 4] = [
 pub struct Attached {
     pub hook: Hook,
     pub program: ProgramInfo,
+    /// Where a classic tc filter sits: what detaching it needs.
+    pub filter: Option<Filter>,
 }
 
 impl Attached {
@@ -52,8 +58,58 @@ impl Attached {
     }
 }
 
+/// Whether this kernel has tcx (Linux 6.6+): querying a tcx hook fails (EINVAL) on older
+/// ones. Every namespace has `lo`.
+pub fn tcx_available() -> bool {
+    SchedClassifier::query_tcx("lo", TcAttachType::Ingress).is_ok()
+}
+
+/// Our programs on the device hooks of the given devices (index, name): tcx chains where
+/// the kernel has tcx, and clsact filters always (an older release, or `mode = "tc"`, may
+/// have left them).
+pub fn find_devices(links: &[(u32, String)], tcx: bool) -> Result<Vec<Attached>, AttachError> {
+    let mut found = if tcx { find_tcx(links)? } else { Vec::new() };
+    found.extend(find_classic(links)?);
+    Ok(found)
+}
+
+/// Our programs among the bpf filters of the given devices' clsact qdiscs.
+fn find_classic(links: &[(u32, String)]) -> Result<Vec<Attached>, AttachError> {
+    let mut found = Vec::new();
+    for (ifindex, dev) in links {
+        for dir in [Direction::Ingress, Direction::Egress] {
+            let filters = tc_filters::filters(*ifindex, dir).map_err(|source| AttachError::Io {
+                what: "listing tc filters of",
+                hook: dev.clone(),
+                source,
+            })?;
+            let ids: Vec<u32> = filters.iter().map(|f| f.program_id).collect();
+            for program in by_ids(&ids)? {
+                let (dev, ifindex) = (dev.clone(), *ifindex);
+                let (hook, name) = match dir {
+                    Direction::Ingress => (Hook::TcIngress { dev, ifindex }, TC_INGRESS),
+                    Direction::Egress => (Hook::TcEgress { dev, ifindex }, TC_EGRESS),
+                };
+                if program.name_as_str() != Some(name) {
+                    continue;
+                }
+                let filter = filters
+                    .iter()
+                    .find(|f| f.program_id == program.id())
+                    .copied();
+                found.push(Attached {
+                    hook,
+                    program,
+                    filter,
+                });
+            }
+        }
+    }
+    Ok(found)
+}
+
 /// Our programs on the tcx hooks of the given devices (index, name).
-pub fn find_tcx(links: &[(u32, String)]) -> Result<Vec<Attached>, AttachError> {
+fn find_tcx(links: &[(u32, String)]) -> Result<Vec<Attached>, AttachError> {
     let mut found = Vec::new();
     for (ifindex, dev) in links {
         for (kind, name) in [
@@ -74,7 +130,11 @@ pub fn find_tcx(links: &[(u32, String)]) -> Result<Vec<Attached>, AttachError> {
                     TcAttachType::Ingress => Hook::TcxIngress { dev, ifindex },
                     _ => Hook::TcxEgress { dev, ifindex },
                 };
-                found.push(Attached { hook, program });
+                found.push(Attached {
+                    hook,
+                    program,
+                    filter: None,
+                });
             }
         }
     }
@@ -102,7 +162,11 @@ pub fn find_cgroup(root: &Path, cgroup: &str) -> Result<Vec<Attached>, AttachErr
                 cgroup: cgroup.to_string(),
                 program: name,
             };
-            found.push(Attached { hook, program });
+            found.push(Attached {
+                hook,
+                program,
+                filter: None,
+            });
         }
     }
     Ok(found)
@@ -163,6 +227,15 @@ pub fn attach(
     match hook {
         Hook::TcxIngress { ifindex, .. } => bpf::tcx_attach(*ifindex, prog, bpf::BPF_TCX_INGRESS),
         Hook::TcxEgress { ifindex, .. } => bpf::tcx_attach(*ifindex, prog, bpf::BPF_TCX_EGRESS),
+        Hook::TcIngress { ifindex, .. } => tc_filters::attach(
+            *ifindex,
+            Direction::Ingress,
+            fd_number(prog),
+            hook.program(),
+        ),
+        Hook::TcEgress { ifindex, .. } => {
+            tc_filters::attach(*ifindex, Direction::Egress, fd_number(prog), hook.program())
+        }
         Hook::Cgroup { cgroup, program } => {
             let dir = open_cgroup(cgroup_root, hook, cgroup)?;
             bpf::cgroup_attach(dir.as_fd(), prog, attach_type(program))
@@ -181,10 +254,28 @@ pub fn detach(a: &Attached, cgroup_root: Option<&Path>) -> Result<(), AttachErro
     match &a.hook {
         Hook::TcxIngress { ifindex, .. } => bpf::tcx_detach(*ifindex, prog, bpf::BPF_TCX_INGRESS),
         Hook::TcxEgress { ifindex, .. } => bpf::tcx_detach(*ifindex, prog, bpf::BPF_TCX_EGRESS),
+        Hook::TcIngress { ifindex, .. } => detach_filter(*ifindex, Direction::Ingress, a),
+        Hook::TcEgress { ifindex, .. } => detach_filter(*ifindex, Direction::Egress, a),
         Hook::Cgroup { cgroup, program } => {
             let dir = open_cgroup(cgroup_root, &a.hook, cgroup)?;
             bpf::cgroup_detach(dir.as_fd(), prog, attach_type(program))
         }
     }
     .map_err(io("detaching from", &a.hook))
+}
+
+fn fd_number(fd: BorrowedFd<'_>) -> u32 {
+    fd.as_raw_fd() as u32
+}
+
+/// Deletes the filter a classic attachment was found in. A filter already gone (another
+/// process detached it meanwhile) is what detaching wanted.
+fn detach_filter(ifindex: u32, dir: Direction, a: &Attached) -> std::io::Result<()> {
+    let Some(filter) = &a.filter else {
+        return Err(std::io::Error::other("no filter recorded for a tc hook"));
+    };
+    match tc_filters::detach(ifindex, dir, filter) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
 }

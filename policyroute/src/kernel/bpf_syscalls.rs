@@ -12,6 +12,8 @@
 //!   state record), which keeps it alive and listed with the program.
 //! - BPF_MAP_LOOKUP_BATCH / UPDATE_BATCH / DELETE_BATCH: aya 0.14 has only one syscall per
 //!   element, which makes a 100k-rule update take 100k syscalls.
+//! - Probes of the commands above and of BPF_F_NO_PREALLOC, for `kernel::features`
+//!   (aya 0.14 probes program types, map types and helpers, not commands or map flags).
 use std::{
     io,
     os::fd::{AsRawFd, BorrowedFd},
@@ -261,4 +263,65 @@ pub fn map_delete_batch<K>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<()> {
         bpf(BPF_MAP_DELETE_BATCH, &attr)?;
     }
     Ok(())
+}
+
+/// Whether the kernel knows `cmd`: with a descriptor that is no BPF object, a known command
+/// fails on the descriptor (EBADF), an unknown one on the command (EINVAL).
+fn knows_command<T>(cmd: bpf_cmd, attr: &T) -> bool {
+    bpf(cmd, attr).is_err_and(|e| e.raw_os_error() == Some(libc::EBADF))
+}
+
+/// Batch lookups, updates and deletes (Linux 5.6).
+pub fn probe_batch_ops() -> bool {
+    let attr = BatchAttr {
+        map_fd: u32::MAX,
+        ..BatchAttr::default()
+    };
+    knows_command(BPF_MAP_LOOKUP_BATCH, &attr)
+}
+
+/// BPF_PROG_BIND_MAP (Linux 5.10).
+pub fn probe_bind_map() -> bool {
+    let attr = BindMapAttr {
+        prog_fd: u32::MAX,
+        map_fd: u32::MAX,
+        flags: 0,
+    };
+    knows_command(BPF_PROG_BIND_MAP, &attr)
+}
+
+/// `union bpf_attr` as used by BPF_MAP_CREATE (the fields up to the flags).
+#[repr(C)]
+struct MapCreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+}
+
+/// A hash map created with BPF_F_NO_PREALLOC (Linux 4.6).
+pub fn probe_no_prealloc() -> bool {
+    let attr = MapCreateAttr {
+        map_type: aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_HASH as u32,
+        key_size: 4,
+        value_size: 4,
+        max_entries: 1,
+        map_flags: aya_obj::generated::BPF_F_NO_PREALLOC,
+    };
+    // SAFETY: attr is a valid, initialized bpf_attr prefix of the size passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            bpf_cmd::BPF_MAP_CREATE as libc::c_long,
+            &attr as *const MapCreateAttr,
+            std::mem::size_of::<MapCreateAttr>() as u32,
+        )
+    };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: the map fd was just created by this call and is owned here alone.
+    unsafe { libc::close(fd as i32) };
+    true
 }

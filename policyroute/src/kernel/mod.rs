@@ -13,6 +13,7 @@ pub mod objects;
 pub mod observe;
 pub mod pins;
 pub mod record_store;
+pub mod tc_filters;
 pub mod testrun;
 
 use attach::AttachError;
@@ -32,7 +33,7 @@ pub enum KernelError {
     #[error(transparent)]
     Record(#[from] RecordError),
     #[error(transparent)]
-    Feature(#[from] features::FeatureError),
+    Feature(#[from] features::MissingFeature),
     #[error("{what}: {source}")]
     Io {
         what: String,

@@ -33,6 +33,8 @@ pub struct Installed {
     pub cgroup_root: Option<PathBuf>,
     /// This namespace's cookie (socket hooks of other namespaces are told apart by it).
     netns_cookie: u64,
+    /// Whether the kernel has tcx (Linux 6.6+).
+    pub tcx: bool,
 }
 
 impl Installed {
@@ -46,12 +48,13 @@ impl Installed {
     }
 }
 
-/// Finds our attachments: the tcx hooks of every device in `links`, and the socket hooks
+/// Finds our attachments: the tcx hooks and clsact filters of every device in `links`, and the socket hooks
 /// of the root cgroup, of `cgroups`, and of the cgroups earlier applies in this namespace
 /// used.
 pub fn installed(links: &[Link], cgroups: &[String]) -> Result<Installed, KernelError> {
     let links: Vec<(u32, String)> = links.iter().map(|l| (l.index, l.name.clone())).collect();
-    let mut found = attach::find_tcx(&links)?;
+    let tcx = attach::tcx_available();
+    let mut found = attach::find_devices(&links, tcx)?;
     let cgroup_root = namespace::cgroup2_root().map_err(KernelError::io("finding cgroup2"))?;
     if let Some(root) = &cgroup_root {
         let mut candidates: BTreeSet<String> = cgroups.iter().cloned().collect();
@@ -96,6 +99,7 @@ pub fn installed(links: &[Link], cgroups: &[String]) -> Result<Installed, Kernel
         dataplane,
         cgroup_root,
         netns_cookie: cookie,
+        tcx,
     })
 }
 
@@ -152,6 +156,7 @@ pub async fn observe(
         attachments,
         dataplane,
         netns_cookie: installed.netns_cookie,
+        tcx: installed.tcx,
         targets,
         checks: Default::default(),
         now_ns: monotonic_ns(),

@@ -16,7 +16,7 @@ use crate::{
     plan::{
         compile::addr_words,
         fast_path,
-        objects::{Hook, IpRoute, IpRule, KernelPrefix},
+        objects::{Hook, IpRoute, IpRule, KernelPrefix, TcPath},
     },
     policy::{matcher::Family, rt_tables::MAIN, Policy},
 };
@@ -51,6 +51,8 @@ pub struct System<'a> {
     pub down: &'a BTreeSet<String>,
     /// Destinations of the local table and routes of the main table.
     pub kernel_prefixes: &'a BTreeSet<KernelPrefix>,
+    /// How TC programs attach on this kernel.
+    pub tc_path: TcPath,
 }
 
 /// Families a gateway routes: those of its next hops, or both for a device-only gateway.
@@ -74,7 +76,7 @@ pub fn desired(policy: &Policy, sys: &System<'_>) -> Desired {
     let mut d = Desired::default();
     routing(policy, sys, &mut d);
     sticky_and_local(policy, sys, &mut d);
-    hooks(policy, sys.index_of, &mut d);
+    hooks(policy, sys, &mut d);
     fast_path::fast_path(policy, sys, &mut d);
     if !fast_path::installs_rules(policy) {
         d.rules.clear();
@@ -185,22 +187,16 @@ pub(super) fn source(addrs: &[IpAddr]) -> GatewaySource {
     s
 }
 
-fn hooks(policy: &Policy, index_of: &BTreeMap<String, u32>, d: &mut Desired) {
+fn hooks(policy: &Policy, sys: &System<'_>, d: &mut Desired) {
     let sticky = policy.gateways.iter().filter(|g| g.sticky).map(|g| &g.dev);
     for dev in policy.attach.ingress.iter().chain(sticky) {
-        if let Some(&ifindex) = index_of.get(dev) {
-            d.hooks.insert(Hook::TcxIngress {
-                dev: dev.clone(),
-                ifindex,
-            });
+        if let Some(&ifindex) = sys.index_of.get(dev) {
+            d.hooks.insert(sys.tc_path.ingress(dev.clone(), ifindex));
         }
     }
     for dev in &policy.attach.egress {
-        if let Some(&ifindex) = index_of.get(dev) {
-            d.hooks.insert(Hook::TcxEgress {
-                dev: dev.clone(),
-                ifindex,
-            });
+        if let Some(&ifindex) = sys.index_of.get(dev) {
+            d.hooks.insert(sys.tc_path.egress(dev.clone(), ifindex));
         }
     }
     if let Some(cgroup) = local_cgroup(policy) {

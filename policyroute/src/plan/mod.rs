@@ -21,10 +21,10 @@ use serde::Serialize;
 
 use compile::{compile_policy, CompileError, Compiled, ShapeDesc};
 use desired::Desired;
-use objects::{Diff, Hook, IpRoute, IpRule, KernelPrefix};
+use objects::{Diff, Hook, IpRoute, IpRule, KernelPrefix, TcPath};
 use record::Record;
 
-use crate::policy::{matcher::Family, ConfigError, Policy};
+use crate::policy::{matcher::Family, AttachMode, ConfigError, Policy};
 use targets::{Health, TargetIds};
 
 /// What the namespace holds now, as far as a plan depends on it.
@@ -49,6 +49,9 @@ pub struct Observed {
     pub dataplane: Option<ObservedDataplane>,
     /// The namespace's cookie: socket hooks act only on sockets that carry it.
     pub netns_cookie: u64,
+    /// Whether the kernel has tcx (Linux 6.6+); without it TC programs attach through
+    /// clsact filters.
+    pub tcx: bool,
     /// The gateway and group states the dataplane holds, by map key.
     pub targets: BTreeMap<u32, TargetState>,
     /// Health check verdicts (up?) by gateway and family, from a running daemon; a
@@ -217,6 +220,7 @@ pub fn plan(
             addresses: &observed.addresses,
             down: &observed.down,
             kernel_prefixes: &observed.kernel_prefixes,
+            tc_path: tc_path(&policy, observed.tcx)?,
         },
     );
     let waiting = waiting(&policy, observed);
@@ -264,6 +268,23 @@ pub fn plan(
         warnings,
         waiting,
     })
+}
+
+/// How TC programs attach: `[attach] mode`, with `auto` choosing tcx where the kernel has
+/// it. Forcing tcx on a kernel without it is an error naming the key.
+pub fn tc_path(policy: &Policy, tcx: bool) -> Result<TcPath, ConfigError> {
+    match (policy.attach.mode, tcx) {
+        (AttachMode::Tc, _) | (AttachMode::Auto, false) => Ok(TcPath::Classic),
+        (AttachMode::Auto | AttachMode::Tcx, true) => Ok(TcPath::Tcx),
+        (AttachMode::Tcx, false) => Err(ConfigError::Invalid {
+            file: policy.origin.file.clone(),
+            line: policy.origin.attach_mode.unwrap_or(0),
+            key: "attach.mode".into(),
+            message: "tcx needs Linux 6.6 or newer and this kernel has none (\"auto\" or \"tc\" \
+                      attach through the clsact qdisc)"
+                .into(),
+        }),
+    }
 }
 
 /// Gateway health from what is observed: carrier from the links, check verdicts from the

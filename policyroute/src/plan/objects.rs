@@ -53,6 +53,15 @@ pub enum Hook {
         dev: String,
         ifindex: u32,
     },
+    /// A classic `cls_bpf` filter on the clsact qdisc (kernels without tcx).
+    TcIngress {
+        dev: String,
+        ifindex: u32,
+    },
+    TcEgress {
+        dev: String,
+        ifindex: u32,
+    },
     /// A cgroup socket hook; `cgroup` is the v2 path (`/` is the root).
     Cgroup {
         cgroup: String,
@@ -64,8 +73,8 @@ impl Hook {
     /// The program that belongs on this hook.
     pub fn program(&self) -> &'static str {
         match self {
-            Hook::TcxIngress { .. } => TC_INGRESS,
-            Hook::TcxEgress { .. } => TC_EGRESS,
+            Hook::TcxIngress { .. } | Hook::TcIngress { .. } => TC_INGRESS,
+            Hook::TcxEgress { .. } | Hook::TcEgress { .. } => TC_EGRESS,
             Hook::Cgroup { program, .. } => program,
         }
     }
@@ -74,7 +83,56 @@ impl Hook {
         match self {
             Hook::TcxIngress { dev, .. } => format!("tcx ingress of {dev}"),
             Hook::TcxEgress { dev, .. } => format!("tcx egress of {dev}"),
+            Hook::TcIngress { dev, .. } => format!("tc (clsact) ingress of {dev}"),
+            Hook::TcEgress { dev, .. } => format!("tc (clsact) egress of {dev}"),
             Hook::Cgroup { cgroup, program } => format!("cgroup {cgroup} ({program})"),
+        }
+    }
+}
+
+/// How the TC programs attach to devices.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TcPath {
+    /// tcx (Linux 6.6 or newer).
+    #[default]
+    Tcx,
+    /// The clsact qdisc with direct-action `cls_bpf` filters (any kernel policyroute runs on).
+    Classic,
+}
+
+impl TcPath {
+    /// The hooks of a device on this path.
+    pub fn ingress(self, dev: String, ifindex: u32) -> Hook {
+        match self {
+            TcPath::Tcx => Hook::TcxIngress { dev, ifindex },
+            TcPath::Classic => Hook::TcIngress { dev, ifindex },
+        }
+    }
+
+    pub fn egress(self, dev: String, ifindex: u32) -> Hook {
+        match self {
+            TcPath::Tcx => Hook::TcxEgress { dev, ifindex },
+            TcPath::Classic => Hook::TcEgress { dev, ifindex },
+        }
+    }
+
+    /// `tcx` or `tc`, as `[attach] mode` and `status` name them.
+    pub fn name(self) -> &'static str {
+        match self {
+            TcPath::Tcx => "tcx",
+            TcPath::Classic => "tc",
+        }
+    }
+}
+
+impl Hook {
+    /// The TC path of a device hook (`None` for socket hooks).
+    pub fn tc_path(&self) -> Option<TcPath> {
+        match self {
+            Hook::TcxIngress { .. } | Hook::TcxEgress { .. } => Some(TcPath::Tcx),
+            Hook::TcIngress { .. } | Hook::TcEgress { .. } => Some(TcPath::Classic),
+            Hook::Cgroup { .. } => None,
         }
     }
 }

@@ -6,9 +6,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::{incremental::Digests, Policy};
 
-/// Version 4 is postcard behind [`MAGIC`] (versions 2 and 3 were too, before gateways
-/// had checks and groups, and before `fast_path`: postcard is positional, so they no
-/// longer read); version 1 was JSON, still read so that counters survive an upgrade.
+/// Version 4 is postcard behind [`MAGIC`] (versions 2 and 3 were too, before gateways had
+/// checks and groups, and before `fast_path` and `[attach] mode`: postcard is positional,
+/// so they no longer read); version 1 was JSON, still read so that counters survive an
+/// upgrade.
 const VERSION: u32 = 4;
 const MAGIC: &[u8; 4] = b"PRR\x04";
 

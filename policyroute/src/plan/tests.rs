@@ -31,6 +31,7 @@ fn namespace() -> Observed {
         .into_iter()
         .collect(),
         netns_cookie: 7,
+        tcx: true,
         ..Observed::default()
     }
 }
@@ -87,6 +88,60 @@ fn again(first: &Plan, text: &str, change: impl FnOnce(&mut Observed)) -> Plan {
 /// [`POLICY`] planned in a fresh [`namespace`].
 fn first() -> Plan {
     fresh(POLICY, &namespace(), Devices::Required).expect("a plan")
+}
+
+fn with_mode(mode: &str) -> String {
+    format!("{POLICY}mode = \"{mode}\"\n")
+}
+
+#[test]
+fn auto_attaches_through_tcx_where_the_kernel_has_it_else_through_clsact() {
+    let tc_ingress = |dev: &str, ifindex| Hook::TcIngress {
+        dev: dev.into(),
+        ifindex,
+    };
+    let without_tcx = Observed {
+        tcx: false,
+        ..namespace()
+    };
+    let p = fresh(POLICY, &without_tcx, Devices::Required).expect("a plan");
+    assert_eq!(p.attach, vec![tc_ingress("lan0", 2), tc_ingress("wan2", 3)]);
+    let forced = fresh(&with_mode("tc"), &namespace(), Devices::Required).expect("a plan");
+    assert_eq!(forced.attach, p.attach, "mode = \"tc\" even with tcx there");
+    let tcx = fresh(&with_mode("tcx"), &namespace(), Devices::Required).expect("a plan");
+    assert_eq!(tcx.attach[0], tcx_ingress("lan0", 2));
+}
+
+#[test]
+fn forcing_tcx_on_a_kernel_without_it_names_the_key_and_the_kernel() {
+    let without_tcx = Observed {
+        tcx: false,
+        ..namespace()
+    };
+    let text = with_mode("tcx");
+    let Err(e) = fresh(&text, &without_tcx, Devices::Required) else {
+        panic!("planned tcx on a kernel without it");
+    };
+    let line = text.lines().count();
+    let msg = e.to_string();
+    assert!(
+        msg.starts_with(&format!(
+            "test.toml:{line}: attach.mode: tcx needs Linux 6.6"
+        )),
+        "{msg}"
+    );
+}
+
+#[test]
+fn switching_the_path_moves_every_device_hook() {
+    let first = first();
+    let classic = again(&first, &with_mode("tc"), |_| {});
+    assert_eq!(classic.attach.len(), 2);
+    assert_eq!(classic.detach.len(), 2, "the tcx hooks go");
+    assert!(classic
+        .attach
+        .iter()
+        .all(|h| h.tc_path() == Some(TcPath::Classic)));
 }
 
 #[test]

@@ -30,6 +30,7 @@
 //!
 //! [attach]
 //! ingress = ["lan0"]
+//! mode = "auto"             # or "tcx" (Linux 6.6+) or "tc" (clsact + cls_bpf); auto picks tcx where it exists
 //! ```
 //!
 //! Everything is validated before any kernel change. Errors read `FILE:LINE: KEY: MESSAGE`
@@ -178,6 +179,23 @@ pub struct Attach {
     /// The cgroup (v2 path, e.g. `/` or `/system.slice`) whose sockets are classified.
     #[serde(default)]
     pub local_cgroup: Option<String>,
+    /// How the TC programs attach (`mode`); in the state record too, so `status` and
+    /// `check` compare the hooks with the path the policy asked for.
+    #[serde(default)]
+    pub mode: AttachMode,
+}
+
+/// `[attach] mode`: which TC hook the classifier uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttachMode {
+    /// tcx where the kernel has it (6.6+), else classic tc.
+    #[default]
+    Auto,
+    /// tcx only: an error on kernels without it.
+    Tcx,
+    /// The clsact qdisc with direct-action bpf filters, even where tcx exists.
+    Tc,
 }
 
 /// Source lines of the values that can only be checked against the running system.
@@ -195,6 +213,8 @@ pub struct Origin {
     pub ingress: Vec<usize>,
     /// 1-based line of `attach.egress[i]`, by device index.
     pub egress: Vec<usize>,
+    /// 1-based line of `attach.mode`, when written.
+    pub attach_mode: Option<usize>,
 }
 
 impl PartialEq for Origin {

@@ -5,11 +5,12 @@ use std::ops::Range;
 
 use toml::de::DeValue;
 
+use super::error::escape_controls;
 use super::read_rules::{self, RuleDraft};
 use super::read_uplinks::{self, GroupDraft};
 use super::toml_tree::{Doc, Field, Section};
 use super::{
-    marks, Attach, ConfigError, Gateway, Origin, Policy, PolicyRule, DEFAULT_MARK_MASK,
+    marks, Attach, AttachMode, ConfigError, Gateway, Origin, Policy, PolicyRule, DEFAULT_MARK_MASK,
     DEFAULT_RULE_PRIORITY, MAIN_RULE_PRIORITY,
 };
 use crate::policy::matcher::Family;
@@ -27,7 +28,7 @@ const TOP_KEYS: &[&str] = &[
     "attach",
 ];
 const GATEWAY_KEYS: &[&str] = &["name", "dev", "via", "table", "mark", "sticky", "check"];
-const ATTACH_KEYS: &[&str] = &["ingress", "egress", "local", "local_cgroup"];
+const ATTACH_KEYS: &[&str] = &["ingress", "egress", "local", "local_cgroup", "mode"];
 /// Default lifetime of a sticky flow record after its last inbound packet, in seconds.
 pub const DEFAULT_STICKY_TIMEOUT: u32 = 300;
 
@@ -74,7 +75,7 @@ pub(super) fn policy(text: &str, file: &str, tables: &RtTables) -> Result<Policy
     read_rules::check(&mut doc, &rules, &gateways, &groups);
     let marks = marks::assign(&mut doc, &gateways, &rules, mark_mask);
     let rule_priority = rule_priority(&mut doc, &top, gateways.len());
-    let (attach, ingress_lines, egress_lines) = attach(&mut doc, &top);
+    let (attach, lines) = attach(&mut doc, &top);
     let sticky_timeout = sticky_timeout(&mut doc, &top);
     let policy = Policy {
         mark_mask,
@@ -84,8 +85,9 @@ pub(super) fn policy(text: &str, file: &str, tables: &RtTables) -> Result<Policy
         origin: Origin {
             file: file.to_owned(),
             gateway_dev: gateways.iter().map(|g| g.dev_line).collect(),
-            ingress: ingress_lines,
-            egress: egress_lines,
+            ingress: lines.ingress,
+            egress: lines.egress,
+            attach_mode: lines.mode,
         },
         sticky_timeout,
         gateways: gateways
@@ -419,12 +421,20 @@ fn sticky_timeout(doc: &mut Doc<'_>, top: &Section<'_, '_>) -> u32 {
     }
 }
 
-fn attach(doc: &mut Doc<'_>, top: &Section<'_, '_>) -> (Attach, Vec<usize>, Vec<usize>) {
+/// Lines of the `[attach]` values checked against the running system.
+#[derive(Default)]
+struct AttachLines {
+    ingress: Vec<usize>,
+    egress: Vec<usize>,
+    mode: Option<usize>,
+}
+
+fn attach(doc: &mut Doc<'_>, top: &Section<'_, '_>) -> (Attach, AttachLines) {
     let Some(sec) = top
         .get("attach")
         .and_then(|f| doc.section(f.key, f.value, ATTACH_KEYS))
     else {
-        return (Attach::default(), Vec::new(), Vec::new());
+        return (Attach::default(), AttachLines::default());
     };
     let (ingress, ingress_lines) = devices(doc, &sec, "ingress");
     let (egress, egress_lines) = devices(doc, &sec, "egress");
@@ -438,13 +448,39 @@ fn attach(doc: &mut Doc<'_>, top: &Section<'_, '_>) -> (Attach, Vec<usize>, Vec<
             doc.error(&f.value.span(), f.key, "has no effect without local = true");
         }
     }
+    let mode_field = sec.get("mode");
+    let mode = mode_field.and_then(|f| attach_mode(doc, f));
+    let mode_line = mode_field.map(|f| doc.line(&f.value.span()));
     let attach = Attach {
         ingress,
         egress,
         local,
         local_cgroup,
+        mode: mode.unwrap_or_default(),
     };
-    (attach, ingress_lines, egress_lines)
+    let lines = AttachLines {
+        ingress: ingress_lines,
+        egress: egress_lines,
+        mode: mode_line,
+    };
+    (attach, lines)
+}
+
+fn attach_mode(doc: &mut Doc<'_>, f: Field<'_, '_>) -> Option<AttachMode> {
+    let text = doc.string(f)?;
+    match text.as_str() {
+        "auto" => Some(AttachMode::Auto),
+        "tcx" => Some(AttachMode::Tcx),
+        "tc" => Some(AttachMode::Tc),
+        _ => {
+            let msg = format!(
+                "unknown mode {:?} (expected \"auto\", \"tcx\" or \"tc\")",
+                escape_controls(&text)
+            );
+            doc.error(&f.value.span(), f.key, msg);
+            None
+        }
+    }
 }
 
 /// A list of device names with the lines they were written on; duplicates are errors.

@@ -1053,3 +1053,23 @@ fn when_down_problems() {
         "not to a mark",
     );
 }
+
+#[test]
+fn attach_mode_is_auto_unless_written() {
+    assert_eq!(parse("").unwrap().attach.mode, AttachMode::Auto);
+    for (text, mode) in [
+        ("auto", AttachMode::Auto),
+        ("tcx", AttachMode::Tcx),
+        ("tc", AttachMode::Tc),
+    ] {
+        let policy = parse(&doc(&["[attach]", &format!("mode = \"{text}\"")])).unwrap();
+        assert_eq!(policy.attach.mode, mode);
+        assert_eq!(policy.origin.attach_mode, Some(2));
+    }
+    assert_error(
+        &["[attach]", "mode = \"xdp\""],
+        2,
+        "attach.mode",
+        "unknown mode \"xdp\" (expected \"auto\", \"tcx\" or \"tc\")",
+    );
+}
