@@ -104,8 +104,8 @@ fn trace_names_rule_gateway_and_tuple_of_real_packets() {
     let mut sport = 41000;
     let lines = tracer.lines_while(3, || {
         // Outside the filter (port 22, UDP), then inside it.
-        let _ = t.tcp(LAN_HOST, sport, "198.18.0.1", 22);
-        let _ = t.udp(LAN_HOST, sport, "198.18.0.1", 80);
+        let _ = t.udp(LAN_HOST, sport, "198.18.0.1", 22);
+        let _ = t.udp(LAN_HOST, sport + 1000, "198.18.0.1", 80);
         let web = t
             .tcp(LAN_HOST, sport + 1, "198.18.0.1", 80)
             .expect("tcp 80");
@@ -134,14 +134,16 @@ fn trace_names_rule_gateway_and_tuple_of_real_packets() {
         &t.router,
         &["--count", "1", "--proto", "tcp", "--dport", "22"],
     );
+    let mut sport = 42000;
     let text = again.lines_while(1, || {
-        let _ = t.tcp(LAN_HOST, 42000, "198.18.0.1", 22);
+        let _ = t.tcp(LAN_HOST, sport, "198.18.0.1", 22);
+        sport += 1;
     });
-    println!("{}", text[0]);
+    let line = &text[0];
     assert!(
-        text[0].contains("lan0 tc-ingress tcp 192.0.2.10:42000 -> 198.18.0.1:22 no rule"),
-        "{}",
-        text[0]
+        line.contains(" lan0 tc-ingress tcp 192.0.2.10:42")
+            && line.ends_with(" -> 198.18.0.1:22 no rule"),
+        "{line}"
     );
 }
 

@@ -12,9 +12,7 @@ use aya::{
     sys::{is_helper_supported, is_map_supported, is_program_supported, BpfHelper},
 };
 
-use crate::kernel::{
-    bpf_syscalls as bpf, dataplane::classifier_mut, namespace, objects, testrun,
-};
+use crate::kernel::{bpf_syscalls as bpf, dataplane::classifier_mut, namespace, objects, testrun};
 
 /// One kernel feature and how to tell whether this kernel has it.
 pub struct Feature {
@@ -142,7 +140,12 @@ pub const FEATURES: &[Feature] = &[
         name: "the bpf_redirect_neigh helper",
         since: "5.10",
         needed_by: CORE,
-        probe: || helper(ProgramType::SchedClassifier, BpfHelper::BPF_FUNC_redirect_neigh),
+        probe: || {
+            helper(
+                ProgramType::SchedClassifier,
+                BpfHelper::BPF_FUNC_redirect_neigh,
+            )
+        },
     },
     Feature {
         name: "bpf_fib_lookup with BPF_FIB_LOOKUP_TBID",
