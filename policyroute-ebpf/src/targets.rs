@@ -127,7 +127,14 @@ fn recorded(
     let (mark, member) = if c.member == MEMBER_FALLBACK {
         (0, NO_MEMBER)
     } else {
-        let m = state.members.get(c.member as usize)?;
+        if c.member as usize >= MAX_MEMBERS {
+            return None;
+        }
+        // Masked after an opaque copy, not only compared: Linux 6.1's verifier loses a
+        // comparison's bounds when the compiler spills and reloads the index, and the
+        // compiler would drop a mask the comparison makes redundant.
+        let index = core::hint::black_box(c.member as usize) & (MAX_MEMBERS - 1);
+        let m = &state.members[index];
         if m.epoch != c.epoch || m.flags & MEMBER_UP == 0 {
             return None;
         }
