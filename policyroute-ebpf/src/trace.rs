@@ -46,15 +46,9 @@ impl Traced {
 /// Traces a packet at a tc hook.
 #[inline(always)]
 pub fn tc(ctx: &TcContext, control: &Control, hook: u8, pkt: &Packet, t: &Traced) {
-    if control.flags & CONTROL_TRACE == 0 {
-        return;
-    }
-    let Some(filter) = TRACE.get(0) else {
+    let Some(filter) = running(control) else {
         return;
     };
-    if filter.flags & TRACE_ON == 0 {
-        return;
-    }
     // SAFETY: ctx.skb.skb is the __sk_buff the kernel passed this program; the verifier
     // allows reading ifindex from it.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
@@ -64,16 +58,18 @@ pub fn tc(ctx: &TcContext, control: &Control, hook: u8, pkt: &Packet, t: &Traced
 /// Traces a socket call (no device).
 #[inline(always)]
 pub fn sock(control: &Control, hook: u8, pkt: &Packet, t: &Traced) {
+    if let Some(filter) = running(control) {
+        log(hook, 0, pkt, t, filter);
+    }
+}
+
+/// The running trace's filter; `None` (after one bit test) when no trace runs.
+#[inline(always)]
+fn running(control: &Control) -> Option<&'static TraceFilter> {
     if control.flags & CONTROL_TRACE == 0 {
-        return;
+        return None;
     }
-    let Some(filter) = TRACE.get(0) else {
-        return;
-    };
-    if filter.flags & TRACE_ON == 0 {
-        return;
-    }
-    log(hook, 0, pkt, t, filter);
+    TRACE.get(0).filter(|f| f.flags & TRACE_ON != 0)
 }
 
 #[inline(always)]
