@@ -49,6 +49,32 @@ pub const SHAPE_PORTS: u8 = 4;
 pub const SHAPE_SRC: u8 = 8;
 /// Shape flag: the rule has a source-port condition (known at socket hooks only when bound).
 pub const SHAPE_SPORT: u8 = 16;
+/// Shape flag: the key's source word 0 is the source address's class (see [`PREFIX_TRIE_MAP`]
+/// and [`ShapeTable::src_root`]), not its masked bits.
+pub const SHAPE_SRC_CLASS: u8 = 32;
+/// Shape flag: the key's destination word 0 is the destination address's class.
+pub const SHAPE_DST_CLASS: u8 = 64;
+
+/// Prefix trie word: the rest is the index of a child node (in nodes, relative to the
+/// image base); without it, the word is a class (0: no prefix holds the address).
+pub const TRIE_NODE: u32 = 1 << 31;
+/// Bits of the address a root indexes (its length is `1 << TRIE_ROOT_BITS` words).
+pub const TRIE_ROOT_BITS: u32 = 16;
+/// Bits of the address each node below the root indexes.
+pub const TRIE_STRIDE_BITS: u32 = 8;
+pub const TRIE_NODE_WORDS: u32 = 1 << TRIE_STRIDE_BITS;
+pub const TRIE_ROOT_WORDS: u32 = 1 << TRIE_ROOT_BITS;
+/// Node levels below the root for an IPv6 address (an IPv4 address needs 2).
+pub const TRIE_LEVELS_V6: usize = 14;
+/// A field without a trie (`ShapeTable::src_root`, `dst_root`).
+pub const TRIE_NONE: u32 = u32::MAX;
+/// Default size of the prefix trie map, in nodes (1 KiB each); the loader sizes it to the
+/// policy. A root takes `TRIE_ROOT_WORDS / TRIE_NODE_WORDS` consecutive nodes.
+pub const DEFAULT_TRIE_NODES: u32 = 1 << 12;
+
+/// One element of the prefix trie map. A whole node per element: array elements are
+/// rounded up to 8 bytes, so `u32` elements would not map as consecutive words.
+pub type TrieNode = [u32; TRIE_NODE_WORDS as usize];
 
 /// Hash key: the packet's fields masked by one shape, tagged with the shape's id.
 /// Addresses are kept as the packet's bytes (network order) viewed as native u32 words;
@@ -101,6 +127,15 @@ pub struct Shape {
 pub struct ShapeTable {
     pub len: u32,
     pub mark_mask: u32,
+    /// Where this table's prefix tries start in [`PREFIX_TRIE_MAP`]; the roots and node
+    /// pointers are relative to it, so a new image is written beside the live one and
+    /// published with the tables.
+    pub trie_base: u32,
+    /// Root of the trie giving a source address its class (a node index), or [`TRIE_NONE`].
+    pub src_root: u32,
+    /// Root of the trie giving a destination address its class, or [`TRIE_NONE`].
+    pub dst_root: u32,
+    pub _pad: u32,
     pub shapes: [Shape; MAX_SHAPES],
 }
 
@@ -109,6 +144,10 @@ impl Default for ShapeTable {
         Self {
             len: 0,
             mark_mask: 0,
+            trie_base: 0,
+            src_root: TRIE_NONE,
+            dst_root: TRIE_NONE,
+            _pad: 0,
             shapes: [Shape::default(); MAX_SHAPES],
         }
     }

@@ -24,6 +24,9 @@ pub const PROGRAMS: [&str; 6] = [
 
 /// Hash map `RuleKey -> RuleValue`.
 pub const RULES_MAP: &str = "PR_RULES";
+/// Array map of `TrieNode`s (256 `u32` words): the multibit prefix tries that give addresses their class
+/// (`ShapeTable::src_root`). Memory-mappable, so the controller writes an image in place.
+pub const PREFIX_TRIE_MAP: &str = "PR_PREFIX_TRIE";
 /// Array map `generation * 2 + family -> ShapeTable`.
 pub const TABLES_MAP: &str = "PR_TABLES";
 /// One-entry array map holding `Control`.
@@ -72,8 +75,9 @@ pub const FAST_STATS_MAP: &str = "PR_FAST_STATS";
 pub const ADDRESSES_MAP: &str = "PR_ADDRESSES";
 
 /// Every map of the classifier object.
-pub const MAPS: [&str; 18] = [
+pub const MAPS: [&str; 19] = [
     RULES_MAP,
+    PREFIX_TRIE_MAP,
     TABLES_MAP,
     CONTROL_MAP,
     COUNTERS_MAP,

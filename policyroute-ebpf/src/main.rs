@@ -19,6 +19,7 @@
 mod fast;
 mod icmp;
 mod parse;
+mod prefix_trie;
 mod search;
 mod sock;
 mod sticky;
@@ -26,7 +27,7 @@ mod targets;
 mod trace;
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, TC_ACT_SHOT, TC_ACT_UNSPEC},
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, TC_ACT_SHOT, TC_ACT_UNSPEC},
     macros::{cgroup_sock_addr, classifier, map},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     programs::{SockAddrContext, TcContext},
@@ -34,10 +35,10 @@ use aya_ebpf::{
 use policyroute_common::{
     Control, Counter, DeviceRole, FastGateway, FastStats, FlowChoice, FlowKey, FlowTuple,
     FlowValue, GatewaySource, RuleKey, RuleValue, ShapeTable, StateChunk, TargetState, TraceEvent,
-    TraceFilter, TraceRate, CONTROL_DEVICE_ROLES, CONTROL_FAST_PATH, CONTROL_STICKY,
-    DEFAULT_MAX_COUNTERS, DEFAULT_MAX_ENTRIES, EXPLAIN_MAGIC, GENERATIONS, HOOK_TC_EGRESS,
-    HOOK_TC_INGRESS, HOW_DROP, HOW_FALLBACK, HOW_RULE, HOW_STICKY, HOW_UNWRITTEN, MAX_FLOWS,
-    MAX_KERNEL_DESTINATIONS, MAX_STATE_CHUNKS, MAX_TARGETS, ROLE_CLASSIFY, ROLE_RECORD,
+    TraceFilter, TraceRate, TrieNode, CONTROL_DEVICE_ROLES, CONTROL_FAST_PATH, CONTROL_STICKY,
+    DEFAULT_MAX_COUNTERS, DEFAULT_MAX_ENTRIES, DEFAULT_TRIE_NODES, EXPLAIN_MAGIC, GENERATIONS,
+    HOOK_TC_EGRESS, HOOK_TC_INGRESS, HOW_DROP, HOW_FALLBACK, HOW_RULE, HOW_STICKY, HOW_UNWRITTEN,
+    MAX_FLOWS, MAX_KERNEL_DESTINATIONS, MAX_STATE_CHUNKS, MAX_TARGETS, ROLE_CLASSIFY, ROLE_RECORD,
 };
 
 use parse::Packet;
@@ -52,6 +53,10 @@ use trace::Traced;
 #[map(name = "PR_RULES")]
 static RULES: HashMap<RuleKey, RuleValue> =
     HashMap::with_max_entries(DEFAULT_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// Memory-mappable: the controller writes a trie image with stores, not a syscall per word.
+#[map(name = "PR_PREFIX_TRIE")]
+static PREFIX_TRIE: Array<TrieNode> = Array::with_max_entries(DEFAULT_TRIE_NODES, BPF_F_MMAPABLE);
 
 #[map(name = "PR_TABLES")]
 static TABLES: Array<ShapeTable> = Array::with_max_entries(GENERATIONS * 2, 0);

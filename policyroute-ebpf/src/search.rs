@@ -6,10 +6,11 @@ use core::ffi::c_void;
 
 use aya_ebpf::helpers::generated::bpf_loop;
 use policyroute_common::{
-    Control, RuleKey, ShapeTable, GENERATIONS, MAX_SHAPES, SHAPE_DSCP, SHAPE_PROTO,
+    Control, RuleKey, ShapeTable, GENERATIONS, MAX_SHAPES, SHAPE_DSCP, SHAPE_DST_CLASS,
+    SHAPE_PROTO, SHAPE_SRC, SHAPE_SRC_CLASS,
 };
 
-use crate::{parse::Packet, RULES, TABLES};
+use crate::{parse::Packet, prefix_trie, RULES, TABLES};
 
 /// A rule's verdict: its mark (already under the mask), the mask, its counter slot, and
 /// the gateway or group that decides instead of `mark` when not 0.
@@ -24,9 +25,18 @@ pub struct Hit {
 pub fn classify(pkt: &Packet, control: &Control) -> Option<Hit> {
     let generation = control.generation % GENERATIONS;
     let table = TABLES.get(generation * 2 + pkt.family)?;
+    // An unknown source (an unbound socket) matches no source condition.
+    let src_class = if pkt.unknown & SHAPE_SRC != 0 {
+        0
+    } else {
+        prefix_trie::class(table.trie_base, table.src_root, &pkt.src, pkt.family)
+    };
+    let dst_class = prefix_trie::class(table.trie_base, table.dst_root, &pkt.dst, pkt.family);
     let mut search = Search {
         pkt,
         table,
+        src_class,
+        dst_class,
         best_prio: u32::MAX,
         best_mark: 0,
         best_counter: 0,
@@ -61,6 +71,9 @@ pub fn mark_mask(pkt: &Packet, control: &Control) -> u32 {
 struct Search<'a> {
     pkt: &'a Packet,
     table: &'a ShapeTable,
+    /// The addresses' classes (0: in no set of a trie).
+    src_class: u32,
+    dst_class: u32,
     best_prio: u32,
     best_mark: u32,
     best_counter: u32,
@@ -83,7 +96,13 @@ unsafe extern "C" fn search_step(index: u32, ctx: *mut Search) -> i64 {
     if shape.flags & pkt.unknown != 0 {
         return 0;
     }
-    let key = RuleKey {
+    let src_class = shape.flags & SHAPE_SRC_CLASS != 0;
+    let dst_class = shape.flags & SHAPE_DST_CLASS != 0;
+    // No class, no entry: skip the lookup.
+    if (src_class && s.src_class == 0) || (dst_class && s.dst_class == 0) {
+        return 0;
+    }
+    let mut key = RuleKey {
         shape: shape.id,
         proto: if shape.flags & SHAPE_PROTO != 0 {
             pkt.proto
@@ -100,6 +119,12 @@ unsafe extern "C" fn search_step(index: u32, ctx: *mut Search) -> i64 {
         src: mask(&pkt.src, &shape.src_mask),
         dst: mask(&pkt.dst, &shape.dst_mask),
     };
+    if src_class {
+        key.src = [s.src_class, 0, 0, 0];
+    }
+    if dst_class {
+        key.dst = [s.dst_class, 0, 0, 0];
+    }
     // SAFETY: the value is copied out right away, inside this program's RCU read side.
     if let Some(v) = unsafe { RULES.get(key) } {
         if v.prio < s.best_prio {

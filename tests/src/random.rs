@@ -1,12 +1,14 @@
 //! Random policies and frames for differential testing: values are drawn from small pools
 //! so that rules overlap and packets hit them often, and frames are malformed on purpose.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use policyroute::{
     policy::{
         matcher::{Match, Rule},
         ports::{PortRange, PortSet},
+        sets::{PrefixSet, SetRef},
     },
     reference::frame::{ExtHeader, FrameSpec},
 };
@@ -74,8 +76,30 @@ fn port_set(rng: &mut StdRng) -> PortSet {
     PortSet::new(ranges).unwrap()
 }
 
-/// A valid random rule (retries until `validate` accepts it).
-pub fn rule(rng: &mut StdRng, index: usize) -> Rule {
+/// Up to 3 sets of up to 20 prefixes of any length, both families, around the addresses
+/// frames use (so they hit), nested and overlapping by chance.
+pub fn sets(rng: &mut StdRng) -> Vec<Arc<PrefixSet>> {
+    (0..rng.gen_range(0..=3))
+        .map(|i| {
+            let prefixes = (0..rng.gen_range(1..=20))
+                .map(|_| {
+                    let v6 = rng.gen_bool(0.4);
+                    let len = if v6 {
+                        rng.gen_range(1..=128)
+                    } else {
+                        rng.gen_range(1..=32)
+                    };
+                    IpNet::new(addr(rng, v6), len).unwrap().trunc()
+                })
+                .collect();
+            Arc::new(PrefixSet::new(format!("s{i}"), None, prefixes))
+        })
+        .collect()
+}
+
+/// A valid random rule (retries until `validate` accepts it); its address conditions
+/// name one of `sets` now and then.
+pub fn rule(rng: &mut StdRng, index: usize, sets: &[Arc<PrefixSet>]) -> Rule {
     loop {
         let family = rng.gen_range(0..3); // 0: IPv4, 1: IPv6, 2: both (no prefixes)
         let v6 = family == 1;
@@ -99,6 +123,14 @@ pub fn rule(rng: &mut StdRng, index: usize) -> Rule {
         if rng.gen_bool(0.15) {
             m.dscp = Some(*DSCPS.choose(rng).unwrap());
         }
+        if !sets.is_empty() && rng.gen_bool(0.3) {
+            m.src = None;
+            m.src_set = Some(SetRef::new(Arc::clone(sets.choose(rng).unwrap())));
+        }
+        if !sets.is_empty() && rng.gen_bool(0.3) {
+            m.dst = None;
+            m.dst_set = Some(SetRef::new(Arc::clone(sets.choose(rng).unwrap())));
+        }
         if m.validate().is_ok() {
             return Rule {
                 name: format!("r{index}"),
@@ -111,7 +143,12 @@ pub fn rule(rng: &mut StdRng, index: usize) -> Rule {
 
 pub fn policy(rng: &mut StdRng, max_rules: usize) -> (Vec<Rule>, u32) {
     let n = rng.gen_range(1..=max_rules);
-    let rules = (0..n).map(|i| rule(rng, i)).collect();
+    let sets = if rng.gen_bool(0.5) {
+        sets(rng)
+    } else {
+        Vec::new()
+    };
+    let rules = (0..n).map(|i| rule(rng, i, &sets)).collect();
     (rules, *MASKS.choose(rng).unwrap())
 }
 

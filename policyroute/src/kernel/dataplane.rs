@@ -12,7 +12,7 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use policyroute_common::{
-    names::{MAPS, SOCK_PROGRAMS, TC_INGRESS, TC_PROGRAMS},
+    names::{MAPS, PREFIX_TRIE_MAP, SOCK_PROGRAMS, TC_INGRESS, TC_PROGRAMS},
     COUNTERS_MAP, RULES_MAP,
 };
 
@@ -41,6 +41,8 @@ pub enum DataplaneError {
     Missing(&'static str),
     #[error("batch map operation: {0}")]
     Batch(std::io::Error),
+    #[error("mapping the prefix trie map: {0}")]
+    Mmap(std::io::Error),
     #[error("binding the state map to the program: {0}")]
     Bind(std::io::Error),
     #[error("pinning {what}: {source}")]
@@ -66,7 +68,8 @@ impl Dataplane {
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(RULES_MAP, capacity.entries)
-            .map_max_entries(COUNTERS_MAP, capacity.rules);
+            .map_max_entries(COUNTERS_MAP, capacity.rules)
+            .map_max_entries(PREFIX_TRIE_MAP, capacity.trie_nodes);
         Self::load_with(loader)
     }
 

@@ -17,16 +17,18 @@ use aya::{
 use policyroute_common::{
     Control, Counter, DeviceRole, FastGateway, FastStats, FlowChoice, FlowKey, FlowTuple,
     FlowValue, GatewaySource, RuleKey, RuleValue, ShapeTable, StateChunk, TargetState, TraceFilter,
-    TraceRate, ADDRESSES_MAP, CHOICES_MAP, CONTROL_MAP, CONTROL_TRACE, COUNTERS_MAP, DEVICES_MAP,
-    FAST_MAP, FAST_STATS_MAP, FLOWS_MAP, GENERATIONS, KERNEL4_MAP, KERNEL6_MAP, LOGS_MAP,
-    RULES_MAP, SOURCES_MAP, STATE_CHUNK, STATE_MAP, TABLES_MAP, TARGETS_MAP, TRACE_MAP,
-    TRACE_RATE_MAP,
+    TraceRate, TrieNode, ADDRESSES_MAP, CHOICES_MAP, CONTROL_MAP, CONTROL_TRACE, COUNTERS_MAP,
+    DEVICES_MAP, FAST_MAP, FAST_STATS_MAP, FLOWS_MAP, GENERATIONS, KERNEL4_MAP, KERNEL6_MAP,
+    LOGS_MAP, PREFIX_TRIE_MAP, RULES_MAP, SOURCES_MAP, STATE_CHUNK, STATE_MAP, TABLES_MAP,
+    TARGETS_MAP, TRACE_MAP, TRACE_RATE_MAP, TRIE_NODE_WORDS,
 };
 
 use rustc_hash::FxHashSet;
 
 use crate::{
-    kernel::{bpf_syscalls as bpf, dataplane::DataplaneError, record_store::EPOCH_KEY},
+    kernel::{
+        bpf_syscalls as bpf, dataplane::DataplaneError, record_store::EPOCH_KEY, trie_map::Mapped,
+    },
     plan::{
         compile::{addr_words, shapes_of, Compiled, ShapeDesc},
         Capacity,
@@ -36,6 +38,8 @@ use crate::{
 /// Typed handles on the classifier's maps.
 pub struct Maps {
     pub rules: HashMap<MapData, RuleKey, RuleValue>,
+    /// The prefix tries (nodes of 256 words), written through a mapping (`trie_map`).
+    pub trie: Array<MapData, TrieNode>,
     pub tables: Array<MapData, ShapeTable>,
     pub control: Array<MapData, Control>,
     pub counters: PerCpuArray<MapData, Counter>,
@@ -71,6 +75,7 @@ impl EntryDiff {
             inserted: self.insert.len(),
             updated: self.update.len(),
             removed: self.remove.len(),
+            trie_words: 0,
             compared: self.compared,
         }
     }
@@ -82,6 +87,9 @@ pub struct InstallStats {
     pub inserted: usize,
     pub updated: usize,
     pub removed: usize,
+    /// Prefix trie words stored (a new image is compared with what its half held).
+    #[serde(default)]
+    pub trie_words: usize,
     /// Entries looked at: all of the map's, or (re-applying an edit in place) only those of
     /// the edited rules.
     pub compared: usize,
@@ -89,7 +97,7 @@ pub struct InstallStats {
 
 impl InstallStats {
     pub fn changed(&self) -> bool {
-        self.inserted + self.updated + self.removed > 0
+        self.inserted + self.updated + self.removed + self.trie_words > 0
     }
 }
 
@@ -99,9 +107,10 @@ impl Maps {
     }
 
     /// Every map with its name.
-    pub(super) fn all(&self) -> [(&'static str, &MapData); 18] {
+    pub(super) fn all(&self) -> [(&'static str, &MapData); 19] {
         [
             (RULES_MAP, self.rules.map()),
+            (PREFIX_TRIE_MAP, self.trie.map()),
             (TABLES_MAP, self.tables.map()),
             (CONTROL_MAP, self.control.map()),
             (COUNTERS_MAP, self.counters.map()),
@@ -153,6 +162,7 @@ impl Maps {
     ) -> Result<Self, DataplaneError> {
         Ok(Self {
             rules: HashMap::try_from(take(RULES_MAP)?)?,
+            trie: Array::try_from(take(PREFIX_TRIE_MAP)?)?,
             tables: Array::try_from(take(TABLES_MAP)?)?,
             control: Array::try_from(take(CONTROL_MAP)?)?,
             counters: PerCpuArray::try_from(take(COUNTERS_MAP)?)?,
@@ -249,6 +259,7 @@ impl Maps {
             entries: self.rules.map().info()?.max_entries(),
             // From the kernel, not the object file: maps shared through pins keep their size.
             rules: self.counters.map().info()?.max_entries(),
+            trie_nodes: self.trie.map().info()?.max_entries(),
         })
     }
 
@@ -258,8 +269,11 @@ impl Maps {
     pub fn install(&mut self, compiled: &Compiled) -> Result<InstallStats, DataplaneError> {
         self.check_capacity(compiled)?;
         let diff = self.diff(compiled)?;
-        self.write(compiled, &diff)?;
-        Ok(diff.stats())
+        let trie_words = self.write(compiled, &diff)?;
+        Ok(InstallStats {
+            trie_words,
+            ..diff.stats()
+        })
     }
 
     fn check_capacity(&self, compiled: &Compiled) -> Result<(), DataplaneError> {
@@ -267,6 +281,11 @@ impl Maps {
         for (what, need, cap) in [
             ("rules", compiled.counter_slots, have.rules),
             ("hash entries", compiled.entries.len(), have.entries),
+            (
+                "prefix trie nodes",
+                compiled.trie.nodes(),
+                have.trie_nodes / 2,
+            ),
         ] {
             if need > cap as usize {
                 return Err(DataplaneError::Capacity {
@@ -305,21 +324,47 @@ impl Maps {
                 _ => {}
             }
         }
-        self.write(compiled, &diff)?;
-        Ok(diff.stats())
+        let trie_words = self.write(compiled, &diff)?;
+        Ok(InstallStats {
+            trie_words,
+            ..diff.stats()
+        })
     }
 
     /// New and changed entries, then the switch to the new shape tables, then deletions.
-    fn write(&mut self, compiled: &Compiled, diff: &EntryDiff) -> Result<(), DataplaneError> {
+    /// The new trie image goes first, into the half the live tables do not use. Returns
+    /// the trie words stored.
+    fn write(&mut self, compiled: &Compiled, diff: &EntryDiff) -> Result<usize, DataplaneError> {
         self.begin_writes()?;
+        let (base, stored) = self.write_trie(&compiled.trie.words)?;
+        let mut tables = compiled.tables;
+        for t in &mut tables {
+            t.trie_base = base;
+        }
         let fd = self.rules.map().fd().as_fd();
         let (keys, values): (Vec<RuleKey>, Vec<RuleValue>) =
             diff.insert.iter().chain(&diff.update).copied().unzip();
         bpf::map_update_batch(fd, &keys, &values).map_err(DataplaneError::Batch)?;
-        self.publish(&compiled.tables)?;
+        self.publish(&tables)?;
         let fd = self.rules.map().fd().as_fd();
         bpf::map_delete_batch(fd, &diff.remove).map_err(DataplaneError::Batch)?;
-        Ok(())
+        Ok(stored)
+    }
+
+    /// Writes `image` into the trie half the live tables do not use; returns its base (a
+    /// node index) and the words stored.
+    fn write_trie(&mut self, image: &[u32]) -> Result<(u32, usize), DataplaneError> {
+        let nodes = self.trie.map().info()?.max_entries();
+        let half = nodes / 2;
+        let live = self.live_tables()?[0].trie_base;
+        let base = if live == 0 { half } else { 0 };
+        if image.is_empty() {
+            return Ok((base, 0));
+        }
+        let words = nodes * TRIE_NODE_WORDS;
+        let mapped =
+            Mapped::new(self.trie.map().fd().as_fd(), words).map_err(DataplaneError::Mmap)?;
+        Ok((base, mapped.write(base * TRIE_NODE_WORDS, image)))
     }
 
     fn publish(&mut self, tables: &[ShapeTable; 2]) -> Result<(), DataplaneError> {

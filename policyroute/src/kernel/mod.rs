@@ -15,6 +15,7 @@ pub mod pins;
 pub mod record_store;
 pub mod tc_filters;
 pub mod testrun;
+pub mod trie_map;
 
 use attach::AttachError;
 use dataplane::DataplaneError;

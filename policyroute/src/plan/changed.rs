@@ -19,6 +19,11 @@ pub fn entries_to_check(
     if !kept || previous.epoch != Some(dp.epoch) {
         return None;
     }
+    // A list file may change under an unchanged policy text, and class ids depend on the
+    // whole policy: every entry is compared.
+    if !previous.policy.sets.is_empty() || plan.compiled.uses_classes() {
+        return None;
+    }
     let (old, new) = (previous.digests.as_ref()?, plan.record.digests.as_ref()?);
     let count = new.rules.len();
     // The same head: the same mark mask and gateway marks for every rule.

@@ -11,10 +11,12 @@ use rustc_hash::FxHashMap as HashMap;
 
 use ipnet::IpNet;
 use policyroute_common::{
-    RuleKey, RuleValue, Shape, ShapeTable, MAX_SHAPES, SHAPE_DSCP, SHAPE_PORTS, SHAPE_PROTO,
-    SHAPE_SPORT, SHAPE_SRC,
+    RuleKey, RuleValue, Shape, ShapeTable, MAX_SHAPES, SHAPE_DSCP, SHAPE_DST_CLASS, SHAPE_PORTS,
+    SHAPE_PROTO, SHAPE_SPORT, SHAPE_SRC, SHAPE_SRC_CLASS, TRIE_NONE,
 };
 
+use super::classes::{Classes, Field};
+use super::prefix_trie::Image;
 use super::targets::TargetIds;
 use crate::policy::{
     matcher::{Family, Match, Rule, RuleError},
@@ -41,6 +43,17 @@ pub struct Compiled {
     pub shapes: BTreeMap<ShapeDesc, u16>,
     /// Counter slots the rules use are all below this.
     pub counter_slots: usize,
+    /// Address classes of the conditions that go through tries.
+    pub classes: Classes,
+    /// The tries (roots in `tables`, relative to the image).
+    pub trie: Image,
+}
+
+impl Compiled {
+    /// Whether entries depend on classes (whose ids depend on the whole policy).
+    pub fn uses_classes(&self) -> bool {
+        !self.classes.is_empty()
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -123,9 +136,11 @@ fn compile_rules<'a>(
     previous: &BTreeMap<ShapeDesc, u16>,
 ) -> Result<Compiled, CompileError> {
     assert_eq!(rules.len(), slots.len(), "one counter slot per rule");
+    let rules: Vec<_> = rules.collect();
+    let classes = Classes::of(rules.iter().map(|r| r.1));
     // Usually an entry per family.
     let mut staged: Vec<(ShapeDesc, RuleKey, RuleValue)> = Vec::with_capacity(rules.len() * 2);
-    for (index, (name, matcher, mark, target)) in rules.enumerate() {
+    for (index, (name, matcher, mark, target)) in rules.into_iter().enumerate() {
         let fail = |source| CompileError::Rule {
             index,
             name: name.to_string(),
@@ -139,7 +154,7 @@ fn compile_rules<'a>(
             target,
         };
         for family in matcher.families().map_err(fail)? {
-            expand(matcher, family, value, &mut staged);
+            expand(matcher, family, value, &classes, &mut staged);
         }
     }
     let shapes = assign_ids(&staged, previous)?;
@@ -154,13 +169,30 @@ fn compile_rules<'a>(
         let m = min_prio.entry(desc).or_insert(value.prio);
         *m = (*m).min(value.prio);
     }
-    let tables = [Family::V4, Family::V6].map(|f| table(f, &shapes, &min_prio, mark_mask));
+    let mut tables = [Family::V4, Family::V6].map(|f| table(f, &shapes, &min_prio, mark_mask));
+    let trie = tries(&classes, &mut tables);
     Ok(Compiled {
         tables,
         entries,
         shapes,
         counter_slots: slots.iter().map(|&s| s as usize + 1).max().unwrap_or(0),
+        classes,
+        trie,
     })
+}
+
+/// The tries of every field that has classes, their roots noted in the family's table.
+fn tries(classes: &Classes, tables: &mut [ShapeTable; 2]) -> Image {
+    let mut image = Image::default();
+    for ((family, field), fc) in &classes.fields {
+        let root = image.add(&mut fc.prefixes.clone());
+        let table = &mut tables[family.index() as usize];
+        match field {
+            Field::Src => table.src_root = root,
+            Field::Dst => table.dst_root = root,
+        }
+    }
+    image
 }
 
 /// The keys `rules` have in tables whose shapes are `shapes`; `None` when a rule needs a
@@ -170,9 +202,14 @@ pub fn keys_of<'a>(
     shapes: &BTreeMap<ShapeDesc, u16>,
 ) -> Option<Vec<RuleKey>> {
     let mut staged = Vec::new();
+    let none = Classes::default();
     for matcher in rules {
+        // Class ids depend on the whole policy: the caller compares every entry instead.
+        if matcher.src_set.is_some() || matcher.dst_set.is_some() {
+            return None;
+        }
         for family in matcher.families().ok()? {
-            expand(matcher, family, RuleValue::default(), &mut staged);
+            expand(matcher, family, RuleValue::default(), &none, &mut staged);
         }
     }
     staged
@@ -190,6 +227,7 @@ fn expand(
     m: &Match,
     family: Family,
     value: RuleValue,
+    classes: &Classes,
     out: &mut Vec<(ShapeDesc, RuleKey, RuleValue)>,
 ) {
     // No condition: one block that masks nothing (no allocation: most rules have one).
@@ -213,31 +251,71 @@ fn expand(
     if m.sport.is_some() {
         flags |= SHAPE_SPORT;
     }
-    let (src, src_len) = prefix_words(m.src.as_ref());
-    if src_len > 0 {
+    let srcs = address(m.src.as_ref(), classes.condition_of(m, family, Field::Src));
+    let dsts = address(m.dst.as_ref(), classes.condition_of(m, family, Field::Dst));
+    // A set always goes through a trie; never key it as "any".
+    if (m.src_set.is_some() && !srcs.class) || (m.dst_set.is_some() && !dsts.class) {
+        return;
+    }
+    if srcs.class || srcs.len > 0 {
         flags |= SHAPE_SRC;
     }
-    let (dst, dst_len) = prefix_words(m.dst.as_ref());
-    for &(sp, sport_mask) in sports.iter() {
-        for &(dp, dport_mask) in dports.iter() {
-            let desc = ShapeDesc {
-                family,
-                flags,
-                src_len,
-                dst_len,
-                sport_mask,
-                dport_mask,
-            };
-            let key = RuleKey {
-                shape: 0,
-                proto: m.proto.unwrap_or(0),
-                dscp: m.dscp.unwrap_or(0),
-                sport: sp,
-                dport: dp,
-                src,
-                dst,
-            };
-            out.push((desc, key, value));
+    if srcs.class {
+        flags |= SHAPE_SRC_CLASS;
+    }
+    if dsts.class {
+        flags |= SHAPE_DST_CLASS;
+    }
+    for src in srcs.words.iter() {
+        for dst in dsts.words.iter() {
+            for &(sp, sport_mask) in sports.iter() {
+                for &(dp, dport_mask) in dports.iter() {
+                    let desc = ShapeDesc {
+                        family,
+                        flags,
+                        src_len: srcs.len,
+                        dst_len: dsts.len,
+                        sport_mask,
+                        dport_mask,
+                    };
+                    let key = RuleKey {
+                        shape: 0,
+                        proto: m.proto.unwrap_or(0),
+                        dscp: m.dscp.unwrap_or(0),
+                        sport: sp,
+                        dport: dp,
+                        src: *src,
+                        dst: *dst,
+                    };
+                    out.push((desc, key, value));
+                }
+            }
+        }
+    }
+}
+
+/// How one address field is keyed: by its masked bits (one key), or by class (a key per
+/// class holding the condition, none when no class does).
+struct Keyed {
+    class: bool,
+    len: u8,
+    words: Vec<[u32; 4]>,
+}
+
+fn address(net: Option<&IpNet>, classes: Option<&[u32]>) -> Keyed {
+    match classes {
+        Some(ids) => Keyed {
+            class: true,
+            len: 0,
+            words: ids.iter().map(|&c| [c, 0, 0, 0]).collect(),
+        },
+        None => {
+            let (words, len) = prefix_words(net);
+            Keyed {
+                class: false,
+                len,
+                words: vec![words],
+            }
         }
     }
 }
@@ -319,6 +397,8 @@ fn table(
     let mut t = ShapeTable {
         len: list.len() as u32,
         mark_mask,
+        src_root: TRIE_NONE,
+        dst_root: TRIE_NONE,
         ..ShapeTable::default()
     };
     for (slot, (_, s)) in t.shapes.iter_mut().zip(list) {
@@ -417,7 +497,7 @@ mod tests {
     }
 
     #[test]
-    fn too_many_shapes_is_an_error_not_a_truncation() {
+    fn many_prefix_lengths_go_through_a_trie_not_a_refusal() {
         let rules: Vec<Rule> = (0..=MAX_SHAPES as u8)
             .map(|len| Rule {
                 name: format!("r{len}"),
@@ -430,17 +510,25 @@ mod tests {
                     ),
                     ..Match::default()
                 },
-                mark: 1,
+                mark: u32::from(len) + 1,
             })
             .collect();
-        let err = compile(&rules, u32::MAX, &BTreeMap::new()).unwrap_err();
-        assert!(matches!(
-            err,
-            CompileError::TooManyShapes {
-                family: Family::V6,
-                ..
-            }
-        ));
+        let c = compile(&rules, u32::MAX, &BTreeMap::new()).unwrap();
+        assert_eq!(c.tables[1].len, 1, "one class shape");
+        assert_ne!(c.tables[1].dst_root, TRIE_NONE);
+        // 2001:db8:: is in every prefix: its class holds all 65 conditions.
+        let addr: [u8; 16] = "2001:db8::".parse::<std::net::Ipv6Addr>().unwrap().octets();
+        let class = c.trie.lookup(c.tables[1].dst_root, &addr);
+        assert_eq!(
+            c.classes.fields.values().next().unwrap().names[&class].len(),
+            65
+        );
+        let key = RuleKey {
+            shape: c.shapes.values().copied().next().unwrap(),
+            dst: [class, 0, 0, 0],
+            ..RuleKey::default()
+        };
+        assert_eq!(c.entries[&key].prio, 0, "the first rule wins");
     }
 
     #[test]

@@ -3,10 +3,12 @@
 //! classifier, gives rules their counter slots, and lists every kernel change an apply
 //! makes. No syscalls: `control::apply` observes before and executes after.
 pub mod changed;
+pub mod classes;
 pub mod compile;
 pub mod desired;
 pub mod fast_path;
 pub mod objects;
+pub mod prefix_trie;
 pub mod record;
 pub mod slots;
 pub mod targets;
@@ -16,7 +18,9 @@ use std::{
     net::IpAddr,
 };
 
-use policyroute_common::{TargetState, DEFAULT_MAX_COUNTERS, DEFAULT_MAX_ENTRIES};
+use policyroute_common::{
+    TargetState, DEFAULT_MAX_COUNTERS, DEFAULT_MAX_ENTRIES, DEFAULT_TRIE_NODES,
+};
 use serde::Serialize;
 
 use compile::{compile_policy, CompileError, Compiled, ShapeDesc};
@@ -96,6 +100,8 @@ pub struct Capacity {
     pub entries: u32,
     /// Rules with a counter (per-CPU memory: 16 bytes per rule per possible CPU).
     pub rules: u32,
+    /// Nodes (1 KiB) of the prefix trie map: two halves, the live image and the next one.
+    pub trie_nodes: u32,
 }
 
 impl Default for Capacity {
@@ -104,6 +110,7 @@ impl Default for Capacity {
         Self {
             entries: DEFAULT_MAX_ENTRIES,
             rules: DEFAULT_MAX_COUNTERS,
+            trie_nodes: DEFAULT_TRIE_NODES,
         }
     }
 }
@@ -117,12 +124,15 @@ impl Capacity {
         Self {
             entries: grow(compiled.entries.len(), 1 << 14),
             rules: grow(compiled.counter_slots, 1 << 12),
+            // Preallocated (an array): a policy without sets costs two nodes.
+            trie_nodes: grow(compiled.trie.nodes(), 2),
         }
     }
 
     pub fn holds(&self, compiled: &Compiled) -> bool {
         compiled.counter_slots <= self.rules as usize
             && compiled.entries.len() <= self.entries as usize
+            && compiled.trie.nodes() <= (self.trie_nodes / 2) as usize
     }
 }
 

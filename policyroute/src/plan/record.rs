@@ -6,12 +6,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::{incremental::Digests, Policy};
 
-/// Version 4 is postcard behind [`MAGIC`] (versions 2 and 3 were too, before gateways had
-/// checks and groups, and before `fast_path` and `[attach] mode`: postcard is positional,
-/// so they no longer read); version 1 was JSON, still read so that counters survive an
-/// upgrade.
-const VERSION: u32 = 4;
-const MAGIC: &[u8; 4] = b"PRR\x04";
+/// Version 5 is postcard behind [`MAGIC`] (versions 2 to 4 were too, before gateways had
+/// checks and groups, before `fast_path` and `[attach] mode`, and before sets: postcard is
+/// positional, so they no longer read); version 1 was JSON, still read so that counters
+/// survive an upgrade.
+const VERSION: u32 = 5;
+const MAGIC: &[u8; 4] = b"PRR\x05";
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Record {
@@ -50,13 +50,16 @@ impl Record {
     /// `None` for bytes that are not a record (of this version, or JSON of version 1).
     pub fn decode(bytes: &[u8]) -> Option<Self> {
         if let Some(body) = bytes.strip_prefix(MAGIC) {
-            return postcard::from_bytes::<Record>(body)
+            let mut record = postcard::from_bytes::<Record>(body)
                 .ok()
-                .filter(|r| r.version == VERSION);
+                .filter(|r| r.version == VERSION)?;
+            record.policy.link_sets();
+            return Some(record);
         }
         let mut old = serde_json::from_slice::<Record>(bytes).ok()?;
         (old.version == 1).then(|| {
             old.version = VERSION;
+            old.policy.link_sets();
             old
         })
     }
@@ -96,6 +99,17 @@ mod tests {
     }
 
     #[test]
+    fn sets_are_kept_once_and_bound_again() {
+        let text = "[[set]]\nname = \"de\"\nprefixes = [\"192.0.2.0/24\", \"2001:db8::/32\"]\n\n[[rule]]\ndst = \"@de\"\nmark = 1\n\n[[rule]]\nsrc = \"@de\"\nmark = 2\n";
+        let policy = Policy::parse(text, "p.toml", &RtTables::builtin()).unwrap();
+        let r = Record::new("p.toml".into(), policy, vec![0, 1]);
+        let back = Record::decode(&r.encode()).expect("decodes");
+        assert_eq!(back.policy, r.policy);
+        let set = back.policy.rules[1].matcher.src_set.as_ref().unwrap();
+        assert!(set.set.contains(&"2001:db8::1".parse().unwrap()));
+    }
+
+    #[test]
     fn a_version_1_record_still_reads() {
         let mut r = record();
         r.version = 1;
@@ -107,9 +121,9 @@ mod tests {
 
     #[test]
     fn garbage_is_not_a_record() {
-        assert!(Record::decode(b"PRR\x04\xff\xff").is_none());
-        assert!(Record::other_version(b"PRR\x03\x00"));
-        assert!(!Record::other_version(b"PRR\x04\x00"));
+        assert!(Record::decode(b"PRR\x05\xff\xff").is_none());
+        assert!(Record::other_version(b"PRR\x04\x00"));
+        assert!(!Record::other_version(b"PRR\x05\x00"));
         assert!(Record::decode(b"{}").is_none());
     }
 }

@@ -221,6 +221,7 @@ fn outgrown_maps_mean_a_new_dataplane_and_every_hook_moves() {
         now.dataplane.as_mut().unwrap().capacity = Capacity {
             entries: 2,
             rules: 2,
+            trie_nodes: 2,
         };
     });
     assert!(matches!(second.dataplane, DataplaneStep::Load(c) if c.entries >= 6));

@@ -141,7 +141,8 @@ pub(super) fn reread(
         return None;
     }
     let mut head = read::policy(&split.head, label, tables).ok()?;
-    if !head.rules.is_empty() {
+    // A list file may have changed while the policy's text did not.
+    if !head.rules.is_empty() || !head.sets.is_empty() || !previous.sets.is_empty() {
         return None;
     }
     // Lines the head's values were read at, as lines of the file.

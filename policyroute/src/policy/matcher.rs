@@ -4,7 +4,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use policyroute_common::net::{proto_has_ports, IPPROTO_ICMP, IPPROTO_ICMPV6};
 
-use crate::policy::{ports::PortSet, protocol};
+use crate::policy::{ports::PortSet, protocol, sets::SetRef};
 
 /// IP version of a packet or of a rule's scope.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -55,6 +55,12 @@ pub struct Match {
     pub sport: Option<PortSet>,
     pub dport: Option<PortSet>,
     pub dscp: Option<u8>,
+    /// `src = "@name"`: the source is in this set (never together with `src`).
+    #[serde(default)]
+    pub src_set: Option<SetRef>,
+    /// `dst = "@name"`: the destination is in this set (never together with `dst`).
+    #[serde(default)]
+    pub dst_set: Option<SetRef>,
 }
 
 /// A rule of the classifier: conditions and the mark it sets. Its position in the policy
@@ -92,28 +98,40 @@ pub enum RuleError {
 
 impl Match {
     /// The address families this rule can match, or why the combination is impossible.
+    /// A set condition narrows them to the families the set has prefixes of (none for an
+    /// empty set).
     pub fn families(&self) -> Result<Vec<Family>, RuleError> {
-        let mut fams: Option<Family> = None;
-        for net in [&self.src, &self.dst].into_iter().flatten() {
-            let f = Family::of_net(net);
-            if fams.is_some_and(|g| g != f) {
+        let mut allowed = vec![Family::V4, Family::V6];
+        let nets = [&self.src, &self.dst].into_iter().flatten();
+        let sets = [&self.src_set, &self.dst_set].into_iter().flatten();
+        let conditions = nets
+            .map(|n| vec![Family::of_net(n)])
+            .chain(sets.map(|s| s.set.families()));
+        for families in conditions {
+            let narrowed: Vec<Family> = allowed
+                .iter()
+                .copied()
+                .filter(|f| families.contains(f))
+                .collect();
+            if narrowed.is_empty() && !families.is_empty() && !allowed.is_empty() {
                 return Err(RuleError::MixedFamilies);
             }
-            fams = Some(f);
+            allowed = narrowed;
         }
         let proto_only = match self.proto {
             Some(IPPROTO_ICMP) => Some(Family::V4),
             Some(IPPROTO_ICMPV6) => Some(Family::V6),
             _ => None,
         };
-        match (fams, proto_only) {
-            (Some(f), Some(only)) if f != only => Err(RuleError::ProtoFamily {
+        match proto_only {
+            Some(only) if allowed.contains(&only) => Ok(vec![only]),
+            Some(only) if allowed.len() == 1 => Err(RuleError::ProtoFamily {
                 proto: self.proto.unwrap_or_default(),
                 only,
-                other: f,
+                other: allowed[0],
             }),
-            (Some(f), _) | (None, Some(f)) => Ok(vec![f]),
-            (None, None) => Ok(vec![Family::V4, Family::V6]),
+            Some(_) => Ok(Vec::new()),
+            None => Ok(allowed),
         }
     }
 
@@ -155,6 +173,12 @@ impl std::fmt::Display for Match {
         }
         if let Some(n) = self.dst {
             parts.push(format!("dst {n}"));
+        }
+        if let Some(s) = &self.src_set {
+            parts.push(format!("src @{}", s.name));
+        }
+        if let Some(s) = &self.dst_set {
+            parts.push(format!("dst @{}", s.name));
         }
         if let Some(p) = &self.sport {
             parts.push(format!("sport {p}"));

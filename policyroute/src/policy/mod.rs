@@ -55,8 +55,10 @@ pub mod ports;
 pub mod protocol;
 mod read;
 mod read_rules;
+mod read_sets;
 mod read_uplinks;
 pub mod rt_tables;
+pub mod sets;
 mod toml_tree;
 pub mod uplinks;
 
@@ -116,6 +118,9 @@ pub struct Policy {
     pub gateways: Vec<Gateway>,
     #[serde(default)]
     pub groups: Vec<Group>,
+    /// Named prefix sets (`[[set]]`), which rules refer to as `@name`.
+    #[serde(default)]
+    pub sets: Vec<std::sync::Arc<sets::PrefixSet>>,
     /// In file order: the first matching rule wins.
     pub rules: Vec<PolicyRule>,
     pub attach: Attach,
@@ -285,6 +290,24 @@ impl Policy {
     /// smallest k whose value no other gateway or rule uses explicitly.
     pub fn parse(text: &str, file_label: &str, tables: &RtTables) -> Result<Policy, ConfigError> {
         read::policy(text, file_label, tables)
+    }
+
+    /// Binds rules' set references to the policy's sets again (records keep only names).
+    pub fn link_sets(&mut self) {
+        let by_name: std::collections::HashMap<&str, &std::sync::Arc<sets::PrefixSet>> =
+            self.sets.iter().map(|s| (s.name.as_str(), s)).collect();
+        for rule in &mut self.rules {
+            let m = &mut rule.matcher;
+            for r in [&mut m.src_set, &mut m.dst_set].into_iter().flatten() {
+                if let Some(set) = by_name.get(r.name.as_str()) {
+                    r.set = std::sync::Arc::clone(set);
+                }
+            }
+        }
+    }
+
+    pub fn set(&self, name: &str) -> Option<&sets::PrefixSet> {
+        self.sets.iter().find(|s| s.name == name).map(|s| &**s)
     }
 
     /// Devices whose addresses a plan needs: the gateways' (source addresses, `from`

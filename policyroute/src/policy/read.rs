@@ -7,6 +7,7 @@ use toml::de::DeValue;
 
 use super::error::escape_controls;
 use super::read_rules::{self, RuleDraft};
+use super::read_sets::{self, SetDraft};
 use super::read_uplinks::{self, GroupDraft};
 use super::toml_tree::{Doc, Field, Section};
 use super::{
@@ -24,6 +25,7 @@ const TOP_KEYS: &[&str] = &[
     "sticky_timeout",
     "gateway",
     "group",
+    "set",
     "rule",
     "attach",
 ];
@@ -66,9 +68,15 @@ pub(super) fn policy(text: &str, file: &str, tables: &RtTables) -> Result<Policy
         .iter()
         .map(|(_, sec)| read_uplinks::group(&mut doc, sec))
         .collect::<Vec<_>>();
+    let sets = array_of_tables(&mut doc, &top, "set", read_sets::KEYS)
+        .iter()
+        .map(|(_, sec)| read_sets::set(&mut doc, sec))
+        .collect::<Vec<_>>();
+    read_sets::check(&mut doc, &sets);
+    let sets: Vec<_> = sets.into_iter().filter_map(|s: SetDraft| s.set).collect();
     let rules = array_of_tables(&mut doc, &top, "rule", read_rules::KEYS)
         .iter()
-        .map(|(n, sec)| read_rules::rule(&mut doc, sec, *n, mark_mask))
+        .map(|(n, sec)| read_rules::rule(&mut doc, sec, *n, mark_mask, &sets))
         .collect::<Vec<_>>();
     check_gateways(&mut doc, &gateways);
     read_uplinks::check_groups(&mut doc, &groups, &gateways);
@@ -96,6 +104,7 @@ pub(super) fn policy(text: &str, file: &str, tables: &RtTables) -> Result<Policy
             .map(finish_gateway)
             .collect(),
         groups: groups.into_iter().map(GroupDraft::finish).collect(),
+        sets,
         rules: rules.into_iter().map(RuleDraft::finish).collect(),
         attach,
     };
@@ -116,7 +125,8 @@ pub(super) fn rule_alone(text: &str, file: &str, n: usize, mark_mask: u32) -> Op
         return None;
     };
     let sec = doc.section(&format!("rule[{n}]"), item, read_rules::KEYS)?;
-    let draft = read_rules::rule(&mut doc, &sec, n, mark_mask);
+    // No sets: a rule naming one fails here, and the whole file is read.
+    let draft = read_rules::rule(&mut doc, &sec, n, mark_mask, &[]);
     doc.finish(draft.finish()).ok()
 }
 

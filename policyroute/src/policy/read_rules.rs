@@ -1,5 +1,6 @@
 //! `[[rule]]`: match conditions and target.
 use std::ops::Range;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use toml::de::DeValue;
@@ -12,6 +13,7 @@ use super::{PolicyRule, Target};
 use crate::policy::matcher::{Match, RuleError};
 use crate::policy::ports::{PortRange, PortSet};
 use crate::policy::protocol;
+use crate::policy::sets::{PrefixSet, SetRef};
 
 pub(super) const KEYS: &[&str] = &[
     "name",
@@ -63,12 +65,13 @@ pub(super) fn rule(
     sec: &Section<'_, '_>,
     n: usize,
     mark_mask: u32,
+    sets: &[Arc<PrefixSet>],
 ) -> RuleDraft {
     let (name, name_span) = match sec.get("name") {
         Some(f) => (non_empty(doc, f).unwrap_or_default(), f.value.span()),
         None => (format!("rule-{n}"), sec.span.clone()),
     };
-    let matcher = matcher(doc, sec);
+    let matcher = matcher(doc, sec, sets);
     let target = target(doc, sec, mark_mask);
     let when_down = sec.get("when_down").and_then(|f| {
         let w = read_uplinks::when_down(doc, f)?;
@@ -89,12 +92,20 @@ pub(super) fn rule(
 }
 
 /// Reads the conditions; if all read, checks the combination (`Match::validate`).
-fn matcher(doc: &mut Doc<'_>, sec: &Section<'_, '_>) -> Match {
+fn matcher(doc: &mut Doc<'_>, sec: &Section<'_, '_>, sets: &[Arc<PrefixSet>]) -> Match {
     let errors_before = doc.error_count();
+    let (src, src_set) = sec
+        .get("src")
+        .map_or((None, None), |f| address(doc, f, sets));
+    let (dst, dst_set) = sec
+        .get("dst")
+        .map_or((None, None), |f| address(doc, f, sets));
     let m = Match {
         proto: sec.get("proto").and_then(|f| proto(doc, f)),
-        src: sec.get("src").and_then(|f| prefix(doc, f)),
-        dst: sec.get("dst").and_then(|f| prefix(doc, f)),
+        src,
+        dst,
+        src_set,
+        dst_set,
         sport: sec.get("sport").and_then(|f| ports(doc, f)),
         dport: sec.get("dport").and_then(|f| ports(doc, f)),
         dscp: sec
@@ -138,6 +149,35 @@ fn proto(doc: &mut Doc<'_>, f: Field<'_, '_>) -> Option<u8> {
         doc.error(&f.value.span(), f.key, msg);
     }
     found
+}
+
+/// A prefix, or `@name` of a set.
+fn address(
+    doc: &mut Doc<'_>,
+    f: Field<'_, '_>,
+    sets: &[Arc<PrefixSet>],
+) -> (Option<IpNet>, Option<SetRef>) {
+    let name = match f.value.get_ref() {
+        DeValue::String(s) => s.strip_prefix('@').map(str::to_owned),
+        _ => None,
+    };
+    let Some(name) = name else {
+        return (prefix(doc, f), None);
+    };
+    match sets.iter().find(|s| s.name == name) {
+        Some(set) => (None, Some(SetRef::new(Arc::clone(set)))),
+        None => {
+            let defined: Vec<String> = sets.iter().map(|s| format!("@{}", s.name)).collect();
+            let defined = if defined.is_empty() {
+                "none".to_owned()
+            } else {
+                defined.join(", ")
+            };
+            let msg = format!("unknown set @{name} (defined: {defined})");
+            doc.error(&f.value.span(), f.key, msg);
+            (None, None)
+        }
+    }
 }
 
 /// A prefix; a bare address is a host prefix (/32, /128).

@@ -95,6 +95,7 @@ fn full_example_parses_to_the_expected_policy() {
             check: None,
         }],
         groups: Vec::new(),
+        sets: Vec::new(),
         rules: vec![PolicyRule {
             name: "web-via-isp2".into(),
             matcher: Match {
@@ -104,6 +105,7 @@ fn full_example_parses_to_the_expected_policy() {
                 sport: Some(PortSet::single(80)),
                 dport: PortSet::new(vec![PortRange::single(80), PortRange::single(443)]),
                 dscp: Some(46),
+                ..Match::default()
             },
             target: Target::Gateway("isp2".into()),
             when_down: Default::default(),
@@ -285,7 +287,7 @@ fn load_labels_errors_with_the_path() {
     std::fs::remove_file(&path).unwrap();
     assert_eq!(
         err.to_string(),
-        format!("{}:2: bogus: unknown key (expected one of: mark_mask, rule_priority, main_routes_first, fast_path, sticky_timeout, gateway, group, rule, attach)", path.display())
+        format!("{}:2: bogus: unknown key (expected one of: mark_mask, rule_priority, main_routes_first, fast_path, sticky_timeout, gateway, group, set, rule, attach)", path.display())
     );
 }
 

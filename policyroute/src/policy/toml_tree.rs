@@ -78,6 +78,16 @@ impl<'t> Doc<'t> {
         });
     }
 
+    /// A problem found elsewhere than in this document (a set's list file).
+    pub fn push(&mut self, error: ConfigError) {
+        self.errors.push(error);
+    }
+
+    /// The file this document is, as errors name it.
+    pub fn file(&self) -> &str {
+        self.file
+    }
+
     pub fn error_count(&self) -> usize {
         self.errors.len()
     }

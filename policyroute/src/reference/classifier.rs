@@ -142,6 +142,14 @@ impl Match {
             && self.dscp.is_none_or(|d| d == pkt.dscp)
             && self.src.is_none_or(|n| n.contains(&pkt.src))
             && self.dst.is_none_or(|n| n.contains(&pkt.dst))
+            && self
+                .src_set
+                .as_ref()
+                .is_none_or(|s| s.set.contains(&pkt.src))
+            && self
+                .dst_set
+                .as_ref()
+                .is_none_or(|s| s.set.contains(&pkt.dst))
             && port_ok(self.sport.as_ref(), pkt.ports.map(|p| p.0))
             && port_ok(self.dport.as_ref(), pkt.ports.map(|p| p.1))
     }
@@ -181,6 +189,14 @@ impl Match {
                 .src
                 .is_none_or(|n| n.prefix_len() == 0 || flow.src.is_some_and(|a| n.contains(&a)))
             && self.dst.is_none_or(|n| n.contains(&flow.dst))
+            && self
+                .src_set
+                .as_ref()
+                .is_none_or(|s| flow.src.is_some_and(|a| s.set.contains(&a)))
+            && self
+                .dst_set
+                .as_ref()
+                .is_none_or(|s| s.set.contains(&flow.dst))
             && port_ok(self.sport.as_ref(), flow.sport.filter(|&p| ports && p != 0))
             && port_ok(self.dport.as_ref(), flow.dport.filter(|_| ports))
     }

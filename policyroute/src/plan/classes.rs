@@ -1,0 +1,215 @@
+//! Address classes: how prefix lists of any size and any mix of lengths cost the classifier
+//! one trie walk per address field instead of one hash lookup per prefix length.
+//!
+//! Each address condition that goes through a trie (a set, or a literal prefix of a field
+//! with many distinct lengths) is a *condition*. An address's class is the set of
+//! conditions holding it: the trie maps every prefix to the class of its own conditions
+//! and those of the prefixes enclosing it, and the longest prefix holding an address
+//! therefore gives the address's class. Rules are then entries keyed by class, one per
+//! class that holds their condition, and tuple space search does the rest (first match
+//! across rules, the other fields).
+//!
+//! Class ids are a hash of the class's condition names, so they stay the same across
+//! applies that leave a class's conditions alone and an edit rewrites only what it touches.
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::Hasher;
+
+use ipnet::IpNet;
+use policyroute_common::TRIE_NODE;
+use rustc_hash::FxHashMap;
+
+use super::prefix_trie::Prefix;
+use crate::policy::matcher::{Family, Match};
+
+/// A field whose literal prefixes come in at least this many lengths goes through a trie:
+/// a trie walk (at most 3 array reads for IPv4) is cheaper than that many hash lookups.
+pub const TRIE_FROM_LENGTHS: usize = 3;
+
+/// Source or destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Field {
+    Src,
+    Dst,
+}
+
+/// The classes of one address field of one family.
+#[derive(Clone, Debug, Default)]
+pub struct FieldClasses {
+    /// Condition name (`@set` or a prefix) -> the classes that hold it.
+    pub of_condition: FxHashMap<String, Vec<u32>>,
+    /// Every prefix with its class, for the trie.
+    pub prefixes: Vec<Prefix>,
+    /// Class id -> its condition names (for `explain` and tests).
+    pub names: BTreeMap<u32, Vec<String>>,
+}
+
+/// Which fields go through tries, and their classes, by (family, field).
+#[derive(Clone, Debug, Default)]
+pub struct Classes {
+    pub fields: BTreeMap<(Family, Field), FieldClasses>,
+    /// (family, field) pairs whose literal prefixes go through the trie too.
+    literal: BTreeSet<(Family, Field)>,
+}
+
+impl Classes {
+    /// The classes of `rules`' address conditions.
+    pub fn of<'a>(rules: impl Iterator<Item = &'a Match> + Clone) -> Self {
+        let literal = literal_fields(rules.clone());
+        let mut conditions: BTreeMap<(Family, Field), BTreeMap<String, Vec<IpNet>>> =
+            BTreeMap::new();
+        for m in rules {
+            for field in [Field::Src, Field::Dst] {
+                for (family, name, prefixes) in condition(m, field, &literal) {
+                    conditions
+                        .entry((family, field))
+                        .or_default()
+                        .entry(name)
+                        .or_insert(prefixes);
+                }
+            }
+        }
+        let fields = conditions
+            .into_iter()
+            .map(|(at, conds)| (at, classify(&conds)))
+            .collect();
+        Self { fields, literal }
+    }
+
+    /// The condition of `m`'s `field` in `family` if it goes through a trie.
+    pub fn condition_of(&self, m: &Match, family: Family, field: Field) -> Option<&[u32]> {
+        let fc = self.fields.get(&(family, field))?;
+        let (name, _) = condition_name(m, field, family, &self.literal)?;
+        fc.of_condition.get(&name).map(Vec::as_slice)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+}
+
+/// Fields (by family) whose literal prefixes come in [`TRIE_FROM_LENGTHS`] lengths or more.
+fn literal_fields<'a>(rules: impl Iterator<Item = &'a Match>) -> BTreeSet<(Family, Field)> {
+    let mut lengths: BTreeMap<(Family, Field), BTreeSet<u8>> = BTreeMap::new();
+    for m in rules {
+        for (field, net) in [(Field::Src, &m.src), (Field::Dst, &m.dst)] {
+            if let Some(n) = net.filter(|n| n.prefix_len() > 0) {
+                let at = (Family::of_net(&n), field);
+                lengths.entry(at).or_default().insert(n.prefix_len());
+            }
+        }
+    }
+    lengths
+        .into_iter()
+        .filter(|(_, l)| l.len() >= TRIE_FROM_LENGTHS)
+        .map(|(at, _)| at)
+        .collect()
+}
+
+/// The name of `m`'s condition on `field` for `family` when it goes through a trie, and its
+/// prefixes of that family.
+fn condition_name(
+    m: &Match,
+    field: Field,
+    family: Family,
+    literal: &BTreeSet<(Family, Field)>,
+) -> Option<(String, Vec<IpNet>)> {
+    let (net, set) = match field {
+        Field::Src => (&m.src, &m.src_set),
+        Field::Dst => (&m.dst, &m.dst_set),
+    };
+    if let Some(s) = set {
+        let prefixes = s
+            .set
+            .prefixes
+            .iter()
+            .filter(|p| Family::of_net(p) == family)
+            .copied()
+            .collect();
+        return Some((format!("@{}", s.name), prefixes));
+    }
+    let n = net.filter(|n| n.prefix_len() > 0 && Family::of_net(n) == family)?;
+    literal
+        .contains(&(family, field))
+        .then(|| (n.to_string(), vec![n]))
+}
+
+fn condition(
+    m: &Match,
+    field: Field,
+    literal: &BTreeSet<(Family, Field)>,
+) -> Vec<(Family, String, Vec<IpNet>)> {
+    [Family::V4, Family::V6]
+        .into_iter()
+        .filter_map(|f| {
+            let (name, prefixes) = condition_name(m, field, f, literal)?;
+            Some((f, name, prefixes))
+        })
+        .collect()
+}
+
+/// Classes of one field: every prefix gets the conditions of itself and of the prefixes
+/// that enclose it.
+fn classify(conditions: &BTreeMap<String, Vec<IpNet>>) -> FieldClasses {
+    let names: Vec<&String> = conditions.keys().collect();
+    let mut by_prefix: BTreeMap<IpNet, BTreeSet<usize>> = BTreeMap::new();
+    for (i, prefixes) in conditions.values().enumerate() {
+        for p in prefixes {
+            by_prefix.entry(*p).or_default().insert(i);
+        }
+    }
+    let mut out = FieldClasses::default();
+    let mut ids: BTreeMap<BTreeSet<usize>, u32> = BTreeMap::new();
+    // In address order an enclosing prefix comes before what it holds: a stack of the
+    // enclosing prefixes (with their cumulative conditions) follows the nesting.
+    let mut stack: Vec<(IpNet, BTreeSet<usize>)> = Vec::new();
+    for (prefix, own) in &by_prefix {
+        while stack.last().is_some_and(|(p, _)| !p.contains(prefix)) {
+            stack.pop();
+        }
+        let mut all = stack.last().map(|(_, c)| c.clone()).unwrap_or_default();
+        all.extend(own);
+        let class = match ids.get(&all) {
+            Some(&id) => id,
+            None => {
+                let id = class_id(&all, &names, &out.names);
+                ids.insert(all.clone(), id);
+                let cond_names: Vec<String> = all.iter().map(|&i| names[i].clone()).collect();
+                for n in &cond_names {
+                    out.of_condition.entry(n.clone()).or_default().push(id);
+                }
+                out.names.insert(id, cond_names);
+                id
+            }
+        };
+        out.prefixes.push(trie_prefix(prefix, class));
+        stack.push((*prefix, all));
+    }
+    out
+}
+
+/// A stable id for a class: a hash of its condition names, probed past ids taken.
+fn class_id(conds: &BTreeSet<usize>, names: &[&String], taken: &BTreeMap<u32, Vec<String>>) -> u32 {
+    let mut h = std::hash::DefaultHasher::new();
+    for &i in conds {
+        h.write(names[i].as_bytes());
+        h.write_u8(0);
+    }
+    let mut id = (h.finish() as u32) & !TRIE_NODE;
+    while id == 0 || taken.contains_key(&id) {
+        id = id.wrapping_add(1) & !TRIE_NODE;
+    }
+    id
+}
+
+fn trie_prefix(net: &IpNet, class: u32) -> Prefix {
+    let mut addr = [0u8; 16];
+    match net {
+        IpNet::V4(n) => addr[..4].copy_from_slice(&n.network().octets()),
+        IpNet::V6(n) => addr.copy_from_slice(&n.network().octets()),
+    }
+    Prefix {
+        addr,
+        len: net.prefix_len(),
+        class,
+    }
+}
