@@ -87,6 +87,7 @@ pub fn status(s: &Status) -> String {
     gateways(&mut o, &s.gateways);
     groups(&mut o, &s.groups);
     rules(&mut o, s);
+    sets(&mut o, s);
     if let Some(f) = &s.fast_path {
         fast_path(&mut o, f);
     }
@@ -251,6 +252,31 @@ fn rules(o: &mut String, s: &Status) {
     }
 }
 
+fn sets(o: &mut String, s: &Status) {
+    if s.sets.is_empty() {
+        return;
+    }
+    let _ = writeln!(o, "\nsets:");
+    for set in &s.sets {
+        let from = set.file.as_deref().unwrap_or("inline");
+        let used: Vec<String> = set
+            .rules
+            .iter()
+            .map(|r| format!("{} ({} pkts)", r.name, r.packets))
+            .collect();
+        let used = if used.is_empty() {
+            "no rule".to_owned()
+        } else {
+            used.join(", ")
+        };
+        let _ = writeln!(
+            o,
+            "  @{:<16} {:>8} prefixes ({} IPv4, {} IPv6) from {from}; used by {used}",
+            set.name, set.prefixes, set.ipv4, set.ipv6
+        );
+    }
+}
+
 fn warnings(o: &mut String, before: &str, warnings: &[String]) {
     for w in warnings {
         let _ = writeln!(o, "{before}warning: {w}");
@@ -272,6 +298,9 @@ pub fn explain(e: &Explanation) -> String {
         .map_or(String::new(), |d| format!(" dev {d}"));
     let src = e.src.map_or(String::new(), |s| format!(" src {s}"));
     let mut o = format!("rule:  {rule}\n");
+    for s in &e.sets {
+        o.push_str(&format!("set:   {s}\n"));
+    }
     if let Some(why) = &e.why {
         let member = e.member.as_deref().unwrap_or("none");
         match &e.group {

@@ -102,6 +102,22 @@ pub struct Explanation {
     /// The fast path forwards it (then `gateway` and `dev` are its next hop and egress
     /// device, and `table` the gateway's table it looked them up in).
     pub forwarded_by_dataplane: bool,
+    /// The sets the rule's conditions matched, with the prefix that held the address:
+    /// `dst @de (198.18.0.0/15)`.
+    pub sets: Vec<String>,
+}
+
+/// Which of `m`'s sets hold the query's addresses, and by which (longest) prefix.
+fn set_matches(m: &crate::policy::matcher::Match, q: &Query) -> Vec<String> {
+    let fields = [("src", &m.src_set, q.src), ("dst", &m.dst_set, q.dst)];
+    fields
+        .into_iter()
+        .filter_map(|(field, set, addr)| {
+            let set = set.as_ref()?;
+            let prefix = set.set.longest_match(&addr)?;
+            Some(format!("{field} @{} ({prefix})", set.name))
+        })
+        .collect()
 }
 
 /// The classification part of the answer.
@@ -154,7 +170,13 @@ pub async fn explain(q: &Query) -> Result<Explanation, ControlError> {
     } else {
         nl.route_get(&route_query(q, iif, verdict.mark)).await?
     };
-    Ok(explanation(verdict, &route, record.as_ref(), &links))
+    let mut e = explanation(verdict, &route, record.as_ref(), &links);
+    e.sets = record
+        .as_ref()
+        .zip(e.rule.as_ref())
+        .and_then(|(r, name)| r.policy.rules.iter().find(|x| &x.name == name))
+        .map_or_else(Vec::new, |rule| set_matches(&rule.matcher, q));
+    Ok(e)
 }
 
 /// What explain reads from the dataplane.
@@ -507,5 +529,6 @@ fn explanation(
             .and_then(|o| links.iter().find(|l| l.index == o).map(|l| l.name.clone())),
         src: route.prefsrc,
         by: verdict.by,
+        sets: Vec::new(),
     }
 }

@@ -44,6 +44,8 @@ pub struct Status {
     pub gateways: Vec<GatewayStatus>,
     pub groups: Vec<GroupStatus>,
     pub rules: Vec<RuleStatus>,
+    /// The policy's prefix sets, with the rules that use them.
+    pub sets: Vec<SetStatus>,
     pub ip_rules: Vec<IpRule>,
     pub routes: Vec<IpRoute>,
     /// What differs from the applied policy (empty: nothing). `policyroute check` exits 1
@@ -127,6 +129,24 @@ pub struct GroupMemberStatus {
 }
 
 #[derive(Debug, Serialize)]
+pub struct SetStatus {
+    pub name: String,
+    /// The list file as the policy names it (null for inline prefixes).
+    pub file: Option<String>,
+    pub prefixes: usize,
+    pub ipv4: usize,
+    pub ipv6: usize,
+    /// Rules using the set (as `src` or `dst`), with their packet counts.
+    pub rules: Vec<SetRule>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SetRule {
+    pub name: String,
+    pub packets: u64,
+}
+
+#[derive(Debug, Serialize)]
 pub struct RuleStatus {
     pub name: String,
     pub mark: u32,
@@ -163,6 +183,7 @@ pub async fn status(drift: bool) -> Result<Status, ControlError> {
         gateways: Vec::new(),
         groups: Vec::new(),
         rules: Vec::new(),
+        sets: Vec::new(),
         ip_rules: nl.rules(RTPROT_POLICYROUTE).await?,
         routes: nl.routes(RTPROT_POLICYROUTE).await?,
         drift: Vec::new(),
@@ -297,6 +318,7 @@ fn fill_from_record(
             matches: rule.matcher.to_string(),
         });
     }
+    s.sets = set_status(policy, &s.rules);
     Ok(())
 }
 
@@ -315,4 +337,34 @@ fn family_health(h: GatewayHealth, checked: bool, check: Option<&GatewayCheck>) 
         rtt_ms: check.and_then(|c| c.rtt_ms),
         transitions: check.map_or(0, |c| c.transitions),
     }
+}
+
+fn set_status(policy: &crate::policy::Policy, rules: &[RuleStatus]) -> Vec<SetStatus> {
+    policy
+        .sets
+        .iter()
+        .map(|set| SetStatus {
+            name: set.name.clone(),
+            file: set.file.clone(),
+            prefixes: set.prefixes.len(),
+            ipv4: set.count(crate::policy::matcher::Family::V4),
+            ipv6: set.count(crate::policy::matcher::Family::V6),
+            rules: policy
+                .rules
+                .iter()
+                .zip(rules)
+                .filter(|(r, _)| {
+                    let m = &r.matcher;
+                    [&m.src_set, &m.dst_set]
+                        .into_iter()
+                        .flatten()
+                        .any(|s| s.name == set.name)
+                })
+                .map(|(_, st)| SetRule {
+                    name: st.name.clone(),
+                    packets: st.packets,
+                })
+                .collect(),
+        })
+        .collect()
 }

@@ -2,6 +2,7 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use super::*;
+use crate::policy::matcher::Family;
 use crate::policy::ports::{PortRange, PortSet};
 
 const FILE: &str = "policy.toml";
@@ -1074,4 +1075,548 @@ fn attach_mode_is_auto_unless_written() {
         "attach.mode",
         "unknown mode \"xdp\" (expected \"auto\", \"tcx\" or \"tc\")",
     );
+}
+
+// Prefix sets: `[[set]]` with inline prefixes or a list file, `@name` in `src`/`dst`.
+
+/// A directory of its own under the system's temp dir, removed on drop (also when the test
+/// fails). `name` tells tests apart; the process id tells runs apart.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("policyroute-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(path.join("lists")).unwrap();
+        Self(path)
+    }
+
+    /// Writes `text` at `relative` (under the directory); returns the full path.
+    fn write(&self, relative: &str, text: &str) -> std::path::PathBuf {
+        let path = self.0.join(relative);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn net(s: &str) -> ipnet::IpNet {
+    s.parse().unwrap()
+}
+
+/// The rule's set on `field` ("src" or "dst").
+#[track_caller]
+fn set_of<'p>(policy: &'p Policy, rule: usize, field: &str) -> &'p std::sync::Arc<sets::PrefixSet> {
+    let m = &policy.rules[rule].matcher;
+    let r = match field {
+        "src" => m.src_set.as_ref(),
+        _ => m.dst_set.as_ref(),
+    };
+    &r.unwrap_or_else(|| panic!("rule {rule} has no {field} set: {m:?}"))
+        .set
+}
+
+/// A gateway, a set `de` with both families inline, and rules using it either way.
+const INLINE_SET: [&str; 17] = [
+    "[[gateway]]",
+    "name = \"isp2\"",
+    "dev = \"wan2\"",
+    "table = 100",
+    "[[set]]",
+    "name = \"de\"",
+    "prefixes = [\"198.51.100.0/24\", \"192.0.2.0/25\", \"2001:db8:de::/48\", \"203.0.113.9\"]",
+    "[[rule]]",
+    "name = \"to-de\"",
+    "dst = \"@de\"",
+    "gateway = \"isp2\"",
+    "[[rule]]",
+    "name = \"from-de\"",
+    "src = \"@de\"",
+    "gateway = \"isp2\"",
+    "[attach]",
+    "ingress = [\"lan0\"]",
+];
+
+#[test]
+fn inline_sets_are_shared_by_the_rules_that_name_them() {
+    let policy = parse(&doc(&INLINE_SET)).unwrap();
+    assert_eq!(policy.sets.len(), 1);
+    let set = policy.set("de").unwrap();
+    assert_eq!(set.file, None);
+    // Sorted, a bare address a host prefix.
+    let expected: Vec<ipnet::IpNet> = [
+        "192.0.2.0/25",
+        "198.51.100.0/24",
+        "203.0.113.9/32",
+        "2001:db8:de::/48",
+    ]
+    .into_iter()
+    .map(net)
+    .collect();
+    assert_eq!(set.prefixes, expected);
+    assert_eq!((set.count(Family::V4), set.count(Family::V6)), (3, 1));
+
+    let to = &policy.rules[0].matcher;
+    assert_eq!((to.src, to.dst, to.src_set.as_ref()), (None, None, None));
+    assert_eq!(to.dst_set.as_ref().unwrap().name, "de");
+    assert_eq!(set_of(&policy, 0, "dst").prefixes, expected);
+    let from = &policy.rules[1].matcher;
+    assert_eq!(
+        (from.src, from.dst, from.dst_set.as_ref()),
+        (None, None, None)
+    );
+    assert_eq!(from.src_set.as_ref().unwrap().name, "de");
+    assert_eq!(to.to_string(), "dst @de");
+    assert_eq!(from.to_string(), "src @de");
+
+    // One set in memory, however many rules use it.
+    assert!(std::sync::Arc::ptr_eq(
+        set_of(&policy, 0, "dst"),
+        set_of(&policy, 1, "src")
+    ));
+    assert!(std::sync::Arc::ptr_eq(
+        set_of(&policy, 0, "dst"),
+        &policy.sets[0]
+    ));
+    // Both families: the rules match either.
+    assert_eq!(to.families(), Ok(vec![Family::V4, Family::V6]));
+    assert!(policy.set("nope").is_none());
+}
+
+#[test]
+fn sets_survive_the_record_round_trip_once_linked_again() {
+    let policy = parse(&doc(&INLINE_SET)).unwrap();
+    let json = serde_json::to_string(&policy).unwrap();
+    let mut back = serde_json::from_str::<Policy>(&json).unwrap();
+    // Records keep a rule's set by name only.
+    assert!(set_of(&back, 0, "dst").prefixes.is_empty());
+    back.link_sets();
+    assert_eq!(back, policy);
+    assert!(std::sync::Arc::ptr_eq(
+        set_of(&back, 0, "dst"),
+        set_of(&back, 1, "src")
+    ));
+    assert!(std::sync::Arc::ptr_eq(
+        set_of(&back, 0, "dst"),
+        &back.sets[0]
+    ));
+}
+
+/// A policy whose set `de` comes from `lists/de.txt`, used by one rule.
+const FILE_SET_POLICY: &str = r#"[[gateway]]
+name = "isp2"
+dev = "wan2"
+table = 100
+
+[[set]]
+name = "de"
+file = "lists/de.txt"
+
+[[rule]]
+name = "to-de"
+dst = "@de"
+gateway = "isp2"
+"#;
+
+#[test]
+fn list_files_are_read_relative_to_the_policy() {
+    let dir = TempDir::new("sets-file");
+    let policy_path = dir.write("policy.toml", FILE_SET_POLICY);
+    dir.write(
+        "lists/de.txt",
+        "# German networks (documentation prefixes)\n\
+         \n\
+         192.0.2.0/24\n\
+         198.51.100.0/25   # half of it\n\
+         \t203.0.113.7\t\n\
+         2001:db8:de::/48\n\
+         \n\
+         # a host, and one IPv6 prefix written twice\n\
+         2001:db8:1::1\n\
+         2001:db8:de::/48\n\
+         198.18.0.0/15\n",
+    );
+    let policy = Policy::load(&policy_path, &tables()).unwrap();
+    let set = policy.set("de").unwrap();
+    // As the policy names the file, not as it was opened.
+    assert_eq!(set.file.as_deref(), Some("lists/de.txt"));
+    assert_eq!(set.count(Family::V4), 4);
+    assert_eq!(set.count(Family::V6), 2, "the duplicate counts once");
+    assert_eq!(set.prefixes.len(), 6);
+    assert!(set.prefixes.contains(&net("203.0.113.7/32")));
+    assert!(set.prefixes.contains(&net("2001:db8:1::1/128")));
+    assert!(set.contains(&ip("198.19.255.255")));
+    assert!(!set.contains(&ip("198.51.100.128")));
+    assert_eq!(set.families(), vec![Family::V4, Family::V6]);
+    assert!(std::sync::Arc::ptr_eq(
+        set_of(&policy, 0, "dst"),
+        &policy.sets[0]
+    ));
+}
+
+#[test]
+fn a_bad_list_line_is_located_in_the_list() {
+    let dir = TempDir::new("sets-bad-line");
+    let policy_path = dir.write("policy.toml", FILE_SET_POLICY);
+    dir.write(
+        "lists/de.txt",
+        "# comment\n192.0.2.0/24\n\n198.51.100.1/24\n2001:db8::/32\n",
+    );
+    let err = Policy::load(&policy_path, &tables()).unwrap_err();
+    let text = err.to_string();
+    let expected = "lists/de.txt:4: set[1].file: prefix 198.51.100.1/24 has host bits set \
+                    (did you mean 198.51.100.0/24?)";
+    assert!(
+        err.errors().iter().any(|e| e.to_string() == expected),
+        "expected {expected:?} among:\n{text}"
+    );
+
+    // The list alone (no rule names the set): that error and nothing else.
+    let lone = FILE_SET_POLICY.split("[[rule]]").next().unwrap();
+    dir.write("policy.toml", lone);
+    let err = Policy::load(&policy_path, &tables()).unwrap_err();
+    assert_eq!(err.to_string(), expected);
+
+    // Not a prefix at all, on the first line.
+    dir.write("lists/de.txt", "192.0.2.0/24 198.51.100.0/24\n");
+    let err = Policy::load(&policy_path, &tables()).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.starts_with("lists/de.txt:1: set[1].file: \"192.0.2.0/24 198.51.100.0/24\" is not"),
+        "{text}"
+    );
+    dir.write("lists/de.txt", "192.0.2.0/24\n2001:db8::/129\n");
+    let text = Policy::load(&policy_path, &tables())
+        .unwrap_err()
+        .to_string();
+    assert!(text.starts_with("lists/de.txt:2: set[1].file: "), "{text}");
+}
+
+#[test]
+fn a_missing_list_file_names_the_path() {
+    let dir = TempDir::new("sets-missing");
+    let policy_path = dir.write(
+        "policy.toml",
+        &FILE_SET_POLICY.replace("lists/de.txt", "lists/missing.txt"),
+    );
+    let err = Policy::load(&policy_path, &tables()).unwrap_err();
+    let text = err.to_string();
+    let list = dir.0.join("lists/missing.txt");
+    let expected = format!(
+        "{}:8: set[1].file: cannot read the list {}: ",
+        policy_path.display(),
+        list.display()
+    );
+    assert!(
+        text.lines().any(|l| l.starts_with(&expected)),
+        "expected `{expected}...` in:\n{text}"
+    );
+}
+
+#[test]
+fn a_list_with_only_comments_is_refused() {
+    let dir = TempDir::new("sets-empty-file");
+    let lone = FILE_SET_POLICY.split("[[rule]]").next().unwrap();
+    let policy_path = dir.write("policy.toml", lone);
+    dir.write("lists/de.txt", "# download failed?\n\n   \n");
+    let text = Policy::load(&policy_path, &tables())
+        .unwrap_err()
+        .to_string();
+    let expected = format!(
+        "{}:6: set[1]: set \"de\" is empty (lists/de.txt lists none): a rule using it would \
+         silently match nothing",
+        policy_path.display()
+    );
+    assert_eq!(text, expected);
+    dir.write("lists/de.txt", "");
+    assert!(Policy::load(&policy_path, &tables()).is_err());
+}
+
+#[test]
+fn unknown_sets() {
+    let mut lines = with_gateway(&[
+        "[[set]]",
+        "name = \"a\"",
+        "prefixes = [\"192.0.2.0/24\"]",
+        "[[set]]",
+        "name = \"b\"",
+        "prefixes = [\"2001:db8::/32\"]",
+        "[[rule]]",
+        "gateway = \"isp2\"",
+        "dst = \"@c\"",
+    ]);
+    assert_error(
+        &lines,
+        13,
+        "rule[1].dst",
+        "unknown set @c (defined: @a, @b)",
+    );
+    lines[12] = "src = \"@\"";
+    assert_error(&lines, 13, "rule[1].src", "unknown set @ (defined: @a, @b)");
+    let lines = with_gateway(&["[[rule]]", "gateway = \"isp2\"", "src = \"@a\""]);
+    assert_error(&lines, 7, "rule[1].src", "unknown set @a (defined: none)");
+}
+
+#[test]
+fn empty_sets_are_refused() {
+    let lines = with_gateway(&["[[set]]", "name = \"x\"", "prefixes = []"]);
+    assert_error(
+        &lines,
+        5,
+        "set[1]",
+        "set \"x\" is empty: a rule using it would silently match nothing",
+    );
+}
+
+#[test]
+fn a_set_has_either_file_or_prefixes() {
+    let lines = with_gateway(&[
+        "[[set]]",
+        "name = \"x\"",
+        "file = \"lists/x.txt\"",
+        "prefixes = [\"192.0.2.0/24\"]",
+    ]);
+    assert_error(
+        &lines,
+        8,
+        "set[1].prefixes",
+        "a set has either file or prefixes, not both",
+    );
+    let lines = with_gateway(&["[[set]]", "name = \"x\""]);
+    assert_error(
+        &lines,
+        5,
+        "set[1]",
+        "a set needs its prefixes: file = PATH or prefixes = [...]",
+    );
+}
+
+#[test]
+fn set_names() {
+    let lines = with_gateway(&[
+        "[[set]]",
+        "name = \"x\"",
+        "prefixes = [\"192.0.2.0/24\"]",
+        "[[set]]",
+        "name = \"x\"",
+        "prefixes = [\"198.51.100.0/24\"]",
+    ]);
+    assert_error(
+        &lines,
+        9,
+        "set[2].name",
+        "duplicate set name \"x\" (first at set[1].name, line 6)",
+    );
+    for name in ["@x", "my set", "x\ty"] {
+        let name_line = format!("name = {name:?}");
+        let lines = with_gateway(&[
+            "[[set]]",
+            Box::leak(name_line.into_boxed_str()),
+            "prefixes = [\"192.0.2.0/24\"]",
+        ]);
+        assert_error(
+            &lines,
+            6,
+            "set[1].name",
+            "a set name has no '@' (rules add it) and no spaces",
+        );
+    }
+    assert_error(
+        &with_gateway(&["[[set]]", "prefixes = [\"192.0.2.0/24\"]"]),
+        5,
+        "set[1].name",
+        "missing (required)",
+    );
+    assert_error(
+        &with_gateway(&["[[set]]", "name = \"\"", "prefixes = [\"192.0.2.0/24\"]"]),
+        6,
+        "set[1].name",
+        "must not be empty",
+    );
+}
+
+#[test]
+fn inline_set_prefixes_are_checked_one_by_one() {
+    let lines = with_gateway(&[
+        "[[set]]",
+        "name = \"x\"",
+        "prefixes = [\"192.0.2.0/24\", \"192.0.2.1/24\", \"nonsense\", 7]",
+    ]);
+    assert_error(
+        &lines,
+        7,
+        "set[1].prefixes[2]",
+        "did you mean 192.0.2.0/24?",
+    );
+    assert_error(
+        &lines,
+        7,
+        "set[1].prefixes[3]",
+        "\"nonsense\" is not an IPv4 or IPv6 prefix",
+    );
+    assert_error(&lines, 7, "set[1].prefixes[4]", "");
+    let lines = with_gateway(&["[[set]]", "name = \"x\"", "prefixes = \"192.0.2.0/24\""]);
+    assert_error(&lines, 7, "set[1].prefixes", "");
+    let lines = with_gateway(&[
+        "[[set]]",
+        "name = \"x\"",
+        "bogus = 1",
+        "prefixes = [\"::/0\"]",
+    ]);
+    assert_error(&lines, 7, "set[1].bogus", "unknown key");
+}
+
+#[test]
+fn sets_combine_with_protocol_and_ports() {
+    let mut lines = INLINE_SET.to_vec();
+    lines.splice(
+        8..8,
+        [
+            "proto = \"tcp\"",
+            "sport = \"1024-65535\"",
+            "dport = [80, 443]",
+            "dscp = 10",
+        ],
+    );
+    let policy = parse(&doc(&lines)).unwrap();
+    let m = &policy.rules[0].matcher;
+    assert_eq!(m.proto, Some(6));
+    assert_eq!(m.dport.as_ref().unwrap().to_string(), "80,443");
+    assert_eq!(m.dst_set.as_ref().unwrap().name, "de");
+    assert_eq!(
+        m.to_string(),
+        "proto tcp dst @de sport 1024-65535 dport 80,443 dscp 10"
+    );
+    assert!(m.validate().is_ok());
+    // A literal prefix on the other field, of a family the set has.
+    let policy = parse(&doc(&with_gateway(&[
+        "[[set]]",
+        "name = \"de\"",
+        "prefixes = [\"2001:db8:de::/48\", \"192.0.2.0/24\"]",
+        "[[rule]]",
+        "gateway = \"isp2\"",
+        "proto = \"udp\"",
+        "src = \"198.51.100.0/24\"",
+        "dst = \"@de\"",
+        "dport = 53",
+    ])))
+    .unwrap();
+    let m = &policy.rules[0].matcher;
+    assert_eq!(m.families(), Ok(vec![Family::V4]));
+    assert_eq!(m.src, Some(net("198.51.100.0/24")));
+    // Ports still need a protocol that has them.
+    let lines = with_gateway(&[
+        "[[set]]",
+        "name = \"de\"",
+        "prefixes = [\"192.0.2.0/24\"]",
+        "[[rule]]",
+        "gateway = \"isp2\"",
+        "proto = \"icmp\"",
+        "dst = \"@de\"",
+        "dport = 80",
+    ]);
+    assert_error(&lines, 12, "rule[1].dport", "has no ports");
+}
+
+#[test]
+fn a_set_narrows_the_rule_to_its_families() {
+    let v6_only = [
+        "[[set]]",
+        "name = \"v6\"",
+        "prefixes = [\"2001:db8::/32\", \"2001:db8:1::1\"]",
+    ];
+    let v4_only = [
+        "[[set]]",
+        "name = \"v4\"",
+        "prefixes = [\"192.0.2.0/24\", \"198.51.100.7\"]",
+    ];
+    let rule = |rest: &[&'static str]| {
+        let mut lines = with_gateway(&v6_only);
+        lines.extend(v4_only);
+        lines.extend(["[[rule]]", "gateway = \"isp2\""]);
+        lines.extend(rest);
+        lines
+    };
+    // A literal IPv4 source and an IPv6-only set: no packet has both.
+    assert_error(
+        &rule(&["src = \"192.0.2.0/24\"", "dst = \"@v6\""]),
+        14,
+        "rule[1].dst",
+        "source and destination prefixes are of different IP versions",
+    );
+    // Two sets of different families alike.
+    assert_error(
+        &rule(&["src = \"@v4\"", "dst = \"@v6\""]),
+        14,
+        "rule[1].dst",
+        "different IP versions",
+    );
+    // ICMP (IPv4 only) with an IPv4 set: fine; with an IPv6 set: never.
+    let policy = parse(&doc(&rule(&["proto = \"icmp\"", "dst = \"@v4\""]))).unwrap();
+    assert_eq!(policy.rules[0].matcher.families(), Ok(vec![Family::V4]));
+    assert_error(
+        &rule(&["proto = \"icmp\"", "dst = \"@v6\""]),
+        13,
+        "rule[1].proto",
+        "exists only for IPv4",
+    );
+    // A set of one family alone keeps the rule to that family.
+    let policy = parse(&doc(&rule(&["src = \"@v6\""]))).unwrap();
+    assert_eq!(policy.rules[0].matcher.families(), Ok(vec![Family::V6]));
+}
+
+#[test]
+fn sets_example_file_parses() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/sets.toml");
+    let policy = Policy::load(&path, &RtTables::builtin()).unwrap();
+    let set = policy.set("de").expect("the example defines @de");
+    assert_eq!(set.file.as_deref(), Some("lists/de.txt"));
+    assert!(set.count(Family::V4) >= 5 && set.count(Family::V6) >= 3);
+    // Documentation prefixes only.
+    let doc_nets: Vec<ipnet::IpNet> = [
+        "192.0.2.0/24",
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "198.18.0.0/15",
+        "2001:db8::/32",
+    ]
+    .into_iter()
+    .map(net)
+    .collect();
+    for p in &set.prefixes {
+        assert!(
+            doc_nets.iter().any(|d| d.contains(p)),
+            "{p} is not a documentation prefix"
+        );
+    }
+    let using: Vec<&str> = policy
+        .rules
+        .iter()
+        .filter(|r| r.matcher.src_set.is_some() || r.matcher.dst_set.is_some())
+        .map(|r| r.name.as_str())
+        .collect();
+    assert!(using.len() >= 2, "the example shares the set: {using:?}");
+    assert!(policy
+        .classifier_rules()
+        .iter()
+        .all(|r| r.matcher.validate().is_ok()));
+}
+#[test]
+fn zz_tmp_probe() {
+    let e = Policy::load(Path::new("/tmp/sx/policy.toml"), &tables()).unwrap_err();
+    eprintln!("PROBE1:\n{e}");
+    std::fs::write("/tmp/sx/p2.toml", std::fs::read_to_string("/tmp/sx/policy.toml").unwrap().replace("lists/de.txt", "lists/nope.txt")).unwrap();
+    let e = Policy::load(Path::new("/tmp/sx/p2.toml"), &tables()).unwrap_err();
+    eprintln!("PROBE2:\n{e}");
+    std::fs::write("/tmp/sx/lists/bom.txt", "\u{feff}192.0.2.0/24\n").unwrap();
+    std::fs::write("/tmp/sx/p3.toml", std::fs::read_to_string("/tmp/sx/policy.toml").unwrap().replace("lists/de.txt", "lists/bom.txt")).unwrap();
+    let e = Policy::load(Path::new("/tmp/sx/p3.toml"), &tables());
+    eprintln!("PROBE3:\n{:?}", e.map(|_| ()).map_err(|e| e.to_string()));
+    let e = parse(&doc(&["[[set]]", "name = \"a\"", "prefixes = [\"192.0.2.0/24\"]", "[[rule]]", "mark = 1", "src = \"@a\"", "dst = \"@a\"", "[[rule]]", "mark = 2", "src = \"@a\""]));
+    eprintln!("PROBE4:\n{:?}", e.map(|p| p.rules.len()).map_err(|e| e.to_string()));
 }
