@@ -73,10 +73,20 @@ pub(super) fn policy(text: &str, file: &str, tables: &RtTables) -> Result<Policy
         .map(|(_, sec)| read_sets::set(&mut doc, sec))
         .collect::<Vec<_>>();
     read_sets::check(&mut doc, &sets);
+    // A set with an error is reported once, not again at every rule that names it.
+    let broken: Vec<String> = sets
+        .iter()
+        .filter(|s| s.set.is_none())
+        .filter_map(|s| Some(s.name.as_ref()?.0.clone()))
+        .collect();
     let sets: Vec<_> = sets.into_iter().filter_map(|s: SetDraft| s.set).collect();
+    let known = read_rules::KnownSets {
+        sets: &sets,
+        broken: &broken,
+    };
     let rules = array_of_tables(&mut doc, &top, "rule", read_rules::KEYS)
         .iter()
-        .map(|(n, sec)| read_rules::rule(&mut doc, sec, *n, mark_mask, &sets))
+        .map(|(n, sec)| read_rules::rule(&mut doc, sec, *n, mark_mask, &known))
         .collect::<Vec<_>>();
     check_gateways(&mut doc, &gateways);
     read_uplinks::check_groups(&mut doc, &groups, &gateways);
@@ -126,7 +136,11 @@ pub(super) fn rule_alone(text: &str, file: &str, n: usize, mark_mask: u32) -> Op
     };
     let sec = doc.section(&format!("rule[{n}]"), item, read_rules::KEYS)?;
     // No sets: a rule naming one fails here, and the whole file is read.
-    let draft = read_rules::rule(&mut doc, &sec, n, mark_mask, &[]);
+    let none = read_rules::KnownSets {
+        sets: &[],
+        broken: &[],
+    };
+    let draft = read_rules::rule(&mut doc, &sec, n, mark_mask, &none);
     doc.finish(draft.finish()).ok()
 }
 

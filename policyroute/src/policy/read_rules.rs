@@ -28,6 +28,12 @@ pub(super) const KEYS: &[&str] = &[
     "when_down",
 ];
 
+/// The sets rules may name: those read, and those whose errors were already reported.
+pub(super) struct KnownSets<'a> {
+    pub sets: &'a [Arc<PrefixSet>],
+    pub broken: &'a [String],
+}
+
 /// A rule as read, with the spans the checks across rules report at.
 pub(super) struct RuleDraft {
     key: String,
@@ -65,7 +71,7 @@ pub(super) fn rule(
     sec: &Section<'_, '_>,
     n: usize,
     mark_mask: u32,
-    sets: &[Arc<PrefixSet>],
+    sets: &KnownSets<'_>,
 ) -> RuleDraft {
     let (name, name_span) = match sec.get("name") {
         Some(f) => (non_empty(doc, f).unwrap_or_default(), f.value.span()),
@@ -92,7 +98,7 @@ pub(super) fn rule(
 }
 
 /// Reads the conditions; if all read, checks the combination (`Match::validate`).
-fn matcher(doc: &mut Doc<'_>, sec: &Section<'_, '_>, sets: &[Arc<PrefixSet>]) -> Match {
+fn matcher(doc: &mut Doc<'_>, sec: &Section<'_, '_>, sets: &KnownSets<'_>) -> Match {
     let errors_before = doc.error_count();
     let (src, src_set) = sec
         .get("src")
@@ -155,8 +161,9 @@ fn proto(doc: &mut Doc<'_>, f: Field<'_, '_>) -> Option<u8> {
 fn address(
     doc: &mut Doc<'_>,
     f: Field<'_, '_>,
-    sets: &[Arc<PrefixSet>],
+    known: &KnownSets<'_>,
 ) -> (Option<IpNet>, Option<SetRef>) {
+    let sets = known.sets;
     let name = match f.value.get_ref() {
         DeValue::String(s) => s.strip_prefix('@').map(str::to_owned),
         _ => None,
@@ -166,6 +173,7 @@ fn address(
     };
     match sets.iter().find(|s| s.name == name) {
         Some(set) => (None, Some(SetRef::new(Arc::clone(set)))),
+        None if known.broken.contains(&name) => (None, None),
         None => {
             let defined: Vec<String> = sets.iter().map(|s| format!("@{}", s.name)).collect();
             let defined = if defined.is_empty() {

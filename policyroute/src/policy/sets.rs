@@ -157,6 +157,8 @@ pub fn parse_prefix(text: &str) -> Result<IpNet, ListError> {
 /// The prefixes of a list file's text, or the first bad line (1-based) and why.
 pub fn parse_list(text: &str) -> Result<Vec<IpNet>, (usize, ListError)> {
     let mut out = Vec::new();
+    // Editors on some systems start a file with a byte-order mark.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for (i, line) in text.lines().enumerate() {
         let item = line.split('#').next().unwrap_or("").trim();
         if item.is_empty() {

@@ -1606,17 +1606,3 @@ fn sets_example_file_parses() {
         .iter()
         .all(|r| r.matcher.validate().is_ok()));
 }
-#[test]
-fn zz_tmp_probe() {
-    let e = Policy::load(Path::new("/tmp/sx/policy.toml"), &tables()).unwrap_err();
-    eprintln!("PROBE1:\n{e}");
-    std::fs::write("/tmp/sx/p2.toml", std::fs::read_to_string("/tmp/sx/policy.toml").unwrap().replace("lists/de.txt", "lists/nope.txt")).unwrap();
-    let e = Policy::load(Path::new("/tmp/sx/p2.toml"), &tables()).unwrap_err();
-    eprintln!("PROBE2:\n{e}");
-    std::fs::write("/tmp/sx/lists/bom.txt", "\u{feff}192.0.2.0/24\n").unwrap();
-    std::fs::write("/tmp/sx/p3.toml", std::fs::read_to_string("/tmp/sx/policy.toml").unwrap().replace("lists/de.txt", "lists/bom.txt")).unwrap();
-    let e = Policy::load(Path::new("/tmp/sx/p3.toml"), &tables());
-    eprintln!("PROBE3:\n{:?}", e.map(|_| ()).map_err(|e| e.to_string()));
-    let e = parse(&doc(&["[[set]]", "name = \"a\"", "prefixes = [\"192.0.2.0/24\"]", "[[rule]]", "mark = 1", "src = \"@a\"", "dst = \"@a\"", "[[rule]]", "mark = 2", "src = \"@a\""]));
-    eprintln!("PROBE4:\n{:?}", e.map(|p| p.rules.len()).map_err(|e| e.to_string()));
-}

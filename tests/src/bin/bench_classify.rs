@@ -117,6 +117,7 @@ fn main() -> anyhow::Result<()> {
     let attribution = attribution(&mut b, &applied, noop)?;
     let shapes = shapes_table(&mut b, noop)?;
     let targets = targets_table(&mut b, noop)?;
+    let sets = sets_table(&mut b, noop, &one_rule)?;
     let _ = cli::run(&b.ns, &["flush"]);
     let md = format!(
         "### Classifier: ns/packet by BPF_PROG_TEST_RUN ({} different packets per measurement, \
@@ -125,7 +126,12 @@ fn main() -> anyhow::Result<()> {
          Where a hit at {big} IPv4 rules spends its time (same frames, the cases interleaved \
          round by round, median of {} rounds):\n\n{}\n\
          Worst case (a miss scans every shape), 1,000 IPv4 rules:\n\n{}\n\
-         What the rule's target adds, 1,000 IPv4 rules, hits:\n\n{}",
+         What the rule's target adds, 1,000 IPv4 rules, hits:\n\n{}\n\
+         Prefix sets: one `[[set]]` of N prefixes per family, lengths drawn uniformly from \
+         /1–/32 (IPv4) and /1–/128 (IPv6), all in the lower half of the address space (misses \
+         go to the upper half); a rule `dst = \"@big\"` alone, or with `proto = \"tcp\"` and \
+         `dport = 443`. \"vs 1 rule\" divides by the 1-rule row of the first table (same \
+         family and case); trie: the nodes the image takes (the map holds two images):\n\n{}",
         b.packets,
         b.rounds,
         table.markdown(),
@@ -133,6 +139,7 @@ fn main() -> anyhow::Result<()> {
         attribution.0.markdown(),
         shapes.0.markdown(),
         targets.0.markdown(),
+        sets.0.markdown(),
         big = SIZES[SIZES.len() - 1],
     );
     bench::write_results(
@@ -148,6 +155,7 @@ fn main() -> anyhow::Result<()> {
             "shapes": shapes.1,
             "attribution": attribution.1,
             "targets": targets.1,
+            "sets": sets.1,
         }),
     );
     Ok(())
@@ -509,4 +517,141 @@ fn apply_in(ns: &NetNs, policy: &str) -> anyhow::Result<(SchedClassifier, Durati
         })
         .ok_or_else(|| anyhow::anyhow!("no policyroute program on lan0 after apply"))?;
     Ok((testrun::loaded(info)?, m.wall))
+}
+
+/// Sizes of the prefix-set cases (prefixes per family).
+const SET_SIZES: [usize; 3] = [10_000, 100_000, 1_000_000];
+
+/// A random prefix of `family` in the lower half of its space, of a uniformly drawn length.
+fn set_prefix(rng: &mut StdRng, v6: bool) -> ipnet::IpNet {
+    if v6 {
+        let len = rng.gen_range(1..=128u8);
+        let a = rng.gen::<u128>() >> 1;
+        ipnet::IpNet::V6(ipnet::Ipv6Net::new(a.into(), len).unwrap().trunc())
+    } else {
+        let len = rng.gen_range(1..=32u8);
+        let a = rng.gen::<u32>() >> 1;
+        ipnet::IpNet::V4(ipnet::Ipv4Net::new(a.into(), len).unwrap().trunc())
+    }
+}
+
+/// An address inside `net`, or (miss) in the upper half of the space.
+fn set_address(rng: &mut StdRng, net: &ipnet::IpNet, hit: bool) -> IpAddr {
+    match (net, hit) {
+        (ipnet::IpNet::V4(n), true) => {
+            let host = rng.gen::<u32>() & !u32::from(n.netmask());
+            IpAddr::from(std::net::Ipv4Addr::from(u32::from(n.network()) | host))
+        }
+        (ipnet::IpNet::V6(n), true) => {
+            let host = rng.gen::<u128>() & !u128::from(n.netmask());
+            IpAddr::from(std::net::Ipv6Addr::from(u128::from(n.network()) | host))
+        }
+        (ipnet::IpNet::V4(_), false) => {
+            IpAddr::from(std::net::Ipv4Addr::from(rng.gen::<u32>() | 1 << 31))
+        }
+        (ipnet::IpNet::V6(_), false) => {
+            IpAddr::from(std::net::Ipv6Addr::from(rng.gen::<u128>() | 1 << 127))
+        }
+    }
+}
+
+/// Per-packet cost of big mixed-length sets, alone and with proto and port conditions.
+fn sets_table(
+    b: &mut Bench,
+    noop: &SchedClassifier,
+    one_rule: &std::collections::HashMap<(bool, bool), f64>,
+) -> anyhow::Result<(Table, Vec<serde_json::Value>)> {
+    let mut table = Table::new(&[
+        ">prefixes per family",
+        ">apply s",
+        ">trie MiB",
+        "rule",
+        "family",
+        "case",
+        ">ns/packet",
+        ">vs 1 rule",
+    ]);
+    let mut rows = Vec::new();
+    for n in SET_SIZES {
+        let prefixes: Vec<ipnet::IpNet> = [false, true]
+            .into_iter()
+            .flat_map(|v6| (0..n).map(move |_| v6))
+            .map(|v6| set_prefix(&mut b.rng, v6))
+            .collect();
+        let list: String = prefixes.iter().map(|p| format!("{p}\n")).collect();
+        let list_file = TempFile::new("big.txt", &list);
+        let trie_mib = trie_mib(&prefixes);
+        for with_ports in [false, true] {
+            let name = list_file.path.file_name().unwrap().to_str().unwrap();
+            let (conds, what) = if with_ports {
+                ("proto = \"tcp\"\ndport = 443\n", "tcp 443 + @big")
+            } else {
+                ("", "@big")
+            };
+            let policy = format!(
+                "[[set]]\nname = \"big\"\nfile = \"{name}\"\n\n[[rule]]\nname = \"r\"\n{conds}\
+                 dst = \"@big\"\nmark = 1\n\n[attach]\ningress = [\"lan0\"]\n"
+            );
+            eprintln!("classify: set of {n} prefixes per family, {what}");
+            let (applied, took) = b.apply(&policy)?;
+            for v6 in [false, true] {
+                let family: Vec<&ipnet::IpNet> = prefixes
+                    .iter()
+                    .filter(|p| matches!(p, ipnet::IpNet::V6(_)) == v6)
+                    .collect();
+                for hit in [true, false] {
+                    let frames: Vec<(Vec<u8>, u32)> = (0..b.packets)
+                        .map(|_| {
+                            let net = family.choose(&mut b.rng).unwrap();
+                            let dst = set_address(&mut b.rng, net, hit).to_string();
+                            let src = if v6 { "2001:db8::5" } else { "192.0.2.5" };
+                            let sport = b.rng.gen_range(1024..65535);
+                            let f = frame(TCP, src, sport, &dst, 443).build();
+                            (f, u32::from(hit))
+                        })
+                        .collect();
+                    let (cost, _) = b.measure(&applied, noop, &frames)?;
+                    let ratio = cost.median / one_rule[&(v6, hit)];
+                    let family = if v6 { "IPv6" } else { "IPv4" };
+                    let case = if hit { "hit" } else { "miss" };
+                    table.row(vec![
+                        n.to_string(),
+                        format!("{:.2}", took.as_secs_f64()),
+                        format!("{trie_mib:.1}"),
+                        what.into(),
+                        family.into(),
+                        case.into(),
+                        cost.show(1),
+                        format!("{ratio:.2}x"),
+                    ]);
+                    rows.push(json!({
+                        "prefixes": n, "rule": what, "family": family, "case": case,
+                        "apply_s": took.as_secs_f64(), "trie_mib": trie_mib,
+                        "ns": cost.json(), "vs_one_rule": ratio,
+                    }));
+                }
+            }
+        }
+    }
+    Ok((table, rows))
+}
+
+/// MiB of the trie image the controller builds for `prefixes` (one set, one rule).
+fn trie_mib(prefixes: &[ipnet::IpNet]) -> f64 {
+    use policyroute::policy::{
+        matcher::Match,
+        sets::{PrefixSet, SetRef},
+    };
+    let set = std::sync::Arc::new(PrefixSet::new("big".into(), None, prefixes.to_vec()));
+    let rule = Rule {
+        name: "r".into(),
+        matcher: Match {
+            dst_set: Some(SetRef::new(set)),
+            ..Match::default()
+        },
+        mark: 1,
+    };
+    let compiled = policyroute::plan::compile::compile(&[rule], u32::MAX, &Default::default())
+        .expect("compiles");
+    compiled.trie.nodes() as f64 / 1024.0
 }
