@@ -55,9 +55,20 @@ pub const SHAPE_SRC_CLASS: u8 = 32;
 /// Shape flag: the key's destination word 0 is the destination address's class.
 pub const SHAPE_DST_CLASS: u8 = 64;
 
-/// Prefix trie word: the rest is the index of a child node (in nodes, relative to the
-/// image base); without it, the word is a class (0: no prefix holds the address).
+/// Prefix trie word: with [`TRIE_LEAF`] clear, the low 30 bits are the index of a child
+/// node (in nodes, relative to the image base); without it, the word is a class (below
+/// 2^30; 0: no prefix holds the address).
 pub const TRIE_NODE: u32 = 1 << 31;
+/// With [`TRIE_NODE`]: the low 30 bits index a leaf instead (a lone prefix deeper down,
+/// kept whole instead of as a chain of nodes; see [`TRIE_LEAF_WORDS`]).
+pub const TRIE_LEAF: u32 = 1 << 30;
+/// The index bits of a node or leaf word.
+pub const TRIE_INDEX: u32 = TRIE_LEAF - 1;
+/// Words of a leaf: the prefix's address (4 words, as `RuleKey` keeps addresses), its
+/// length, the class of an address it holds, the class of one it does not, padding.
+pub const TRIE_LEAF_WORDS: u32 = 8;
+/// Leaves per node-sized element.
+pub const TRIE_LEAVES_PER_NODE: u32 = TRIE_NODE_WORDS / TRIE_LEAF_WORDS;
 /// Bits of the address a root indexes (its length is `1 << TRIE_ROOT_BITS` words).
 pub const TRIE_ROOT_BITS: u32 = 16;
 /// Bits of the address each node below the root indexes.

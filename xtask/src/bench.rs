@@ -20,6 +20,9 @@ pub enum Which {
     /// UDP forwarding through the router, matched and unmatched traffic: policyroute
     /// (mark-based and fast path) vs iptables, nftables, ip rule.
     E2e,
+    /// UDP forwarding through a 10k and a 50k mixed-length prefix list: policyroute sets
+    /// (mark-based and fast path) vs nftables interval sets and ipset hash:net.
+    E2eSets,
     /// Wall time and peak memory of apply (1k, 100k, one rule changed) and flush.
     Control,
     /// Plot, bench/results/report.md and README's Benchmarks section from the results
@@ -31,7 +34,7 @@ impl Which {
     fn bin(self) -> &'static str {
         match self {
             Which::Classify => "bench-classify",
-            Which::E2e => "bench_e2e",
+            Which::E2e | Which::E2eSets => "bench_e2e",
             Which::Control => "bench_control",
             Which::Report => "bench_report",
         }
@@ -40,7 +43,13 @@ impl Which {
 
 /// Runs one benchmark, or (`None`) all of them and then the report.
 pub fn run(which: Option<Which>) -> anyhow::Result<()> {
-    let all = [Which::Classify, Which::E2e, Which::Control, Which::Report];
+    let all = [
+        Which::Classify,
+        Which::E2e,
+        Which::E2eSets,
+        Which::Control,
+        Which::Report,
+    ];
     let list: Vec<Which> = match which {
         Some(w) => vec![w],
         None => all.to_vec(),
@@ -78,6 +87,10 @@ pub fn run(which: Option<Which>) -> anyhow::Result<()> {
                 .arg(w.bin())
                 .env("POLICYROUTE_BIN", root().join("target/release/policyroute"))
                 .env("POLICYROUTE_BENCH_DIR", root().join("bench/results"))
+                .env(
+                    "POLICYROUTE_BENCH_SCENARIO",
+                    if w == Which::E2eSets { "sets" } else { "" },
+                )
                 .current_dir(root()),
         )?;
     }

@@ -38,6 +38,8 @@ const PACKAGES: &[(&str, &str)] = &[
 const BENCH_PACKAGES: &[(&str, &str)] = &[
     ("ethtool", "ethtool"),
     ("gnuplot", "gnuplot-nox"),
+    // The prefix-list benchmark's iptables peer: `-m set` with a hash:net set.
+    ("ipset", "ipset"),
     ("perf", "linux-perf"),
 ];
 

@@ -361,10 +361,13 @@ impl Maps {
         if image.is_empty() {
             return Ok((base, 0));
         }
-        let words = nodes * TRIE_NODE_WORDS;
+        let words = nodes as usize * TRIE_NODE_WORDS as usize;
         let mapped =
             Mapped::new(self.trie.map().fd().as_fd(), words).map_err(DataplaneError::Mmap)?;
-        Ok((base, mapped.write(base * TRIE_NODE_WORDS, image)))
+        Ok((
+            base,
+            mapped.write(base as usize * TRIE_NODE_WORDS as usize, image),
+        ))
     }
 
     fn publish(&mut self, tables: &[ShapeTable; 2]) -> Result<(), DataplaneError> {

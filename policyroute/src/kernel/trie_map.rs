@@ -17,10 +17,10 @@ pub struct Mapped {
 
 impl Mapped {
     /// Maps the first `words` words of the array map `fd` (created with BPF_F_MMAPABLE).
-    pub fn new(fd: BorrowedFd<'_>, words: u32) -> io::Result<Self> {
+    pub fn new(fd: BorrowedFd<'_>, words: usize) -> io::Result<Self> {
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
-        let bytes = (words as usize * 4).next_multiple_of(page);
+        let bytes = (words * 4).next_multiple_of(page);
         // SAFETY: a fresh shared mapping of the map's data (the kernel checks the length
         // against the map's size); the pointer is only used through `words` below.
         let ptr = unsafe {
@@ -36,11 +36,7 @@ impl Mapped {
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        Ok(Self {
-            ptr,
-            bytes,
-            words: words as usize,
-        })
+        Ok(Self { ptr, bytes, words })
     }
 
     /// The words, as atomics: the programs read them while the controller writes.
@@ -52,8 +48,8 @@ impl Mapped {
 
     /// Makes the words from `at` hold `image`, storing only those that differ; returns
     /// how many it stored.
-    pub fn write(&self, at: u32, image: &[u32]) -> usize {
-        let words = &self.words()[at as usize..at as usize + image.len()];
+    pub fn write(&self, at: usize, image: &[u32]) -> usize {
+        let words = &self.words()[at..at + image.len()];
         let mut stored = 0;
         for (slot, &want) in words.iter().zip(image) {
             if slot.load(Ordering::Relaxed) != want {
@@ -68,10 +64,8 @@ impl Mapped {
     }
 
     /// The word at `index` (tests and `explain` read the live image).
-    pub fn get(&self, index: u32) -> Option<u32> {
-        self.words()
-            .get(index as usize)
-            .map(|w| w.load(Ordering::Relaxed))
+    pub fn get(&self, index: usize) -> Option<u32> {
+        self.words().get(index).map(|w| w.load(Ordering::Relaxed))
     }
 }
 

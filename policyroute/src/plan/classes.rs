@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::hash::Hasher;
 
 use ipnet::IpNet;
-use policyroute_common::TRIE_NODE;
+use policyroute_common::TRIE_INDEX;
 use rustc_hash::FxHashMap;
 
 use super::prefix_trie::Prefix;
@@ -194,9 +194,10 @@ fn class_id(conds: &BTreeSet<usize>, names: &[&String], taken: &BTreeMap<u32, Ve
         h.write(names[i].as_bytes());
         h.write_u8(0);
     }
-    let mut id = (h.finish() as u32) & !TRIE_NODE;
+    // Classes share trie words with node and leaf pointers: below 2^30.
+    let mut id = (h.finish() as u32) & TRIE_INDEX;
     while id == 0 || taken.contains_key(&id) {
-        id = id.wrapping_add(1) & !TRIE_NODE;
+        id = id.wrapping_add(1) & TRIE_INDEX;
     }
     id
 }

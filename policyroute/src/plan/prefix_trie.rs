@@ -1,21 +1,28 @@
-//! Multibit prefix tries (controlled prefix expansion, in the style of DIR-16-8): an
-//! address's class is the class of the longest prefix holding it, found with one array
-//! read per level whatever the number of prefixes or their lengths.
+//! Multibit prefix tries (controlled prefix expansion, in the style of DIR-16-8, with
+//! path-compressed leaves): an address's class is the class of the longest prefix holding
+//! it, found with one array read per level whatever the number of prefixes or lengths.
 //!
 //! A root indexes the first 16 bits of an address, each node below it the next 8, so an
-//! IPv4 address takes at most 3 reads and an IPv6 address 15. A word is either a class or
-//! `TRIE_NODE | index of a child node`. Prefixes are expanded to the stride they end in,
-//! and a node starts as copies of the word it replaces, so shorter prefixes are pushed
-//! down into it (leaf pushing): the walk stops at the first word that is not a node.
+//! IPv4 address takes at most 3 reads and an IPv6 address 15 (one more for a leaf). A
+//! word is a class, `TRIE_NODE | node index`, or `TRIE_NODE | TRIE_LEAF | leaf index`.
+//! Prefixes are expanded into the node they end in; a node starts as copies of the class
+//! of the word it replaces, so shorter prefixes are pushed down into it (leaf pushing).
+//! A lone prefix below a word does not get a chain of nodes: a leaf keeps it whole (its
+//! address and length) with the class of an address it holds and of one it does not.
+//! That bounds the memory of long, sparse prefixes (an IPv6 /128 costs 32 bytes, not 14
+//! nodes of 1 KiB).
 //!
 //! Images are position-independent (node indexes relative to the image's first node), so
 //! the controller writes a new one beside the live one and publishes both roots at once.
-//! Everything is laid out in whole nodes of 256 words (a root is 256 consecutive nodes):
-//! the kernel map holds one node per element.
-use policyroute_common::{TRIE_NODE, TRIE_NODE_WORDS, TRIE_ROOT_BITS, TRIE_STRIDE_BITS};
+//! Everything is laid out in whole nodes of 256 words (a root is 256 consecutive nodes,
+//! 32 leaves share one): the kernel map holds one node per element.
+use policyroute_common::{
+    TRIE_INDEX, TRIE_LEAF, TRIE_LEAF_WORDS, TRIE_LEAVES_PER_NODE, TRIE_NODE, TRIE_NODE_WORDS,
+    TRIE_ROOT_BITS, TRIE_STRIDE_BITS,
+};
 
 /// One prefix of a trie: the address's bytes (network order, IPv4 in the first 4), its
-/// length and its class (non-zero, below `TRIE_NODE`).
+/// length and its class (non-zero, below `TRIE_LEAF`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Prefix {
     pub addr: [u8; 16],
@@ -27,30 +34,19 @@ pub struct Prefix {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Image {
     pub words: Vec<u32>,
+    /// Leaves given out so far, and the node-sized block the next one goes to.
+    leaves: u32,
+    leaf_block: u32,
 }
 
 impl Image {
     /// Appends a trie of `prefixes` (each prefix once) and returns its root's index.
     pub fn add(&mut self, prefixes: &mut [Prefix]) -> u32 {
-        // Shorter first: a longer prefix then only ever overwrites what a shorter one
-        // wrote, and a node is only ever created below words holding classes.
-        prefixes.sort_unstable_by_key(|p| p.len);
-        let root = self.alloc(1 << TRIE_ROOT_BITS, 0) / TRIE_NODE_WORDS;
-        for p in prefixes.iter() {
-            debug_assert!(p.class != 0 && p.class & TRIE_NODE == 0);
-            self.insert(root, p);
-        }
-        root
-    }
-
-    fn alloc(&mut self, words: u32, fill: u32) -> u32 {
-        let at = self.words.len() as u32;
-        assert!(
-            (at + words) / TRIE_NODE_WORDS < TRIE_NODE,
-            "a prefix trie image stays below 2^31 nodes"
-        );
-        self.words.resize(self.words.len() + words as usize, fill);
-        at
+        // Address order: what a node holds is contiguous, an enclosing prefix first.
+        prefixes.sort_unstable_by_key(|p| (p.addr, p.len));
+        let root = self.alloc(1 << TRIE_ROOT_BITS, 0);
+        self.fill(root, 0, TRIE_ROOT_BITS, prefixes);
+        root / TRIE_NODE_WORDS
     }
 
     /// Nodes the image takes.
@@ -58,30 +54,70 @@ impl Image {
         self.words.len() / TRIE_NODE_WORDS as usize
     }
 
-    fn insert(&mut self, root: u32, p: &Prefix) {
-        let len = u32::from(p.len);
-        // `node`: the first word of the node (or root) being filled.
-        let (mut node, mut start, mut width) = (root * TRIE_NODE_WORDS, 0u32, TRIE_ROOT_BITS);
-        // Descend while the prefix ends below this node's bits.
-        while len > start + width {
-            let word_at = (node + bits(&p.addr, start, width)) as usize;
-            let word = self.words[word_at];
-            let child = if word & TRIE_NODE != 0 {
-                (word & !TRIE_NODE) * TRIE_NODE_WORDS
-            } else {
-                let child = self.alloc(TRIE_NODE_WORDS, word);
-                self.words[word_at] = TRIE_NODE | (child / TRIE_NODE_WORDS);
-                child
-            };
-            node = child;
-            start += width;
-            width = TRIE_STRIDE_BITS;
+    /// Words from `at`, filled with `fill`; returns the first word's index.
+    fn alloc(&mut self, words: u32, fill: u32) -> u32 {
+        let at = self.words.len() as u32;
+        assert!(
+            (at as u64 + u64::from(words)) / u64::from(TRIE_NODE_WORDS) < u64::from(TRIE_INDEX),
+            "a prefix trie image stays below 2^30 nodes"
+        );
+        self.words.resize(self.words.len() + words as usize, fill);
+        at
+    }
+
+    /// Fills the node at word `at`, covering `width` bits from bit `start`, with
+    /// `prefixes` (all longer than `start`, all inside the node's range, in address order).
+    fn fill(&mut self, at: u32, start: u32, width: u32, prefixes: &[Prefix]) {
+        let end = start + width;
+        // Those ending here, shorter first: a longer one overwrites what it holds.
+        let mut here: Vec<&Prefix> = prefixes
+            .iter()
+            .filter(|p| u32::from(p.len) <= end)
+            .collect();
+        here.sort_by_key(|p| p.len);
+        for p in here {
+            let free = end - u32::from(p.len);
+            let first = bits(&p.addr, start, width) & !((1u32 << free) - 1);
+            let from = (at + first) as usize;
+            self.words[from..from + (1usize << free)].fill(p.class);
         }
-        // The prefix covers 2^(start + width - len) consecutive words of this node.
-        let free = start + width - len;
-        let first = bits(&p.addr, start, width) & !((1u32 << free) - 1);
-        let from = (node + first) as usize;
-        self.words[from..from + (1usize << free)].fill(p.class);
+        // Those going deeper, by the word they go below (contiguous in address order).
+        let deeper: Vec<&Prefix> = prefixes.iter().filter(|p| u32::from(p.len) > end).collect();
+        let mut i = 0;
+        while i < deeper.len() {
+            let entry = bits(&deeper[i].addr, start, width);
+            let n = deeper[i..]
+                .iter()
+                .take_while(|p| bits(&p.addr, start, width) == entry)
+                .count();
+            let group: Vec<Prefix> = deeper[i..i + n].iter().map(|p| **p).collect();
+            let word_at = (at + entry) as usize;
+            let outer = self.words[word_at];
+            self.words[word_at] = if let [lone] = group[..] {
+                self.leaf(&lone, outer)
+            } else {
+                let child = self.alloc(TRIE_NODE_WORDS, outer);
+                self.fill(child, end, TRIE_STRIDE_BITS, &group);
+                TRIE_NODE | (child / TRIE_NODE_WORDS)
+            };
+            i += n;
+        }
+    }
+
+    /// A leaf for `p` (the only prefix below a word whose class is `outer`).
+    fn leaf(&mut self, p: &Prefix, outer: u32) -> u32 {
+        if self.leaves.is_multiple_of(TRIE_LEAVES_PER_NODE) {
+            self.leaf_block = self.alloc(TRIE_NODE_WORDS, 0) / TRIE_NODE_WORDS;
+        }
+        let index = self.leaf_block * TRIE_LEAVES_PER_NODE + self.leaves % TRIE_LEAVES_PER_NODE;
+        self.leaves += 1;
+        let from = (index * TRIE_LEAF_WORDS) as usize;
+        let words = addr_words(&p.addr);
+        self.words[from..from + 4].copy_from_slice(&words);
+        self.words[from + 4] = u32::from(p.len);
+        self.words[from + 5] = p.class;
+        self.words[from + 6] = outer;
+        TRIE_NODE | TRIE_LEAF | index
     }
 
     /// The class of `addr` in the trie at `root` (what the classifier's walk finds).
@@ -90,12 +126,30 @@ impl Image {
         let mut word = self.words[first as usize];
         let mut start = TRIE_ROOT_BITS;
         while word & TRIE_NODE != 0 {
-            let node = (word & !TRIE_NODE) * TRIE_NODE_WORDS;
-            word = self.words[(node + bits(addr, start, TRIE_STRIDE_BITS)) as usize];
+            let index = word & TRIE_INDEX;
+            if word & TRIE_LEAF != 0 {
+                let leaf = &self.words[(index * TRIE_LEAF_WORDS) as usize..][..7];
+                let len = leaf[4] as u8;
+                let held = masked(&addr_words(addr), len) == leaf[..4];
+                return if held { leaf[5] } else { leaf[6] };
+            }
+            word = self.words
+                [(index * TRIE_NODE_WORDS + bits(addr, start, TRIE_STRIDE_BITS)) as usize];
             start += TRIE_STRIDE_BITS;
         }
         word
     }
+}
+
+/// The address as the classifier keeps it: network-order bytes viewed as native words.
+fn addr_words(addr: &[u8; 16]) -> [u32; 4] {
+    std::array::from_fn(|i| u32::from_ne_bytes(addr[i * 4..i * 4 + 4].try_into().unwrap()))
+}
+
+/// `words` with the bits beyond `len` cleared.
+fn masked(words: &[u32; 4], len: u8) -> [u32; 4] {
+    let mask = super::compile::mask_words(len);
+    std::array::from_fn(|i| words[i] & mask[i])
 }
 
 /// `width` bits of `addr` from bit `start` (0 is the most significant), as an integer.
@@ -182,46 +236,76 @@ mod tests {
         assert_eq!(image.lookup(root, &addr("8000::1")), 0);
     }
 
+    /// Random prefixes of both widths, drawn from a small pool of bits so they nest and
+    /// share paths (nodes, leaves and leaf pushing all occur), against a linear scan.
     #[test]
     fn random_prefixes_match_a_linear_scan() {
-        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
-        let mut list: Vec<Prefix> = Vec::new();
-        let mut seen = std::collections::BTreeSet::new();
-        while list.len() < 2000 {
-            let len = (next() % 33) as u8;
-            let a = (next() as u32 & 0xc0a8_ffff)
-                & (u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0));
-            if seen.insert((a, len)) {
-                let mut addr = [0u8; 16];
-                addr[..4].copy_from_slice(&a.to_be_bytes());
-                list.push(Prefix {
-                    addr,
-                    len,
-                    class: list.len() as u32 + 1,
-                });
+        for (width, pool) in [
+            (32u32, 0xc0a8_ff0f_u128 << 96),
+            (
+                128,
+                (0xffff_u128 << 112) | 0xff0f_00ff_0000_0000_0000_0000_f00f,
+            ),
+        ] {
+            let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+            let mut next = || {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                (u128::from(rng) << 64) | u128::from(rng.rotate_left(29))
+            };
+            let mask = |len: u32| u128::MAX.checked_shl(128 - len).unwrap_or(0);
+            let mut list: Vec<(u128, u32, u32)> = Vec::new();
+            let mut seen = std::collections::BTreeSet::new();
+            while list.len() < 3000 {
+                let len = (next() % u128::from(width + 1)) as u32;
+                let a = next() & pool & mask(len);
+                if seen.insert((a, len)) {
+                    list.push((a, len, list.len() as u32 + 1));
+                }
+            }
+            let mut prefixes: Vec<Prefix> = list
+                .iter()
+                .map(|&(a, len, class)| Prefix {
+                    addr: a.to_be_bytes(),
+                    len: len as u8,
+                    class,
+                })
+                .collect();
+            let mut image = Image::default();
+            let root = image.add(&mut prefixes);
+            for _ in 0..20_000 {
+                let a = next() & pool;
+                let want = list
+                    .iter()
+                    .filter(|(p, len, _)| a & mask(*len) == *p)
+                    .max_by_key(|(_, len, _)| *len)
+                    .map_or(0, |(_, _, class)| *class);
+                assert_eq!(
+                    image.lookup(root, &a.to_be_bytes()),
+                    want,
+                    "/{width} {a:032x}"
+                );
             }
         }
+    }
+
+    #[test]
+    fn lone_long_prefixes_take_leaves_not_node_chains() {
         let mut image = Image::default();
-        let root = image.add(&mut list.clone());
-        for _ in 0..20_000 {
-            let a = next() as u32 & 0xc0a8_ffff;
-            let mut addr = [0u8; 16];
-            addr[..4].copy_from_slice(&a.to_be_bytes());
-            let want = list
-                .iter()
-                .filter(|p| {
-                    let m = u32::MAX.checked_shl(32 - u32::from(p.len)).unwrap_or(0);
-                    u32::from_be_bytes(p.addr[..4].try_into().unwrap()) == a & m
-                })
-                .max_by_key(|p| p.len)
-                .map_or(0, |p| p.class);
-            assert_eq!(image.lookup(root, &addr), want, "{a:08x}");
-        }
+        let mut hosts: Vec<Prefix> = (0..1000u128)
+            .map(|i| Prefix {
+                addr: ((0x2001_0db8_u128 << 96) | (i << 80) | 1).to_be_bytes(),
+                len: 128,
+                class: 5,
+            })
+            .collect();
+        let root = image.add(&mut hosts);
+        // The root, one node under 2001:db8::/32's 16-bit entry... and leaves: well under
+        // the 14 nodes per /128 a chain would take.
+        assert!(image.nodes() < 256 + 64, "{} nodes", image.nodes());
+        let host = (0x2001_0db8_u128 << 96) | (7 << 80) | 1;
+        assert_eq!(image.lookup(root, &host.to_be_bytes()), 5);
+        assert_eq!(image.lookup(root, &(host + 1).to_be_bytes()), 0);
     }
 }

@@ -74,7 +74,7 @@ fn list_file(doc: &mut Doc<'_>, f: Field<'_, '_>) -> Option<(String, Vec<ipnet::
         .parent()
         .unwrap_or(Path::new(""))
         .join(&written);
-    let text = match std::fs::read_to_string(&path) {
+    let text = match read_list(&path) {
         Ok(t) => t,
         Err(e) => {
             let msg = format!("cannot read the list {}: {e}", path.display());
@@ -94,6 +94,25 @@ fn list_file(doc: &mut Doc<'_>, f: Field<'_, '_>) -> Option<(String, Vec<ipnet::
             None
         }
     }
+}
+
+/// Lists beyond this are refused (10 million prefixes are about 200 MB of text).
+const MAX_LIST_BYTES: u64 = 256 << 20;
+
+/// A list file's text; only a regular file, so `/dev/zero` or a FIFO cannot stall a read.
+fn read_list(path: &Path) -> std::io::Result<String> {
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    if meta.len() > MAX_LIST_BYTES {
+        let msg = format!(
+            "{} bytes, more than the {MAX_LIST_BYTES} a list may have",
+            meta.len()
+        );
+        return Err(std::io::Error::other(msg));
+    }
+    std::fs::read_to_string(path)
 }
 
 fn inline(doc: &mut Doc<'_>, f: Field<'_, '_>) -> Option<Vec<ipnet::IpNet>> {

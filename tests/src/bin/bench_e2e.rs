@@ -11,6 +11,11 @@
 //! as a ratio to the baseline of the same mix and repetition. A load that passes the time
 //! cap is stopped and that size (and larger ones) skipped for that variant.
 //!
+//! `POLICYROUTE_BENCH_SCENARIO=sets` (`cargo xtask bench e2e-sets`) measures a prefix list
+//! instead: one list of mixed-length IPv4 prefixes (10,000 and 50,000) routed through isp2
+//! by policyroute (`[[set]]`, mark-based and fast path), by nftables (`ip daddr @set`, an
+//! interval set) and by iptables with ipset (`-m set`, `hash:net`), with the same traffic.
+//!
 //! The sender (an AF_PACKET socket in the LAN namespace) runs on CPU 0; receive packet
 //! steering sends everything the router receives on lan0 to CPU 1, where the router's
 //! forwarding (classification included) and the upstream's receive run in softirq. So the
@@ -20,6 +25,7 @@ use std::{
     fmt::Write as _,
     net::Ipv4Addr,
     process::Command,
+    sync::OnceLock,
     time::{Duration, Instant},
 };
 
@@ -65,8 +71,106 @@ const VARIANTS: [Variant; 7] = [
     Variant::IpRule,
 ];
 
+/// What the policy is: an entry per flow (address and port), or one prefix list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scenario {
+    Exact,
+    Sets,
+}
+
+static SCENARIO: OnceLock<Scenario> = OnceLock::new();
+
+fn scenario() -> Scenario {
+    *SCENARIO.get_or_init(
+        || match std::env::var("POLICYROUTE_BENCH_SCENARIO").as_deref() {
+            Ok("sets") => Scenario::Sets,
+            _ => Scenario::Exact,
+        },
+    )
+}
+
+impl Scenario {
+    fn variants(self) -> Vec<Variant> {
+        match self {
+            Scenario::Exact => VARIANTS.to_vec(),
+            // `ip rule` has no sets: a rule per prefix is what the list replaces.
+            Scenario::Sets => VARIANTS
+                .into_iter()
+                .filter(|v| *v != Variant::IpRule)
+                .collect(),
+        }
+    }
+
+    /// Results file stem.
+    fn results(self) -> &'static str {
+        match self {
+            Scenario::Exact => "e2e",
+            Scenario::Sets => "e2e-sets",
+        }
+    }
+
+    fn default_sizes(self) -> Vec<usize> {
+        match self {
+            Scenario::Exact => SIZES.to_vec(),
+            Scenario::Sets => vec![10_000, 50_000],
+        }
+    }
+}
+
+/// The documentation prefixes of the list, a partition of 198.18.4.0/22 into 11 prefixes
+/// of 9 lengths (/23 to /32): every matched flow's destination is in exactly one.
+const LIST_DOC: [&str; 11] = [
+    "198.18.4.0/24",
+    "198.18.5.0/25",
+    "198.18.5.128/26",
+    "198.18.5.192/27",
+    "198.18.5.224/28",
+    "198.18.5.240/29",
+    "198.18.5.248/30",
+    "198.18.5.252/31",
+    "198.18.5.254/32",
+    "198.18.5.255/32",
+    "198.18.6.0/23",
+];
+
+/// A list of `n` prefixes like a country list: the documentation ones and generated ones
+/// that no packet is sent to, one per /16 block (so none overlap, as an nftables interval
+/// set requires), of lengths /16 to /32.
+fn list_prefixes(n: usize) -> Vec<String> {
+    let skip = [0u32, 10, 127, 192, 198, 203];
+    let blocks = (1u32..224)
+        .filter(|a| !skip.contains(a))
+        .flat_map(|a| (0u32..256).map(move |b| (a << 24) | (b << 16)));
+    let generated = blocks.enumerate().map(|(i, block)| {
+        let len = 16 + (i * 7 % 17) as u32;
+        let low = (i as u32).wrapping_mul(0x9e37_79b9) & 0xffff;
+        let mask = if len == 32 {
+            u32::MAX
+        } else {
+            !(u32::MAX >> len)
+        };
+        format!("{}/{len}", Ipv4Addr::from((block | low) & mask))
+    });
+    LIST_DOC
+        .iter()
+        .map(|s| s.to_string())
+        .chain(generated)
+        .take(n)
+        .collect()
+}
+
 impl Variant {
     fn name(self) -> &'static str {
+        match (scenario(), self) {
+            (Scenario::Sets, Variant::Policyroute) => "policyroute set",
+            (Scenario::Sets, Variant::FastPath) => "policyroute set, fast path",
+            (Scenario::Sets, Variant::Iptables) => "iptables + ipset hash:net",
+            (Scenario::Sets, Variant::Nftables) => "nftables interval set",
+            _ => self.exact_name(),
+        }
+    }
+
+    fn exact_name(self) -> &'static str {
         match self {
             Variant::Baseline => "baseline (no policy)",
             Variant::Rules => "fwmark rules only, no marking",
@@ -128,6 +232,9 @@ impl Mix {
 /// unmatched ones go half to entries' addresses on a port no entry has (so the address
 /// alone cannot decide), half to addresses no entry has.
 fn flow(mix: Mix, n: usize, k: usize) -> Flow {
+    if scenario() == Scenario::Sets {
+        return list_flow(mix, k);
+    }
     let (dst, dport) = match mix {
         Mix::Matched => entry(k * n / FLOWS),
         Mix::Unmatched if k < FLOWS / 2 => (entry((k * 7919) % n).0, 9_000 + (k % 1000) as u16),
@@ -141,6 +248,23 @@ fn flow(mix: Mix, n: usize, k: usize) -> Flow {
         sport: 20_000 + ((k * 37) % 40_000) as u16,
         dst,
         dport,
+    }
+}
+
+/// Flow `k` of `mix` against the prefix list: matched flows go to the 1,024 addresses of
+/// 198.18.4.0/22; unmatched ones half to 198.18.8.0/22 (next to it, not listed), half to
+/// 198.19.200.0/24.
+fn list_flow(mix: Mix, k: usize) -> Flow {
+    let dst = match mix {
+        Mix::Matched => u32::from(Ipv4Addr::new(198, 18, 4, 0)) + k as u32,
+        Mix::Unmatched if k < FLOWS / 2 => u32::from(Ipv4Addr::new(198, 18, 8, 0)) + k as u32,
+        Mix::Unmatched => u32::from(Ipv4Addr::new(198, 19, 200, (k % 250) as u8)),
+    };
+    Flow {
+        src: Ipv4Addr::new(192, 0, 2, 10),
+        sport: 20_000 + ((k * 37) % 40_000) as u16,
+        dst: Ipv4Addr::from(dst),
+        dport: 10_000 + (k % 1000) as u16,
     }
 }
 
@@ -226,9 +350,49 @@ fn ip_rule_batch(n: usize) -> String {
     s
 }
 
+/// policyroute: a set read from a list file, one rule through isp2.
+fn set_policy(n: usize, fast_path: bool) -> (String, TempFile) {
+    let list = TempFile::new("list.txt", &(list_prefixes(n).join("\n") + "\n"));
+    let name = list.path.file_name().unwrap().to_str().unwrap().to_owned();
+    let fast = if fast_path { "fast_path = true\n" } else { "" };
+    let policy = format!(
+        "{fast}[[gateway]]\nname = \"isp2\"\ndev = \"wan2\"\nvia = \"203.0.113.2\"\n\
+         table = {TABLE}\nmark = {MARK}\n\n[attach]\ningress = [\"lan0\"]\n\n\
+         [[set]]\nname = \"list\"\nfile = \"{name}\"\n\n\
+         [[rule]]\nname = \"to-list\"\nproto = \"udp\"\ndst = \"@list\"\ngateway = \"isp2\"\n"
+    );
+    (policy, list)
+}
+
+/// nftables: the list as an interval set, matched in prerouting.
+fn nft_set_ruleset(n: usize) -> String {
+    format!(
+        "table ip bench {{\n  set list {{\n    type ipv4_addr\n    flags interval\n    \
+         elements = {{ {} }}\n  }}\n  chain prerouting {{\n    type filter hook prerouting \
+         priority mangle; policy accept;\n    meta l4proto udp ip daddr @list meta mark set \
+         {MARK:#x}\n  }}\n}}\n",
+        list_prefixes(n).join(", ")
+    )
+}
+
+/// ipset: the list as a hash:net set; then one iptables rule matches it.
+fn ipset_restore(n: usize) -> String {
+    let mut s = format!(
+        "create list hash:net family inet maxelem {}\n",
+        (n * 2).max(65536)
+    );
+    for p in list_prefixes(n) {
+        let _ = writeln!(s, "add list {p}");
+    }
+    s
+}
+
 /// Loads variant `v` at `n` entries into the router; returns the load time or why it was
 /// skipped.
 fn load(v: Variant, r: &NetNs, n: usize, cap: Duration) -> Result<Option<Duration>, String> {
+    if scenario() == Scenario::Sets {
+        return load_list(v, r, n, cap);
+    }
     let ns_exec = |args: &[&str]| {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &r.name]).args(args);
@@ -267,6 +431,55 @@ fn load(v: Variant, r: &NetNs, n: usize, cap: Duration) -> Result<Option<Duratio
     };
     let m = measure(&mut cmd, cap);
     drop(file);
+    if m.timed_out {
+        return Err(format!("loading took over the {} s cap", cap.as_secs()));
+    }
+    if !m.status.success() {
+        panic!("{} load failed: {}{}", v.name(), m.stderr, m.stdout);
+    }
+    Ok(Some(m.wall))
+}
+
+/// [`load`] of the prefix-list scenario.
+fn load_list(v: Variant, r: &NetNs, n: usize, cap: Duration) -> Result<Option<Duration>, String> {
+    let ns_exec = |args: &[&str]| {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &r.name]).args(args);
+        c
+    };
+    let (mut cmd, files) = match v {
+        Variant::Baseline | Variant::IpRule => return Ok(None),
+        Variant::Rules => {
+            classic_routing(r, true);
+            return Ok(None);
+        }
+        Variant::Policyroute | Variant::FastPath => {
+            let (policy, list) = set_policy(n, v == Variant::FastPath);
+            let f = TempFile::new("policy.toml", &policy);
+            let bin = cli::bin();
+            (
+                ns_exec(&[bin.to_str().unwrap(), "apply", "-c", f.arg()]),
+                vec![f, list],
+            )
+        }
+        Variant::Iptables => {
+            classic_routing(r, true);
+            let f = TempFile::new("ipset.restore", &ipset_restore(n));
+            let script = format!(
+                "ipset restore < {} && iptables -t mangle -A PREROUTING -p udp -m set \
+                 --match-set list dst -j MARK --set-mark {MARK:#x}",
+                f.arg()
+            );
+            (ns_exec(&["sh", "-c", &script]), vec![f])
+        }
+        Variant::Nftables => {
+            classic_routing(r, true);
+            let f = TempFile::new("ruleset.nft", &nft_set_ruleset(n));
+            (ns_exec(&["nft", "-f", f.arg()]), vec![f])
+        }
+    };
+    let m = measure(&mut cmd, cap);
+    drop(files);
     if m.timed_out {
         return Err(format!("loading took over the {} s cap", cap.as_secs()));
     }
@@ -425,7 +638,7 @@ impl Config {
             sizes: std::env::var("POLICYROUTE_BENCH_SIZES")
                 .ok()
                 .map(|v| v.split(',').map(|x| x.trim().parse().unwrap()).collect())
-                .unwrap_or_else(|| SIZES.to_vec()),
+                .unwrap_or_else(|| scenario().default_sizes()),
         }
     }
 }
@@ -474,9 +687,10 @@ impl Results {
 /// Every variant's setup at `n` entries; a variant that exceeded the load cap at a smaller
 /// size is skipped (and recorded in `exceeded` when it does so now).
 fn setups_at(n: usize, cap: Duration, exceeded: &mut Vec<Variant>) -> Vec<Setup> {
-    let setups: Vec<Setup> = VARIANTS
-        .iter()
-        .map(|&v| {
+    let setups: Vec<Setup> = scenario()
+        .variants()
+        .into_iter()
+        .map(|v| {
             let skip = exceeded
                 .contains(&v)
                 .then(|| "a smaller size already exceeded the load cap".to_string());
@@ -637,13 +851,20 @@ fn add_rows(n: usize, setups: &[Setup], res: &mut Results) {
 fn markdown(res: &Results, cfg: &Config, env: &Value) -> String {
     let backend = env["iptables"].as_str().unwrap_or("");
     let mut md = format!(
-        "### End to end: UDP forwarding LAN → router → upstream ({} reps × {} ms per mix, \
+        "### End to end{}: UDP forwarding LAN → router → upstream ({} reps × {} ms per mix, \
          interleaved)\n\n\
          Marking check (each of the {FLOWS} flows of a mix sent once; matched: every flow hits \
          an entry → table 102 (or the fast path) → up2; unmatched: none does → main → \
          up1):\n\n{}\n\
          Throughput and router CPU per packet (median (min–max) over repetitions; ratios are \
          to the baseline of the same mix and repetition; iptables: `{backend}`):\n\n{}",
+        match scenario() {
+            Scenario::Exact => "",
+            Scenario::Sets => {
+                ", a prefix list (one set of mixed-length IPv4 prefixes, /16 to /32, the \
+                 entries column is its size)"
+            }
+        },
         cfg.reps,
         cfg.run.as_millis(),
         res.verify_table.markdown(),
@@ -653,9 +874,10 @@ fn markdown(res: &Results, cfg: &Config, env: &Value) -> String {
         let _ = write!(
             md,
             "\nRouter CPU profile, {} at {n} entries, {} traffic (`perf record -C {ROUTER_CPU} \
-             -e cpu-clock`, self time, top symbols; full lists in `e2e-perf.txt`):\n\n```\n{}\n```\n",
+             -e cpu-clock`, self time, top symbols; full lists in `{}-perf.txt`):\n\n```\n{}\n```\n",
             v.name(),
             mix.key(),
+            scenario().results(),
             top.iter().take(12).cloned().collect::<Vec<_>>().join("\n")
         );
     }
@@ -676,7 +898,7 @@ fn write_all(res: &Results, cfg: &Config, env: Value) {
         })
         .collect();
     if !full.is_empty() {
-        bench::write_result("e2e-perf.txt", &full);
+        bench::write_result(&format!("{}-perf.txt", scenario().results()), &full);
     }
     let md = markdown(res, cfg, &env);
     let profiles: Vec<Value> = res.profiles.iter()
@@ -685,7 +907,7 @@ fn write_all(res: &Results, cfg: &Config, env: Value) {
         })
         .collect();
     bench::write_results(
-        "e2e",
+        scenario().results(),
         &md,
         &json!({
             "environment": env,
