@@ -54,6 +54,20 @@ use trace::Traced;
 static RULES: HashMap<RuleKey, RuleValue> =
     HashMap::with_max_entries(DEFAULT_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
+/// 1 when this dataplane was loaded with room for prefix tries; set by the loader (see
+/// `policyroute_common::TRIES_GLOBAL`). Read-only data, so for a dataplane without tries
+/// the verifier knows it is 0 and drops the trie code unchecked: loading is as fast as
+/// before tries existed.
+#[no_mangle]
+static PR_TRIES: u32 = 0;
+
+#[inline(always)]
+fn tries_enabled() -> bool {
+    // SAFETY: a plain read of a static; volatile so the compiler keeps the load the loader
+    // rewrites instead of folding in 0.
+    unsafe { core::ptr::read_volatile(&PR_TRIES) != 0 }
+}
+
 /// Memory-mappable: the controller writes a trie image with stores, not a syscall per word.
 #[map(name = "PR_PREFIX_TRIE")]
 static PREFIX_TRIE: Array<TrieNode> = Array::with_max_entries(DEFAULT_TRIE_NODES, BPF_F_MMAPABLE);

@@ -1,51 +1,126 @@
 //! The address classes of prefix sets: a walk down a multibit trie (16 bits at the root,
-//! 8 per node below, a lone deeper prefix kept whole in a leaf) that the controller wrote
-//! into `PR_PREFIX_TRIE`. One array read per level, at most 3 for IPv4 and 15 for IPv6
-//! (one more for a leaf), whatever the number of prefixes or their lengths.
+//! `TRIE_STRIDE_BITS` per node below, a lone deeper prefix kept whole in a leaf) that the
+//! controller wrote into `PR_PREFIX_TRIE`. One array read per level (at most 5 for IPv4
+//! and 29 for IPv6, one more for a leaf), whatever the number of prefixes or lengths.
+//!
+//! Everything runs in `bpf_loop` callbacks: the verifier checks a walk once, and the
+//! classes reach the rest of the program as plain unknown numbers. (Walked in the program
+//! itself, each way a walk can end was a different state for all the code after it, and
+//! every load of the programs took twice as long.)
+use core::ffi::c_void;
+
+use aya_ebpf::helpers::generated::bpf_loop;
 use policyroute_common::{
-    FAMILY_V6, TRIE_INDEX, TRIE_LEAF, TRIE_LEAF_WORDS, TRIE_LEAVES_PER_NODE, TRIE_LEVELS_V6,
-    TRIE_NODE, TRIE_NONE,
+    ShapeTable, FAMILY_V6, SHAPE_SRC, TRIE_INDEX, TRIE_LEAF, TRIE_LEAF_WORDS, TRIE_LEAVES_PER_NODE,
+    TRIE_LEVELS_V4, TRIE_LEVELS_V6, TRIE_NODE, TRIE_NODE_WORDS, TRIE_NONE, TRIE_ROOT_BITS,
+    TRIE_STRIDE_BITS,
 };
 
-use crate::PREFIX_TRIE;
+use crate::{parse::Packet, PREFIX_TRIE};
+
+/// What the classes callback reads and writes.
+struct Classes<'a> {
+    table: &'a ShapeTable,
+    pkt: &'a Packet,
+    src: u32,
+    dst: u32,
+}
+
+/// Sets `src` and `dst` to the classes of the packet's addresses (0: in no prefix of a
+/// trie, or no trie for that field).
+#[inline(always)]
+pub fn classes(src: &mut u32, dst: &mut u32, table: &ShapeTable, pkt: &Packet) {
+    let mut c = Classes {
+        table,
+        pkt,
+        src: 0,
+        dst: 0,
+    };
+    let step = classes_step as *mut c_void;
+    // SAFETY: bpf_loop calls `step` once with a pointer to `c`, which lives on this stack
+    // frame until bpf_loop returns.
+    unsafe { bpf_loop(1, step, (&mut c as *mut Classes).cast(), 0) };
+    *src = c.src;
+    *dst = c.dst;
+}
+
+unsafe extern "C" fn classes_step(_: u32, ctx: *mut Classes) -> i64 {
+    // SAFETY: `ctx` is the `Classes` that `classes` handed to bpf_loop, alive and not
+    // otherwise borrowed during the loop.
+    let c = unsafe { &mut *ctx };
+    let (t, pkt) = (c.table, c.pkt);
+    // An unknown source (an unbound socket) matches no source condition.
+    if pkt.unknown & SHAPE_SRC == 0 {
+        c.src = class(t.trie_base, t.src_root, &pkt.src, pkt.family);
+    }
+    c.dst = class(t.trie_base, t.dst_root, &pkt.dst, pkt.family);
+    1
+}
 
 /// The class of `addr` (network-order bytes as native words) in the trie whose root is
 /// node `base + root`; 0 when no prefix holds it or there is no trie.
 #[inline(always)]
-pub fn class(base: u32, root: u32, addr: &[u32; 4], family: u32) -> u32 {
+fn class(base: u32, root: u32, addr: &[u32; 4], family: u32) -> u32 {
     if root == TRIE_NONE {
         return 0;
     }
     let b = bytes(addr);
-    // A root is 256 nodes: the first byte picks the node, the second the word.
-    let at = base.wrapping_add(root).wrapping_add(u32::from(b[0]));
+    // A root spans consecutive nodes: its 16 bits pick the node, then the word.
+    let first = (u32::from(b[0]) << 8) | u32::from(b[1]);
+    let at = base
+        .wrapping_add(root)
+        .wrapping_add(first / TRIE_NODE_WORDS);
     let Some(node) = PREFIX_TRIE.get(at) else {
         return 0;
     };
-    let mut word = node[usize::from(b[1])];
-    let levels = if family == FAMILY_V6 {
-        TRIE_LEVELS_V6
-    } else {
-        2
+    let mut walk = Walk {
+        bytes: b,
+        base,
+        word: node[(first % TRIE_NODE_WORDS) as usize],
     };
-    // Bounded by the address width, never by the number of prefixes.
-    for i in 0..TRIE_LEVELS_V6 {
-        if word & TRIE_NODE == 0 || word & TRIE_LEAF != 0 || i >= levels {
-            break;
-        }
-        let at = base.wrapping_add(word & TRIE_INDEX);
-        word = match PREFIX_TRIE.get(at) {
-            Some(node) => node[usize::from(b[2 + i])],
-            None => 0,
+    if walk.word & TRIE_NODE != 0 && walk.word & TRIE_LEAF == 0 {
+        let levels = if family == FAMILY_V6 {
+            TRIE_LEVELS_V6
+        } else {
+            TRIE_LEVELS_V4
         };
+        let step = walk_step as *mut c_void;
+        // SAFETY: bpf_loop calls `step` at most `levels` times with a pointer to `walk`,
+        // which lives on this stack frame until bpf_loop returns. The trip count is bounded
+        // by the address width, never by the number of prefixes.
+        unsafe { bpf_loop(levels as u32, step, (&mut walk as *mut Walk).cast(), 0) };
     }
+    let word = walk.word;
     if word & TRIE_NODE == 0 {
-        return word;
+        word
+    } else if word & TRIE_LEAF != 0 {
+        leaf(base, word & TRIE_INDEX, addr)
+    } else {
+        // A node word after the last level would be a corrupt image: no class.
+        0
     }
-    if word & TRIE_LEAF != 0 {
-        return leaf(base, word & TRIE_INDEX, addr);
+}
+
+struct Walk {
+    bytes: [u8; 16],
+    base: u32,
+    /// The word reached so far.
+    word: u32,
+}
+
+/// One level of the walk: follows a node word; returns 1 to stop at anything else.
+unsafe extern "C" fn walk_step(level: u32, ctx: *mut Walk) -> i64 {
+    // SAFETY: `ctx` is the `Walk` that `class` handed to bpf_loop, alive and not otherwise
+    // borrowed during the loop.
+    let w = unsafe { &mut *ctx };
+    if w.word & TRIE_NODE == 0 || w.word & TRIE_LEAF != 0 {
+        return 1;
     }
-    // A node word after the last level would be a corrupt image: no class.
+    let at = w.base.wrapping_add(w.word & TRIE_INDEX);
+    w.word = match PREFIX_TRIE.get(at) {
+        Some(node) => node[chunk(&w.bytes, level as usize)],
+        None => 0,
+    };
     0
 }
 
@@ -56,8 +131,9 @@ fn leaf(base: u32, index: u32, addr: &[u32; 4]) -> u32 {
     let Some(node) = PREFIX_TRIE.get(at) else {
         return 0;
     };
-    // `& 31` keeps the slot provably inside the node for the verifier.
-    let slot = ((index % TRIE_LEAVES_PER_NODE) & 31) as usize * TRIE_LEAF_WORDS as usize;
+    // The mask keeps the slot provably inside the node for the verifier.
+    let slot = ((index % TRIE_LEAVES_PER_NODE) & (TRIE_LEAVES_PER_NODE - 1)) as usize
+        * TRIE_LEAF_WORDS as usize;
     let Some(l) = node.get(slot..slot + TRIE_LEAF_WORDS as usize) else {
         return 0;
     };
@@ -82,6 +158,16 @@ fn mask(len: u32, i: u32) -> u32 {
     } else {
         (u32::MAX << (32 - bits)).to_be()
     }
+}
+
+/// The bits of `b` that node level `i` (below the root) indexes by.
+#[inline(always)]
+fn chunk(b: &[u8; 16], i: usize) -> usize {
+    let bit = TRIE_ROOT_BITS as usize + i * TRIE_STRIDE_BITS as usize;
+    // `& 15` in the index itself: the verifier sees the read inside the 16 bytes.
+    let byte = b[(bit / 8) & 15];
+    let shift = 8 - TRIE_STRIDE_BITS as usize - bit % 8;
+    (usize::from(byte) >> shift) & (TRIE_NODE_WORDS as usize - 1)
 }
 
 #[inline(always)]

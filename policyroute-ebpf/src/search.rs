@@ -7,7 +7,7 @@ use core::ffi::c_void;
 use aya_ebpf::helpers::generated::bpf_loop;
 use policyroute_common::{
     Control, RuleKey, ShapeTable, GENERATIONS, MAX_SHAPES, SHAPE_DSCP, SHAPE_DST_CLASS,
-    SHAPE_PROTO, SHAPE_SRC, SHAPE_SRC_CLASS,
+    SHAPE_PROTO, SHAPE_SRC_CLASS, TRIE_NONE,
 };
 
 use crate::{parse::Packet, prefix_trie, RULES, TABLES};
@@ -25,23 +25,19 @@ pub struct Hit {
 pub fn classify(pkt: &Packet, control: &Control) -> Option<Hit> {
     let generation = control.generation % GENERATIONS;
     let table = TABLES.get(generation * 2 + pkt.family)?;
-    // An unknown source (an unbound socket) matches no source condition.
-    let src_class = if pkt.unknown & SHAPE_SRC != 0 {
-        0
-    } else {
-        prefix_trie::class(table.trie_base, table.src_root, &pkt.src, pkt.family)
-    };
-    let dst_class = prefix_trie::class(table.trie_base, table.dst_root, &pkt.dst, pkt.family);
     let mut search = Search {
         pkt,
         table,
-        src_class,
-        dst_class,
+        src_class: 0,
+        dst_class: 0,
         best_prio: u32::MAX,
         best_mark: 0,
         best_counter: 0,
         best_target: 0,
     };
+    if crate::tries_enabled() && (table.src_root != TRIE_NONE || table.dst_root != TRIE_NONE) {
+        prefix_trie::classes(&mut search.src_class, &mut search.dst_class, table, pkt);
+    }
     // A function pointer (not an integer) so the linker emits a BPF_PSEUDO_FUNC relocation.
     let step = search_step as *mut c_void;
     let n = table.len.min(MAX_SHAPES as u32);

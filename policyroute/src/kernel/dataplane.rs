@@ -7,13 +7,13 @@ use std::{
 };
 
 use aya::{
-    maps::MapError,
+    maps::{MapData, MapError},
     programs::{CgroupSockAddr, ProgramError, ProgramFd, ProgramInfo, SchedClassifier},
     Ebpf, EbpfError, EbpfLoader,
 };
 use policyroute_common::{
-    names::{MAPS, PREFIX_TRIE_MAP, SOCK_PROGRAMS, TC_INGRESS, TC_PROGRAMS},
-    COUNTERS_MAP, RULES_MAP,
+    names::{MAPS, PREFIX_TRIE_MAP, SOCK_PROGRAMS, TC_INGRESS, TC_PROGRAMS, TRIES_GLOBAL},
+    COUNTERS_MAP, RULES_MAP, TRIE_DISABLED_NODES,
 };
 
 use crate::{
@@ -70,6 +70,8 @@ impl Dataplane {
             .map_max_entries(RULES_MAP, capacity.entries)
             .map_max_entries(COUNTERS_MAP, capacity.rules)
             .map_max_entries(PREFIX_TRIE_MAP, capacity.trie_nodes);
+        let tries = u32::from(capacity.trie_nodes > TRIE_DISABLED_NODES);
+        loader.override_global(TRIES_GLOBAL, &tries, true);
         Self::load_with(loader)
     }
 
@@ -80,6 +82,10 @@ impl Dataplane {
         for name in MAPS {
             loader.map_pin_path(name, pin_dir.join(name));
         }
+        // The same trie code as the programs already loaded: the shared map's size says.
+        let trie = MapData::from_pin(pin_dir.join(PREFIX_TRIE_MAP))?;
+        let tries = u32::from(trie.info()?.max_entries() > TRIE_DISABLED_NODES);
+        loader.override_global(TRIES_GLOBAL, &tries, true);
         Self::load_with(loader)
     }
 

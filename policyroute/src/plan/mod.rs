@@ -19,7 +19,7 @@ use std::{
 };
 
 use policyroute_common::{
-    TargetState, DEFAULT_MAX_COUNTERS, DEFAULT_MAX_ENTRIES, DEFAULT_TRIE_NODES,
+    TargetState, DEFAULT_MAX_COUNTERS, DEFAULT_MAX_ENTRIES, DEFAULT_TRIE_NODES, TRIE_DISABLED_NODES,
 };
 use serde::Serialize;
 
@@ -100,7 +100,7 @@ pub struct Capacity {
     pub entries: u32,
     /// Rules with a counter (per-CPU memory: 16 bytes per rule per possible CPU).
     pub rules: u32,
-    /// Nodes (1 KiB) of the prefix trie map: two halves, the live image and the next one.
+    /// Nodes (64 bytes) of the prefix trie map: two halves, the live image and the next one.
     pub trie_nodes: u32,
 }
 
@@ -124,8 +124,13 @@ impl Capacity {
         Self {
             entries: grow(compiled.entries.len(), 1 << 14),
             rules: grow(compiled.counter_slots, 1 << 12),
-            // Preallocated (an array): a policy without sets costs two nodes.
-            trie_nodes: grow(compiled.trie.nodes(), 2),
+            // Preallocated (an array). A policy without tries gets programs without trie
+            // code (they load faster) and a one-node map; one with tries gets room for its
+            // image twice (the live one and the next).
+            trie_nodes: match compiled.trie.nodes() {
+                0 => TRIE_DISABLED_NODES,
+                n => grow(n, 2),
+            },
         }
     }
 
@@ -383,12 +388,16 @@ fn dataplane_step(
             id: dp.id,
             new_programs: false,
         },
-        Some(_) => {
-            warnings.push(
-                "the policy outgrew the classifier's maps: loading larger ones; rule counters \
-                 restart at 0"
-                    .into(),
-            );
+        Some(dp) => {
+            let why = if dp.capacity.trie_nodes <= TRIE_DISABLED_NODES {
+                "the policy's prefix sets need the classifier's trie code, which the loaded one \
+                 was loaded without (its policy had no sets)"
+            } else {
+                "the policy outgrew the classifier's maps"
+            };
+            warnings.push(format!(
+                "{why}: loading a new one; rule counters restart at 0"
+            ));
             DataplaneStep::Load(Capacity::for_policy(compiled))
         }
         None => DataplaneStep::Load(Capacity::for_policy(compiled)),

@@ -2,20 +2,21 @@
 //! path-compressed leaves): an address's class is the class of the longest prefix holding
 //! it, found with one array read per level whatever the number of prefixes or lengths.
 //!
-//! A root indexes the first 16 bits of an address, each node below it the next 8, so an
-//! IPv4 address takes at most 3 reads and an IPv6 address 15 (one more for a leaf). A
-//! word is a class, `TRIE_NODE | node index`, or `TRIE_NODE | TRIE_LEAF | leaf index`.
-//! Prefixes are expanded into the node they end in; a node starts as copies of the class
-//! of the word it replaces, so shorter prefixes are pushed down into it (leaf pushing).
-//! A lone prefix below a word does not get a chain of nodes: a leaf keeps it whole (its
-//! address and length) with the class of an address it holds and of one it does not.
-//! That bounds the memory of long, sparse prefixes (an IPv6 /128 costs 32 bytes, not 14
-//! nodes of 1 KiB).
+//! A root indexes the first 16 bits of an address, each node below it the next
+//! `TRIE_STRIDE_BITS` (4: a node is 16 words, one cache line), so an IPv4 address takes at
+//! most 5 reads and an IPv6 address 29, and one more for a leaf; real lists take far fewer,
+//! as leaves end most paths early. A word is a class, `TRIE_NODE | node index`, or
+//! `TRIE_NODE | TRIE_LEAF | leaf index`. Prefixes are expanded into the node they end in;
+//! a node starts as copies of the class of the word it replaces, so shorter prefixes are
+//! pushed down into it (leaf pushing). A lone prefix below a word does not get a chain of
+//! nodes: a leaf keeps it whole (its address and length) with the class of an address it
+//! holds and of one it does not. That bounds the memory of long, sparse prefixes (an IPv6
+//! /128 costs 32 bytes, not a chain of 28 nodes).
 //!
 //! Images are position-independent (node indexes relative to the image's first node), so
 //! the controller writes a new one beside the live one and publishes both roots at once.
-//! Everything is laid out in whole nodes of 256 words (a root is 256 consecutive nodes,
-//! 32 leaves share one): the kernel map holds one node per element.
+//! Everything is laid out in whole nodes (a root is 4,096 consecutive nodes, two leaves
+//! share one): the kernel map holds one node per element.
 use policyroute_common::{
     TRIE_INDEX, TRIE_LEAF, TRIE_LEAF_WORDS, TRIE_LEAVES_PER_NODE, TRIE_NODE, TRIE_NODE_WORDS,
     TRIE_ROOT_BITS, TRIE_STRIDE_BITS,
@@ -301,9 +302,10 @@ mod tests {
             })
             .collect();
         let root = image.add(&mut hosts);
-        // The root, one node under 2001:db8::/32's 16-bit entry... and leaves: well under
-        // the 14 nodes per /128 a chain would take.
-        assert!(image.nodes() < 256 + 64, "{} nodes", image.nodes());
+        // The root, a few nodes where the hosts' paths part, and a leaf each: far from the
+        // 28 nodes per /128 a chain would take.
+        let root_nodes = (1 << TRIE_ROOT_BITS) / TRIE_NODE_WORDS as usize;
+        assert!(image.nodes() < root_nodes + 1500, "{} nodes", image.nodes());
         let host = (0x2001_0db8_u128 << 96) | (7 << 80) | 1;
         assert_eq!(image.lookup(root, &host.to_be_bytes()), 5);
         assert_eq!(image.lookup(root, &(host + 1).to_be_bytes()), 0);

@@ -74,7 +74,11 @@ fn main() -> anyhow::Result<()> {
     let mut one_rule = std::collections::HashMap::new();
     let mut worst_ratio: f64 = 0.0;
     let mut prog = None;
-    for n in SIZES {
+    // `POLICYROUTE_BENCH_CLASSIFY=sets`: only the 1-rule reference and the sets table,
+    // written to `classify-sets.*` (a quick run while working on the tries).
+    let only_sets = std::env::var("POLICYROUTE_BENCH_CLASSIFY").as_deref() == Ok("sets");
+    let sizes = if only_sets { &SIZES[..1] } else { &SIZES[..] };
+    for &n in sizes {
         eprintln!("classify: {n} rules per family");
         let (applied, took) = b.apply(&same_shape_policy(n))?;
         for v6 in [false, true] {
@@ -114,9 +118,22 @@ fn main() -> anyhow::Result<()> {
         "**missed**"
     };
     let applied = prog.expect("at least one size");
-    let attribution = attribution(&mut b, &applied, noop)?;
-    let shapes = shapes_table(&mut b, noop)?;
-    let targets = targets_table(&mut b, noop)?;
+    let skipped = || (Table::new(&["skipped"]), Vec::new());
+    let attribution = if only_sets {
+        skipped()
+    } else {
+        attribution(&mut b, &applied, noop)?
+    };
+    let shapes = if only_sets {
+        skipped()
+    } else {
+        shapes_table(&mut b, noop)?
+    };
+    let targets = if only_sets {
+        skipped()
+    } else {
+        targets_table(&mut b, noop)?
+    };
     let sets = sets_table(&mut b, noop, &one_rule)?;
     let _ = cli::run(&b.ns, &["flush"]);
     let md = format!(
@@ -143,7 +160,11 @@ fn main() -> anyhow::Result<()> {
         big = SIZES[SIZES.len() - 1],
     );
     bench::write_results(
-        "classify",
+        if only_sets {
+            "classify-sets"
+        } else {
+            "classify"
+        },
         &md,
         &json!({
             "environment": bench::environment(),
@@ -653,5 +674,6 @@ fn trie_mib(prefixes: &[ipnet::IpNet]) -> f64 {
     };
     let compiled = policyroute::plan::compile::compile(&[rule], u32::MAX, &Default::default())
         .expect("compiles");
-    compiled.trie.nodes() as f64 / 1024.0
+    let node_bytes = policyroute_common::TRIE_NODE_WORDS as f64 * 4.0;
+    compiled.trie.nodes() as f64 * node_bytes / f64::from(1u32 << 20)
 }
