@@ -4,7 +4,8 @@
 //! entries, each belonging to a *shape* (which fields it matches and with which masks).
 //! Per packet the program does one masked hash lookup per shape of the packet's family and
 //! keeps the hit with the lowest priority number, so its cost depends on the number of
-//! shapes, never on the number of rules.
+//! shapes, never on the number of rules. Prefix sets (and fields with many prefix lengths)
+//! are keyed by address class, found by one walk down a multibit trie per field.
 #![no_std]
 
 pub mod fast;

@@ -3,7 +3,7 @@
 //! where it was, only the entries of the edited rules can differ: their old keys and their
 //! new ones. The executor then looks those up instead of reading the whole map, so a
 //! one-rule change costs a handful of lookups, not a dump of every entry.
-use policyroute_common::RuleKey;
+use policyroute_common::{RuleKey, SHAPE_DST_CLASS, SHAPE_SRC_CLASS};
 use rustc_hash::FxHashSet;
 
 use super::{compile::keys_of, record::Record, DataplaneStep, Observed, Plan};
@@ -20,8 +20,12 @@ pub fn entries_to_check(
         return None;
     }
     // A list file may change under an unchanged policy text, and class ids depend on the
-    // whole policy: every entry is compared.
-    if !previous.policy.sets.is_empty() || plan.compiled.uses_classes() {
+    // whole policy (the live entries' too): every entry is compared.
+    let class_shapes = dp
+        .shapes
+        .keys()
+        .any(|d| d.flags & (SHAPE_SRC_CLASS | SHAPE_DST_CLASS) != 0);
+    if class_shapes || !previous.policy.sets.is_empty() || plan.compiled.uses_classes() {
         return None;
     }
     let (old, new) = (previous.digests.as_ref()?, plan.record.digests.as_ref()?);

@@ -5,6 +5,10 @@
 //! per (family, source-port block, destination-port block); entries sharing a shape share
 //! one hash lookup per packet. The packet cost is therefore bounded by the number of
 //! shapes per family (at most `MAX_SHAPES`), whatever the number of rules.
+//!
+//! Address conditions that are sets, and literal prefixes of a field that comes in many
+//! lengths, are keyed by the address's class instead of its masked bits (see `classes`):
+//! one trie walk per field replaces a shape per prefix length.
 use std::collections::BTreeMap;
 
 use rustc_hash::FxHashMap as HashMap;
@@ -65,8 +69,9 @@ pub enum CompileError {
         source: RuleError,
     },
     #[error(
-        "the policy needs {count} distinct {family} rule shapes, the classifier handles \
-         {MAX_SHAPES}; use fewer distinct prefix lengths or port ranges that align to powers of two"
+        "the policy needs {count} distinct {family} rule shapes (combinations of protocol, \
+         DSCP and port-range blocks), the classifier handles {MAX_SHAPES}; use port ranges \
+         that align to powers of two"
     )]
     TooManyShapes { family: Family, count: usize },
     #[error(

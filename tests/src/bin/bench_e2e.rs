@@ -364,12 +364,13 @@ fn set_policy(n: usize, fast_path: bool) -> (String, TempFile) {
     (policy, list)
 }
 
-/// nftables: the list as an interval set, matched in prerouting.
+/// nftables: the list as an interval set, matched in prerouting (`list` is a keyword of
+/// nft's grammar, so the set is `dsts`, in ipset too).
 fn nft_set_ruleset(n: usize) -> String {
     format!(
-        "table ip bench {{\n  set list {{\n    type ipv4_addr\n    flags interval\n    \
+        "table ip bench {{\n  set dsts {{\n    type ipv4_addr\n    flags interval\n    \
          elements = {{ {} }}\n  }}\n  chain prerouting {{\n    type filter hook prerouting \
-         priority mangle; policy accept;\n    meta l4proto udp ip daddr @list meta mark set \
+         priority mangle; policy accept;\n    meta l4proto udp ip daddr @dsts meta mark set \
          {MARK:#x}\n  }}\n}}\n",
         list_prefixes(n).join(", ")
     )
@@ -378,11 +379,11 @@ fn nft_set_ruleset(n: usize) -> String {
 /// ipset: the list as a hash:net set; then one iptables rule matches it.
 fn ipset_restore(n: usize) -> String {
     let mut s = format!(
-        "create list hash:net family inet maxelem {}\n",
+        "create dsts hash:net family inet maxelem {}\n",
         (n * 2).max(65536)
     );
     for p in list_prefixes(n) {
-        let _ = writeln!(s, "add list {p}");
+        let _ = writeln!(s, "add dsts {p}");
     }
     s
 }
@@ -467,7 +468,7 @@ fn load_list(v: Variant, r: &NetNs, n: usize, cap: Duration) -> Result<Option<Du
             let f = TempFile::new("ipset.restore", &ipset_restore(n));
             let script = format!(
                 "ipset restore < {} && iptables -t mangle -A PREROUTING -p udp -m set \
-                 --match-set list dst -j MARK --set-mark {MARK:#x}",
+                 --match-set dsts dst -j MARK --set-mark {MARK:#x}",
                 f.arg()
             );
             (ns_exec(&["sh", "-c", &script]), vec![f])
