@@ -313,3 +313,66 @@ pub fn policy_toml(n: usize, changed: Option<usize>) -> String {
     }
     s
 }
+
+/// A list shaped like a real country list (about 50,000 IPv4 prefixes over 24 lengths,
+/// mostly /16 to /24, and 37,000 IPv6 prefixes over about 110 lengths, mostly /29, /32 and
+/// /48), drawn from `seed`; IPv4 in 2.0.0.0/7 to 95.0.0.0/8, IPv6 in 2a00::/12. No packet is
+/// sent to these: tests add documentation prefixes for that.
+pub fn country_list(seed: u64) -> Vec<ipnet::IpNet> {
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+    // (length, weight in thousandths) of the IPv4 part.
+    const V4: [(u8, u32); 24] = [
+        (8, 1),
+        (9, 1),
+        (10, 3),
+        (11, 5),
+        (12, 10),
+        (13, 15),
+        (14, 20),
+        (15, 20),
+        (16, 60),
+        (17, 30),
+        (18, 40),
+        (19, 60),
+        (20, 70),
+        (21, 80),
+        (22, 120),
+        (23, 100),
+        (24, 350),
+        (25, 5),
+        (26, 4),
+        (27, 3),
+        (28, 3),
+        (29, 3),
+        (30, 2),
+        (32, 1),
+    ];
+    let mut rng = StdRng::seed_from_u64(seed);
+    let total: u32 = V4.iter().map(|(_, w)| w).sum();
+    let mut set = std::collections::BTreeSet::new();
+    while set.len() < 50_000 {
+        let mut pick = rng.gen_range(0..total);
+        let len = V4
+            .iter()
+            .find(|(_, w)| {
+                let hit = pick < *w;
+                pick = pick.saturating_sub(*w);
+                hit
+            })
+            .map_or(24, |(l, _)| *l);
+        let addr = rng.gen_range(0x0200_0000u32..0x5f00_0000);
+        let net = ipnet::Ipv4Net::new(addr.into(), len).unwrap().trunc();
+        set.insert(ipnet::IpNet::V4(net));
+    }
+    while set.len() < 87_000 {
+        let len = match rng.gen_range(0..10) {
+            0..=5 => [29u8, 32, 48][rng.gen_range(0..3)],
+            6..=8 => rng.gen_range(19..=64),
+            _ => rng.gen_range(65..=128),
+        };
+        let addr = (0x2a00u128 << 112) | (rng.gen::<u128>() >> 12);
+        let net = ipnet::Ipv6Net::new(addr.into(), len).unwrap().trunc();
+        set.insert(ipnet::IpNet::V6(net));
+    }
+    set.into_iter().collect()
+}

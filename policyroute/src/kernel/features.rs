@@ -159,10 +159,12 @@ fn helper(program: ProgramType, helper: BpfHelper) -> bool {
     is_helper_supported(program, helper).unwrap_or(false)
 }
 
-/// Whether each feature is there, probed once per process (a daemon re-applies often).
-fn probed() -> &'static [bool] {
-    static PROBED: OnceLock<Vec<bool>> = OnceLock::new();
-    PROBED.get_or_init(|| FEATURES.iter().map(|f| (f.probe)()).collect())
+/// Whether feature `i` is there, probed when first needed and then remembered for the
+/// process (a daemon re-applies often). Only what the policy needs is probed: the fast
+/// path's probe loads and test-runs a program, which every other apply would pay for.
+fn probed(i: usize) -> bool {
+    static PROBED: [OnceLock<bool>; FEATURES.len()] = [const { OnceLock::new() }; FEATURES.len()];
+    *PROBED[i].get_or_init(|| (FEATURES[i].probe)())
 }
 
 /// The first feature missing among those the policy needs (`local`: `[attach] local`,
@@ -171,13 +173,10 @@ pub fn check(local: bool, fast: bool) -> Result<(), MissingFeature> {
     let needed = |f: &Feature| {
         f.needed_by == CORE || (local && f.needed_by == LOCAL) || (fast && f.needed_by == FAST)
     };
-    let missing = FEATURES
-        .iter()
-        .zip(probed())
-        .find(|(f, &have)| !have && needed(f));
-    match missing {
+    let missing = (0..FEATURES.len()).find(|&i| needed(&FEATURES[i]) && !probed(i));
+    match missing.map(|i| &FEATURES[i]) {
         None => Ok(()),
-        Some((f, _)) => Err(MissingFeature {
+        Some(f) => Err(MissingFeature {
             feature: f.name,
             since: f.since,
             needed_by: f.needed_by,

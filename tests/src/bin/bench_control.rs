@@ -7,7 +7,9 @@
 use std::{process::Command, time::Duration};
 
 use policyroute_tests::{
-    bench::{self, env_or, measure, perf_symbols, policy_toml, Measured, Spread, Table},
+    bench::{
+        self, country_list, env_or, measure, perf_symbols, policy_toml, Measured, Spread, Table,
+    },
     cli,
     daemon::Daemon,
     fixture::{lone_router, TempFile},
@@ -110,6 +112,64 @@ fn peak_rss_kib(pid: i32) -> u64 {
         .unwrap_or(0)
 }
 
+/// A country-shaped list (50,000 IPv4 + 37,000 IPv6 prefixes of mixed lengths) in one set:
+/// apply into a clean namespace, then the list file rewritten with one prefix replaced and
+/// the policy applied again (alternating between the two lists), three of each.
+fn country_list_ops(ns: &NetNs, cap: Duration) -> Vec<Op> {
+    let list = country_list(7);
+    let mut other = list.clone();
+    let at = list.len() / 2;
+    other[at] = "198.18.77.0/24".parse().unwrap();
+    let text = |l: &[ipnet::IpNet]| l.iter().map(|p| format!("{p}\n")).collect::<String>();
+    let file = TempFile::new("country.txt", &text(&list));
+    let name = file.path.file_name().unwrap().to_str().unwrap().to_owned();
+    let policy = format!(
+        "{}[[set]]\nname = \"country\"\nfile = \"{name}\"\n\n[[rule]]\nname = \"to-country\"\n\
+         dst = \"@country\"\ngateway = \"isp2\"\n",
+        policy_toml(0, None)
+    );
+    let policy = TempFile::new("country.toml", &policy);
+    let apply = || policyroute(ns, &["apply", "-c", policy.arg(), "--json"], cap);
+    let rows = list.len();
+    let mut fresh = Op {
+        name: "apply a country list (clean namespace)".into(),
+        rules: rows,
+        target_s: Some(2.0),
+        runs: Vec::new(),
+        note: String::new(),
+    };
+    let mut change = Op {
+        name: "re-apply, one list prefix changed".into(),
+        rules: rows,
+        target_s: Some(0.15),
+        runs: Vec::new(),
+        note: String::new(),
+    };
+    for round in 0..3 {
+        eprintln!("control: country list, round {}", round + 1);
+        policyroute(ns, &["flush"], cap);
+        file.write(&text(&list));
+        let m = apply();
+        fresh.note = list_note(&m);
+        fresh.runs.push(m);
+        for l in [&other, &list] {
+            file.write(&text(l));
+            let m = apply();
+            change.note = list_note(&m);
+            change.runs.push(m);
+        }
+    }
+    policyroute(ns, &["flush"], cap);
+    vec![fresh, change]
+}
+
+/// [`entries`] and the prefix trie words stored.
+fn list_note(m: &Measured) -> String {
+    let v: Value = serde_json::from_str(&m.stdout).unwrap_or(Value::Null);
+    let words = v["entries"]["trie_words"].as_u64().unwrap_or(0);
+    format!("{}, {words} trie words stored", entries(m))
+}
+
 fn main() {
     let cap = Duration::from_secs(env_or("POLICYROUTE_BENCH_CONTROL_CAP", 300));
     let big: usize = env_or("POLICYROUTE_BENCH_CONTROL_RULES", 100_000);
@@ -147,6 +207,8 @@ fn main() {
         runs: vec![m],
         note: String::new(),
     });
+
+    ops.extend(country_list_ops(&ns, cap));
 
     // The large policy: apply, re-apply with one rule changed (alternating between the two
     // files, each re-apply is a one-rule change), flush. Fast enough: three of each.
