@@ -5,8 +5,11 @@ use policyroute::policy::{
     matcher::Family,
     sets::{parse_list, PrefixSet},
 };
+use std::time::Duration;
+
 use policyroute_tests::{
     cli,
+    daemon::Daemon,
     fixture::{self, TempFile, GATEWAY_ISP2},
     topology::{Place, Topology, LAN_HOST, LAN_HOST6},
 };
@@ -128,4 +131,37 @@ fn counts(text: &str) -> (Option<u64>, Option<u64>) {
     let set = PrefixSet::new("x".into(), None, parse_list(text).unwrap());
     let n = |f| Some(set.count(f) as u64);
     (n(Family::V4), n(Family::V6))
+}
+
+/// `policyroute run` reads the lists again on SIGHUP, like the policy, with an unchanged
+/// policy file; a broken list on SIGHUP keeps the running policy.
+#[test]
+fn run_reads_the_lists_again_on_sighup() {
+    let t = Topology::new("setshup");
+    let list_file = TempFile::new("de.txt", "198.18.0.0/24\n2001:db8:ffff::/64\n");
+    let policy_file = TempFile::new("policy.toml", &policy(&list_file));
+    let d = Daemon::start(&t.router, policy_file.arg(), &[], &[]);
+    d.ready();
+    assert_eq!(place(&t, LAN_HOST, 42100, "198.18.0.1"), Some(Place::Up2));
+    assert_eq!(place(&t, LAN_HOST, 42101, "198.18.1.1"), Some(Place::Up1));
+
+    list_file.write("198.18.1.0/24\n2001:db8:ffff::/64\n");
+    d.signal(libc::SIGHUP);
+    assert!(
+        d.wait_log("reload done", 1, Duration::from_secs(10)),
+        "{}",
+        d.log_text()
+    );
+    assert_eq!(place(&t, LAN_HOST, 42102, "198.18.0.1"), Some(Place::Up1));
+    assert_eq!(place(&t, LAN_HOST, 42103, "198.18.1.1"), Some(Place::Up2));
+
+    list_file.write("");
+    d.signal(libc::SIGHUP);
+    assert!(
+        d.wait_log("stays in force", 1, Duration::from_secs(10)),
+        "{}",
+        d.log_text()
+    );
+    assert!(d.log_text().contains("is empty"), "{}", d.log_text());
+    assert_eq!(place(&t, LAN_HOST, 42104, "198.18.1.1"), Some(Place::Up2));
 }
