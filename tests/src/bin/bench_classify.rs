@@ -144,9 +144,11 @@ fn main() -> anyhow::Result<()> {
          round by round, median of {} rounds):\n\n{}\n\
          Worst case (a miss scans every shape), 1,000 IPv4 rules:\n\n{}\n\
          What the rule's target adds, 1,000 IPv4 rules, hits:\n\n{}\n\
-         Prefix sets: one `[[set]]` of N prefixes per family, lengths drawn uniformly from \
+         Prefix sets: one `[[set]]`: uniform N, N prefixes per family with lengths drawn uniformly from \
          /1–/32 (IPv4) and /1–/128 (IPv6), all in the lower half of the address space (misses \
-         go to the upper half); a rule `dst = \"@big\"` alone, or with `proto = \"tcp\"` and \
+         go to the upper half); country: `bench::country_list`, 50,000 IPv4 prefixes over 24 \
+         lengths (mostly /16–/24) and 37,000 IPv6 over about 110 (mostly /29, /32, /48); a \
+         rule `dst = \"@big\"` alone, or with `proto = \"tcp\"` and \
          `dport = 443`. \"vs 1 rule\" divides by the 1-rule row of the first table (same \
          family and case); trie: the nodes the image takes (the map holds two images):\n\n{}",
         b.packets,
@@ -583,7 +585,7 @@ fn sets_table(
     one_rule: &std::collections::HashMap<(bool, bool), f64>,
 ) -> anyhow::Result<(Table, Vec<serde_json::Value>)> {
     let mut table = Table::new(&[
-        ">prefixes per family",
+        "list (prefixes per family)",
         ">apply s",
         ">trie MiB",
         "rule",
@@ -593,12 +595,25 @@ fn sets_table(
         ">vs 1 rule",
     ]);
     let mut rows = Vec::new();
-    for n in SET_SIZES {
-        let prefixes: Vec<ipnet::IpNet> = [false, true]
-            .into_iter()
-            .flat_map(|v6| (0..n).map(move |_| v6))
-            .map(|v6| set_prefix(&mut b.rng, v6))
-            .collect();
+    let mut lists: Vec<(String, Vec<ipnet::IpNet>)> = SET_SIZES
+        .iter()
+        .map(|&n| {
+            let prefixes = [false, true]
+                .into_iter()
+                .flat_map(|v6| (0..n).map(move |_| v6))
+                .map(|v6| set_prefix(&mut b.rng, v6))
+                .collect();
+            (format!("uniform {n}"), prefixes)
+        })
+        .collect();
+    lists.insert(
+        1,
+        (
+            "country 50k + 37k".into(),
+            policyroute_tests::bench::country_list(7),
+        ),
+    );
+    for (n, prefixes) in lists {
         let list: String = prefixes.iter().map(|p| format!("{p}\n")).collect();
         let list_file = TempFile::new("big.txt", &list);
         let trie_mib = trie_mib(&prefixes);
@@ -613,7 +628,7 @@ fn sets_table(
                 "[[set]]\nname = \"big\"\nfile = \"{name}\"\n\n[[rule]]\nname = \"r\"\n{conds}\
                  dst = \"@big\"\nmark = 1\n\n[attach]\ningress = [\"lan0\"]\n"
             );
-            eprintln!("classify: set of {n} prefixes per family, {what}");
+            eprintln!("classify: set {n}, {what}");
             let (applied, took) = b.apply(&policy)?;
             for v6 in [false, true] {
                 let family: Vec<&ipnet::IpNet> = prefixes
@@ -636,7 +651,7 @@ fn sets_table(
                     let family = if v6 { "IPv6" } else { "IPv4" };
                     let case = if hit { "hit" } else { "miss" };
                     table.row(vec![
-                        n.to_string(),
+                        n.clone(),
                         format!("{:.2}", took.as_secs_f64()),
                         format!("{trie_mib:.1}"),
                         what.into(),

@@ -443,6 +443,7 @@ fn main() {
     let classify = read_json("classify.json");
     let e2e = read_json("e2e.json");
     let control = read_json("control.json");
+    let e2e_sets = read_json("e2e-sets.json");
     let env = [&classify, &e2e, &control]
         .into_iter()
         .flatten()
@@ -457,7 +458,7 @@ fn main() {
         eprintln!("report: gnuplot failed or is missing; no plot");
     }
     let part = |name: &str| fs::read_to_string(results.join(name)).unwrap_or_default();
-    let parts: Vec<String> = ["classify.md", "e2e.md", "control.md"]
+    let parts: Vec<String> = ["classify.md", "e2e.md", "e2e-sets.md", "control.md"]
         .into_iter()
         .map(part)
         .collect();
@@ -481,13 +482,20 @@ fn main() {
         &notes,
     );
     bench::write_result("report.md", &report);
-    let section = readme_section(
+    let mut section = readme_section(
         &env,
         plotted,
         classify.as_ref(),
         e2e.as_ref(),
         control.as_ref(),
     );
+    if let Some(rows) = e2e_sets.as_ref().map(sets_readme_rows) {
+        // At the end of the headline table.
+        let table = section.find("| measured |");
+        if let Some(end) = table.and_then(|t| section[t..].find("\n\n").map(|e| t + e + 1)) {
+            section.insert_str(end, &rows);
+        }
+    }
     if !results_are_the_repos(&results) {
         bench::write_result("readme-section.md", &section);
         eprintln!(
@@ -626,6 +634,32 @@ fn met(ok: bool) -> &'static str {
 
 /// The README table's end-to-end rows: every variant at 10k entries on matched traffic,
 /// the fast path on unmatched traffic, each with the target it is judged by.
+/// The prefix-list benchmark's headline rows: at each list size, policyroute (mark-based and
+/// fast path) against nftables' interval set and ipset's hash:net, matched traffic.
+fn sets_readme_rows(e: &Value) -> String {
+    let mut s = String::new();
+    for n in e2e_sizes(e) {
+        let ratio = |key| e2e_row(e, key, MATCHED, n).map(|r| f(&r["ratio"]["median"]));
+        let (Some(pr), Some(fast), Some(nft), Some(ipset)) = (
+            ratio("policyroute"),
+            ratio("fast-path"),
+            ratio("nftables"),
+            ratio("iptables"),
+        ) else {
+            continue;
+        };
+        let _ = writeln!(
+            s,
+            "| forwarding through a {}-prefix list (mixed lengths), matched traffic, × the \
+             baseline | policyroute {pr:.3}, fast path {fast:.3}; nftables interval set \
+             {nft:.3}, ipset hash:net {ipset:.3} | at least nftables and ipset: {} |",
+            thousands(n),
+            met(pr >= nft && pr >= ipset)
+        );
+    }
+    s
+}
+
 fn e2e_readme_rows(e: &Value) -> String {
     let n = 10_000;
     let mut s = String::new();
@@ -730,29 +764,46 @@ fn readme_section(
         s.push_str(&e2e_readme_rows(e));
     }
     if let Some(c) = control {
-        for (op, title, target, stated) in [
+        for (op, rules, title, target, stated) in [
             (
                 "apply (clean namespace)",
+                100_000,
                 "`apply` of 100,000 rules",
                 2.0,
                 "under 2 s",
             ),
             (
                 "re-apply, one rule changed",
+                100_000,
                 "`apply` changing one rule of 100,000",
                 0.15,
                 "under 150 ms",
             ),
             (
                 "SIGHUP to run, one rule changed",
+                100_000,
                 "SIGHUP to `run` changing one rule of 100,000",
+                0.15,
+                "under 150 ms",
+            ),
+            (
+                "apply a country list (clean namespace)",
+                87_000,
+                "`apply` of a 50,000 + 37,000 prefix list",
+                2.0,
+                "under 2 s",
+            ),
+            (
+                "re-apply, one list prefix changed",
+                87_000,
+                "`apply` changing one prefix of that list",
                 0.15,
                 "under 150 ms",
             ),
         ] {
             let row = c["rows"].as_array().and_then(|rows| {
                 rows.iter()
-                    .find(|r| r["operation"] == op && r["rules"] == 100_000)
+                    .find(|r| r["operation"] == op && r["rules"] == rules)
             });
             let Some(row) = row else { continue };
             let med = f(&row["wall_s"]["median"]);
