@@ -94,7 +94,7 @@ impl Dataplane {
         let mut programs = BTreeMap::new();
         for name in TC_PROGRAMS {
             let prog = classifier_mut(&mut ebpf, name)?;
-            prog.load()?;
+            load_retrying(|| prog.load())?;
             programs.insert(name, prog.fd()?.try_clone().map_err(ProgramError::from)?);
         }
         for name in SOCK_PROGRAMS {
@@ -102,7 +102,7 @@ impl Dataplane {
                 .program_mut(name)
                 .ok_or(DataplaneError::Missing(name))?
                 .try_into()?;
-            prog.load()?;
+            load_retrying(|| prog.load())?;
             programs.insert(name, prog.fd()?.try_clone().map_err(ProgramError::from)?);
         }
         let maps = Maps::take(&mut ebpf)?;
@@ -181,4 +181,23 @@ pub fn classifier_mut<'a>(
         .program_mut(name)
         .ok_or(DataplaneError::Missing(name))?;
     Ok(prog.try_into()?)
+}
+
+/// Loads a program, again (up to 5 times) when the kernel answers EAGAIN: the verifier stops
+/// with it when a signal arrives while it works, which a long check on a busy machine meets
+/// now and then. libbpf retries the same way.
+pub fn load_retrying(
+    mut load: impl FnMut() -> Result<(), ProgramError>,
+) -> Result<(), ProgramError> {
+    let mut attempts = 5;
+    loop {
+        match load() {
+            Err(ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempts > 1 =>
+            {
+                attempts -= 1;
+            }
+            other => return other,
+        }
+    }
 }

@@ -193,7 +193,7 @@ fn fib_tbid() -> bool {
     let run = || -> Result<i32, Box<dyn std::error::Error>> {
         let mut obj = aya::Ebpf::load(objects::probes())?;
         let prog = classifier_mut(&mut obj, "pr_probe_tbid")?;
-        prog.load()?;
+        crate::kernel::dataplane::load_retrying(|| prog.load())?;
         // Any frame: the probe reads none of it.
         let out = testrun::run(prog, &[0u8; 64], testrun::Input::default(), 1)?;
         Ok(out.verdict)
