@@ -59,17 +59,25 @@ impl Classes {
             BTreeMap::new();
         for m in rules {
             for field in [Field::Src, Field::Dst] {
-                for (family, name, prefixes) in condition(m, field, &literal) {
-                    conditions
-                        .entry((family, field))
-                        .or_default()
-                        .entry(name)
-                        .or_insert(prefixes);
+                for family in [Family::V4, Family::V6] {
+                    let Some(name) = condition_name(m, field, family, &literal) else {
+                        continue;
+                    };
+                    // A set shared by many rules: its prefixes are gathered once. A set
+                    // without prefixes of this family makes no condition (nor a trie).
+                    let conds = conditions.entry((family, field)).or_default();
+                    if !conds.contains_key(&name) {
+                        let prefixes = condition_prefixes(m, field, family);
+                        if !prefixes.is_empty() {
+                            conds.insert(name, prefixes);
+                        }
+                    }
                 }
             }
         }
         let fields = conditions
             .into_iter()
+            .filter(|(_, conds)| !conds.is_empty())
             .map(|(at, conds)| (at, classify(&conds)))
             .collect();
         Self { fields, literal }
@@ -78,7 +86,7 @@ impl Classes {
     /// The condition of `m`'s `field` in `family` if it goes through a trie.
     pub fn condition_of(&self, m: &Match, family: Family, field: Field) -> Option<&[u32]> {
         let fc = self.fields.get(&(family, field))?;
-        let (name, _) = condition_name(m, field, family, &self.literal)?;
+        let name = condition_name(m, field, family, &self.literal)?;
         fc.of_condition.get(&name).map(Vec::as_slice)
     }
 
@@ -105,46 +113,41 @@ fn literal_fields<'a>(rules: impl Iterator<Item = &'a Match>) -> BTreeSet<(Famil
         .collect()
 }
 
-/// The name of `m`'s condition on `field` for `family` when it goes through a trie, and its
-/// prefixes of that family.
+/// The name of `m`'s condition on `field` for `family` when it goes through a trie: `@set`
+/// (a set with prefixes of that family), or a literal prefix of a field with many lengths.
 fn condition_name(
     m: &Match,
     field: Field,
     family: Family,
     literal: &BTreeSet<(Family, Field)>,
-) -> Option<(String, Vec<IpNet>)> {
+) -> Option<String> {
     let (net, set) = match field {
         Field::Src => (&m.src, &m.src_set),
         Field::Dst => (&m.dst, &m.dst_set),
     };
     if let Some(s) = set {
-        let prefixes = s
+        return Some(format!("@{}", s.name));
+    }
+    let n = net.filter(|n| n.prefix_len() > 0 && Family::of_net(n) == family)?;
+    literal.contains(&(family, field)).then(|| n.to_string())
+}
+
+/// The prefixes of `family` of the condition [`condition_name`] names.
+fn condition_prefixes(m: &Match, field: Field, family: Family) -> Vec<IpNet> {
+    let (net, set) = match field {
+        Field::Src => (&m.src, &m.src_set),
+        Field::Dst => (&m.dst, &m.dst_set),
+    };
+    match set {
+        Some(s) => s
             .set
             .prefixes
             .iter()
             .filter(|p| Family::of_net(p) == family)
             .copied()
-            .collect();
-        return Some((format!("@{}", s.name), prefixes));
+            .collect(),
+        None => net.iter().copied().collect(),
     }
-    let n = net.filter(|n| n.prefix_len() > 0 && Family::of_net(n) == family)?;
-    literal
-        .contains(&(family, field))
-        .then(|| (n.to_string(), vec![n]))
-}
-
-fn condition(
-    m: &Match,
-    field: Field,
-    literal: &BTreeSet<(Family, Field)>,
-) -> Vec<(Family, String, Vec<IpNet>)> {
-    [Family::V4, Family::V6]
-        .into_iter()
-        .filter_map(|f| {
-            let (name, prefixes) = condition_name(m, field, f, literal)?;
-            Some((f, name, prefixes))
-        })
-        .collect()
 }
 
 /// Classes of one field: every prefix gets the conditions of itself and of the prefixes
@@ -212,5 +215,59 @@ fn trie_prefix(net: &IpNet, class: u32) -> Prefix {
         addr,
         len: net.prefix_len(),
         class,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::policy::sets::{PrefixSet, SetRef};
+
+    fn with_dst_set(set: &Arc<PrefixSet>) -> Match {
+        Match {
+            dst_set: Some(SetRef::new(Arc::clone(set))),
+            ..Match::default()
+        }
+    }
+
+    #[test]
+    fn a_set_of_one_family_makes_no_trie_for_the_other() {
+        let set = Arc::new(PrefixSet::new(
+            "v4".into(),
+            None,
+            vec!["192.0.2.0/24".parse().unwrap()],
+        ));
+        let c = Classes::of([with_dst_set(&set)].iter());
+        assert_eq!(
+            c.fields.keys().copied().collect::<Vec<_>>(),
+            vec![(Family::V4, Field::Dst)]
+        );
+    }
+
+    #[test]
+    fn nested_conditions_make_classes_of_their_union() {
+        let wide = Arc::new(PrefixSet::new(
+            "wide".into(),
+            None,
+            vec!["198.18.0.0/15".parse().unwrap()],
+        ));
+        let narrow = Arc::new(PrefixSet::new(
+            "narrow".into(),
+            None,
+            vec![
+                "198.18.4.0/24".parse().unwrap(),
+                "203.0.113.0/24".parse().unwrap(),
+            ],
+        ));
+        let rules = [with_dst_set(&wide), with_dst_set(&narrow)];
+        let c = Classes::of(rules.iter());
+        let fc = &c.fields[&(Family::V4, Field::Dst)];
+        // {wide}, {narrow} and {wide, narrow}: narrow's /24 inside wide is both.
+        assert_eq!(fc.names.len(), 3);
+        assert_eq!(fc.of_condition["@wide"].len(), 2);
+        assert_eq!(fc.of_condition["@narrow"].len(), 2);
+        assert!(fc.names.values().any(|n| n.len() == 2));
     }
 }
