@@ -66,10 +66,10 @@ impl Classes {
                     // A set shared by many rules: its prefixes are gathered once. A set
                     // without prefixes of this family makes no condition (nor a trie).
                     let conds = conditions.entry((family, field)).or_default();
-                    if !conds.contains_key(&name) {
+                    if let std::collections::btree_map::Entry::Vacant(slot) = conds.entry(name) {
                         let prefixes = condition_prefixes(m, field, family);
                         if !prefixes.is_empty() {
-                            conds.insert(name, prefixes);
+                            slot.insert(prefixes);
                         }
                     }
                 }
