@@ -38,7 +38,8 @@ use crate::{
 /// Typed handles on the classifier's maps.
 pub struct Maps {
     pub rules: HashMap<MapData, RuleKey, RuleValue>,
-    /// The prefix tries (nodes of 256 words), written through a mapping (`trie_map`).
+    /// The prefix tries (nodes of `TRIE_NODE_WORDS` words), written through a mapping
+    /// (`trie_map`).
     pub trie: Array<MapData, TrieNode>,
     pub tables: Array<MapData, ShapeTable>,
     pub control: Array<MapData, Control>,
