@@ -7,8 +7,8 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
-/// A shared mapping of an array map as `u32` words (its elements are whole nodes of 256
-/// words, so the words are consecutive).
+/// A shared mapping of an array map as `u32` words (its elements are whole nodes, a
+/// multiple of 8 bytes, so the kernel pads none and the words are consecutive).
 pub struct Mapped {
     ptr: *mut libc::c_void,
     bytes: usize,
