@@ -75,6 +75,36 @@ pub fn json(ns: &NetNs, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&ok(ns, &full)).expect("valid JSON")
 }
 
+/// The arguments of `explain` for a UDP flow arriving on lan0 (the LAN side of the test
+/// topologies) from `src` (from port `sport`, when given) to `dst:dport`.
+pub fn explain_udp_args(src: &str, sport: Option<u16>, dst: &str, dport: u16) -> Vec<String> {
+    let mut args: Vec<String> = ["explain", "--iif", "lan0", "--proto", "udp", "--src", src]
+        .map(String::from)
+        .into();
+    if let Some(p) = sport {
+        args.extend(["--sport".into(), p.to_string()]);
+    }
+    args.extend([
+        "--dst".into(),
+        dst.into(),
+        "--dport".into(),
+        dport.to_string(),
+    ]);
+    args
+}
+
+/// [`explain_udp_args`] run in `ns`, with `--json`.
+pub fn explain_udp(
+    ns: &NetNs,
+    src: &str,
+    sport: Option<u16>,
+    dst: &str,
+    dport: u16,
+) -> serde_json::Value {
+    let args = explain_udp_args(src, sport, dst, dport);
+    json(ns, &args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
 /// Packets counted for the rule named `name` in `status --json`.
 pub fn packets(ns: &NetNs, name: &str) -> u64 {
     let s = json(ns, &["status"]);

@@ -142,14 +142,7 @@ fn local_flows(t: &Topology, cg: &Cgroup) {
 /// packets really take, with every member up and with isp2's device down, and says when
 /// the classifier drops a flow.
 fn explain_udp(t: &Topology, src: &str, sport: u16, dst: &str, dport: u16) -> serde_json::Value {
-    let (sport, dport) = (sport.to_string(), dport.to_string());
-    cli::json(
-        &t.router,
-        &[
-            "explain", "--iif", "lan0", "--proto", "udp", "--src", src, "--sport", &sport, "--dst",
-            dst, "--dport", &dport,
-        ],
-    )
+    cli::explain_udp(&t.router, src, Some(sport), dst, dport)
 }
 
 /// Explains and sends `n` UDP flows; returns how many explain put on each uplink.

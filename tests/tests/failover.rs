@@ -811,26 +811,7 @@ fn member_place(e: &serde_json::Value) -> Place {
 }
 
 fn explain(t: &Topology, sport: u16) -> serde_json::Value {
-    let sport = sport.to_string();
-    let port = PORT.to_string();
-    cli::json(
-        &t.router,
-        &[
-            "explain",
-            "--iif",
-            "lan0",
-            "--proto",
-            "udp",
-            "--src",
-            LAN_HOST,
-            "--sport",
-            &sport,
-            "--dst",
-            INTERNET[0],
-            "--dport",
-            &port,
-        ],
-    )
+    cli::explain_udp(&t.router, LAN_HOST, Some(sport), INTERNET[0], PORT)
 }
 
 #[test]

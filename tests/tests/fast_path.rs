@@ -229,14 +229,7 @@ fn explain_agrees_with_where_200_random_flows_went() {
         dsts.push(if v6 { LAN2_HOST6 } else { LAN2_HOST });
         let dst = *dsts.choose(&mut rng).unwrap();
         let (sport, dport) = (30_000 + i, rng.gen_range(1000..60000u16));
-        let (sport_s, dport_s) = (sport.to_string(), dport.to_string());
-        let e = cli::json(
-            &t.router,
-            &[
-                "explain", "--iif", "lan0", "--proto", "udp", "--src", src, "--sport", &sport_s,
-                "--dst", dst, "--dport", &dport_s,
-            ],
-        );
+        let e = cli::explain_udp(&t.router, src, Some(sport), dst, dport);
         let got = probe(&t, src, sport, dst, dport);
         let dev = e["dev"]
             .as_str()
@@ -256,23 +249,10 @@ fn explain_agrees_with_where_200_random_flows_went() {
         *seen.entry(dev.to_string()).or_insert(0) += 1;
     }
     assert_eq!(seen.len(), 3, "both members and the LAN: {seen:?}");
+    let args = cli::explain_udp_args(LAN_HOST, Some(1), "198.18.0.1", 53);
     let text = cli::ok(
         &t.router,
-        &[
-            "explain",
-            "--iif",
-            "lan0",
-            "--proto",
-            "udp",
-            "--src",
-            LAN_HOST,
-            "--sport",
-            "1",
-            "--dst",
-            "198.18.0.1",
-            "--dport",
-            "53",
-        ],
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
     );
     assert!(
         text.contains("route: forwarded by the dataplane via 203.0.113.2 dev wan2 (table 102)"),

@@ -70,22 +70,7 @@ fn a_list_routes_its_destinations_and_follows_edits() {
     assert_eq!((set["ipv4"].as_u64(), set["ipv6"].as_u64()), want, "{set}");
     assert_eq!(set["rules"][0]["name"], "to-de");
     assert!(set["rules"][0]["packets"].as_u64().unwrap() >= 2, "{set}");
-    let explain = cli::json(
-        &t.router,
-        &[
-            "explain",
-            "--iif",
-            "lan0",
-            "--proto",
-            "udp",
-            "--src",
-            LAN_HOST,
-            "--dst",
-            "198.18.0.1",
-            "--dport",
-            "9999",
-        ],
-    );
+    let explain = cli::explain_udp(&t.router, LAN_HOST, None, "198.18.0.1", 9999);
     assert_eq!(explain["rule"], "to-de");
     assert_eq!(explain["sets"][0], "dst @de (198.18.0.0/24)", "{explain}");
 

@@ -19,7 +19,10 @@ use policyroute_common::TRIE_INDEX;
 use rustc_hash::FxHashMap;
 
 use super::prefix_trie::Prefix;
-use crate::policy::matcher::{Family, Match};
+use crate::policy::{
+    matcher::{Family, Match},
+    sets::SetRef,
+};
 
 /// A field whose literal prefixes come in at least this many lengths goes through a trie:
 /// a trie walk (at most 3 array reads for IPv4) is cheaper than that many hash lookups.
@@ -121,10 +124,7 @@ fn condition_name(
     family: Family,
     literal: &BTreeSet<(Family, Field)>,
 ) -> Option<String> {
-    let (net, set) = match field {
-        Field::Src => (&m.src, &m.src_set),
-        Field::Dst => (&m.dst, &m.dst_set),
-    };
+    let (net, set) = field_of(m, field);
     if let Some(s) = set {
         return Some(format!("@{}", s.name));
     }
@@ -132,12 +132,17 @@ fn condition_name(
     literal.contains(&(family, field)).then(|| n.to_string())
 }
 
-/// The prefixes of `family` of the condition [`condition_name`] names.
-fn condition_prefixes(m: &Match, field: Field, family: Family) -> Vec<IpNet> {
-    let (net, set) = match field {
+/// `m`'s prefix and set condition on `field`.
+fn field_of(m: &Match, field: Field) -> (&Option<IpNet>, &Option<SetRef>) {
+    match field {
         Field::Src => (&m.src, &m.src_set),
         Field::Dst => (&m.dst, &m.dst_set),
-    };
+    }
+}
+
+/// The prefixes of `family` of the condition [`condition_name`] names.
+fn condition_prefixes(m: &Match, field: Field, family: Family) -> Vec<IpNet> {
+    let (net, set) = field_of(m, field);
     match set {
         Some(s) => s
             .set

@@ -394,11 +394,7 @@ fn load(v: Variant, r: &NetNs, n: usize, cap: Duration) -> Result<Option<Duratio
     if scenario() == Scenario::Sets {
         return load_list(v, r, n, cap);
     }
-    let ns_exec = |args: &[&str]| {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &r.name]).args(args);
-        c
-    };
+    let ns_exec = |args: &[&str]| ns_command(r, args);
     let (mut cmd, file) = match v {
         Variant::Baseline => return Ok(None),
         Variant::Rules => {
@@ -430,24 +426,14 @@ fn load(v: Variant, r: &NetNs, n: usize, cap: Duration) -> Result<Option<Duratio
             (ns_exec(&["ip", "-batch", f.arg()]), f)
         }
     };
-    let m = measure(&mut cmd, cap);
+    let loaded = timed_load(v, &mut cmd, cap);
     drop(file);
-    if m.timed_out {
-        return Err(format!("loading took over the {} s cap", cap.as_secs()));
-    }
-    if !m.status.success() {
-        panic!("{} load failed: {}{}", v.name(), m.stderr, m.stdout);
-    }
-    Ok(Some(m.wall))
+    loaded
 }
 
 /// [`load`] of the prefix-list scenario.
 fn load_list(v: Variant, r: &NetNs, n: usize, cap: Duration) -> Result<Option<Duration>, String> {
-    let ns_exec = |args: &[&str]| {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &r.name]).args(args);
-        c
-    };
+    let ns_exec = |args: &[&str]| ns_command(r, args);
     let (mut cmd, files) = match v {
         Variant::Baseline | Variant::IpRule => return Ok(None),
         Variant::Rules => {
@@ -479,8 +465,22 @@ fn load_list(v: Variant, r: &NetNs, n: usize, cap: Duration) -> Result<Option<Du
             (ns_exec(&["nft", "-f", f.arg()]), vec![f])
         }
     };
-    let m = measure(&mut cmd, cap);
+    let loaded = timed_load(v, &mut cmd, cap);
     drop(files);
+    loaded
+}
+
+/// `args` run in `r` (`ip netns exec`).
+fn ns_command(r: &NetNs, args: &[&str]) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", &r.name]).args(args);
+    c
+}
+
+/// Runs a variant's load command; its wall time, or why it was skipped (over the cap). A
+/// failed load stops the benchmark.
+fn timed_load(v: Variant, cmd: &mut Command, cap: Duration) -> Result<Option<Duration>, String> {
+    let m = measure(cmd, cap);
     if m.timed_out {
         return Err(format!("loading took over the {} s cap", cap.as_secs()));
     }
