@@ -294,7 +294,7 @@ impl Topology {
             .into_iter()
             .map(|(place, ns)| {
                 let _in = ns.enter();
-                (place, bind(SocketAddr::new(dst, port)))
+                (place, bind_when_free(SocketAddr::new(dst, port), &bind))
             })
             .collect()
     }
@@ -448,6 +448,25 @@ fn connect_from(src: IpAddr, sport: u16, dst: SocketAddr) -> Option<TcpStream> {
         Ok(()) => Some(s.into()),
         Err(e) if e.kind() == ErrorKind::TimedOut => None,
         Err(e) => panic!("connect {dst}: {e}"),
+    }
+}
+
+/// `bind(addr)`, tried again while the address is in use, for up to a second: tests run
+/// as threads of one process, and a child that another test forks copies this thread's
+/// sockets until it execs. The listener of the previous probe can so outlive its close by
+/// a moment, and would take the next probe's connection unseen.
+fn bind_when_free<S>(
+    addr: SocketAddr,
+    bind: impl Fn(SocketAddr) -> std::io::Result<S>,
+) -> std::io::Result<S> {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        match bind(addr) {
+            Err(e) if e.kind() == ErrorKind::AddrInUse && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            result => return result,
+        }
     }
 }
 

@@ -14,7 +14,10 @@ use policyroute_common::{
     names::PROGRAMS, TraceEvent, TraceFilter, TraceRate, FAMILY_V4, FAMILY_V6, TRACE_DPORT,
     TRACE_DST, TRACE_IIF, TRACE_ON, TRACE_PROTO, TRACE_SPORT, TRACE_SRC,
 };
-use tokio::io::{unix::AsyncFd, Interest};
+use tokio::{
+    io::{unix::AsyncFd, Interest},
+    signal::unix::{signal, Signal, SignalKind},
+};
 
 use super::{
     require_privileges,
@@ -74,6 +77,9 @@ pub async fn trace(
     mut emit: impl FnMut(&TraceLine),
 ) -> Result<Summary, ControlError> {
     require_privileges()?;
+    // Before anything changes: a Ctrl-C from here on ends the trace through `watch`, which
+    // clears the filter, instead of killing the process with the filter set.
+    let mut stops = Stops::new()?;
     let nl = Netlink::new()?;
     let links = nl.links().await?;
     let mut installed = observe::installed(&links, &[])?;
@@ -97,15 +103,39 @@ pub async fn trace(
     let mut logs = unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) }
         .map_err(|e| TraceError::Io(e.into()))?;
     let mut summary = Summary::default();
-    let result = watch(&mut logs, &sink, &mut session, opts.count, |e| {
-        emit(&trace_line::line(e, now(), record.as_ref(), &links));
-        summary.lines += 1;
-    })
+    let result = watch(
+        &mut logs,
+        &sink,
+        &mut session,
+        &mut stops,
+        opts.count,
+        |e| {
+            emit(&trace_line::line(e, now(), record.as_ref(), &links));
+            summary.lines += 1;
+        },
+    )
     .await;
     summary.dropped = session.dropped().unwrap_or(0);
     session.stop()?;
     result?;
     Ok(summary)
+}
+
+/// SIGINT and SIGTERM, listened to for the whole trace. One listener each, made once: a
+/// listener made anew on each turn of the loop misses a signal that arrives between turns
+/// (it is then consumed and lost, and the trace never stops).
+struct Stops {
+    int: Signal,
+    term: Signal,
+}
+
+impl Stops {
+    fn new() -> Result<Self, TraceError> {
+        Ok(Self {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+        })
+    }
 }
 
 /// Reads lines as they come until `count` or a signal. Once a second the trace bit is set
@@ -115,11 +145,10 @@ async fn watch(
     logs: &mut AsyncFd<EbpfLogger<Collector>>,
     sink: &Mutex<Vec<TraceEvent>>,
     session: &mut Session,
+    stops: &mut Stops,
     count: Option<u64>,
     mut each: impl FnMut(&TraceEvent),
 ) -> Result<(), ControlError> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).map_err(TraceError::from)?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut seen = 0u64;
     loop {
@@ -130,8 +159,8 @@ async fn watch(
                 guard.clear_ready();
             }
             _ = tick.tick() => session.assert_bit()?,
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-            _ = term.recv() => return Ok(()),
+            _ = stops.int.recv() => return Ok(()),
+            _ = stops.term.recv() => return Ok(()),
         }
         let events = std::mem::take(&mut *sink.lock().expect("not poisoned"));
         for e in &events {
