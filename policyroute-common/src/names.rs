@@ -27,6 +27,9 @@ pub const RULES_MAP: &str = "PR_RULES";
 /// The eBPF global (`u32`, read-only data) the loader sets to 1 when the prefix trie map
 /// has room for tries (more than [`crate::TRIE_DISABLED_NODES`] nodes).
 pub const TRIES_GLOBAL: &str = "PR_TRIES";
+/// The eBPF global (`u32`, read-only data) that keeps the trace code in the programs: 1 as
+/// built; 0 only in the copy `bench classify` loads to measure what idle trace costs.
+pub const TRACE_GLOBAL: &str = "PR_TRACE_CODE";
 /// Array map of `TrieNode`s (256 `u32` words): the multibit prefix tries that give addresses their class
 /// (`ShapeTable::src_root`). Memory-mappable, so the controller writes an image in place.
 pub const PREFIX_TRIE_MAP: &str = "PR_PREFIX_TRIE";

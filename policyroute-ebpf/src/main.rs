@@ -68,6 +68,20 @@ fn tries_enabled() -> bool {
     unsafe { core::ptr::read_volatile(&PR_TRIES) != 0 }
 }
 
+/// 1 in every dataplane `policyroute` loads. `bench classify` loads a copy of the programs
+/// with 0, which the verifier reads as a constant and so drops the trace code: the
+/// difference between the two is what trace costs while no trace runs (see
+/// `policyroute_common::names::TRACE_GLOBAL`).
+#[no_mangle]
+static PR_TRACE_CODE: u32 = 1;
+
+#[inline(always)]
+fn trace_code() -> bool {
+    // SAFETY: a plain read of a static; volatile so the compiler keeps the load the loader
+    // may rewrite instead of folding in 1.
+    unsafe { core::ptr::read_volatile(&PR_TRACE_CODE) != 0 }
+}
+
 /// Memory-mappable: the controller writes a trie image with stores, not a syscall per word.
 #[map(name = "PR_PREFIX_TRIE")]
 static PREFIX_TRIE: Array<TrieNode> = Array::with_max_entries(DEFAULT_TRIE_NODES, BPF_F_MMAPABLE);

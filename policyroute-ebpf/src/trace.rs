@@ -1,7 +1,8 @@
 //! `policyroute trace`: when the trace filter map says a trace runs, each packet or socket
 //! call that passes the filter is logged through aya-log as a `TraceEvent`, at most
-//! `per_cpu_rate` lines per CPU and second. With no trace running the cost is one bit test
-//! of the control word (`CONTROL_TRACE`) and one branch.
+//! `per_cpu_rate` lines per CPU and second. With no trace running the cost is a load of
+//! `PR_TRACE_CODE` (constant to the verifier, which removes its branch), one bit test of the
+//! control word (`CONTROL_TRACE`) and one branch.
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use aya_log_ebpf::info;
 use policyroute_common::{
@@ -66,7 +67,7 @@ pub fn sock(control: &Control, hook: u8, pkt: &Packet, t: &Traced) {
 /// The running trace's filter; `None` (after one bit test) when no trace runs.
 #[inline(always)]
 fn running(control: &Control) -> Option<&'static TraceFilter> {
-    if control.flags & CONTROL_TRACE == 0 {
+    if !crate::trace_code() || control.flags & CONTROL_TRACE == 0 {
         return None;
     }
     TRACE.get(0).filter(|f| f.flags & TRACE_ON != 0)

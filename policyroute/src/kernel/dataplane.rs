@@ -12,7 +12,9 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use policyroute_common::{
-    names::{MAPS, PREFIX_TRIE_MAP, SOCK_PROGRAMS, TC_INGRESS, TC_PROGRAMS, TRIES_GLOBAL},
+    names::{
+        MAPS, PREFIX_TRIE_MAP, SOCK_PROGRAMS, TC_INGRESS, TC_PROGRAMS, TRACE_GLOBAL, TRIES_GLOBAL,
+    },
     COUNTERS_MAP, RULES_MAP, TRIE_DISABLED_NODES,
 };
 
@@ -78,7 +80,15 @@ impl Dataplane {
     /// Loads all programs again, sharing the maps of a dataplane pinned (by map name) in
     /// `pin_dir`: new hooks can be attached while counters, rules and flows stay.
     pub fn load_sharing(pin_dir: &Path) -> Result<Self, DataplaneError> {
+        Self::load_sharing_with(pin_dir, true)
+    }
+
+    /// [`Self::load_sharing`], with the trace code dropped when `trace_code` is false: the
+    /// copy `bench classify` measures what idle trace costs against. Never attached.
+    pub fn load_sharing_with(pin_dir: &Path, trace_code: bool) -> Result<Self, DataplaneError> {
         let mut loader = EbpfLoader::new();
+        let trace_code = u32::from(trace_code);
+        loader.override_global(TRACE_GLOBAL, &trace_code, true);
         for name in MAPS {
             loader.map_pin_path(name, pin_dir.join(name));
         }

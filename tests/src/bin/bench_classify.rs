@@ -15,7 +15,7 @@ use aya::{
 use policyroute::{
     kernel::{
         dataplane::{classifier_mut, Dataplane},
-        objects, testrun,
+        objects, pins, testrun,
     },
     plan::compile::compile_with_slots,
     policy::matcher::Rule,
@@ -74,10 +74,16 @@ fn main() -> anyhow::Result<()> {
     let mut one_rule = std::collections::HashMap::new();
     let mut worst_ratio: f64 = 0.0;
     let mut prog = None;
-    // `POLICYROUTE_BENCH_CLASSIFY=sets`: only the 1-rule reference and the sets table,
-    // written to `classify-sets.*` (a quick run while working on the tries).
-    let only_sets = std::env::var("POLICYROUTE_BENCH_CLASSIFY").as_deref() == Ok("sets");
-    let sizes = if only_sets { &SIZES[..1] } else { &SIZES[..] };
+    // `POLICYROUTE_BENCH_CLASSIFY=sets` (or `trace`): only the 1-rule reference and that
+    // table, written to `classify-sets.*` (`classify-trace.*`): a quick run while working on
+    // one of them.
+    let only = std::env::var("POLICYROUTE_BENCH_CLASSIFY").ok();
+    let wanted = |table: &str| only.as_deref().is_none_or(|o| o == table);
+    let sizes = if only.is_some() {
+        &SIZES[..1]
+    } else {
+        &SIZES[..]
+    };
     for &n in sizes {
         eprintln!("classify: {n} rules per family");
         let (applied, took) = b.apply(&same_shape_policy(n))?;
@@ -119,22 +125,31 @@ fn main() -> anyhow::Result<()> {
     };
     let applied = prog.expect("at least one size");
     let skipped = || (Table::new(&["skipped"]), Vec::new());
-    let attribution = if only_sets {
+    let attribution = if only.is_some() {
         skipped()
     } else {
         attribution(&mut b, &applied, noop)?
     };
-    let shapes = if only_sets {
+    let shapes = if only.is_some() {
         skipped()
     } else {
         shapes_table(&mut b, noop)?
     };
-    let targets = if only_sets {
+    let targets = if only.is_some() {
         skipped()
     } else {
         targets_table(&mut b, noop)?
     };
-    let sets = sets_table(&mut b, noop, &one_rule)?;
+    let trace = if wanted("trace") {
+        trace_table(&mut b, noop)?
+    } else {
+        skipped()
+    };
+    let sets = if wanted("sets") {
+        sets_table(&mut b, noop, &one_rule)?
+    } else {
+        skipped()
+    };
     let _ = cli::run(&b.ns, &["flush"]);
     let md = format!(
         "### Classifier: ns/packet by BPF_PROG_TEST_RUN ({} different packets per measurement, \
@@ -144,6 +159,12 @@ fn main() -> anyhow::Result<()> {
          round by round, median of {} rounds):\n\n{}\n\
          Worst case (a miss scans every shape), 1,000 IPv4 rules:\n\n{}\n\
          What the rule's target adds, 1,000 IPv4 rules, hits:\n\n{}\n\
+         What `trace` costs while no trace runs (target: within 2 ns): two copies of the \
+         applied 1-rule classifier's programs on its maps, with the trace code and with it \
+         dropped by the verifier ({trace_insns}), interleaved round by round with the applied \
+         program, median (min–max) of {} rounds; differences are taken within each round. \
+         \"Two loads of the same code\" is the applied program minus the copy with trace code: \
+         how far identical programs differ in this run.\n\n{}\n\
          Prefix sets: one `[[set]]`: uniform N, N prefixes per family with lengths drawn uniformly from \
          /1–/32 (IPv4) and /1–/128 (IPv6), all in the lower half of the address space (misses \
          go to the upper half); country: `bench::country_list`, 50,000 IPv4 prefixes over 24 \
@@ -158,15 +179,20 @@ fn main() -> anyhow::Result<()> {
         attribution.0.markdown(),
         shapes.0.markdown(),
         targets.0.markdown(),
+        b.rounds * 2 + 1,
+        trace.0.markdown(),
         sets.0.markdown(),
         big = SIZES[SIZES.len() - 1],
+        trace_insns = trace
+            .1
+            .first()
+            .map(|r| format!("{} instructions with it, {} without", r["insns_with"], r["insns_without"]))
+            .unwrap_or_default(),
     );
     bench::write_results(
-        if only_sets {
-            "classify-sets"
-        } else {
-            "classify"
-        },
+        &only
+            .as_ref()
+            .map_or("classify".into(), |o| format!("classify-{o}")),
         &md,
         &json!({
             "environment": bench::environment(),
@@ -178,6 +204,7 @@ fn main() -> anyhow::Result<()> {
             "shapes": shapes.1,
             "attribution": attribution.1,
             "targets": targets.1,
+            "trace": trace.1,
             "sets": sets.1,
         }),
     );
@@ -232,6 +259,25 @@ fn run_once_each(
         total += out.duration.as_nanos() as u64;
     }
     Ok(total as f64 / order.len() as f64)
+}
+
+/// Runs `frame` in the kernel's test-run loop: 16 calls of 1,000 runs each; mean ns per run
+/// as the kernel timed them (steady state: code and data stay hot).
+fn run_looped(
+    prog: &SchedClassifier,
+    (frame, mark): &(Vec<u8>, u32),
+    check: bool,
+) -> anyhow::Result<f64> {
+    const CALLS: u32 = 16;
+    let mut total = 0.0;
+    for _ in 0..CALLS {
+        let out = testrun::run(prog, frame, testrun::Input::default(), 1000)?;
+        if check && *mark != ANY_MARK {
+            anyhow::ensure!(out.mark == *mark, "mark {} != {mark}", out.mark);
+        }
+        total += out.duration.as_nanos() as f64;
+    }
+    Ok(total / f64::from(CALLS))
 }
 
 /// Rule `i` of every family: tcp from one /32 (/128) source to destination port p(i);
@@ -377,6 +423,129 @@ fn attribution(
         rows.push(json!({"case": what, "ns": cost.json(), "empty_ns": base.json()}));
     }
     Ok((table, rows))
+}
+
+/// What trace costs while no trace runs: two copies of the applied 1-rule classifier's
+/// programs, loaded the same way on its maps, one with the trace code and one without
+/// (`TRACE_GLOBAL` 0: the verifier drops it), interleaved round by round on the same
+/// frames with the applied program and the empty one. The applied program against the copy
+/// with trace code (identical code) shows how far two loads of one program differ anyway.
+fn trace_table(
+    b: &mut Bench,
+    noop: &SchedClassifier,
+) -> anyhow::Result<(Table, Vec<serde_json::Value>)> {
+    let (applied, _) = b.apply(&same_shape_policy(1))?;
+    let _inside = b.ns.enter();
+    let (mut with, mut without) = trace_copies(&applied)?;
+    let progs = [&applied, tc_of(&mut with)?, tc_of(&mut without)?, noop];
+    let insns = |p: &SchedClassifier| -> anyhow::Result<u32> {
+        Ok(p.info()?.size_translated().unwrap_or(0) / 8)
+    };
+    let (with_insns, bare_insns) = (insns(progs[1])?, insns(progs[2])?);
+    anyhow::ensure!(
+        bare_insns < with_insns,
+        "the copy without trace code has {bare_insns} instructions, the one with it {with_insns}"
+    );
+    let mut table = Table::new(&[
+        "1 rule",
+        ">with trace code (idle)",
+        ">without",
+        ">difference",
+        ">two loads of the same code",
+        ">empty program",
+    ]);
+    let mut rows = Vec::new();
+    for v6 in [false, true] {
+        for hit in [true, false] {
+            let frames: Vec<(Vec<u8>, u32)> = (0..b.packets)
+                .map(|_| random_frame(&mut b.rng, 1, v6, hit))
+                .collect();
+            let case = format!(
+                "{} {}",
+                if v6 { "IPv6" } else { "IPv4" },
+                if hit { "hit" } else { "miss" }
+            );
+            let hot = vec![frames[0].clone(); frames.len()];
+            for (what, set, looped) in [
+                ("different packets", &frames, false),
+                ("one packet, a run per call", &hot, false),
+                ("one packet, 1,000 runs per call", &hot, true),
+            ] {
+                let ns = interleaved(&mut b.rng, b.rounds * 2 + 1, &progs, set, looped)?;
+                let [applied, with, bare, base] = [0, 1, 2, 3].map(|i| Spread::of(&ns[i]));
+                let diff = |x: usize, y: usize| {
+                    let d: Vec<f64> = ns[x].iter().zip(&ns[y]).map(|(a, b)| a - b).collect();
+                    Spread::of(&d)
+                };
+                let (cost, same) = (diff(1, 2), diff(0, 1));
+                table.row(vec![
+                    format!("{case}, {what}"),
+                    with.show(1),
+                    bare.show(1),
+                    cost.show(2),
+                    same.show(2),
+                    format!("{:.1}", base.median),
+                ]);
+                rows.push(json!({
+                    "case": case, "packets": what, "with_ns": with.json(), "without_ns": bare.json(),
+                    "difference_ns": cost.json(), "applied_ns": applied.json(),
+                    "same_code_difference_ns": same.json(), "empty_ns": base.json(),
+                    "insns_with": with_insns, "insns_without": bare_insns,
+                }));
+            }
+        }
+    }
+    Ok((table, rows))
+}
+
+fn tc_of(dp: &mut Dataplane) -> anyhow::Result<&SchedClassifier> {
+    dp.tc_ingress()
+        .map(|p| &*p)
+        .ok_or_else(|| anyhow::anyhow!("no TC program in a loaded copy"))
+}
+
+/// Two copies of `applied`'s programs on its maps (shared through pins that are removed
+/// again at once): with the trace code, and without.
+fn trace_copies(applied: &SchedClassifier) -> anyhow::Result<(Dataplane, Dataplane)> {
+    let pins = std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/prt-bench-trace-{}",
+        std::process::id()
+    ));
+    let mut opened = Dataplane::open(&applied.info()?)?;
+    pins::pin(&mut opened, &pins)?;
+    let with = Dataplane::load_sharing_with(&pins, true);
+    let without = Dataplane::load_sharing_with(&pins, false);
+    pins::unpin(&pins)?;
+    Ok((with?, without?))
+}
+
+/// Runs every program on `frames`, `rounds` times, in an order that rotates each round
+/// (the last program's marks are not checked: the empty one); ns per packet of each
+/// program, round by round.
+fn interleaved(
+    rng: &mut StdRng,
+    rounds: usize,
+    progs: &[&SchedClassifier],
+    frames: &[(Vec<u8>, u32)],
+    looped: bool,
+) -> anyhow::Result<Vec<Vec<f64>>> {
+    let n = progs.len();
+    let mut samples = vec![Vec::new(); n];
+    let mut order: Vec<usize> = (0..frames.len()).collect();
+    for round in 0..rounds {
+        order.shuffle(rng);
+        for k in 0..n {
+            let which = (k + round) % n;
+            let check = which + 1 < n;
+            let ns = if looped {
+                run_looped(progs[which], &frames[0], check)?
+            } else {
+                run_once_each(progs[which], frames, &order, check)?
+            };
+            samples[which].push(ns);
+        }
+    }
+    Ok(samples)
 }
 
 /// Misses scan every shape of their family: the worst case, by shape count (1,000 IPv4
