@@ -60,14 +60,19 @@ pub const SHAPE_DST_CLASS: u8 = 64;
 /// node (in nodes, relative to the image base); without it, the word is a class (below
 /// 2^30; 0: no prefix holds the address).
 pub const TRIE_NODE: u32 = 1 << 31;
-/// With [`TRIE_NODE`]: the low 30 bits index a leaf instead (a lone prefix deeper down,
-/// kept whole instead of as a chain of nodes; see [`TRIE_LEAF_WORDS`]).
+/// With [`TRIE_NODE`]: the low 30 bits index a bucket of leaves instead (the few prefixes
+/// deeper down, kept whole instead of as chains of nodes; see [`TRIE_LEAF_WORDS`]).
 pub const TRIE_LEAF: u32 = 1 << 30;
 /// The index bits of a node or leaf word.
 pub const TRIE_INDEX: u32 = TRIE_LEAF - 1;
 /// Words of a leaf: the prefix's address (4 words, as `RuleKey` keeps addresses), its
-/// length, the class of an address it holds, the class of one it does not, padding.
+/// length, the class of an address it holds, the class of one no leaf of the bucket holds,
+/// and the number of leaves in the bucket. A bucket's leaves are consecutive, longest
+/// prefix first, so the first that holds an address gives its class.
 pub const TRIE_LEAF_WORDS: u32 = 8;
+/// Most leaves in a bucket: more prefixes below a word get a node. Four IPv4 or IPv6
+/// leaves are two cache lines side by side, one read fewer than a node and its leaves.
+pub const TRIE_BUCKET_LEAVES: u32 = 4;
 /// Leaves per node-sized element.
 pub const TRIE_LEAVES_PER_NODE: u32 = TRIE_NODE_WORDS / TRIE_LEAF_WORDS;
 /// Bits of the address a root indexes (its length is `1 << TRIE_ROOT_BITS` words).

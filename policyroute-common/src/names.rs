@@ -30,9 +30,12 @@ pub const TRIES_GLOBAL: &str = "PR_TRIES";
 /// The eBPF global (`u32`, read-only data) that keeps the trace code in the programs: 1 as
 /// built; 0 only in the copy `bench classify` loads to measure what idle trace costs.
 pub const TRACE_GLOBAL: &str = "PR_TRACE_CODE";
-/// Array map of `TrieNode`s (256 `u32` words): the multibit prefix tries that give addresses their class
-/// (`ShapeTable::src_root`). Memory-mappable, so the controller writes an image in place.
-pub const PREFIX_TRIE_MAP: &str = "PR_PREFIX_TRIE";
+/// Array map of `TrieNode`s (16 `u32` words): the multibit prefix tries that give addresses
+/// their class (`ShapeTable::src_root`). Memory-mappable, so the controller writes an image in place.
+///
+/// The name carries the image format's version (2: buckets of leaves), so a controller
+/// never writes its images into an older dataplane that would read them differently.
+pub const PREFIX_TRIE_MAP: &str = "PR_PREFIX_TRIE2";
 /// Array map `generation * 2 + family -> ShapeTable`.
 pub const TABLES_MAP: &str = "PR_TABLES";
 /// One-entry array map holding `Control`.

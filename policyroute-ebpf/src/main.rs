@@ -83,7 +83,7 @@ fn trace_code() -> bool {
 }
 
 /// Memory-mappable: the controller writes a trie image with stores, not a syscall per word.
-#[map(name = "PR_PREFIX_TRIE")]
+#[map(name = "PR_PREFIX_TRIE2")]
 static PREFIX_TRIE: Array<TrieNode> = Array::with_max_entries(DEFAULT_TRIE_NODES, BPF_F_MMAPABLE);
 
 #[map(name = "PR_TABLES")]

@@ -1,7 +1,8 @@
 //! The address classes of prefix sets: a walk down a multibit trie (16 bits at the root,
 //! `TRIE_STRIDE_BITS` per node below, a lone deeper prefix kept whole in a leaf) that the
-//! controller wrote into `PR_PREFIX_TRIE`. One array read per level (at most 5 for IPv4
-//! and 29 for IPv6, one more for a leaf), whatever the number of prefixes or lengths.
+//! controller wrote into `PR_PREFIX_TRIE2`. One array read per level (at most 5 for IPv4
+//! and 29 for IPv6, then a bucket of leaves: two cache lines side by side), whatever the
+//! number of prefixes or lengths.
 //!
 //! Everything runs in `bpf_loop` callbacks: the verifier checks a walk once, and the
 //! classes reach the rest of the program as plain unknown numbers. (Walked in the program
@@ -11,9 +12,9 @@ use core::ffi::c_void;
 
 use aya_ebpf::helpers::generated::bpf_loop;
 use policyroute_common::{
-    ShapeTable, FAMILY_V6, SHAPE_SRC, TRIE_INDEX, TRIE_LEAF, TRIE_LEAF_WORDS, TRIE_LEAVES_PER_NODE,
-    TRIE_LEVELS_V4, TRIE_LEVELS_V6, TRIE_NODE, TRIE_NODE_WORDS, TRIE_NONE, TRIE_ROOT_BITS,
-    TRIE_STRIDE_BITS,
+    ShapeTable, FAMILY_V6, SHAPE_SRC, TRIE_BUCKET_LEAVES, TRIE_INDEX, TRIE_LEAF, TRIE_LEAF_WORDS,
+    TRIE_LEAVES_PER_NODE, TRIE_LEVELS_V4, TRIE_LEVELS_V6, TRIE_NODE, TRIE_NODE_WORDS, TRIE_NONE,
+    TRIE_ROOT_BITS, TRIE_STRIDE_BITS,
 };
 
 use crate::{parse::Packet, PREFIX_TRIE};
@@ -124,29 +125,50 @@ unsafe extern "C" fn walk_step(level: u32, ctx: *mut Walk) -> i64 {
     0
 }
 
-/// The class a leaf gives `addr`: its prefix's if the prefix holds the address.
+/// The class the bucket at leaf `index` gives `addr`: that of its first (longest) leaf
+/// whose prefix holds the address, else the bucket's outer class.
 #[inline(always)]
 fn leaf(base: u32, index: u32, addr: &[u32; 4]) -> u32 {
-    let at = base.wrapping_add(index / TRIE_LEAVES_PER_NODE);
-    let Some(node) = PREFIX_TRIE.get(at) else {
+    let Some(first) = leaf_at(base, index) else {
         return 0;
     };
+    let n = first[7];
+    // A constant trip count, unrolled: the bucket's size bounds it, not the list's.
+    for i in 0..TRIE_BUCKET_LEAVES {
+        if i >= n {
+            break;
+        }
+        let Some(l) = leaf_at(base, index.wrapping_add(i)) else {
+            return 0;
+        };
+        if held(l, addr) {
+            return l[5];
+        }
+    }
+    first[6]
+}
+
+/// The words of leaf `index`.
+#[inline(always)]
+fn leaf_at(base: u32, index: u32) -> Option<&'static [u32]> {
+    let node = PREFIX_TRIE.get(base.wrapping_add(index / TRIE_LEAVES_PER_NODE))?;
     // The mask keeps the slot provably inside the node for the verifier.
     let slot = ((index % TRIE_LEAVES_PER_NODE) & (TRIE_LEAVES_PER_NODE - 1)) as usize
         * TRIE_LEAF_WORDS as usize;
-    let Some(l) = node.get(slot..slot + TRIE_LEAF_WORDS as usize) else {
-        return 0;
+    node.get(slot..slot + TRIE_LEAF_WORDS as usize)
+}
+
+/// Whether the leaf's prefix holds `addr`.
+#[inline(always)]
+fn held(l: &[u32], addr: &[u32; 4]) -> bool {
+    let (Some(p), Some(&len)) = (l.get(..4), l.get(4)) else {
+        return false;
     };
-    let len = l[4];
     let mut held = true;
-    for (i, (a, p)) in addr.iter().zip(&l[..4]).enumerate() {
+    for (i, (a, p)) in addr.iter().zip(p).enumerate() {
         held &= a & mask(len, i as u32) == *p;
     }
-    if held {
-        l[5]
-    } else {
-        l[6]
-    }
+    held
 }
 
 /// The mask of word `i` (network-order bytes as a native word) of a `len`-bit prefix.

@@ -8,18 +8,19 @@
 //! as leaves end most paths early. A word is a class, `TRIE_NODE | node index`, or
 //! `TRIE_NODE | TRIE_LEAF | leaf index`. Prefixes are expanded into the node they end in;
 //! a node starts as copies of the class of the word it replaces, so shorter prefixes are
-//! pushed down into it (leaf pushing). A lone prefix below a word does not get a chain of
-//! nodes: a leaf keeps it whole (its address and length) with the class of an address it
-//! holds and of one it does not. That bounds the memory of long, sparse prefixes (an IPv6
-//! /128 costs 32 bytes, not a chain of 28 nodes).
+//! pushed down into it (leaf pushing). A few prefixes below a word (at most
+//! `TRIE_BUCKET_LEAVES`) do not get nodes: a bucket of leaves keeps each whole (address,
+//! length, the class of an address it holds), longest first, with the class of an address
+//! none holds. That bounds the memory of long, sparse prefixes (an IPv6 /128 costs 32
+//! bytes, not a chain of 28 nodes) and ends most paths one read after the root.
 //!
 //! Images are position-independent (node indexes relative to the image's first node), so
 //! the controller writes a new one beside the live one and publishes both roots at once.
 //! Everything is laid out in whole nodes (a root is 4,096 consecutive nodes, two leaves
 //! share one): the kernel map holds one node per element.
 use policyroute_common::{
-    TRIE_INDEX, TRIE_LEAF, TRIE_LEAF_WORDS, TRIE_LEAVES_PER_NODE, TRIE_NODE, TRIE_NODE_WORDS,
-    TRIE_ROOT_BITS, TRIE_STRIDE_BITS,
+    TRIE_BUCKET_LEAVES, TRIE_INDEX, TRIE_LEAF, TRIE_LEAF_WORDS, TRIE_LEAVES_PER_NODE, TRIE_NODE,
+    TRIE_NODE_WORDS, TRIE_ROOT_BITS, TRIE_STRIDE_BITS,
 };
 
 /// One prefix of a trie: the address's bytes (network order, IPv4 in the first 4), its
@@ -94,8 +95,8 @@ impl Image {
             let group: Vec<Prefix> = deeper[i..i + n].iter().map(|p| **p).collect();
             let word_at = (at + entry) as usize;
             let outer = self.words[word_at];
-            self.words[word_at] = if let [lone] = group[..] {
-                self.leaf(&lone, outer)
+            self.words[word_at] = if group.len() <= TRIE_BUCKET_LEAVES as usize {
+                self.bucket(group, outer)
             } else {
                 let child = self.alloc(TRIE_NODE_WORDS, outer);
                 self.fill(child, end, TRIE_STRIDE_BITS, &group);
@@ -105,19 +106,32 @@ impl Image {
         }
     }
 
-    /// A leaf for `p` (the only prefix below a word whose class is `outer`).
-    fn leaf(&mut self, p: &Prefix, outer: u32) -> u32 {
-        if self.leaves.is_multiple_of(TRIE_LEAVES_PER_NODE) {
-            self.leaf_block = self.alloc(TRIE_NODE_WORDS, 0) / TRIE_NODE_WORDS;
+    /// A bucket of leaves for `group` (all the prefixes below a word whose class is
+    /// `outer`, at most `TRIE_BUCKET_LEAVES`), longest first.
+    fn bucket(&mut self, mut group: Vec<Prefix>, outer: u32) -> u32 {
+        group.sort_by_key(|p| std::cmp::Reverse(p.len));
+        let n = group.len() as u32;
+        // A lone leaf shares a node with another; a bucket of several takes whole nodes,
+        // so its leaves are consecutive.
+        let index = if n == 1 {
+            if self.leaves.is_multiple_of(TRIE_LEAVES_PER_NODE) {
+                self.leaf_block = self.alloc(TRIE_NODE_WORDS, 0) / TRIE_NODE_WORDS;
+            }
+            self.leaves += 1;
+            self.leaf_block * TRIE_LEAVES_PER_NODE + (self.leaves - 1) % TRIE_LEAVES_PER_NODE
+        } else {
+            let nodes = n.div_ceil(TRIE_LEAVES_PER_NODE);
+            self.alloc(nodes * TRIE_NODE_WORDS, 0) / TRIE_NODE_WORDS * TRIE_LEAVES_PER_NODE
+        };
+        for (i, p) in group.iter().enumerate() {
+            let from = ((index + i as u32) * TRIE_LEAF_WORDS) as usize;
+            let words = addr_words(&p.addr);
+            self.words[from..from + 4].copy_from_slice(&words);
+            self.words[from + 4] = u32::from(p.len);
+            self.words[from + 5] = p.class;
+            self.words[from + 6] = outer;
+            self.words[from + 7] = n;
         }
-        let index = self.leaf_block * TRIE_LEAVES_PER_NODE + self.leaves % TRIE_LEAVES_PER_NODE;
-        self.leaves += 1;
-        let from = (index * TRIE_LEAF_WORDS) as usize;
-        let words = addr_words(&p.addr);
-        self.words[from..from + 4].copy_from_slice(&words);
-        self.words[from + 4] = u32::from(p.len);
-        self.words[from + 5] = p.class;
-        self.words[from + 6] = outer;
         TRIE_NODE | TRIE_LEAF | index
     }
 
@@ -129,16 +143,24 @@ impl Image {
         while word & TRIE_NODE != 0 {
             let index = word & TRIE_INDEX;
             if word & TRIE_LEAF != 0 {
-                let leaf = &self.words[(index * TRIE_LEAF_WORDS) as usize..][..7];
-                let len = leaf[4] as u8;
-                let held = masked(&addr_words(addr), len) == leaf[..4];
-                return if held { leaf[5] } else { leaf[6] };
+                return self.bucket_class(index, addr);
             }
             word = self.words
                 [(index * TRIE_NODE_WORDS + bits(addr, start, TRIE_STRIDE_BITS)) as usize];
             start += TRIE_STRIDE_BITS;
         }
         word
+    }
+
+    /// The class the bucket at leaf `index` gives `addr`: the first (longest) leaf holding
+    /// it, else the bucket's outer class.
+    fn bucket_class(&self, index: u32, addr: &[u8; 16]) -> u32 {
+        let leaf = |i: u32| &self.words[((index + i) * TRIE_LEAF_WORDS) as usize..][..8];
+        let first = leaf(0);
+        (0..first[7])
+            .map(leaf)
+            .find(|l| masked(&addr_words(addr), l[4] as u8) == l[..4])
+            .map_or(first[6], |l| l[5])
     }
 }
 
@@ -288,6 +310,35 @@ mod tests {
                     "/{width} {a:032x}"
                 );
             }
+        }
+    }
+
+    /// Four nested prefixes below one root word: one bucket (two nodes), longest first,
+    /// and the root's pushed class for what none of them holds.
+    #[test]
+    fn a_few_prefixes_below_a_word_share_one_bucket() {
+        let mut image = Image::default();
+        let mut list: Vec<Prefix> = [
+            ("10.0.0.0/8", 1),
+            ("10.1.0.0/20", 2),
+            ("10.1.2.0/24", 3),
+            ("10.1.2.128/25", 4),
+        ]
+        .into_iter()
+        .map(|(p, class)| prefix(p, class))
+        .collect();
+        let root = image.add(&mut list);
+        let root_nodes = (1 << TRIE_ROOT_BITS) / TRIE_NODE_WORDS as usize;
+        assert_eq!(image.nodes(), root_nodes + 2);
+        for (a, class) in [
+            ("10.1.2.200", 4),
+            ("10.1.2.5", 3),
+            ("10.1.3.1", 2),
+            ("10.1.16.1", 1),
+            ("10.2.0.0", 1),
+            ("11.0.0.0", 0),
+        ] {
+            assert_eq!(image.lookup(root, &addr(a)), class, "{a}");
         }
     }
 

@@ -146,7 +146,7 @@ fn main() -> anyhow::Result<()> {
         skipped()
     };
     let sets = if wanted("sets") {
-        sets_table(&mut b, noop, &one_rule)?
+        sets_table(&mut b)?
     } else {
         skipped()
     };
@@ -170,8 +170,9 @@ fn main() -> anyhow::Result<()> {
          go to the upper half); country: `bench::country_list`, 50,000 IPv4 prefixes over 24 \
          lengths (mostly /16–/24) and 37,000 IPv6 over about 110 (mostly /29, /32, /48); a \
          rule `dst = \"@big\"` alone, or with `proto = \"tcp\"` and \
-         `dport = 443`. \"vs 1 rule\" divides by the 1-rule row of the first table (same \
-         family and case); trie: the nodes the image takes (the map holds two images):\n\n{}",
+         `dport = 443`. Each row runs interleaved, round by round, with the 1-rule policy of \
+         the first table (applied in a second namespace, same family and case, its own \
+         frames); \"vs 1 rule\" is the median (min–max) of the per-round ratios; trie: the nodes the image takes (the map holds two images):\n\n{}",
         b.packets,
         b.rounds,
         table.markdown(),
@@ -471,7 +472,12 @@ fn trace_table(
                 ("one packet, a run per call", &hot, false),
                 ("one packet, 1,000 runs per call", &hot, true),
             ] {
-                let ns = interleaved(&mut b.rng, b.rounds * 2 + 1, &progs, set, looped)?;
+                let cases: Vec<Case> = progs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| (*p, &set[..], i + 1 < progs.len()))
+                    .collect();
+                let ns = interleaved(&mut b.rng, b.rounds * 2 + 1, &cases, looped)?;
                 let [applied, with, bare, base] = [0, 1, 2, 3].map(|i| Spread::of(&ns[i]));
                 let diff = |x: usize, y: usize| {
                     let d: Vec<f64> = ns[x].iter().zip(&ns[y]).map(|(a, b)| a - b).collect();
@@ -519,33 +525,40 @@ fn trace_copies(applied: &SchedClassifier) -> anyhow::Result<(Dataplane, Datapla
     Ok((with?, without?))
 }
 
-/// Runs every program on `frames`, `rounds` times, in an order that rotates each round
-/// (the last program's marks are not checked: the empty one); ns per packet of each
-/// program, round by round.
+/// A program, the frames it runs and whether its marks are checked.
+type Case<'a> = (&'a SchedClassifier, &'a [(Vec<u8>, u32)], bool);
+
+/// Runs every case, `rounds` times, in an order that rotates each round; ns per packet of
+/// each case, round by round.
 fn interleaved(
     rng: &mut StdRng,
     rounds: usize,
-    progs: &[&SchedClassifier],
-    frames: &[(Vec<u8>, u32)],
+    cases: &[Case],
     looped: bool,
 ) -> anyhow::Result<Vec<Vec<f64>>> {
-    let n = progs.len();
+    let n = cases.len();
     let mut samples = vec![Vec::new(); n];
-    let mut order: Vec<usize> = (0..frames.len()).collect();
+    let mut order: Vec<usize> = (0..cases[0].1.len()).collect();
     for round in 0..rounds {
         order.shuffle(rng);
         for k in 0..n {
             let which = (k + round) % n;
-            let check = which + 1 < n;
+            let (prog, frames, check) = cases[which];
             let ns = if looped {
-                run_looped(progs[which], &frames[0], check)?
+                run_looped(prog, &frames[0], check)?
             } else {
-                run_once_each(progs[which], frames, &order, check)?
+                run_once_each(prog, frames, &order, check)?
             };
             samples[which].push(ns);
         }
     }
     Ok(samples)
+}
+
+/// The spread of `a[i] / b[i]`, round by round.
+fn ratios(a: &[f64], b: &[f64]) -> Spread {
+    let r: Vec<f64> = a.iter().zip(b).map(|(x, y)| x / y).collect();
+    Spread::of(&r)
 }
 
 /// Misses scan every shape of their family: the worst case, by shape count (1,000 IPv4
@@ -748,10 +761,19 @@ fn set_address(rng: &mut StdRng, net: &ipnet::IpNet, hit: bool) -> IpAddr {
 }
 
 /// Per-packet cost of big mixed-length sets, alone and with proto and port conditions.
-fn sets_table(
+fn sets_table(b: &mut Bench) -> anyhow::Result<(Table, Vec<serde_json::Value>)> {
+    // The 1-rule policy the ratios divide by, in a namespace of its own so both programs
+    // run in the same rounds: this machine drifts by tens of percent over minutes.
+    let reference = lone_router("classify-ref");
+    let (one_rule, _) = apply_in(&reference, &same_shape_policy(1))?;
+    let table = sets_rows(b, &one_rule);
+    let _ = cli::run(&reference, &["flush"]);
+    table
+}
+
+fn sets_rows(
     b: &mut Bench,
-    noop: &SchedClassifier,
-    one_rule: &std::collections::HashMap<(bool, bool), f64>,
+    one_rule: &SchedClassifier,
 ) -> anyhow::Result<(Table, Vec<serde_json::Value>)> {
     let mut table = Table::new(&[
         "list (prefixes per family)",
@@ -761,6 +783,7 @@ fn sets_table(
         "family",
         "case",
         ">ns/packet",
+        ">1 rule, same rounds",
         ">vs 1 rule",
     ]);
     let mut rows = Vec::new();
@@ -815,8 +838,16 @@ fn sets_table(
                             (f, u32::from(hit))
                         })
                         .collect();
-                    let (cost, _) = b.measure(&applied, noop, &frames)?;
-                    let ratio = cost.median / one_rule[&(v6, hit)];
+                    let reference: Vec<(Vec<u8>, u32)> = (0..b.packets)
+                        .map(|_| random_frame(&mut b.rng, 1, v6, hit))
+                        .collect();
+                    let cases = [
+                        (&applied, &frames[..], true),
+                        (one_rule, &reference[..], true),
+                    ];
+                    let ns = interleaved(&mut b.rng, b.rounds, &cases, false)?;
+                    let (cost, base) = (Spread::of(&ns[0]), Spread::of(&ns[1]));
+                    let ratio = ratios(&ns[0], &ns[1]);
                     let family = if v6 { "IPv6" } else { "IPv4" };
                     let case = if hit { "hit" } else { "miss" };
                     table.row(vec![
@@ -827,12 +858,14 @@ fn sets_table(
                         family.into(),
                         case.into(),
                         cost.show(1),
-                        format!("{ratio:.2}x"),
+                        format!("{:.1}", base.median),
+                        format!("{:.2}x ({:.2}–{:.2})", ratio.median, ratio.min, ratio.max),
                     ]);
                     rows.push(json!({
                         "prefixes": n, "rule": what, "family": family, "case": case,
                         "apply_s": took.as_secs_f64(), "trie_mib": trie_mib,
-                        "ns": cost.json(), "vs_one_rule": ratio,
+                        "ns": cost.json(), "one_rule_ns": base.json(),
+                        "vs_one_rule": ratio.median, "vs_one_rule_spread": ratio.json(),
                     }));
                 }
             }
