@@ -1,6 +1,6 @@
 //! The address classes of prefix sets: a walk down a multibit trie (16 bits at the root,
-//! `TRIE_STRIDE_BITS` per node below, a lone deeper prefix kept whole in a leaf) that the
-//! controller wrote into `PR_PREFIX_TRIE2`. One array read per level (at most 5 for IPv4
+//! `TRIE_STRIDE_BITS` per node below, a few deeper prefixes kept whole in a bucket of
+//! leaves) that the controller wrote into `PR_PREFIX_TRIE2`. One array read per level (at most 5 for IPv4
 //! and 29 for IPv6, then a bucket of leaves: two cache lines side by side), whatever the
 //! number of prefixes or lengths.
 //!
@@ -95,7 +95,7 @@ fn class(base: u32, root: u32, addr: &[u32; 4], family: u32) -> u32 {
     if word & TRIE_NODE == 0 {
         word
     } else if word & TRIE_LEAF != 0 {
-        leaf(base, word & TRIE_INDEX, addr)
+        bucket(base, word & TRIE_INDEX, addr)
     } else {
         // A node word after the last level would be a corrupt image: no class.
         0
@@ -128,7 +128,7 @@ unsafe extern "C" fn walk_step(level: u32, ctx: *mut Walk) -> i64 {
 /// The class the bucket at leaf `index` gives `addr`: that of its first (longest) leaf
 /// whose prefix holds the address, else the bucket's outer class.
 #[inline(always)]
-fn leaf(base: u32, index: u32, addr: &[u32; 4]) -> u32 {
+fn bucket(base: u32, index: u32, addr: &[u32; 4]) -> u32 {
     let Some(first) = leaf_at(base, index) else {
         return 0;
     };
@@ -158,7 +158,7 @@ struct Bucket<'a> {
 
 /// Leaf `i` of the bucket: takes its class and stops when its prefix holds the address.
 unsafe extern "C" fn bucket_step(i: u32, ctx: *mut Bucket) -> i64 {
-    // SAFETY: `ctx` is the `Bucket` that `leaf` handed to bpf_loop, alive and not otherwise
+    // SAFETY: `ctx` is the `Bucket` that `bucket` handed to bpf_loop, alive and not otherwise
     // borrowed during the loop.
     let b = unsafe { &mut *ctx };
     let Some(l) = leaf_at(b.base, b.index.wrapping_add(i)) else {

@@ -4,8 +4,8 @@
 //!
 //! A root indexes the first 16 bits of an address, each node below it the next
 //! `TRIE_STRIDE_BITS` (4: a node is 16 words, one cache line), so an IPv4 address takes at
-//! most 5 reads and an IPv6 address 29, and one more for a leaf; real lists take far fewer,
-//! as leaves end most paths early. A word is a class, `TRIE_NODE | node index`, or
+//! most 5 reads and an IPv6 address 29, then a bucket of leaves; real lists take far fewer,
+//! as buckets end most paths early. A word is a class, `TRIE_NODE | node index`, or
 //! `TRIE_NODE | TRIE_LEAF | leaf index`. Prefixes are expanded into the node they end in;
 //! a node starts as copies of the class of the word it replaces, so shorter prefixes are
 //! pushed down into it (leaf pushing). A few prefixes below a word (at most
@@ -313,8 +313,9 @@ mod tests {
         }
     }
 
-    /// Four nested prefixes below one root word: one bucket (two nodes), longest first,
-    /// and the root's pushed class for what none of them holds.
+    /// A /8 expanded into the root and three nested prefixes below one of its words: one
+    /// bucket of three leaves (two nodes), longest first, and the /8's class pushed into
+    /// the bucket for what none of them holds.
     #[test]
     fn a_few_prefixes_below_a_word_share_one_bucket() {
         let mut image = Image::default();

@@ -713,9 +713,6 @@ fn e2e_readme_rows(e: &Value) -> String {
     s
 }
 
-/// README.md's `## Benchmarks`: the run's machine, the headline numbers against the targets,
-/// the plot, and a pointer to the full report. Built from the same JSON as the report, so
-/// the two cannot disagree.
 /// README rows for issue 15's and issue 14's classifier targets: the worst hit at 100,000
 /// set prefixes per family (ratio to one rule, same rounds), and what idle trace costs in
 /// the kernel's test-run loop (the worst with-minus-without median).
@@ -774,6 +771,9 @@ fn classify_extra_rows(c: &Value) -> String {
     s
 }
 
+/// README.md's `## Benchmarks`: the run's machine, the headline numbers against the targets,
+/// the plot, and a pointer to the full report. Built from the same JSON as the report, so
+/// the two cannot disagree.
 fn readme_section(
     env: &Value,
     plot: bool,
