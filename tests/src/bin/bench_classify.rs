@@ -231,20 +231,9 @@ impl Bench {
         noop: &SchedClassifier,
         frames: &[(Vec<u8>, u32)],
     ) -> anyhow::Result<(Spread, Spread)> {
-        let mut cost = Vec::new();
-        let mut base = Vec::new();
-        let mut order: Vec<usize> = (0..frames.len()).collect();
-        for round in 0..self.rounds {
-            order.shuffle(&mut self.rng);
-            if round % 2 == 0 {
-                cost.push(run_once_each(prog, frames, &order, true)?);
-                base.push(run_once_each(noop, frames, &order, false)?);
-            } else {
-                base.push(run_once_each(noop, frames, &order, false)?);
-                cost.push(run_once_each(prog, frames, &order, true)?);
-            }
-        }
-        Ok((Spread::of(&cost), Spread::of(&base)))
+        let cases = [(prog, frames, true), (noop, frames, false)];
+        let ns = interleaved(&mut self.rng, self.rounds, &cases, false)?;
+        Ok((Spread::of(&ns[0]), Spread::of(&ns[1])))
     }
 }
 
@@ -395,21 +384,13 @@ fn attribution(
         "a counter slot per rule, one hot packet repeated",
         "empty program, different packets",
     ];
-    let mut samples = vec![Vec::new(); cases.len()];
-    let mut order: Vec<usize> = (0..frames.len()).collect();
-    for round in 0..b.rounds * 2 + 1 {
-        order.shuffle(&mut b.rng);
-        for k in 0..cases.len() {
-            let case = (k + round) % cases.len();
-            let (prog, set, check) = match case {
-                0 => (applied, &frames, true),
-                1 => (shared_prog, &frames, true),
-                2 => (applied, &hot, true),
-                _ => (noop, &frames, false),
-            };
-            samples[case].push(run_once_each(prog, set, &order, check)?);
-        }
-    }
+    let runs: [Case; 4] = [
+        (applied, &frames, true),
+        (shared_prog, &frames, true),
+        (applied, &hot, true),
+        (noop, &frames, false),
+    ];
+    let samples = interleaved(&mut b.rng, b.rounds * 2 + 1, &runs, false)?;
     let base = Spread::of(&samples[3]);
     let mut table = Table::new(&[
         "IPv4 hit",
