@@ -792,6 +792,9 @@ fn sets_rows(
             policyroute_tests::bench::country_list(7),
         ),
     );
+    // `POLICYROUTE_BENCH_SETS=uniform 100000` (a list's name): only that list, for quick runs.
+    let only = std::env::var("POLICYROUTE_BENCH_SETS").ok();
+    lists.retain(|(n, _)| only.as_deref().is_none_or(|o| o == n));
     for (n, prefixes) in lists {
         let list: String = prefixes.iter().map(|p| format!("{p}\n")).collect();
         let list_file = TempFile::new("big.txt", &list);
