@@ -17,9 +17,10 @@ use std::{
 };
 
 const TARGET: &str = "bpfel-unknown-none";
-const OBJECTS: [&str; 3] = [
+const OBJECTS: [&str; 4] = [
     "policyroute-classifier",
     "policyroute-noop",
+    "policyroute-redirect",
     "policyroute-probes",
 ];
 

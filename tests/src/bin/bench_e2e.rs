@@ -29,6 +29,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+use aya::{
+    programs::{SchedClassifier, TcAttachType},
+    Ebpf, EbpfLoader,
+};
+use policyroute::kernel::objects;
+use policyroute_common::names::{REDIRECT, REDIRECT_IFINDEX_GLOBAL, REDIRECT_NH_GLOBAL};
+use policyroute_tests::topology::Place;
 use policyroute_tests::{
     bench::{
         self, entry, env_or, measure, perf_symbols, pin_to_cpu, policy_toml, Spread, Table, MARK,
@@ -59,9 +66,12 @@ enum Variant {
     Iptables,
     Nftables,
     IpRule,
+    /// A tc program that sends every packet to up2 and decides nothing (no parsing, no
+    /// lookup): the ceiling of any tc-ingress fast path on this machine.
+    Redirect,
 }
 
-const VARIANTS: [Variant; 7] = [
+const VARIANTS: [Variant; 8] = [
     Variant::Baseline,
     Variant::Rules,
     Variant::Policyroute,
@@ -69,6 +79,7 @@ const VARIANTS: [Variant; 7] = [
     Variant::Iptables,
     Variant::Nftables,
     Variant::IpRule,
+    Variant::Redirect,
 ];
 
 /// What the policy is: an entry per flow (address and port), or one prefix list.
@@ -93,10 +104,11 @@ impl Scenario {
     fn variants(self) -> Vec<Variant> {
         match self {
             Scenario::Exact => VARIANTS.to_vec(),
-            // `ip rule` has no sets: a rule per prefix is what the list replaces.
+            // `ip rule` has no sets: a rule per prefix is what the list replaces; the
+            // redirect ceiling does not depend on the policy, so the exact scenario has it.
             Scenario::Sets => VARIANTS
                 .into_iter()
-                .filter(|v| *v != Variant::IpRule)
+                .filter(|v| !matches!(v, Variant::IpRule | Variant::Redirect))
                 .collect(),
         }
     }
@@ -179,6 +191,7 @@ impl Variant {
             Variant::Iptables => "iptables MARK",
             Variant::Nftables => "nftables map",
             Variant::IpRule => "ip rule selectors",
+            Variant::Redirect => "tc redirect only (nothing decided)",
         }
     }
 
@@ -191,6 +204,7 @@ impl Variant {
             Variant::Iptables => "iptables",
             Variant::Nftables => "nftables",
             Variant::IpRule => "iprule",
+            Variant::Redirect => "redirect",
         }
     }
 
@@ -220,7 +234,7 @@ impl Mix {
 
     /// Packets of one pass over the flows expected at (up1, up2) under `v`.
     fn expected(self, v: Variant) -> (u64, u64) {
-        if self == Mix::Matched && v.routes_policy() {
+        if v == Variant::Redirect || self == Mix::Matched && v.routes_policy() {
             (0, FLOWS as u64)
         } else {
             (FLOWS as u64, 0)
@@ -287,6 +301,9 @@ struct MixRun {
 
 struct Setup {
     variant: Variant,
+    /// The redirect variant's program, attached while this lives (dropped before the
+    /// namespaces).
+    _redirect: Option<Ebpf>,
     /// Keeps the namespaces alive.
     _topo: Topology,
     load: Option<Duration>,
@@ -425,6 +442,8 @@ fn load(v: Variant, r: &NetNs, n: usize, cap: Duration) -> Result<Option<Duratio
             let f = TempFile::new("ip-rule.batch", &ip_rule_batch(n));
             (ns_exec(&["ip", "-batch", f.arg()]), f)
         }
+        // Attached by `setup`: the bench process holds its link.
+        Variant::Redirect => return Ok(None),
     };
     let loaded = timed_load(v, &mut cmd, cap);
     drop(file);
@@ -435,7 +454,7 @@ fn load(v: Variant, r: &NetNs, n: usize, cap: Duration) -> Result<Option<Duratio
 fn load_list(v: Variant, r: &NetNs, n: usize, cap: Duration) -> Result<Option<Duration>, String> {
     let ns_exec = |args: &[&str]| ns_command(r, args);
     let (mut cmd, files) = match v {
-        Variant::Baseline | Variant::IpRule => return Ok(None),
+        Variant::Baseline | Variant::IpRule | Variant::Redirect => return Ok(None),
         Variant::Rules => {
             classic_routing(r, true);
             return Ok(None);
@@ -521,6 +540,8 @@ fn setup(v: Variant, n: usize, cap: Duration, skip: Option<String>) -> Setup {
             Err(why) => (None, Some(why)),
         },
     };
+    let redirect = (v == Variant::Redirect && skipped.is_none())
+        .then(|| attach_redirect(&topo.router).expect("the redirect program loads and attaches"));
     let dst_mac = mac_of(&topo.router, "lan0");
     let src_mac = mac_of(&topo.lan, "eth0");
     let mixes = MIXES
@@ -541,11 +562,35 @@ fn setup(v: Variant, n: usize, cap: Duration, skip: Option<String>) -> Setup {
         up1: IpReceived::new(&topo.up1),
         up2: IpReceived::new(&topo.up2),
         sender: FrameSender::new(&topo.lan, "eth0"),
+        _redirect: redirect,
         _topo: topo,
         load,
         skipped,
         mixes,
     }
+}
+
+/// Loads the bench-only redirect program with up2's next hop and attaches it at the
+/// router's lan0 ingress (tcx); it stays attached while the returned object lives.
+fn attach_redirect(r: &NetNs) -> anyhow::Result<Ebpf> {
+    let _inside = r.enter();
+    let dev = std::ffi::CString::new(Place::Up2.dev())?;
+    // SAFETY: `dev` is a NUL-terminated string that outlives the call.
+    let ifindex = unsafe { libc::if_nametoindex(dev.as_ptr()) };
+    anyhow::ensure!(ifindex != 0, "no {} in the router", Place::Up2.dev());
+    let via: Ipv4Addr = Place::Up2.via(false).parse()?;
+    let nh = u32::from_ne_bytes(via.octets());
+    let mut obj = EbpfLoader::new()
+        .override_global(REDIRECT_IFINDEX_GLOBAL, &ifindex, true)
+        .override_global(REDIRECT_NH_GLOBAL, &nh, true)
+        .load(objects::redirect())?;
+    let prog: &mut SchedClassifier = obj
+        .program_mut(REDIRECT)
+        .ok_or_else(|| anyhow::anyhow!("no {REDIRECT} in the object"))?
+        .try_into()?;
+    prog.load()?;
+    prog.attach("lan0", TcAttachType::Ingress)?;
+    Ok(obj)
 }
 
 /// Sends every flow of mix `m` once, batch by batch, each batch only after the previous one
