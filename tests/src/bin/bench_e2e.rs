@@ -34,7 +34,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use policyroute::kernel::objects;
-use policyroute_common::names::{REDIRECT, REDIRECT_IFINDEX_GLOBAL, REDIRECT_NH_GLOBAL};
+use policyroute_common::names::{NOOP, REDIRECT, REDIRECT_IFINDEX_GLOBAL, REDIRECT_NH_GLOBAL};
 use policyroute_tests::topology::Place;
 use policyroute_tests::{
     bench::{
@@ -69,9 +69,12 @@ enum Variant {
     /// A tc program that sends every packet to up2 and decides nothing (no parsing, no
     /// lookup): the ceiling of any tc-ingress fast path on this machine.
     Redirect,
+    /// The empty tc program attached (every packet goes on to the kernel): what the tc
+    /// hook alone costs, the ceiling for unmatched traffic under any tc program.
+    Hook,
 }
 
-const VARIANTS: [Variant; 8] = [
+const VARIANTS: [Variant; 9] = [
     Variant::Baseline,
     Variant::Rules,
     Variant::Policyroute,
@@ -80,6 +83,7 @@ const VARIANTS: [Variant; 8] = [
     Variant::Nftables,
     Variant::IpRule,
     Variant::Redirect,
+    Variant::Hook,
 ];
 
 /// What the policy is: an entry per flow (address and port), or one prefix list.
@@ -105,10 +109,10 @@ impl Scenario {
         match self {
             Scenario::Exact => VARIANTS.to_vec(),
             // `ip rule` has no sets: a rule per prefix is what the list replaces; the
-            // redirect ceiling does not depend on the policy, so the exact scenario has it.
+            // tc ceilings do not depend on the policy, so the exact scenario has them.
             Scenario::Sets => VARIANTS
                 .into_iter()
-                .filter(|v| !matches!(v, Variant::IpRule | Variant::Redirect))
+                .filter(|v| !matches!(v, Variant::IpRule | Variant::Redirect | Variant::Hook))
                 .collect(),
         }
     }
@@ -192,6 +196,7 @@ impl Variant {
             Variant::Nftables => "nftables map",
             Variant::IpRule => "ip rule selectors",
             Variant::Redirect => "tc redirect only (nothing decided)",
+            Variant::Hook => "empty tc program (hook only)",
         }
     }
 
@@ -205,12 +210,13 @@ impl Variant {
             Variant::Nftables => "nftables",
             Variant::IpRule => "iprule",
             Variant::Redirect => "redirect",
+            Variant::Hook => "hook",
         }
     }
 
     /// Whether the variant classifies at all (so matched traffic goes to up2).
     fn routes_policy(self) -> bool {
-        !matches!(self, Variant::Baseline | Variant::Rules)
+        !matches!(self, Variant::Baseline | Variant::Rules | Variant::Hook)
     }
 }
 
@@ -301,9 +307,9 @@ struct MixRun {
 
 struct Setup {
     variant: Variant,
-    /// The redirect variant's program, attached while this lives (dropped before the
-    /// namespaces).
-    _redirect: Option<Ebpf>,
+    /// The redirect or hook variant's program, attached while this lives (dropped before
+    /// the namespaces).
+    _bare: Option<Ebpf>,
     /// Keeps the namespaces alive.
     _topo: Topology,
     load: Option<Duration>,
@@ -443,7 +449,7 @@ fn load(v: Variant, r: &NetNs, n: usize, cap: Duration) -> Result<Option<Duratio
             (ns_exec(&["ip", "-batch", f.arg()]), f)
         }
         // Attached by `setup`: the bench process holds its link.
-        Variant::Redirect => return Ok(None),
+        Variant::Redirect | Variant::Hook => return Ok(None),
     };
     let loaded = timed_load(v, &mut cmd, cap);
     drop(file);
@@ -454,7 +460,7 @@ fn load(v: Variant, r: &NetNs, n: usize, cap: Duration) -> Result<Option<Duratio
 fn load_list(v: Variant, r: &NetNs, n: usize, cap: Duration) -> Result<Option<Duration>, String> {
     let ns_exec = |args: &[&str]| ns_command(r, args);
     let (mut cmd, files) = match v {
-        Variant::Baseline | Variant::IpRule | Variant::Redirect => return Ok(None),
+        Variant::Baseline | Variant::IpRule | Variant::Redirect | Variant::Hook => return Ok(None),
         Variant::Rules => {
             classic_routing(r, true);
             return Ok(None);
@@ -540,8 +546,10 @@ fn setup(v: Variant, n: usize, cap: Duration, skip: Option<String>) -> Setup {
             Err(why) => (None, Some(why)),
         },
     };
-    let redirect = (v == Variant::Redirect && skipped.is_none())
-        .then(|| attach_redirect(&topo.router).expect("the redirect program loads and attaches"));
+    let bare = match skipped {
+        None => attach_bare(v, &topo.router).expect("the bench's tc program loads and attaches"),
+        Some(_) => None,
+    };
     let dst_mac = mac_of(&topo.router, "lan0");
     let src_mac = mac_of(&topo.lan, "eth0");
     let mixes = MIXES
@@ -562,7 +570,7 @@ fn setup(v: Variant, n: usize, cap: Duration, skip: Option<String>) -> Setup {
         up1: IpReceived::new(&topo.up1),
         up2: IpReceived::new(&topo.up2),
         sender: FrameSender::new(&topo.lan, "eth0"),
-        _redirect: redirect,
+        _bare: bare,
         _topo: topo,
         load,
         skipped,
@@ -570,27 +578,44 @@ fn setup(v: Variant, n: usize, cap: Duration, skip: Option<String>) -> Setup {
     }
 }
 
-/// Loads the bench-only redirect program with up2's next hop and attaches it at the
-/// router's lan0 ingress (tcx); it stays attached while the returned object lives.
-fn attach_redirect(r: &NetNs) -> anyhow::Result<Ebpf> {
+/// The bench-only tc program of `v` (redirect or hook), attached at the router's lan0
+/// ingress (tcx) while the returned object lives; None for every other variant.
+fn attach_bare(v: Variant, r: &NetNs) -> anyhow::Result<Option<Ebpf>> {
+    let (bytes, name) = match v {
+        Variant::Redirect => (objects::redirect(), REDIRECT),
+        Variant::Hook => (objects::noop(), NOOP),
+        _ => return Ok(None),
+    };
     let _inside = r.enter();
+    let next_hop = match v {
+        Variant::Redirect => Some(up2_next_hop()?),
+        _ => None,
+    };
+    let mut loader = EbpfLoader::new();
+    if let Some((ifindex, nh)) = &next_hop {
+        loader
+            .override_global(REDIRECT_IFINDEX_GLOBAL, ifindex, true)
+            .override_global(REDIRECT_NH_GLOBAL, nh, true);
+    }
+    let mut obj = loader.load(bytes)?;
+    let prog: &mut SchedClassifier = obj
+        .program_mut(name)
+        .ok_or_else(|| anyhow::anyhow!("no {name} in the object"))?
+        .try_into()?;
+    prog.load()?;
+    prog.attach("lan0", TcAttachType::Ingress)?;
+    Ok(Some(obj))
+}
+
+/// The router's device towards up2 (ifindex, in the namespace the caller entered) and up2's
+/// IPv4 address in network byte order: where the redirect program sends everything.
+fn up2_next_hop() -> anyhow::Result<(u32, u32)> {
     let dev = std::ffi::CString::new(Place::Up2.dev())?;
     // SAFETY: `dev` is a NUL-terminated string that outlives the call.
     let ifindex = unsafe { libc::if_nametoindex(dev.as_ptr()) };
     anyhow::ensure!(ifindex != 0, "no {} in the router", Place::Up2.dev());
     let via: Ipv4Addr = Place::Up2.via(false).parse()?;
-    let nh = u32::from_ne_bytes(via.octets());
-    let mut obj = EbpfLoader::new()
-        .override_global(REDIRECT_IFINDEX_GLOBAL, &ifindex, true)
-        .override_global(REDIRECT_NH_GLOBAL, &nh, true)
-        .load(objects::redirect())?;
-    let prog: &mut SchedClassifier = obj
-        .program_mut(REDIRECT)
-        .ok_or_else(|| anyhow::anyhow!("no {REDIRECT} in the object"))?
-        .try_into()?;
-    prog.load()?;
-    prog.attach("lan0", TcAttachType::Ingress)?;
-    Ok(obj)
+    Ok((ifindex, u32::from_ne_bytes(via.octets())))
 }
 
 /// Sends every flow of mix `m` once, batch by batch, each batch only after the previous one
