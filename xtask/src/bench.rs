@@ -18,7 +18,8 @@ pub enum Which {
     /// Classifier ns/packet by BPF_PROG_TEST_RUN at 1, 1k, 10k and 100k rules.
     Classify,
     /// UDP forwarding through the router, matched and unmatched traffic: policyroute
-    /// (mark-based and fast path) vs iptables, nftables, ip rule.
+    /// (mark-based and fast path) vs iptables, nftables, ip rule, and the ceilings of any
+    /// tc program (redirect only; the empty program).
     E2e,
     /// UDP forwarding through a 10k and a 50k mixed-length prefix list: policyroute sets
     /// (mark-based and fast path) vs nftables interval sets and ipset hash:net.

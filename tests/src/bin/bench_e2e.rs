@@ -4,7 +4,9 @@
 //! policyroute (the real CLI) marking for the fwmark rules, policyroute with
 //! `fast_path = true` (the tc program forwards matched packets itself, no ip rules),
 //! iptables mangle PREROUTING `-j MARK` rules, an nftables concatenated-key map, and
-//! `ip rule` selectors. Each setup carries two traffic mixes, measured and reported apart:
+//! `ip rule` selectors. Two more variants bound what any tc program can reach here: one
+//! that redirects every packet to up2 and decides nothing, and the empty program attached
+//! (the hook alone). Each setup carries two traffic mixes, measured and reported apart:
 //! matched (every flow hits an entry) and unmatched (no flow does). Every variant is first
 //! checked to send exactly the expected packets of each mix to each uplink; then
 //! repetitions run interleaved (per repetition and mix: A B C D ...) and each is reported

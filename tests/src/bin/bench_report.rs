@@ -721,7 +721,6 @@ fn e2e_readme_rows(e: &Value) -> String {
                 "policyroute's overhead below this at every size: {}",
                 met(versus_nftables(e).0)
             ),
-            // 1.3x the packets/s needs at most 1/1.3 of the baseline's CPU per packet.
             ("hook", _) => format!(
                 "the fast path's unmatched goal ({GOAL_UNMATCHED}×) against the hook alone: {}",
                 if f(&r["ratio"]["median"]) >= GOAL_UNMATCHED {
@@ -730,6 +729,7 @@ fn e2e_readme_rows(e: &Value) -> String {
                     "**the hook alone is below it in this run**"
                 }
             ),
+            // 1.3x the packets/s needs at most 1/1.3 of the baseline's CPU per packet.
             ("redirect", _) => format!(
                 "1.3× needs at most {:.2}× the baseline's CPU per packet: {}",
                 1.0 / GOAL_MATCHED,
