@@ -31,11 +31,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::{
-    programs::{SchedClassifier, TcAttachType},
-    Ebpf, EbpfLoader,
-};
-use policyroute::kernel::objects;
+use aya::{programs::TcAttachType, Ebpf, EbpfLoader};
+use policyroute::kernel::{dataplane::classifier_mut, objects};
 use policyroute_common::names::{NOOP, REDIRECT, REDIRECT_IFINDEX_GLOBAL, REDIRECT_NH_GLOBAL};
 use policyroute_tests::topology::Place;
 use policyroute_tests::{
@@ -600,10 +597,7 @@ fn attach_bare(v: Variant, r: &NetNs) -> anyhow::Result<Option<Ebpf>> {
             .override_global(REDIRECT_NH_GLOBAL, nh, true);
     }
     let mut obj = loader.load(bytes)?;
-    let prog: &mut SchedClassifier = obj
-        .program_mut(name)
-        .ok_or_else(|| anyhow::anyhow!("no {name} in the object"))?
-        .try_into()?;
+    let prog = classifier_mut(&mut obj, name)?;
     prog.load()?;
     prog.attach("lan0", TcAttachType::Ingress)?;
     Ok(Some(obj))
