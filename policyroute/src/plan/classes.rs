@@ -175,7 +175,15 @@ fn classify(conditions: &BTreeMap<String, Vec<IpNet>>) -> FieldClasses {
             stack.pop();
         }
         let mut all = stack.last().map(|(_, c)| c.clone()).unwrap_or_default();
+        let enclosing = all.len();
         all.extend(own);
+        // Nothing new (a list holding a prefix and also a shorter one around it, as
+        // downloaded lists and the unions of several lists often do): the enclosing prefix
+        // already gives every address here this class, so the prefix costs no trie memory.
+        // What it encloses takes its classes from the enclosing one, which are the same.
+        if enclosing > 0 && all.len() == enclosing {
+            continue;
+        }
         let class = match ids.get(&all) {
             Some(&id) => id,
             None => {
@@ -249,6 +257,34 @@ mod tests {
             c.fields.keys().copied().collect::<Vec<_>>(),
             vec![(Family::V4, Field::Dst)]
         );
+    }
+
+    #[test]
+    fn a_prefix_inside_a_shorter_one_of_the_same_class_takes_no_trie_entry() {
+        let list = Arc::new(PrefixSet::new(
+            "list".into(),
+            None,
+            [
+                "198.18.0.0/15",
+                "198.18.4.0/24",
+                "198.18.4.128/25",
+                "203.0.113.0/24",
+            ]
+            .iter()
+            .map(|p| p.parse().unwrap())
+            .collect(),
+        ));
+        let other = Arc::new(PrefixSet::new(
+            "other".into(),
+            None,
+            vec!["198.18.4.0/26".parse().unwrap()],
+        ));
+        let c = Classes::of([with_dst_set(&list), with_dst_set(&other)].iter());
+        let fc = &c.fields[&(Family::V4, Field::Dst)];
+        let kept: Vec<u8> = fc.prefixes.iter().map(|p| p.len).collect();
+        // The /24 and /25 add nothing to the /15; the /26 adds `other`.
+        assert_eq!(kept, vec![15, 26, 24]);
+        assert_eq!(fc.names.len(), 2);
     }
 
     #[test]

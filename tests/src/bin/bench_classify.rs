@@ -168,16 +168,20 @@ fn main() -> anyhow::Result<()> {
          program, median (min–max) of {} rounds; differences are taken within each round. \
          \"Two loads of the same code\" is the applied program minus the copy with trace code: \
          how far identical programs differ in this run.\n\n{}\n\
-         Prefix sets: one `[[set]]`: uniform N, N prefixes per family with lengths drawn uniformly from \
-         /1–/32 (IPv4) and /1–/128 (IPv6), all in the lower half of the address space (misses \
-         go to the upper half); country: `bench::country_list`, 50,000 IPv4 prefixes over 24 \
-         lengths (mostly /16–/24) and 37,000 IPv6 over about 110 (mostly /29, /32, /48); a \
+         Prefix sets: one `[[set]]`: disjoint N, N prefixes per family in the lower half \
+         of the address space (misses go to the upper half), none inside another (each one an \
+         entry of the trie), lengths drawn uniformly from /16–/32 (IPv4) and /16–/128 (IPv6) \
+         and redrawn where they do not fit; uniform 100000: lengths drawn uniformly from \
+         /1–/32 and /1–/128 with no other constraint, so the list holds its family's /1 many \
+         times over and the trie keeps only that (a prefix inside another of the same set \
+         adds nothing); country: `bench::country_list`, 50,000 IPv4 prefixes over 24 lengths \
+         (mostly /16–/24) and 37,000 IPv6 over about 110 (mostly /29, /32, /48); a \
          rule `dst = \"@big\"` alone, or with `proto = \"tcp\"` and \
          `dport = 443`. Each row runs interleaved, round by round, with the 1-rule policy of \
          the first table (applied in a second namespace, same family and case, its own \
          frames); \"vs 1 rule\" is the median (min–max) of the per-round ratios; \"one hot \
          packet\" runs the first frame of each 1,000 times per call in the kernel's loop (what \
-         the instructions cost, with nothing to miss in the caches); trie: the nodes the image takes (the map holds two images):\n\n{}",
+         the instructions cost, with nothing to miss in the caches); trie: the nodes the image takes (the map holds two images) and the prefixes it holds:\n\n{}",
         b.packets,
         b.rounds,
         table.markdown(),
@@ -726,6 +730,34 @@ fn set_prefix(rng: &mut StdRng, v6: bool) -> ipnet::IpNet {
     }
 }
 
+/// `n` prefixes of `family` in the lower half of its space, none inside another (so each
+/// one is an entry of the trie: a set that holds a prefix and a shorter one around it needs
+/// only the shorter), of lengths drawn uniformly from /16–/32 (IPv4) and /16–/128 (IPv6),
+/// where they fit.
+fn disjoint_prefixes(rng: &mut StdRng, n: usize, v6: bool) -> Vec<ipnet::IpNet> {
+    let (bits, top) = if v6 { (128u32, 128u8) } else { (32, 32) };
+    // Accepted ranges of host numbers: first -> last.
+    let mut taken: std::collections::BTreeMap<u128, u128> = Default::default();
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let len = rng.gen_range(16..=top);
+        let free = bits - u32::from(len);
+        let first = (rng.gen::<u128>() >> (129 - bits)) >> free << free;
+        let last = first | ((1u128 << free) - 1);
+        let before = taken.range(..=last).next_back();
+        if before.is_some_and(|(_, &end)| end >= first) {
+            continue;
+        }
+        taken.insert(first, last);
+        out.push(if v6 {
+            ipnet::IpNet::V6(ipnet::Ipv6Net::new(first.into(), len).unwrap())
+        } else {
+            ipnet::IpNet::V4(ipnet::Ipv4Net::new((first as u32).into(), len).unwrap())
+        });
+    }
+    out
+}
+
 /// An address inside `net`, or (miss) in the upper half of the space.
 fn set_address(rng: &mut StdRng, net: &ipnet::IpNet, hit: bool) -> IpAddr {
     match (net, hit) {
@@ -765,6 +797,7 @@ fn sets_rows(
         "list (prefixes per family)",
         ">apply s",
         ">trie MiB",
+        ">in the trie",
         "rule",
         "family",
         "case",
@@ -779,10 +812,9 @@ fn sets_rows(
         .map(|&n| {
             let prefixes = [false, true]
                 .into_iter()
-                .flat_map(|v6| (0..n).map(move |_| v6))
-                .map(|v6| set_prefix(&mut b.rng, v6))
+                .flat_map(|v6| disjoint_prefixes(&mut b.rng, n, v6))
                 .collect();
-            (format!("uniform {n}"), prefixes)
+            (format!("disjoint {n}"), prefixes)
         })
         .collect();
     lists.insert(
@@ -792,13 +824,21 @@ fn sets_rows(
             policyroute_tests::bench::country_list(7),
         ),
     );
-    // `POLICYROUTE_BENCH_SETS=uniform 100000` (a list's name): only that list, for quick runs.
+    // The issue's length mix drawn freely: such a list holds its family's /1 many times
+    // over, and the trie keeps only that (what merging nested prefixes saves).
+    let uniform = [false, true]
+        .into_iter()
+        .flat_map(|v6| (0..100_000).map(move |_| v6))
+        .map(|v6| set_prefix(&mut b.rng, v6))
+        .collect();
+    lists.insert(3, ("uniform 100000".into(), uniform));
+    // `POLICYROUTE_BENCH_SETS=disjoint 100000` (a list's name): only that list, for quick runs.
     let only = std::env::var("POLICYROUTE_BENCH_SETS").ok();
     lists.retain(|(n, _)| only.as_deref().is_none_or(|o| o == n));
     for (n, prefixes) in lists {
         let list: String = prefixes.iter().map(|p| format!("{p}\n")).collect();
         let list_file = TempFile::new("big.txt", &list);
-        let trie_mib = trie_mib(&prefixes);
+        let (trie_mib, trie_prefixes) = trie_of(&prefixes);
         for with_ports in [false, true] {
             let name = list_file.path.file_name().unwrap().to_str().unwrap();
             let (conds, what) = if with_ports {
@@ -848,6 +888,7 @@ fn sets_rows(
                         n.clone(),
                         format!("{:.2}", took.as_secs_f64()),
                         format!("{trie_mib:.1}"),
+                        trie_prefixes.to_string(),
                         what.into(),
                         family.into(),
                         case.into(),
@@ -859,6 +900,7 @@ fn sets_rows(
                     rows.push(json!({
                         "prefixes": n, "rule": what, "family": family, "case": case,
                         "apply_s": took.as_secs_f64(), "trie_mib": trie_mib,
+                        "trie_prefixes": trie_prefixes,
                         "ns": cost.json(), "one_rule_ns": base.json(),
                         "vs_one_rule": ratio.median, "vs_one_rule_spread": ratio.json(),
                         "hot_ns": hot_set.json(), "hot_one_rule_ns": hot_one.json(),
@@ -870,8 +912,9 @@ fn sets_rows(
     Ok((table, rows))
 }
 
-/// MiB of the trie image the controller builds for `prefixes` (one set, one rule).
-fn trie_mib(prefixes: &[ipnet::IpNet]) -> f64 {
+/// MiB of the trie image the controller builds for `prefixes` (one set, one rule), and
+/// the prefixes it holds (a prefix inside another of the set needs no entry).
+fn trie_of(prefixes: &[ipnet::IpNet]) -> (f64, usize) {
     use policyroute::policy::{
         matcher::Match,
         sets::{PrefixSet, SetRef},
@@ -888,5 +931,9 @@ fn trie_mib(prefixes: &[ipnet::IpNet]) -> f64 {
     let compiled = policyroute::plan::compile::compile(&[rule], u32::MAX, &Default::default())
         .expect("compiles");
     let node_bytes = policyroute_common::TRIE_NODE_WORDS as f64 * 4.0;
-    compiled.trie.nodes() as f64 * node_bytes / f64::from(1u32 << 20)
+    let held = compiled.classes.fields.values().map(|f| f.prefixes.len());
+    (
+        compiled.trie.nodes() as f64 * node_bytes / f64::from(1u32 << 20),
+        held.sum(),
+    )
 }
