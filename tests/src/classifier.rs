@@ -33,6 +33,20 @@ impl Classifier {
         }
     }
 
+    /// Loads the program with maps sized for `rules` (a policy beyond the default sizes,
+    /// such as a million set prefixes) and writes them in; also returns what they compiled to.
+    pub fn load_for(rules: Vec<Rule>, mark_mask: u32) -> (Self, Compiled) {
+        let compiled = compile(&rules, mark_mask, &Default::default()).expect("compile");
+        let mut dp = Dataplane::load(Capacity::for_policy(&compiled)).expect("load the classifier");
+        dp.maps.install(&compiled).expect("install");
+        let c = Self {
+            dp,
+            rules,
+            mark_mask,
+        };
+        (c, compiled)
+    }
+
     /// Compiles `rules` and writes them into the maps.
     pub fn set_policy(&mut self, rules: Vec<Rule>, mark_mask: u32) -> InstallStats {
         let compiled = self.compile(&rules, mark_mask).expect("compile");
