@@ -314,10 +314,42 @@ pub fn policy_toml(n: usize, changed: Option<usize>) -> String {
     s
 }
 
+/// Address ranges (first -> last, as numbers, per family) of prefixes drawn so that none
+/// holds another.
+#[derive(Default)]
+pub struct Disjoint([std::collections::BTreeMap<u128, u128>; 2]);
+
+impl Disjoint {
+    /// Takes `net` unless it overlaps one taken before.
+    pub fn take(&mut self, net: &ipnet::IpNet) -> bool {
+        let (taken, first, last) = match net {
+            ipnet::IpNet::V4(n) => (
+                &mut self.0[0],
+                u128::from(u32::from(n.network())),
+                u128::from(u32::from(n.broadcast())),
+            ),
+            ipnet::IpNet::V6(n) => (
+                &mut self.0[1],
+                u128::from(n.network()),
+                u128::from(n.broadcast()),
+            ),
+        };
+        // Ranges taken never overlap: only the last one starting at or before `last` can
+        // reach into this one.
+        let before = taken.range(..=last).next_back();
+        if before.is_some_and(|(_, &end)| end >= first) {
+            return false;
+        }
+        taken.insert(first, last);
+        true
+    }
+}
+
 /// A list shaped like a real country list (about 50,000 IPv4 prefixes over 24 lengths,
 /// mostly /16 to /24, and 37,000 IPv6 prefixes over about 110 lengths, mostly /29, /32 and
-/// /48), drawn from `seed`; IPv4 in 2.0.0.0/7 to 95.0.0.0/8, IPv6 in 2a00::/12. No packet is
-/// sent to these: tests add documentation prefixes for that.
+/// /48), drawn from `seed`; IPv4 in 2.0.0.0/7 to 95.0.0.0/8, IPv6 in 2a00::/12. Like a
+/// real (aggregated) list, no prefix holds another: each one is an entry of the classifier.
+/// No packet is sent to these: tests add documentation prefixes for that.
 pub fn country_list(seed: u64) -> Vec<ipnet::IpNet> {
     use rand::{rngs::StdRng, Rng, SeedableRng};
     // (length, weight in thousandths) of the IPv4 part.
@@ -350,6 +382,7 @@ pub fn country_list(seed: u64) -> Vec<ipnet::IpNet> {
     let mut rng = StdRng::seed_from_u64(seed);
     let total: u32 = V4.iter().map(|(_, w)| w).sum();
     let mut set = std::collections::BTreeSet::new();
+    let mut taken = Disjoint::default();
     while set.len() < 50_000 {
         let mut pick = rng.gen_range(0..total);
         let len = V4
@@ -361,8 +394,10 @@ pub fn country_list(seed: u64) -> Vec<ipnet::IpNet> {
             })
             .map_or(24, |(l, _)| *l);
         let addr = rng.gen_range(0x0200_0000u32..0x5f00_0000);
-        let net = ipnet::Ipv4Net::new(addr.into(), len).unwrap().trunc();
-        set.insert(ipnet::IpNet::V4(net));
+        let net = ipnet::IpNet::V4(ipnet::Ipv4Net::new(addr.into(), len).unwrap().trunc());
+        if taken.take(&net) {
+            set.insert(net);
+        }
     }
     while set.len() < 87_000 {
         let len = match rng.gen_range(0..10) {
@@ -371,8 +406,10 @@ pub fn country_list(seed: u64) -> Vec<ipnet::IpNet> {
             _ => rng.gen_range(65..=128),
         };
         let addr = (0x2a00u128 << 112) | (rng.gen::<u128>() >> 12);
-        let net = ipnet::Ipv6Net::new(addr.into(), len).unwrap().trunc();
-        set.insert(ipnet::IpNet::V6(net));
+        let net = ipnet::IpNet::V6(ipnet::Ipv6Net::new(addr.into(), len).unwrap().trunc());
+        if taken.take(&net) {
+            set.insert(net);
+        }
     }
     set.into_iter().collect()
 }

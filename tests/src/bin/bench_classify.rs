@@ -735,25 +735,20 @@ fn set_prefix(rng: &mut StdRng, v6: bool) -> ipnet::IpNet {
 /// only the shorter), of lengths drawn uniformly from /16–/32 (IPv4) and /16–/128 (IPv6),
 /// where they fit.
 fn disjoint_prefixes(rng: &mut StdRng, n: usize, v6: bool) -> Vec<ipnet::IpNet> {
-    let (bits, top) = if v6 { (128u32, 128u8) } else { (32, 32) };
-    // Accepted ranges of host numbers: first -> last.
-    let mut taken: std::collections::BTreeMap<u128, u128> = Default::default();
+    let mut taken = policyroute_tests::bench::Disjoint::default();
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
-        let len = rng.gen_range(16..=top);
-        let free = bits - u32::from(len);
-        let first = (rng.gen::<u128>() >> (129 - bits)) >> free << free;
-        let last = first | ((1u128 << free) - 1);
-        let before = taken.range(..=last).next_back();
-        if before.is_some_and(|(_, &end)| end >= first) {
-            continue;
-        }
-        taken.insert(first, last);
-        out.push(if v6 {
-            ipnet::IpNet::V6(ipnet::Ipv6Net::new(first.into(), len).unwrap())
+        let net = if v6 {
+            let a = rng.gen::<u128>() >> 1;
+            ipnet::IpNet::V6(ipnet::Ipv6Net::new(a.into(), rng.gen_range(16..=128)).unwrap())
         } else {
-            ipnet::IpNet::V4(ipnet::Ipv4Net::new((first as u32).into(), len).unwrap())
-        });
+            let a = rng.gen::<u32>() >> 1;
+            ipnet::IpNet::V4(ipnet::Ipv4Net::new(a.into(), rng.gen_range(16..=32)).unwrap())
+        }
+        .trunc();
+        if taken.take(&net) {
+            out.push(net);
+        }
     }
     out
 }
