@@ -100,20 +100,27 @@ impl Classes {
 
 /// Fields (by family) whose literal prefixes come in [`TRIE_FROM_LENGTHS`] lengths or more.
 fn literal_fields<'a>(rules: impl Iterator<Item = &'a Match>) -> BTreeSet<(Family, Field)> {
-    let mut lengths: BTreeMap<(Family, Field), BTreeSet<u8>> = BTreeMap::new();
+    // A flag per (family, field, length): this runs over every rule of every apply, and
+    // tree inserts per rule cost a 100,000-rule apply about 10 ms.
+    let mut seen = [[[false; 129]; 2]; 2];
     for m in rules {
         for (field, net) in [(Field::Src, &m.src), (Field::Dst, &m.dst)] {
             if let Some(n) = net.filter(|n| n.prefix_len() > 0) {
-                let at = (Family::of_net(&n), field);
-                lengths.entry(at).or_default().insert(n.prefix_len());
+                let family = Family::of_net(&n).index() as usize;
+                seen[family][field as usize][usize::from(n.prefix_len())] = true;
             }
         }
     }
-    lengths
-        .into_iter()
-        .filter(|(_, l)| l.len() >= TRIE_FROM_LENGTHS)
-        .map(|(at, _)| at)
-        .collect()
+    let mut out = BTreeSet::new();
+    for family in [Family::V4, Family::V6] {
+        for field in [Field::Src, Field::Dst] {
+            let lengths = seen[family.index() as usize][field as usize];
+            if lengths.iter().filter(|&&l| l).count() >= TRIE_FROM_LENGTHS {
+                out.insert((family, field));
+            }
+        }
+    }
+    out
 }
 
 /// The name of `m`'s condition on `field` for `family` when it goes through a trie: `@set`
