@@ -24,7 +24,7 @@ use super::prefix_trie::Image;
 use super::targets::TargetIds;
 use crate::policy::{
     matcher::{Family, Match, Rule, RuleError},
-    Policy, Target, WhenDown,
+    Policy, Target,
 };
 
 /// Everything that identifies a shape within a family.
@@ -123,16 +123,10 @@ pub fn compile_policy(
             count: targets.len(),
         });
     }
-    // Looked up by borrowed name: `TargetIds::id` takes an owned key, one allocation per rule.
-    let ids: HashMap<(&str, WhenDown), u32> =
-        targets.iter().map(|(n, w, id)| ((n, w), id)).collect();
     let rules = policy.rules.iter().map(|r| {
         let (mark, target) = match &r.target {
             Target::Mark(mark) => (*mark, 0),
-            Target::Gateway(name) => (
-                0,
-                ids.get(&(name.as_str(), r.when_down)).copied().unwrap_or(0),
-            ),
+            Target::Gateway(name) => (0, targets.id(name, r.when_down).unwrap_or(0)),
         };
         (r.name.as_str(), &r.matcher, mark, target)
     });

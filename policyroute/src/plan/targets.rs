@@ -18,9 +18,10 @@ use crate::policy::{matcher::Family, Member, Policy, Target, WhenDown};
 
 pub const FAMILIES: [Family; 2] = [Family::V4, Family::V6];
 
-/// The ids of the targets a policy's rules route to.
+/// The ids of the targets a policy's rules route to, by name, then `when_down` (nested, so
+/// [`TargetIds::id`] looks a borrowed name up: compiling calls it once per rule).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TargetIds(BTreeMap<(String, WhenDown), u32>);
+pub struct TargetIds(BTreeMap<String, BTreeMap<WhenDown, u32>>);
 
 impl TargetIds {
     /// Ids come from a hash of (name, `when_down`), so adding or removing one target does
@@ -46,30 +47,33 @@ impl TargetIds {
             .collect();
         let mut wanted: Vec<(&str, WhenDown)> = wanted.into_iter().collect();
         wanted.sort_unstable();
-        let mut ids = BTreeMap::new();
+        let mut ids: BTreeMap<String, BTreeMap<WhenDown, u32>> = BTreeMap::new();
         let mut taken = std::collections::BTreeSet::new();
         for (name, when_down) in wanted {
+            // Hashed as (String, WhenDown), as ids always were: they must not change.
             let target = (name.to_owned(), when_down);
             // Ids stay below 2^31: the map key is `id << 1 | family`.
             let mut id = (hash_of(&target) as u32 & 0x7fff_ffff).max(1);
             while !taken.insert(id) {
                 id = (id % 0x7fff_ffff) + 1;
             }
-            ids.insert(target, id);
+            ids.entry(target.0).or_default().insert(when_down, id);
         }
         Self(ids)
     }
 
     pub fn id(&self, name: &str, when_down: WhenDown) -> Option<u32> {
-        self.0.get(&(name.to_owned(), when_down)).copied()
+        self.0.get(name)?.get(&when_down).copied()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, WhenDown, u32)> {
-        self.0.iter().map(|((n, w), id)| (n.as_str(), *w, *id))
+        self.0
+            .iter()
+            .flat_map(|(n, ids)| ids.iter().map(move |(w, id)| (n.as_str(), *w, *id)))
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.0.values().map(BTreeMap::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
