@@ -97,6 +97,20 @@ pub fn sets(rng: &mut StdRng) -> Vec<Arc<PrefixSet>> {
         .collect()
 }
 
+/// A random address inside `net`.
+pub fn host_in(rng: &mut StdRng, net: &IpNet) -> IpAddr {
+    match net {
+        IpNet::V4(n) => {
+            let host = rng.gen::<u32>() & !u32::from(n.netmask());
+            Ipv4Addr::from(u32::from(n.network()) | host).into()
+        }
+        IpNet::V6(n) => {
+            let host = rng.gen::<u128>() & !u128::from(n.netmask());
+            Ipv6Addr::from(u128::from(n.network()) | host).into()
+        }
+    }
+}
+
 /// A valid random rule (retries until `validate` accepts it); its address conditions
 /// name one of `sets` now and then.
 pub fn rule(rng: &mut StdRng, index: usize, sets: &[Arc<PrefixSet>]) -> Rule {

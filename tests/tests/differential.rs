@@ -2,7 +2,11 @@
 //! through the loaded kernel program and through the reference model. Marks and per-rule
 //! counters must agree exactly.
 use policyroute::{plan::compile::CompileError, reference::classifier as reference};
-use policyroute_tests::{classifier::Classifier, netns::NetNs, random};
+use policyroute_tests::{
+    classifier::Classifier,
+    netns::NetNs,
+    random::{self, host_in},
+};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 const POLICIES: usize = 250;
@@ -212,18 +216,4 @@ fn million_prefix(rng: &mut StdRng, v4: bool) -> ipnet::IpNet {
         )
     };
     ipnet::IpNet::new(addr, len).unwrap().trunc()
-}
-
-/// A random address inside `net`.
-fn host_in(rng: &mut StdRng, net: &ipnet::IpNet) -> std::net::IpAddr {
-    match net {
-        ipnet::IpNet::V4(n) => {
-            let host = rng.gen::<u32>() & !u32::from(n.netmask());
-            std::net::Ipv4Addr::from(u32::from(n.network()) | host).into()
-        }
-        ipnet::IpNet::V6(n) => {
-            let host = rng.gen::<u128>() & !u128::from(n.netmask());
-            std::net::Ipv6Addr::from(u128::from(n.network()) | host).into()
-        }
-    }
 }

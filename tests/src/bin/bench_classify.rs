@@ -756,14 +756,7 @@ fn disjoint_prefixes(rng: &mut StdRng, n: usize, v6: bool) -> Vec<ipnet::IpNet> 
 /// An address inside `net`, or (miss) in the upper half of the space.
 fn set_address(rng: &mut StdRng, net: &ipnet::IpNet, hit: bool) -> IpAddr {
     match (net, hit) {
-        (ipnet::IpNet::V4(n), true) => {
-            let host = rng.gen::<u32>() & !u32::from(n.netmask());
-            IpAddr::from(std::net::Ipv4Addr::from(u32::from(n.network()) | host))
-        }
-        (ipnet::IpNet::V6(n), true) => {
-            let host = rng.gen::<u128>() & !u128::from(n.netmask());
-            IpAddr::from(std::net::Ipv6Addr::from(u128::from(n.network()) | host))
-        }
+        (_, true) => policyroute_tests::random::host_in(rng, net),
         (ipnet::IpNet::V4(_), false) => {
             IpAddr::from(std::net::Ipv4Addr::from(rng.gen::<u32>() | 1 << 31))
         }
