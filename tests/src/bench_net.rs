@@ -84,14 +84,22 @@ pub struct FrameSender {
 
 const BATCH: usize = 64;
 
+/// The ifindex of `dev` in the namespace the calling thread is in; 0 when there is none.
+pub fn ifindex(dev: &str) -> u32 {
+    let Ok(name) = std::ffi::CString::new(dev) else {
+        return 0;
+    };
+    // SAFETY: `name` is a NUL-terminated string that outlives the call.
+    unsafe { libc::if_nametoindex(name.as_ptr()) }
+}
+
 impl FrameSender {
     pub fn new(ns: &NetNs, dev: &str) -> Self {
         let _in = ns.enter();
-        let name = std::ffi::CString::new(dev).unwrap();
+        let ifindex = ifindex(dev);
+        assert!(ifindex != 0, "no device {dev} in {}", ns.name);
         // SAFETY: plain libc calls with valid arguments; the fd is owned right away.
         unsafe {
-            let ifindex = libc::if_nametoindex(name.as_ptr());
-            assert!(ifindex != 0, "no device {dev} in {}", ns.name);
             // Protocol 0: the socket only sends, it never receives a copy of anything.
             let raw = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
             assert!(raw >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());

@@ -40,7 +40,7 @@ use policyroute_tests::{
         self, entry, env_or, measure, perf_symbols, pin_to_cpu, policy_toml, Spread, Table, MARK,
         SIZES, TABLE,
     },
-    bench_net::{cpu_busy_ns, mac_of, settle, udp_frame, Flow, FrameSender, IpReceived},
+    bench_net::{self, cpu_busy_ns, mac_of, settle, udp_frame, Flow, FrameSender, IpReceived},
     cli,
     fixture::TempFile,
     netns::NetNs,
@@ -606,9 +606,7 @@ fn attach_bare(v: Variant, r: &NetNs) -> anyhow::Result<Option<Ebpf>> {
 /// The router's device towards up2 (ifindex, in the namespace the caller entered) and up2's
 /// IPv4 address in network byte order: where the redirect program sends everything.
 fn up2_next_hop() -> anyhow::Result<(u32, u32)> {
-    let dev = std::ffi::CString::new(Place::Up2.dev())?;
-    // SAFETY: `dev` is a NUL-terminated string that outlives the call.
-    let ifindex = unsafe { libc::if_nametoindex(dev.as_ptr()) };
+    let ifindex = bench_net::ifindex(Place::Up2.dev());
     anyhow::ensure!(ifindex != 0, "no {} in the router", Place::Up2.dev());
     let via: Ipv4Addr = Place::Up2.via(false).parse()?;
     Ok((ifindex, u32::from_ne_bytes(via.octets())))
