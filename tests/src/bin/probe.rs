@@ -127,6 +127,15 @@ fn tcp_many(to: SocketAddr, count: usize, wait: Duration) -> anyhow::Result<()> 
     for _ in 0..count {
         let s = Socket::new(domain, Type::STREAM, None)?;
         s.set_nonblocking(true)?;
+        // A port of its own before connect: connect alone may give two sockets the same
+        // port when their routes pick different source addresses (the 4-tuples differ),
+        // and the caller tells connections apart by port.
+        let any: SocketAddr = if to.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        s.bind(&any.into())?;
         match s.connect(&to.into()) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
