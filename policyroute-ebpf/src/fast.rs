@@ -14,7 +14,7 @@ use aya_ebpf::{
     bindings::{
         bpf_fib_lookup as FibParams, bpf_redir_neigh, BPF_FIB_LKUP_RET_FRAG_NEEDED,
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_DIRECT,
-        BPF_FIB_LOOKUP_TBID, TC_ACT_SHOT,
+        BPF_FIB_LOOKUP_TBID, TC_ACT_SHOT, TC_ACT_UNSPEC,
     },
     helpers::generated::{bpf_fib_lookup, bpf_redirect_neigh},
     maps::lpm_trie::Key,
@@ -55,7 +55,12 @@ const IP_DF: u16 = 0x4000;
 /// parameters and the ICMP error's headers would otherwise add to the classifier's stack
 /// frame, and the verifier caps the stack of a call chain at 512 bytes.
 #[inline(never)]
-pub fn forward(
+pub fn forward(ctx: &TcContext, pkt: &Packet, mark: u32, explain: bool, oif: &mut u32) -> i32 {
+    forward_inner(ctx, pkt, mark, explain, oif).unwrap_or(TC_ACT_UNSPEC)
+}
+
+#[inline(always)]
+fn forward_inner(
     ctx: &TcContext,
     pkt: &Packet,
     mark: u32,
@@ -119,9 +124,7 @@ fn fill_params(
     explain: bool,
 ) -> Option<()> {
     let ethertype = u16::from_be_bytes(crate::parse::load::<[u8; 2]>(ctx, 12)?);
-    // SAFETY: all-zero is a valid bpf_fib_lookup (plain integers and unions of them); p is
-    // a live, exclusive reference.
-    unsafe { core::ptr::write_bytes(p as *mut FibParams, 0, 1) };
+    zero(p);
     p.l4_protocol = pkt.proto;
     p.sport = pkt.sport.to_be();
     p.dport = pkt.dport.to_be();
@@ -157,6 +160,22 @@ fn fill_params(
     // GSO packet is checked by the helper per segment against the device's MTU instead.
     p.__bindgen_anon_1.tot_len = if gso { 0 } else { len };
     Some(())
+}
+
+/// Zeroes the lookup's parameters with eight word stores. `write_bytes` would become a
+/// call to the compiler's `memset`, which on BPF is a loop of byte stores.
+#[inline(always)]
+fn zero(p: &mut FibParams) {
+    const WORDS: usize = core::mem::size_of::<FibParams>() / 8;
+    const _: () = assert!(core::mem::size_of::<FibParams>() == WORDS * 8);
+    let words = (p as *mut FibParams).cast::<u64>();
+    for i in 0..WORDS {
+        // SAFETY: p is a live, exclusive bpf_fib_lookup of WORDS whole words, 8-aligned
+        // (it holds u64-aligned unions and sits at the start of a map value); all-zero is
+        // a valid bpf_fib_lookup (plain integers and unions of them). Volatile, so LLVM
+        // does not merge the stores back into a memset call.
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+    }
 }
 
 #[inline(always)]

@@ -16,6 +16,8 @@
 #![no_std]
 #![no_main]
 
+use core::mem::MaybeUninit;
+
 mod fast;
 mod icmp;
 mod parse;
@@ -156,24 +158,36 @@ static STATE: HashMap<u32, StateChunk> =
 
 #[classifier]
 pub fn policyroute_tc(ctx: TcContext) -> i32 {
-    if let (Some(control), Some(pkt)) = (CONTROL.get(0), parse::packet(&ctx)) {
-        return tc(&ctx, &pkt, control);
+    let Some(control) = CONTROL.get(0) else {
+        return TC_ACT_UNSPEC;
+    };
+    let mut pkt = MaybeUninit::uninit();
+    if parse::packet(ctx.data(), ctx.data_end(), &mut pkt) == 0 {
+        return TC_ACT_UNSPEC;
     }
-    TC_ACT_UNSPEC
+    // SAFETY: `packet` returned 1, so it wrote the whole packet.
+    let pkt = unsafe { pkt.assume_init_ref() };
+    tc(&ctx, pkt, control)
 }
 
 /// Tc egress: classification only (no stickiness). The route is already chosen here, so
 /// these marks serve later consumers (qdiscs, accounting), not routing.
 #[classifier]
 pub fn policyroute_eg(ctx: TcContext) -> i32 {
-    if let (Some(control), Some(pkt)) = (CONTROL.get(0), parse::packet(&ctx)) {
-        if let Some(hit) = search::classify(&pkt, control) {
+    let Some(control) = CONTROL.get(0) else {
+        return TC_ACT_UNSPEC;
+    };
+    let mut pkt = MaybeUninit::uninit();
+    if parse::packet(ctx.data(), ctx.data_end(), &mut pkt) != 0 {
+        // SAFETY: `packet` returned 1, so it wrote the whole packet.
+        let pkt = unsafe { pkt.assume_init_ref() };
+        if let Some(hit) = search::classify(pkt, control) {
             if !is_explain(&ctx) {
                 count(hit.counter, u64::from(ctx.len()));
             }
             // A blackholed target drops at ingress; a mark here only serves qdiscs, and
             // records are read, not written.
-            let tuple = targets::tuple(&pkt);
+            let tuple = targets::tuple(pkt);
             let flow = Flow::Tracked {
                 tuple: &tuple,
                 write: false,
@@ -183,10 +197,10 @@ pub fn policyroute_eg(ctx: TcContext) -> i32 {
                 set_mark(&ctx, mark, hit.mark_mask);
             }
             if !is_explain(&ctx) {
-                trace::tc(&ctx, control, HOOK_TC_EGRESS, &pkt, &traced);
+                trace::tc(&ctx, control, HOOK_TC_EGRESS, pkt, &traced);
             }
         } else if !is_explain(&ctx) {
-            trace::tc(&ctx, control, HOOK_TC_EGRESS, &pkt, &Traced::none());
+            trace::tc(&ctx, control, HOOK_TC_EGRESS, pkt, &Traced::none());
         }
     }
     TC_ACT_UNSPEC
@@ -299,9 +313,8 @@ fn fast_path(
         return TC_ACT_UNSPEC;
     }
     match fast::forward(ctx, pkt, t.mark, explain, &mut t.oif) {
-        Some(fast::SEND_TOO_BIG) => icmp::too_big(ctx, pkt, fast::too_big_mtu()),
-        Some(rc) => rc,
-        None => TC_ACT_UNSPEC,
+        fast::SEND_TOO_BIG => icmp::too_big(ctx, pkt, fast::too_big_mtu()),
+        rc => rc,
     }
 }
 

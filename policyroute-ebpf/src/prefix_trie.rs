@@ -65,9 +65,8 @@ fn class(base: u32, root: u32, addr: &[u32; 4], family: u32) -> u32 {
     if root == TRIE_NONE {
         return 0;
     }
-    let b = bytes(addr);
     // A root spans consecutive nodes: its 16 bits pick the node, then the word.
-    let first = (u32::from(b[0]) << 8) | u32::from(b[1]);
+    let first = u32::from(u16::from_be(addr[0] as u16));
     let at = base
         .wrapping_add(root)
         .wrapping_add(first / TRIE_NODE_WORDS);
@@ -75,7 +74,7 @@ fn class(base: u32, root: u32, addr: &[u32; 4], family: u32) -> u32 {
         return 0;
     };
     let mut walk = Walk {
-        bytes: b,
+        addr,
         base,
         word: node[(first % TRIE_NODE_WORDS) as usize],
     };
@@ -102,8 +101,9 @@ fn class(base: u32, root: u32, addr: &[u32; 4], family: u32) -> u32 {
     }
 }
 
-struct Walk {
-    bytes: [u8; 16],
+struct Walk<'a> {
+    /// Read in place, not copied: the walk's state sits in the deepest call chain.
+    addr: &'a [u32; 4],
     base: u32,
     /// The word reached so far.
     word: u32,
@@ -119,7 +119,7 @@ unsafe extern "C" fn walk_step(level: u32, ctx: *mut Walk) -> i64 {
     }
     let at = w.base.wrapping_add(w.word & TRIE_INDEX);
     w.word = match PREFIX_TRIE.get(at) {
-        Some(node) => node[chunk(&w.bytes, level as usize)],
+        Some(node) => node[chunk(w.addr, level as usize)],
         None => 0,
     };
     0
@@ -205,22 +205,13 @@ fn mask(len: u32, i: u32) -> u32 {
     }
 }
 
-/// The bits of `b` that node level `i` (below the root) indexes by.
+/// The bits of `addr` (network-order bytes as native words) that node level `i` (below
+/// the root) indexes by.
 #[inline(always)]
-fn chunk(b: &[u8; 16], i: usize) -> usize {
+fn chunk(addr: &[u32; 4], i: usize) -> usize {
     let bit = TRIE_ROOT_BITS as usize + i * TRIE_STRIDE_BITS as usize;
-    // `& 15` in the index itself: the verifier sees the read inside the 16 bytes.
-    let byte = b[(bit / 8) & 15];
-    let shift = 8 - TRIE_STRIDE_BITS as usize - bit % 8;
-    (usize::from(byte) >> shift) & (TRIE_NODE_WORDS as usize - 1)
-}
-
-#[inline(always)]
-fn bytes(addr: &[u32; 4]) -> [u8; 16] {
-    let mut b = [0u8; 16];
-    for (i, w) in addr.iter().enumerate() {
-        let n = w.to_ne_bytes();
-        b[i * 4..i * 4 + 4].copy_from_slice(&n);
-    }
-    b
+    // `& 3` in the index itself: the verifier sees the read inside the 4 words.
+    let word = u32::from_be(addr[(bit / 32) & 3]);
+    let shift = 32 - TRIE_STRIDE_BITS as usize - bit % 32;
+    (word as usize >> shift) & (TRIE_NODE_WORDS as usize - 1)
 }

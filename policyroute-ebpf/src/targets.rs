@@ -147,7 +147,9 @@ fn recorded(
     Some((mark, member))
 }
 
-#[inline(always)]
+/// Out of line: the record stays off the stack of the classifier's frame (a new or
+/// refreshed choice is rare next to the packets that read it).
+#[inline(never)]
 fn remember(tuple: &FlowTuple, target: u32, version: u32, member: u32, epoch: u32) {
     let choice = FlowChoice {
         target,

@@ -16,3 +16,4 @@ pub mod recipe;
 pub mod rules;
 pub mod spread;
 pub mod topology;
+pub mod verifier;
