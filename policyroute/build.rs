@@ -77,7 +77,14 @@ fn build(ebpf_dir: &Path, target_dir: &Path) {
     });
     assert!(
         status.success(),
-        "building policyroute-ebpf failed ({status}); `cargo xtask setup` installs nightly \
-         rust-src and bpf-linker"
+        "building policyroute-ebpf failed ({status}).\n\
+         - `cargo xtask setup` installs nightly rust-src and bpf-linker, built against the LLVM \
+         that nightly ships, and prints the versions it builds with; compare them with the \
+         ones README.md names as verified.\n\
+         - \"stack arguments are not supported\" or \"too many arguments\": an out-of-line \
+         eBPF function takes more than 5 arguments, counting the hidden return pointer of a \
+         non-scalar result (see the rules in policyroute-ebpf/src/main.rs).\n\
+         - \"cannot find tool bpf-linker\" or a missing libLLVM: run `cargo xtask setup` again \
+         (it rebuilds bpf-linker when nightly's LLVM changed)."
     );
 }

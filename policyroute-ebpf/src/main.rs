@@ -13,6 +13,33 @@
 //! (fast path) IPv4 too big without DF. Otherwise it returns `TC_ACT_UNSPEC` (-1), which is
 //! `TCX_NEXT` for tcx and "continue with the next filter" for cls_bpf in direct-action
 //! mode, so other programs on the same hook still run and decide the verdict.
+//!
+//! # Rules for out-of-line functions (`#[inline(never)]`, `bpf_loop` callbacks)
+//!
+//! Compilers differ in what they inline, spill and how they return values; code a few bytes
+//! under a BPF limit builds on one machine and fails on the next. So:
+//!
+//! - **At most 5 arguments, counting a hidden return pointer.** BPF passes arguments in
+//!   r1-r5 and has no stack arguments.
+//! - **Scalar results only**: an integer, a bool or a pointer. No `Option`, `Result`,
+//!   tuple or struct across an out-of-line boundary: LLVM returns those through a hidden
+//!   pointer argument (a sixth argument for a five-argument function: "stack arguments
+//!   are not supported" at link time). Return a scalar with a sentinel, or fill an
+//!   out-parameter (`parse::packet`).
+//! - **Large values in per-CPU scratch maps** (`PR_SCRATCH`, `PR_TRACE_EVENT`), not on the
+//!   stack: the verifier caps a whole call chain at 512 bytes, each frame rounded up to 32.
+//! - **Nothing long-lived across a loop or a call**: BPF has 4 callee-saved registers, so
+//!   every other value live across one gets an 8-byte stack slot of its own (read header
+//!   fields after a walk, not before it).
+//! - Pass packet bounds as plain addresses (`parse::Frame`), not the context, to an
+//!   out-of-line function: LLVM may pass the 32-bit `data_end` field and widen it in the
+//!   callee, which the verifier refuses.
+//!
+//! `tests/tests/verifier_budget.rs` holds every program to this: it loads each in its
+//! largest configuration and fails when a call chain's stack exceeds 400 bytes, when the
+//! instructions the verifier processed exceed the ceiling in `verifier-budget.txt` by 25 %,
+//! or when an out-of-line function's declared signature (from BTF) breaks the first two
+//! rules. `cargo xtask test` prints its table.
 #![no_std]
 #![no_main]
 

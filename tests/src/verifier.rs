@@ -544,7 +544,11 @@ impl Btf {
                 "{name}: returns {kind} ({}), which comes back through a hidden pointer \
                  argument: return a scalar, and pass larger results through an \
                  out-parameter",
+                // bpf-linker spells `<`, `>` and `,` in BTF names as hex escapes.
                 self.name(ret)
+                    .replace("_3C_", "<")
+                    .replace("_3E_", ">")
+                    .replace("_2C_", ",")
             ));
         }
         (args > MAX_ARGS).then(|| format!("{name}: {args} arguments (at most {MAX_ARGS})"))

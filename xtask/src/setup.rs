@@ -48,7 +48,32 @@ pub fn ensure() -> anyhow::Result<()> {
     bpf_linker()?;
     cargo_subcommand("fuzz", "cargo-fuzz", CARGO_FUZZ_VERSION)?;
     cargo_subcommand("deb", "cargo-deb", CARGO_DEB_VERSION)?;
-    debian_packages(PACKAGES)
+    debian_packages(PACKAGES)?;
+    print_toolchain();
+    Ok(())
+}
+
+/// What the eBPF programs are built with: another compiler inlines, spills and passes
+/// values differently, so a build failure is read against these (README.md names the
+/// versions verified).
+fn print_toolchain() {
+    let first_line = |cmd: &mut Command| {
+        output(cmd)
+            .and_then(|o| o.lines().next().map(str::to_string))
+            .unwrap_or_else(|| "not found".into())
+    };
+    let llvm = output(Command::new("rustc").args(["+nightly", "-vV"]))
+        .and_then(|v| {
+            v.lines()
+                .find_map(|l| l.strip_prefix("LLVM version: ").map(str::to_string))
+        })
+        .unwrap_or_else(|| "unknown".into());
+    eprintln!(
+        "xtask: eBPF toolchain: {} (LLVM {llvm}), {}; host: {}",
+        first_line(Command::new("rustc").arg("+nightly").arg("--version")),
+        first_line(Command::new("bpf-linker").arg("--version")),
+        first_line(Command::new("rustc").arg("--version")),
+    );
 }
 
 /// What the VM lane (`cargo xtask test --kernel`) boots its kernel with: qemu, depmod for

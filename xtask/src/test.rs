@@ -57,6 +57,10 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let (p, f) = crate::vm::run("debian-6.1")?;
     (passed, failed) = (passed + p, failed + f);
     fuzz_policy_reader()?;
+    // Written by tests/tests/verifier_budget.rs.
+    if let Ok(table) = fs::read_to_string(root().join("target/tmp/verifier-budget.txt")) {
+        println!("{table}");
+    }
     // The summary CI reads last: the fuzzer's log would otherwise end the output.
     println!("xtask: {passed} passed, {failed} failed");
     Ok(())
