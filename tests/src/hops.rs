@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::topology::{Arrival, Topology, PROBE_TIMEOUT};
+use crate::topology::{Arrival, Receivers, Topology, PROBE_TIMEOUT};
 
 /// A datagram as a receiver got it.
 #[derive(Clone, Copy, Debug)]

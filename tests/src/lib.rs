@@ -14,6 +14,7 @@ pub mod probe;
 pub mod random;
 pub mod recipe;
 pub mod rules;
+pub mod shared_lan;
 pub mod spread;
 pub mod topology;
 pub mod verifier;

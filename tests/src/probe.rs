@@ -11,7 +11,7 @@ use socket2::{Domain, Socket, Type};
 use crate::{
     cgroup::Cgroup,
     netns::NetNs,
-    topology::{Arrival, Topology},
+    topology::{Arrival, Receivers, Topology},
 };
 
 /// The probe binary next to the test executable's `deps/` directory.
@@ -51,7 +51,7 @@ pub fn run(cg: &Cgroup, ns: &NetNs, args: &[&str]) -> String {
 /// A TCP connection from a probe in `cg` and `ns` to `dst:port`, answered in `t`: where it
 /// arrived, and the probe's output (the marks of its socket).
 pub fn tcp(
-    t: &Topology,
+    t: &impl Receivers,
     cg: &Cgroup,
     ns: &NetNs,
     dst: &str,
@@ -64,7 +64,7 @@ pub fn tcp(
 /// `count` unconnected UDP datagrams from a probe in `cg` and `ns` to `dst:port`: where
 /// they arrived in `t`.
 pub fn udp(
-    t: &Topology,
+    t: &impl Receivers,
     cg: &Cgroup,
     ns: &NetNs,
     dst: &str,

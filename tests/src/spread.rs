@@ -12,7 +12,7 @@ use std::{
 
 use socket2::{Domain, Socket, Type};
 
-use crate::topology::{Place, Topology};
+use crate::topology::{Place, Receivers, Topology};
 
 /// The source ports [`Topology::fresh_sports`] hands out, round robin. Below the
 /// ephemeral range, so no socket the kernel numbers takes one of them.

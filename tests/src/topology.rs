@@ -259,46 +259,6 @@ impl Topology {
         }
     }
 
-    /// The upstreams and lan2: where a probe may arrive.
-    pub(crate) fn receivers(&self) -> Vec<(Place, &NetNs)> {
-        let mut all: Vec<(Place, &NetNs)> = self
-            .upstreams()
-            .into_iter()
-            .map(|p| (p, self.ns(p)))
-            .collect();
-        all.push((Place::Lan2, &self.lan2));
-        all
-    }
-
-    /// A socket bound to `dst:port` in every receiver namespace that owns `dst`.
-    pub(crate) fn listeners<S>(
-        &self,
-        dst: IpAddr,
-        port: u16,
-        bind: impl Fn(SocketAddr) -> std::io::Result<S>,
-    ) -> Vec<(Place, S)> {
-        self.try_listeners(dst, port, bind)
-            .into_iter()
-            .filter_map(|(place, s)| Some((place, s.ok()?)))
-            .collect()
-    }
-
-    /// [`Self::listeners`] with each receiver's bind result (for messages).
-    pub(crate) fn try_listeners<S>(
-        &self,
-        dst: IpAddr,
-        port: u16,
-        bind: impl Fn(SocketAddr) -> std::io::Result<S>,
-    ) -> Vec<(Place, std::io::Result<S>)> {
-        self.receivers()
-            .into_iter()
-            .map(|(place, ns)| {
-                let _in = ns.enter();
-                (place, bind_when_free(SocketAddr::new(dst, port), &bind))
-            })
-            .collect()
-    }
-
     /// [`Self::tcp`] or [`Self::udp`], as `proto` ("tcp" or "udp") says.
     pub fn flow(
         &self,
@@ -318,36 +278,13 @@ impl Topology {
     /// Sends one UDP datagram from the LAN host (`src`, `sport`) to `dst:dport` and reports
     /// which namespace received it.
     pub fn udp(&self, src: &str, sport: u16, dst: &str, dport: u16) -> Option<Arrival> {
-        let sender = {
-            let _in = self.lan.enter();
-            UdpSocket::bind((src.parse::<IpAddr>().unwrap(), sport)).expect("bind LAN source")
-        };
-        let to = SocketAddr::new(dst.parse().unwrap(), dport);
-        self.expect_udp(dst, dport, 1, || {
-            sender.send_to(b"policyroute probe", to).expect("send");
-        })
-        .pop()
+        self.udp_from(&self.lan, src, sport, dst, dport)
     }
 
     /// Opens a TCP connection from the LAN host (`src`, `sport`) to `dst:dport`, checks that
     /// data flows both ways, and reports which namespace accepted it.
     pub fn tcp(&self, src: &str, sport: u16, dst: &str, dport: u16) -> Option<Arrival> {
-        let dst: IpAddr = dst.parse().unwrap();
-        let listeners = self.listeners(dst, dport, TcpListener::bind);
-        let mut client = {
-            let _in = self.lan.enter();
-            connect_from(src.parse().unwrap(), sport, SocketAddr::new(dst, dport))?
-        };
-        let ready = wait_readable(listeners.iter().map(|(_, l)| l.as_raw_fd()))?;
-        let (place, listener) = &listeners[ready];
-        let (mut conn, peer) = listener.accept().expect("accept");
-        conn.write_all(b"pong").expect("server write");
-        let mut buf = [0u8; 4];
-        client.set_read_timeout(Some(PROBE_TIMEOUT)).unwrap();
-        client
-            .read_exact(&mut buf)
-            .expect("reply reaches the LAN host");
-        Some(Arrival { at: *place, peer })
+        self.tcp_from(&self.lan, src, sport, dst, dport)
     }
 }
 
@@ -377,16 +314,43 @@ pub(crate) fn upstream_routes(up: &NetNs, place: Place) {
     }
 }
 
-impl Topology {
-    /// Listens for UDP on `dst:dport` in the upstreams and lan2, runs `send`, and collects
-    /// `count` datagrams (fewer if they stop arriving within the probe timeout).
-    pub fn expect_udp(
+/// Namespaces where a probe may arrive, each labelled with its [`Place`]: listeners there
+/// tell where a flow went.
+pub trait Receivers {
+    fn receivers(&self) -> Vec<(Place, &NetNs)>;
+
+    /// A socket bound to `dst:port` in every receiver namespace that owns `dst`.
+    fn listeners<S>(
         &self,
-        dst: &str,
-        dport: u16,
-        count: usize,
-        send: impl FnOnce(),
-    ) -> Vec<Arrival> {
+        dst: IpAddr,
+        port: u16,
+        bind: impl Fn(SocketAddr) -> std::io::Result<S>,
+    ) -> Vec<(Place, S)> {
+        self.try_listeners(dst, port, bind)
+            .into_iter()
+            .filter_map(|(place, s)| Some((place, s.ok()?)))
+            .collect()
+    }
+
+    /// [`Self::listeners`] with each receiver's bind result (for messages).
+    fn try_listeners<S>(
+        &self,
+        dst: IpAddr,
+        port: u16,
+        bind: impl Fn(SocketAddr) -> std::io::Result<S>,
+    ) -> Vec<(Place, std::io::Result<S>)> {
+        self.receivers()
+            .into_iter()
+            .map(|(place, ns)| {
+                let _in = ns.enter();
+                (place, bind_when_free(SocketAddr::new(dst, port), &bind))
+            })
+            .collect()
+    }
+
+    /// Listens for UDP on `dst:dport` in the receivers, runs `send`, and collects `count`
+    /// datagrams (fewer if they stop arriving within the probe timeout).
+    fn expect_udp(&self, dst: &str, dport: u16, count: usize, send: impl FnOnce()) -> Vec<Arrival> {
         let listeners = self.listeners(dst.parse().unwrap(), dport, UdpSocket::bind);
         send();
         let mut got = Vec::new();
@@ -402,9 +366,9 @@ impl Topology {
         got
     }
 
-    /// Listens for TCP on `dst:dport` in the upstreams and lan2, starts `client` (which
-    /// connects, sends 4 bytes and waits for 4), answers it, and reports where it came in.
-    pub fn expect_tcp(
+    /// Listens for TCP on `dst:dport` in the receivers, starts `client` (which connects,
+    /// sends 4 bytes and waits for 4), answers it, and reports where it came in.
+    fn expect_tcp(
         &self,
         dst: &str,
         dport: u16,
@@ -423,6 +387,68 @@ impl Topology {
         });
         let out = child.wait_with_output().expect("client exits");
         (arrival, String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Sends one UDP datagram from `ns` (`src`, `sport`) to `dst:dport` and reports which
+    /// receiver got it.
+    fn udp_from(
+        &self,
+        ns: &NetNs,
+        src: &str,
+        sport: u16,
+        dst: &str,
+        dport: u16,
+    ) -> Option<Arrival> {
+        let sender = {
+            let _in = ns.enter();
+            UdpSocket::bind((src.parse::<IpAddr>().unwrap(), sport)).expect("bind the source")
+        };
+        let to = SocketAddr::new(dst.parse().unwrap(), dport);
+        self.expect_udp(dst, dport, 1, || {
+            sender.send_to(b"policyroute probe", to).expect("send");
+        })
+        .pop()
+    }
+
+    /// Opens a TCP connection from `ns` (`src`, `sport`) to `dst:dport`, checks that data
+    /// flows both ways, and reports which receiver accepted it.
+    fn tcp_from(
+        &self,
+        ns: &NetNs,
+        src: &str,
+        sport: u16,
+        dst: &str,
+        dport: u16,
+    ) -> Option<Arrival> {
+        let dst: IpAddr = dst.parse().unwrap();
+        let listeners = self.listeners(dst, dport, TcpListener::bind);
+        let mut client = {
+            let _in = ns.enter();
+            connect_from(src.parse().unwrap(), sport, SocketAddr::new(dst, dport))?
+        };
+        let ready = wait_readable(listeners.iter().map(|(_, l)| l.as_raw_fd()))?;
+        let (place, listener) = &listeners[ready];
+        let (mut conn, peer) = listener.accept().expect("accept");
+        conn.write_all(b"pong").expect("server write");
+        let mut buf = [0u8; 4];
+        client.set_read_timeout(Some(PROBE_TIMEOUT)).unwrap();
+        client
+            .read_exact(&mut buf)
+            .expect("the reply reaches the client");
+        Some(Arrival { at: *place, peer })
+    }
+}
+
+impl Receivers for Topology {
+    /// The upstreams and lan2.
+    fn receivers(&self) -> Vec<(Place, &NetNs)> {
+        let mut all: Vec<(Place, &NetNs)> = self
+            .upstreams()
+            .into_iter()
+            .map(|p| (p, self.ns(p)))
+            .collect();
+        all.push((Place::Lan2, &self.lan2));
+        all
     }
 }
 
@@ -471,7 +497,7 @@ fn bind_when_free<S>(
 }
 
 /// Index of the first fd that becomes readable within the probe timeout.
-fn wait_readable(fds: impl Iterator<Item = i32>) -> Option<usize> {
+pub(crate) fn wait_readable(fds: impl Iterator<Item = i32>) -> Option<usize> {
     let mut pfds: Vec<libc::pollfd> = fds
         .map(|fd| libc::pollfd {
             fd,

@@ -14,7 +14,7 @@ use policyroute_tests::{
     fixture::{self, TempFile, GATEWAY_ISP2, RULES_WEB_DNS},
     metrics::{self, scrape},
     netns::NetNs,
-    topology::{Arrival, Place, Topology, LAN_HOST, LAN_HOST6},
+    topology::{Arrival, Place, Receivers, Topology, LAN_HOST, LAN_HOST6},
 };
 
 /// A probe rule of its own, so reloads can change `web` without touching it.

@@ -6,7 +6,7 @@ use policyroute_tests::{
     cli,
     fixture::{self, GATEWAY_ISP2, RULES_WEB_DNS},
     probe,
-    topology::{Place, Topology},
+    topology::{Place, Receivers, Topology},
 };
 
 const SMTP: &str = r#"[[rule]]

@@ -206,8 +206,21 @@ pub fn set_cgroup_hints(cgroups: &[String]) -> io::Result<()> {
             }
         };
     }
-    fs::create_dir_all(HINT_DIR)?;
-    fs::write(path, cgroups.join("\n"))
+    in_hint_dir(|| fs::write(&path, cgroups.join("\n")))
+}
+
+/// Runs `create` (which makes a file in [`HINT_DIR`]) after making the directory. Another
+/// namespace's last command that leaves nothing there removes the directory when it finds
+/// it empty, which it is between our mkdir and our create: then both go again.
+fn in_hint_dir<T>(create: impl Fn() -> io::Result<T>) -> io::Result<T> {
+    let mut attempts = 5;
+    loop {
+        fs::create_dir_all(HINT_DIR)?;
+        match create() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && attempts > 1 => attempts -= 1,
+            other => return other,
+        }
+    }
 }
 
 /// Removes the files of namespaces that no longer exist (deleted while an apply had
@@ -341,14 +354,15 @@ fn state_path(daemon: &Path) -> PathBuf {
 
 impl DaemonFile {
     pub fn claim(state: &DaemonState) -> Result<Self, ClaimError> {
-        fs::create_dir_all(HINT_DIR)?;
         let path = daemon_path()?;
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)?;
+        let file = in_hint_dir(|| {
+            fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+        })?;
         if flock(&file, libc::LOCK_EX | libc::LOCK_NB).is_err() {
             let holder = read_state(&path).map_or(0, |s| s.pid);
             return Err(ClaimError::Held(holder));

@@ -443,10 +443,12 @@ fn kernel_prefix(message: &RouteMessage) -> Option<KernelPrefix> {
     let family = family_of(header.address_family)?;
     let mut table = u32::from(header.table);
     let mut dst = None;
+    let mut oif = None;
     for attribute in &message.attributes {
         match attribute {
             RouteAttribute::Destination(a) => dst = Some(route_ip(a)?),
             RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::Oif(i) => oif = Some(*i),
             _ => {}
         }
     }
@@ -457,6 +459,7 @@ fn kernel_prefix(message: &RouteMessage) -> Option<KernelPrefix> {
     Some(KernelPrefix {
         table,
         dst: IpNet::new(dst, header.destination_prefix_length).ok()?,
+        oif,
     })
 }
 

@@ -16,9 +16,9 @@ use crate::{
     plan::{
         compile::addr_words,
         fast_path,
-        objects::{Hook, IpRoute, IpRule, KernelPrefix, TcPath},
+        objects::{Hook, IpRoute, IpRule, KernelPrefix, TcPath, MAIN_TABLE},
     },
-    policy::{matcher::Family, rt_tables::MAIN, Policy},
+    policy::{matcher::Family, rt_tables::MAIN, Gateway, Policy},
 };
 
 /// Kernel objects a policy asks for (besides the classifier's rule tables).
@@ -127,16 +127,45 @@ fn routing(policy: &Policy, sys: &System<'_>, d: &mut Desired) {
     }
 }
 
+/// The families in which `gw`'s device also carries the main table's default route: the
+/// gateway shares its device, and so its address, with the main uplink (two routers on
+/// one LAN). This host sources everything it sends that way from that address, so a
+/// `from <address>` rule would send all of it to the gateway.
+pub fn shares_main_uplink(gw: &Gateway, sys: &System<'_>) -> Vec<Family> {
+    let Some(&ifindex) = sys.index_of.get(&gw.dev) else {
+        return Vec::new();
+    };
+    [Family::V4, Family::V6]
+        .into_iter()
+        .filter(|&family| {
+            sys.kernel_prefixes.iter().any(|p| {
+                p.table == MAIN_TABLE
+                    && p.dst.prefix_len() == 0
+                    && Family::of_net(&p.dst) == family
+                    && p.oif == Some(ifindex)
+            })
+        })
+        .collect()
+}
+
 /// Sticky gateways record inbound flows on their device; sticky or local gateways get
 /// `from <their address> lookup T` rules so this host's replies (and datagrams the socket
-/// hook gives the gateway's source address) leave through them.
+/// hook gives the gateway's source address) leave through them. Not in a family where the
+/// gateway shares its device with the main uplink ([`shares_main_uplink`]): there the
+/// address is the main uplink's too, and the socket hooks' mark alone steers.
 fn sticky_and_local(policy: &Policy, sys: &System<'_>, d: &mut Desired) {
     for gw in &policy.gateways {
-        let addrs = sys
+        let shared = shares_main_uplink(gw, sys);
+        let addrs: Vec<IpAddr> = sys
             .addresses
             .get(&gw.dev)
             .map(Vec::as_slice)
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .iter()
+            .copied()
+            .filter(|a| !shared.contains(&Family::of(a)))
+            .collect();
+        let addrs = addrs.as_slice();
         if gw.sticky {
             d.control_flags |= CONTROL_STICKY | CONTROL_DEVICE_ROLES;
             if let Some(&ifindex) = sys.index_of.get(&gw.dev) {

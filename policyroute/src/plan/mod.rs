@@ -228,18 +228,18 @@ pub fn plan(
     if devices == Devices::Required {
         policy.check_devices(|dev| observed.links.contains_key(dev))?;
     }
-    let desired = desired::desired(
-        &policy,
-        &desired::System {
-            index_of: &observed.links,
-            addresses: &observed.addresses,
-            down: &observed.down,
-            kernel_prefixes: &observed.kernel_prefixes,
-            tc_path: tc_path(&policy, observed.tcx)?,
-        },
-    );
+    let system = desired::System {
+        index_of: &observed.links,
+        addresses: &observed.addresses,
+        down: &observed.down,
+        kernel_prefixes: &observed.kernel_prefixes,
+        tc_path: tc_path(&policy, observed.tcx)?,
+    };
+    let shared = shared_uplinks(&policy, &system)?;
+    let desired = desired::desired(&policy, &system);
     let waiting = waiting(&policy, observed);
     let mut warnings = down_warnings(&waiting);
+    warnings.extend(shared);
     warnings.extend(fast_path::warnings(&policy));
     let slots = slots::assign(&policy, previous);
     let shapes = observed
@@ -309,6 +309,50 @@ pub fn health(policy: &Policy, observed: &Observed, before: &Health) -> Health {
     let carrier = |dev: &str| observed.links.contains_key(dev) && !observed.down.contains(dev);
     let check = |name: &str, family| observed.checks.get(&(name.to_owned(), family)).copied();
     targets::health(policy, &carrier, &check, before)
+}
+
+/// Gateways that share their device with the main uplink ([`desired::shares_main_uplink`]):
+/// a sticky one is refused (its inbound flows cannot be told from the main uplink's on
+/// that device), and with `local` the one thing the socket hooks cannot steer is said.
+fn shared_uplinks(policy: &Policy, sys: &desired::System<'_>) -> Result<Vec<String>, PlanError> {
+    let mut warnings = Vec::new();
+    for (i, gw) in policy.gateways.iter().enumerate() {
+        let shared = desired::shares_main_uplink(gw, sys);
+        let Some(family) = shared.first() else {
+            continue;
+        };
+        let families = shared
+            .iter()
+            .map(|f| f.to_string())
+            .collect::<Vec<_>>()
+            .join(" and ");
+        if gw.sticky {
+            return Err(PlanError::Config(ConfigError::Invalid {
+                file: policy.origin.file.clone(),
+                line: policy.origin.gateway_dev.get(i).copied().unwrap_or(0),
+                key: format!("gateway[{}].sticky", i + 1),
+                message: format!(
+                    "gateway {} shares {} with the main uplink (the main table's {families} \
+                     default route leaves through it): connections that arrive through the \
+                     gateway cannot be told from the main uplink's there, so `sticky` would \
+                     answer every inbound connection on {} through {}; give the gateway a \
+                     device of its own, or drop `sticky`",
+                    gw.name, gw.dev, gw.dev, gw.name
+                ),
+            }));
+        }
+        if policy.attach.local {
+            warnings.push(format!(
+                "gateway {} shares {} with the main uplink ({families}): this host's TCP and \
+                 connected UDP follow the policy by their socket mark, but the first datagram \
+                 of an unconnected UDP socket leaves by the main table (the mark takes effect \
+                 from its second datagram, and the gateway has no {family} address of its own \
+                 to send the first from)",
+                gw.name, gw.dev
+            ));
+        }
+    }
+    Ok(warnings)
 }
 
 fn down_warnings(waiting: &[Waiting]) -> Vec<String> {

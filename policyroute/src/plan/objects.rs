@@ -173,6 +173,8 @@ pub struct KernelPrefix {
     /// `MAIN_TABLE` or `LOCAL_TABLE`.
     pub table: u32,
     pub dst: IpNet,
+    /// The route's output device, when it has one (not a multipath route).
+    pub oif: Option<u32>,
 }
 
 pub const MAIN_TABLE: u32 = 254;

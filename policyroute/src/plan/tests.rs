@@ -381,6 +381,7 @@ fn with_tables(mut o: Observed) -> Observed {
     let prefix = |table, p: &str| objects::KernelPrefix {
         table,
         dst: p.parse().unwrap(),
+        oif: None,
     };
     o.kernel_prefixes = [
         prefix(objects::LOCAL_TABLE, "192.0.2.1/32"),
@@ -454,5 +455,71 @@ fn the_fast_path_needs_no_ip_rules_and_leaves_local_and_main_routes_to_the_kerne
         p.warnings.iter().any(|w| w.contains("local = true")),
         "{:?}",
         p.warnings
+    );
+}
+
+/// Seed 003: wan2 also carries the main table's IPv4 default route (two routers on one
+/// LAN).
+fn sharing_the_main_uplink(mut o: Observed) -> Observed {
+    o.kernel_prefixes.insert(objects::KernelPrefix {
+        table: objects::MAIN_TABLE,
+        dst: "0.0.0.0/0".parse().unwrap(),
+        oif: Some(3),
+    });
+    o
+}
+
+#[test]
+fn a_gateway_on_the_main_uplinks_device_gets_no_from_rule_for_its_shared_address() {
+    let local = POLICY.replace("sticky = true\n", "") + "local = true\n";
+    let plan = fresh(
+        &local,
+        &sharing_the_main_uplink(namespace()),
+        Devices::Required,
+    )
+    .expect("a plan");
+    let sources: Vec<String> = plan
+        .desired
+        .rules
+        .iter()
+        .filter_map(|r| r.src.map(|s| s.to_string()))
+        .collect();
+    // The IPv4 address is the main uplink's too; the IPv6 one is the gateway's own.
+    assert_eq!(sources, ["2001:db8:b::1/128"]);
+    assert!(
+        plan.warnings
+            .iter()
+            .any(|w| w.contains("gateway isp2 shares wan2 with the main uplink (IPv4)")),
+        "{:?}",
+        plan.warnings
+    );
+    let source = plan.desired.sources.values().next().expect("a source");
+    assert_eq!((source.has_v4, source.has_v6), (0, 1));
+
+    // Without the shared default route, both addresses get their rule.
+    let plan = fresh(&local, &namespace(), Devices::Required).expect("a plan");
+    assert_eq!(
+        plan.desired
+            .rules
+            .iter()
+            .filter(|r| r.src.is_some())
+            .count(),
+        2
+    );
+}
+
+#[test]
+fn a_sticky_gateway_on_the_main_uplinks_device_is_refused_naming_it() {
+    let err = fresh(
+        POLICY,
+        &sharing_the_main_uplink(namespace()),
+        Devices::Required,
+    )
+    .expect_err("refused");
+    let text = err.to_string();
+    assert!(text.contains("gateway[1].sticky"), "{text}");
+    assert!(
+        text.contains("gateway isp2 shares wan2 with the main uplink"),
+        "{text}"
     );
 }

@@ -9,8 +9,9 @@
 use std::{fmt::Write as _, net::IpAddr, process::Command, time::Duration};
 
 use aya::{
+    maps::MapData,
     programs::{tc::TcAttachType, SchedClassifier},
-    Ebpf,
+    Ebpf, EbpfLoader,
 };
 use policyroute::{
     kernel::{
@@ -21,7 +22,10 @@ use policyroute::{
     policy::matcher::Rule,
     reference::frame::FrameSpec,
 };
-use policyroute_common::names::NOOP;
+use policyroute_common::{
+    names::{MAPS, NOOP, PREFIX_TRIE_MAP, TC_INGRESS, TRIES_GLOBAL},
+    TRIE_DISABLED_NODES,
+};
 use policyroute_tests::{
     bench::{self, env_or, measure, Spread, Table, SIZES},
     cli,
@@ -63,6 +67,9 @@ fn main() -> anyhow::Result<()> {
         obj
     };
     let noop: &SchedClassifier = classifier_mut(&mut noop_obj, NOOP)?;
+    if let Some(baseline) = std::env::var_os("POLICYROUTE_BENCH_BASELINE") {
+        return ab(&mut b, &std::fs::read(baseline)?);
+    }
     let mut table = Table::new(&[
         ">rules per family",
         ">apply s",
@@ -199,15 +206,12 @@ fn main() -> anyhow::Result<()> {
             .map(|r| format!("{} instructions with it, {} without", r["insns_with"], r["insns_without"]))
             .unwrap_or_default(),
     );
-    bench::write_results(
+    b.write_results(
         &only
             .as_ref()
             .map_or("classify".into(), |o| format!("classify-{o}")),
         &md,
-        &json!({
-            "environment": bench::environment(),
-            "packets": b.packets,
-            "rounds": b.rounds,
+        json!({
             "rows": rows,
             "worst_ratio": worst_ratio,
             "target_ratio": TARGET_RATIO,
@@ -222,6 +226,14 @@ fn main() -> anyhow::Result<()> {
 }
 
 impl Bench {
+    /// `bench::write_results` with the environment and this run's sizes added to `json`.
+    fn write_results(&self, name: &str, md: &str, mut json: serde_json::Value) {
+        json["environment"] = bench::environment();
+        json["packets"] = json!(self.packets);
+        json["rounds"] = json!(self.rounds);
+        bench::write_results(name, md, &json);
+    }
+
     /// [`apply_in`] the bench's namespace.
     fn apply(&self, policy: &str) -> anyhow::Result<(SchedClassifier, Duration)> {
         apply_in(&self.ns, policy)
@@ -513,6 +525,87 @@ fn trace_copies(applied: &SchedClassifier) -> anyhow::Result<(Dataplane, Datapla
     let without = Dataplane::load_sharing_with(&pins, false);
     pins::unpin(&pins)?;
     Ok((with?, without?))
+}
+
+/// `POLICYROUTE_BENCH_BASELINE=OBJECT`: the applied classifier against the TC ingress
+/// program of another build of the classifier object (a baseline), loaded on the applied
+/// program's maps, at 1 and 100,000 rules, IPv4 and IPv6, hits and misses; interleaved round
+/// by round over the same frames. Written to `classify-ab.*`.
+fn ab(b: &mut Bench, baseline: &[u8]) -> anyhow::Result<()> {
+    let mut table = Table::new(&[
+        ">rules per family",
+        "family",
+        "case",
+        ">this build ns",
+        ">baseline ns",
+        ">this / baseline",
+    ]);
+    let mut rows = Vec::new();
+    for n in [1, SIZES[SIZES.len() - 1]] {
+        eprintln!("classify A/B: {n} rules per family");
+        let (applied, _) = b.apply(&same_shape_policy(n))?;
+        let mut copy = baseline_copy(&applied, baseline)?;
+        let base = classifier_mut(&mut copy, TC_INGRESS)?;
+        for v6 in [false, true] {
+            for hit in [true, false] {
+                let frames: Vec<(Vec<u8>, u32)> = (0..b.packets)
+                    .map(|_| random_frame(&mut b.rng, n, v6, hit))
+                    .collect();
+                let cases = [(&applied, &frames[..], true), (&*base, &frames[..], true)];
+                let ns = interleaved(&mut b.rng, b.rounds, &cases, false)?;
+                let (this, that) = (Spread::of(&ns[0]), Spread::of(&ns[1]));
+                let ratio = ratios(&ns[0], &ns[1]);
+                let family = if v6 { "IPv6" } else { "IPv4" };
+                let case = if hit { "hit" } else { "miss" };
+                table.row(vec![
+                    n.to_string(),
+                    family.into(),
+                    case.into(),
+                    this.show(1),
+                    that.show(1),
+                    ratio.show(3),
+                ]);
+                rows.push(json!({
+                    "rules": n, "family": family, "case": case,
+                    "ns": this.json(), "baseline_ns": that.json(), "ratio": ratio.json(),
+                }));
+            }
+        }
+    }
+    let _ = cli::run(&b.ns, &["flush"]);
+    let md = format!(
+        "### Classifier A/B: this build against a baseline object, ns/packet by \
+         BPF_PROG_TEST_RUN ({} different packets per measurement, each run once; median \
+         (min–max) of {} rounds; the ratio is taken within each round)\n\n{}",
+        b.packets,
+        b.rounds,
+        table.markdown()
+    );
+    println!("{md}");
+    b.write_results("classify-ab", &md, json!({ "rows": rows }));
+    Ok(())
+}
+
+/// The programs of `object` loaded on `applied`'s maps (shared through pins that are
+/// removed again at once), with the same prefix-trie setting.
+fn baseline_copy(applied: &SchedClassifier, object: &[u8]) -> anyhow::Result<Ebpf> {
+    let pins = std::path::PathBuf::from(format!("/sys/fs/bpf/prt-bench-ab-{}", std::process::id()));
+    let mut opened = Dataplane::open(&applied.info()?)?;
+    pins::pin(&mut opened, &pins)?;
+    let loaded = (|| -> anyhow::Result<Ebpf> {
+        let mut loader = EbpfLoader::new();
+        for name in MAPS {
+            loader.map_pin_path(name, pins.join(name));
+        }
+        let trie = MapData::from_pin(pins.join(PREFIX_TRIE_MAP))?;
+        let tries = u32::from(trie.info()?.max_entries() > TRIE_DISABLED_NODES);
+        loader.override_global(TRIES_GLOBAL, &tries, true);
+        let mut ebpf = loader.load(object)?;
+        classifier_mut(&mut ebpf, TC_INGRESS)?.load()?;
+        Ok(ebpf)
+    })();
+    pins::unpin(&pins)?;
+    loaded
 }
 
 /// A program, the frames it runs and whether its marks are checked.
