@@ -6,7 +6,7 @@ use anyhow::Context;
 mod import_cli;
 use clap::{CommandFactory, Parser, Subcommand};
 use policyroute::{
-    control::{apply, drift, explain, flush, metrics, run, status, trace, Options},
+    control::{apply, drift, explain, flush, metrics, run, status, trace, ControlError, Options},
     policy::protocol,
     present,
 };
@@ -198,10 +198,46 @@ fn main() -> ExitCode {
         Err(e) => {
             // Our errors carry their cause in their own message; `{:#}` would repeat it.
             eprintln!("policyroute: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(exit_status(&e))
         }
     }
 }
+
+/// The manual page's EXIT STATUS section (the codes [`exit_status`] gives).
+const EXIT_STATUS_ROFF: &str = r#".SH "EXIT STATUS"
+.TP
+\fB0\fR
+Success.
+.TP
+\fB1\fR
+\fBcheck\fR found drift; or some changes failed (everything else is in place, and the
+failed changes are named); or the kernel refused an operation.
+.TP
+\fB2\fR
+Invalid input: a policy or list file (with file:line), an argument, an \fBexplain\fR
+question no packet could ask (two address families, ports for a protocol without them),
+or a device that does not exist.
+.TP
+\fB4\fR
+Missing privileges (CAP_NET_ADMIN and CAP_BPF).
+"#;
+
+/// The documented exit status of a failed command (see `ControlError::exit_status`):
+/// arguments the CLI itself refuses (an unknown protocol) are input too.
+fn exit_status(e: &anyhow::Error) -> u8 {
+    if let Some(e) = e.downcast_ref::<ControlError>() {
+        return e.exit_status();
+    }
+    if e.downcast_ref::<BadArgument>().is_some() {
+        return 2;
+    }
+    1
+}
+
+/// An argument the CLI refuses after clap has parsed it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct BadArgument(String);
 
 fn run_cli(cli: Cli) -> anyhow::Result<ExitCode> {
     let opts = Options {
@@ -315,7 +351,9 @@ async fn dispatch(command: Command, opts: Options) -> anyhow::Result<ExitCode> {
         Command::Man => {
             // Section 8: administration commands.
             let man = clap_mangen::Man::new(Cli::command()).section("8");
-            man.render(&mut std::io::stdout())?
+            let mut out = std::io::stdout();
+            man.render(&mut out)?;
+            std::io::Write::write_all(&mut out, EXIT_STATUS_ROFF.as_bytes())?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -391,9 +429,10 @@ fn parse_prefix(s: &str) -> Result<ipnet::IpNet, String> {
 
 fn parse_proto(s: &str) -> anyhow::Result<u8> {
     protocol::parse(s).ok_or_else(|| {
-        anyhow::anyhow!(
+        BadArgument(format!(
             "unknown protocol {s:?} (known: {}, or a number 0-255)",
             protocol::known()
-        )
+        ))
+        .into()
     })
 }

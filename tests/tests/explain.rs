@@ -200,3 +200,69 @@ fn explain_names_the_group_member_packets_take() {
     );
     cli::ok(&t.router, &["flush"]);
 }
+
+/// Questions no packet could ask are refused with exit status 2 and a message, never a
+/// panic (exit 101), before anything is looked up.
+#[test]
+fn impossible_questions_are_refused_with_exit_status_2() {
+    let ns = policyroute_tests::netns::NetNs::new("explainq");
+    for (args, says) in [
+        (
+            &[
+                "--local",
+                "--proto",
+                "tcp",
+                "--src",
+                "192.0.2.10",
+                "--dst",
+                "2001:db8::1",
+            ][..],
+            "a packet has one family",
+        ),
+        (
+            &[
+                "--local",
+                "--proto",
+                "icmp",
+                "--src",
+                "192.0.2.10",
+                "--dst",
+                "198.18.0.1",
+                "--dport",
+                "80",
+            ],
+            "protocol icmp has no ports",
+        ),
+        (
+            &[
+                "--local",
+                "--proto",
+                "nope",
+                "--src",
+                "192.0.2.10",
+                "--dst",
+                "198.18.0.1",
+            ],
+            "unknown protocol",
+        ),
+        (
+            &[
+                "--iif",
+                "nope0",
+                "--proto",
+                "udp",
+                "--src",
+                "192.0.2.10",
+                "--dst",
+                "198.18.0.1",
+            ],
+            "device nope0 does not exist",
+        ),
+    ] {
+        let mut full = vec!["explain"];
+        full.extend_from_slice(args);
+        let out = cli::run(&ns, &full);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains(says), "{args:?}: {}", out.stderr);
+    }
+}

@@ -358,3 +358,45 @@ fn without_privileges_the_error_is_one_clear_line() {
     assert!(stderr.contains("CAP_NET_ADMIN"), "{stderr}");
     assert!(cli::owned_objects(&ns).is_empty());
 }
+
+/// A policy path that is no regular file, or one far too large, fails at once with exit
+/// status 2 naming the path and what it is; nothing waits on a writer or reads forever.
+#[test]
+fn hostile_policy_paths_fail_at_once_naming_the_cause() {
+    let ns = lone_router("hostile");
+    let dir = std::env::temp_dir().join(format!("prt-{}-hostile", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("policy.fifo");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(status.success());
+    // 300 MB without writing them (sparse).
+    let big = dir.join("big.toml");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(300 << 20)
+        .unwrap();
+    for (path, says) in [
+        (fifo.to_str().unwrap(), "not a regular file (a FIFO)"),
+        ("/dev/zero", "not a regular file (a character device)"),
+        (dir.to_str().unwrap(), "not a regular file (a directory)"),
+        (big.to_str().unwrap(), "314572800 bytes, more than"),
+    ] {
+        let started = std::time::Instant::now();
+        let out = cli::run(&ns, &["apply", "-c", path]);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "{path}: {:?}",
+            started.elapsed()
+        );
+        assert_eq!(out.status.code(), Some(2), "{path}: {}", out.stderr);
+        assert!(
+            out.stderr.contains(path) && out.stderr.contains(says),
+            "{path}: {}",
+            out.stderr
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

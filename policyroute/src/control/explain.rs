@@ -140,7 +140,32 @@ struct TargetVerdict {
     dropped: bool,
 }
 
+impl Query {
+    /// Refuses a question no packet could ask: addresses of two families, or ports for a
+    /// protocol without them.
+    pub fn check(&self) -> Result<(), ControlError> {
+        let (src, dst) = (Family::of(&self.src), Family::of(&self.dst));
+        if src != dst {
+            return Err(ControlError::Question(format!(
+                "the source {} is {src} and the destination {} is {dst}: a packet has one \
+                 family",
+                self.src, self.dst
+            )));
+        }
+        if !policyroute_common::proto_has_ports(self.proto)
+            && (self.sport.is_some() || self.dport.is_some())
+        {
+            return Err(ControlError::Question(format!(
+                "protocol {} has no ports: leave out --sport and --dport",
+                crate::policy::protocol::name(self.proto)
+            )));
+        }
+        Ok(())
+    }
+}
+
 pub async fn explain(q: &Query) -> Result<Explanation, ControlError> {
+    q.check()?;
     require_privileges()?;
     let nl = Netlink::new()?;
     let links = nl.links().await?;

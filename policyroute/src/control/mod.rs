@@ -22,7 +22,7 @@ use crate::{
         record_store::RecordError, KernelError,
     },
     plan::PlanError,
-    policy::{rt_tables::RtTables, ConfigError},
+    policy::{bounded_file, rt_tables::RtTables, ConfigError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +42,9 @@ pub enum ControlError {
     Disagree { dataplane: u32, reference: u32 },
     #[error("device {0} does not exist")]
     NoDevice(String),
+    /// A question `explain` refuses (no packet could ask it).
+    #[error("explain: {0}")]
+    Question(String),
     #[error(transparent)]
     Trace(#[from] trace::TraceError),
     #[error(transparent)]
@@ -49,6 +52,22 @@ pub enum ControlError {
     /// Everything else was applied.
     #[error("{} change(s) failed, everything else is in place:\n{}", .0.len(), lines(.0))]
     Incomplete(Vec<NetlinkError>),
+}
+
+impl ControlError {
+    /// The exit status the CLI gives this error: 2 for input that is wrong (a policy, a
+    /// list file, a question), 4 for missing privileges, 1 for the rest (the system said
+    /// no, or changes failed).
+    pub fn exit_status(&self) -> u8 {
+        match self {
+            ControlError::Config(_)
+            | ControlError::Plan(_)
+            | ControlError::NoDevice(_)
+            | ControlError::Question(_) => 2,
+            ControlError::Privileges => 4,
+            _ => 1,
+        }
+    }
 }
 
 fn lines(errors: &[NetlinkError]) -> String {
@@ -90,10 +109,12 @@ impl Options {
         match &self.rt_tables {
             None => Ok(RtTables::system()),
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-                    path: path.clone(),
-                    source,
-                })?;
+                let max = bounded_file::MAX_RT_TABLES_FILE;
+                let text =
+                    bounded_file::read_to_string(path, max).map_err(|source| ConfigError::Io {
+                        path: path.clone(),
+                        source,
+                    })?;
                 Ok(RtTables::builtin().with_text(&text))
             }
         }

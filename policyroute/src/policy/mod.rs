@@ -47,6 +47,7 @@ use incremental::Digests;
 use matcher::{Match, Rule};
 use rt_tables::RtTables;
 
+pub mod bounded_file;
 mod error;
 pub mod incremental;
 mod marks;
@@ -88,9 +89,11 @@ pub struct PolicyText {
 
 impl PolicyText {
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
-        let bytes = std::fs::read(path).map_err(|source| ConfigError::Io {
-            path: path.to_owned(),
-            source,
+        let bytes = bounded_file::read(path, bounded_file::MAX_POLICY_FILE).map_err(|source| {
+            ConfigError::Io {
+                path: path.to_owned(),
+                source,
+            }
         })?;
         let split = std::str::from_utf8(&bytes)
             .ok()

@@ -96,23 +96,10 @@ fn list_file(doc: &mut Doc<'_>, f: Field<'_, '_>) -> Option<(String, Vec<ipnet::
     }
 }
 
-/// Lists beyond this are refused (10 million prefixes are about 200 MB of text).
-const MAX_LIST_BYTES: u64 = 256 << 20;
-
-/// A list file's text; only a regular file, so `/dev/zero` or a FIFO cannot stall a read.
+/// A list file's text: a regular file of at most `bounded_file::MAX_POLICY_FILE` bytes, so
+/// `/dev/zero` or a FIFO cannot stall or swell a read.
 fn read_list(path: &Path) -> std::io::Result<String> {
-    let meta = std::fs::metadata(path)?;
-    if !meta.is_file() {
-        return Err(std::io::Error::other("not a regular file"));
-    }
-    if meta.len() > MAX_LIST_BYTES {
-        let msg = format!(
-            "{} bytes, more than the {MAX_LIST_BYTES} a list may have",
-            meta.len()
-        );
-        return Err(std::io::Error::other(msg));
-    }
-    std::fs::read_to_string(path)
+    super::bounded_file::read_to_string(path, super::bounded_file::MAX_POLICY_FILE)
 }
 
 fn inline(doc: &mut Doc<'_>, f: Field<'_, '_>) -> Option<Vec<ipnet::IpNet>> {

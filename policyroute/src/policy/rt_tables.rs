@@ -87,7 +87,8 @@ impl RtTables {
             .chain(usr_d)
             .chain(etc_d.iter().cloned())
             .fold(Self::builtin(), |t, path| {
-                t.with_text(&fs::read_to_string(path).unwrap_or_default())
+                let max = super::bounded_file::MAX_RT_TABLES_FILE;
+                t.with_text(&super::bounded_file::read_to_string(&path, max).unwrap_or_default())
             })
     }
 
