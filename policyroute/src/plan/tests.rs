@@ -523,3 +523,24 @@ fn a_sticky_gateway_on_the_main_uplinks_device_is_refused_naming_it() {
         "{text}"
     );
 }
+
+#[test]
+fn main_routes_first_only_in_the_families_a_gateway_routes() {
+    let suppress = |text: &str| -> Vec<Family> {
+        let plan = fresh(text, &namespace(), Devices::Required).expect("a plan");
+        plan.desired
+            .rules
+            .iter()
+            .filter(|r| r.suppress_prefixlen.is_some())
+            .map(|r| r.family)
+            .collect()
+    };
+    // An empty policy installs no ip rule at all.
+    assert_eq!(suppress(""), []);
+    let v4_only = "[[gateway]]\nname = \"isp2\"\ndev = \"wan2\"\nvia = [\"203.0.113.2\"]\n\
+                   table = 100\n";
+    assert_eq!(suppress(v4_only), [Family::V4]);
+    assert_eq!(suppress(POLICY), [Family::V4, Family::V6]);
+    let plan = fresh("", &namespace(), Devices::Required).expect("a plan");
+    assert!(plan.desired.rules.is_empty(), "{:?}", plan.desired.rules);
+}
