@@ -2,9 +2,14 @@
 //! SMTP through the second. A gateway that shares its device (and so the host's address)
 //! with the main uplink routes only what the policy sends to it: real flows show which
 //! router's MAC each one went to (`shared_lan`).
+use std::process::Command;
+
 use policyroute_tests::{
     cgroup::Cgroup,
-    cli, probe,
+    cli,
+    fixture::TempFile,
+    probe,
+    recipe::{self, Saved},
     shared_lan::{SharedLan, HOST, HOST6, LAN2, LAN2_6, REMOTE},
     topology::{Place, Receivers},
 };
@@ -100,4 +105,63 @@ fn a_sticky_gateway_sharing_the_main_uplink_is_refused_naming_it() {
         out.stderr
     );
     assert_eq!(t.host.ip("rule show"), rules_before, "nothing applied");
+}
+
+/// Seed 003's recipe itself (iptables mangle OUTPUT, `ip rule`, table `smtp`) in the
+/// host, imported, and the import applied to a fresh copy of the topology: the host's SMTP
+/// reaches r2, its https r1.
+#[test]
+fn seed_003_imported_routes_only_smtp_to_the_second_router() {
+    let rt_tables = TempFile::new("rt_tables", "100 smtp\n");
+    let saved = {
+        let t = SharedLan::new("seed3r");
+        recipe::sh(
+            &t.host,
+            &rt_tables,
+            "iptables -t mangle -A OUTPUT -p tcp --dport 25 -j MARK --set-mark 0x2
+             ip rule add fwmark 0x2 table smtp
+             ip route add default via 192.0.2.2 table smtp",
+        );
+        Saved::capture(&t.host, &rt_tables)
+    };
+    let out = Command::new(cli::bin())
+        .args(["--rt-tables", rt_tables.arg(), "import"])
+        .args(saved.args())
+        .output()
+        .expect("run policyroute import");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cg = Cgroup::new("seed3i");
+    // Never the root cgroup in a test.
+    let policy = String::from_utf8_lossy(&out.stdout).replace(
+        "local = true\n",
+        &format!("local = true\nlocal_cgroup = \"{}\"\n", cg.path),
+    );
+    assert!(
+        policy.contains(&cg.path),
+        "the import hooks local traffic:\n{policy}"
+    );
+    let t = SharedLan::new("seed3i");
+    let file = TempFile::new("imported.toml", &policy);
+    cli::ok(
+        &t.host,
+        &["--rt-tables", rt_tables.arg(), "apply", "-c", file.arg()],
+    );
+    for (port, at) in [(25, Place::Up2), (443, Place::Up1)] {
+        let (a, _) = probe::tcp(&t, &cg, &t.host, REMOTE[0], port);
+        assert_eq!(
+            a.map(|a| (a.at, a.peer.ip().to_string())),
+            Some((at, HOST.to_string())),
+            "tcp {port}, imported policy:\n{policy}"
+        );
+    }
+    let got = probe::udp(&t, &cg, &t.host, REMOTE[0], 53, 2);
+    assert_eq!(
+        got.iter().map(|a| a.at).collect::<Vec<_>>(),
+        [Place::Up1; 2],
+        "udp, imported policy:\n{policy}"
+    );
 }
