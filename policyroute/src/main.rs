@@ -71,8 +71,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Exit 1 when the kernel differs from the applied policy (drift), 0 when it matches:
-    /// for monitoring scripts and health checks.
+    /// Exit 1 when the kernel differs from the applied policy (drift), 0 when it matches,
+    /// 3 when no policy is applied here: for monitoring scripts and health checks.
     Check {
         /// Print the drift as JSON (a list of {kind, change, object}).
         #[arg(long)]
@@ -218,6 +218,9 @@ Invalid input: a policy or list file (with file:line), an argument, an \fBexplai
 question no packet could ask (two address families, ports for a protocol without them),
 or a device that does not exist.
 .TP
+\fB3\fR
+\fBcheck\fR: no policy is applied in this namespace.
+.TP
 \fB4\fR
 Missing privileges (CAP_NET_ADMIN and CAP_BPF).
 "#;
@@ -359,9 +362,15 @@ async fn dispatch(command: Command, opts: Options) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Exit status 0: the kernel holds the applied policy; 1: drift; 3: no policy is applied
+/// (so a monitor can tell a router that lost its policy from a healthy one).
 async fn check(json: bool) -> anyhow::Result<ExitCode> {
     let s = status::status(true).await?;
     let items: &[drift::DriftItem] = &s.drift;
+    if !s.applied && items.is_empty() {
+        print(json, &items, || format!("{}\n", present::NOTHING_APPLIED))?;
+        return Ok(ExitCode::from(3));
+    }
     print(json, &items, || present::drift(items))?;
     Ok(if items.is_empty() {
         ExitCode::SUCCESS

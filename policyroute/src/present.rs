@@ -72,6 +72,9 @@ pub fn status(s: &Status) -> String {
     if let (Some(src), Some(mask)) = (&s.source, s.mark_mask) {
         let _ = writeln!(o, "policy {src} (mark mask {mask:#x})");
     }
+    if !s.applied {
+        let _ = writeln!(o, "{NOTHING_APPLIED}");
+    }
     let tcx = if s.tcx_available {
         ""
     } else {
@@ -100,7 +103,9 @@ pub fn status(s: &Status) -> String {
         let _ = writeln!(o, "  {}", route(r, &s.devices));
     }
     let _ = writeln!(o, "\n{}", daemon(s.daemon.as_ref()));
-    let _ = write!(o, "\n{}", drift(&s.drift));
+    if s.applied || !s.drift.is_empty() {
+        let _ = write!(o, "\n{}", drift(&s.drift));
+    }
     warnings(&mut o, "\n", &s.warnings);
     o
 }
@@ -145,6 +150,9 @@ fn ago(unix_seconds: u64) -> String {
         .map_or(0, |d| d.as_secs());
     format!("{} s ago", now.saturating_sub(unix_seconds))
 }
+
+/// What `status` and `check` say where no policy is applied.
+pub const NOTHING_APPLIED: &str = "no policy applied in this namespace";
 
 /// The drift list, as `status` and `check` show it.
 pub fn drift(items: &[DriftItem]) -> String {

@@ -400,3 +400,41 @@ fn hostile_policy_paths_fail_at_once_naming_the_cause() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Nothing applied is a state of its own: `check` exits 3 and says so, `status` too (and
+/// `"applied": false`), before any apply and after a flush. An empty policy installs
+/// nothing.
+#[test]
+fn nothing_applied_is_told_apart_from_a_healthy_policy() {
+    let ns = lone_router("nothing");
+    let nothing = |when: &str| {
+        let out = cli::run(&ns, &["check"]);
+        assert_eq!(out.status.code(), Some(3), "{when}: {}", out.stdout);
+        assert!(
+            out.stdout.contains("no policy applied"),
+            "{when}: {}",
+            out.stdout
+        );
+        let s = cli::json(&ns, &["status"]);
+        assert_eq!(s["applied"], false, "{when}: {s}");
+        assert!(
+            cli::ok(&ns, &["status"]).contains("no policy applied in this namespace"),
+            "{when}"
+        );
+    };
+    nothing("fresh");
+    let rules_before = (ns.ip("rule show"), ns.ip("-6 rule show"));
+    let empty = TempFile::new("policy.toml", "");
+    cli::ok(&ns, &["apply", "-c", empty.arg()]);
+    let rules = (ns.ip("rule show"), ns.ip("-6 rule show"));
+    assert_eq!(rules, rules_before, "an empty policy adds no ip rule");
+    nothing("empty policy");
+    cli::ok(
+        &ns,
+        &["apply", "-c", TempFile::new("policy.toml", &base()).arg()],
+    );
+    assert!(cli::run(&ns, &["check"]).status.success());
+    assert_eq!(cli::json(&ns, &["status"])["applied"], true);
+    cli::ok(&ns, &["flush"]);
+    nothing("flushed");
+}

@@ -32,6 +32,10 @@ use crate::{
 #[derive(Debug, Serialize)]
 pub struct Status {
     pub namespace: String,
+    /// Whether a policy is applied here (the dataplane holds its record). Without one,
+    /// an empty drift list means nothing of ours is in the kernel, not that a policy is
+    /// in force.
+    pub applied: bool,
     /// The policy file of the last apply.
     pub source: Option<String>,
     pub mark_mask: Option<u32>,
@@ -168,6 +172,7 @@ pub async fn status(drift: bool) -> Result<Status, ControlError> {
     let installed = observe::installed(&links, &[])?;
     let mut s = Status {
         namespace: namespace::label().map_err(KernelError::io("namespace id"))?,
+        applied: false,
         source: None,
         mark_mask: None,
         attach_mode: attach_mode(&installed.attached),
@@ -202,6 +207,7 @@ pub async fn status(drift: bool) -> Result<Status, ControlError> {
                     .map(|l| l.name.as_str())
                     .collect();
                 fill_from_record(&mut s, &r, dp, &carrier)?;
+                s.applied = true;
                 record = Some(r);
             }
             Ok(None) => s
