@@ -278,13 +278,13 @@ impl Topology {
     /// Sends one UDP datagram from the LAN host (`src`, `sport`) to `dst:dport` and reports
     /// which namespace received it.
     pub fn udp(&self, src: &str, sport: u16, dst: &str, dport: u16) -> Option<Arrival> {
-        self.udp_from(&self.lan, src, sport, dst, dport)
+        self.udp_from((&self.lan, src, sport), dst, dport)
     }
 
     /// Opens a TCP connection from the LAN host (`src`, `sport`) to `dst:dport`, checks that
     /// data flows both ways, and reports which namespace accepted it.
     pub fn tcp(&self, src: &str, sport: u16, dst: &str, dport: u16) -> Option<Arrival> {
-        self.tcp_from(&self.lan, src, sport, dst, dport)
+        self.tcp_from((&self.lan, src, sport), dst, dport)
     }
 }
 
@@ -313,6 +313,10 @@ pub(crate) fn upstream_routes(up: &NetNs, place: Place) {
         up.ip(&format!("route replace {lan} via {}", u.router6));
     }
 }
+
+/// Where a probe is sent from: a namespace, a source address in it and a source port (0:
+/// any).
+pub type Sender<'a> = (&'a NetNs, &'a str, u16);
 
 /// Namespaces where a probe may arrive, each labelled with its [`Place`]: listeners there
 /// tell where a flow went.
@@ -389,16 +393,9 @@ pub trait Receivers {
         (arrival, String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// Sends one UDP datagram from `ns` (`src`, `sport`) to `dst:dport` and reports which
+    /// Sends one UDP datagram from `(ns, src, sport)` to `dst:dport` and reports which
     /// receiver got it.
-    fn udp_from(
-        &self,
-        ns: &NetNs,
-        src: &str,
-        sport: u16,
-        dst: &str,
-        dport: u16,
-    ) -> Option<Arrival> {
+    fn udp_from(&self, (ns, src, sport): Sender<'_>, dst: &str, dport: u16) -> Option<Arrival> {
         let sender = {
             let _in = ns.enter();
             UdpSocket::bind((src.parse::<IpAddr>().unwrap(), sport)).expect("bind the source")
@@ -410,16 +407,9 @@ pub trait Receivers {
         .pop()
     }
 
-    /// Opens a TCP connection from `ns` (`src`, `sport`) to `dst:dport`, checks that data
+    /// Opens a TCP connection from `(ns, src, sport)` to `dst:dport`, checks that data
     /// flows both ways, and reports which receiver accepted it.
-    fn tcp_from(
-        &self,
-        ns: &NetNs,
-        src: &str,
-        sport: u16,
-        dst: &str,
-        dport: u16,
-    ) -> Option<Arrival> {
+    fn tcp_from(&self, (ns, src, sport): Sender<'_>, dst: &str, dport: u16) -> Option<Arrival> {
         let dst: IpAddr = dst.parse().unwrap();
         let listeners = self.listeners(dst, dport, TcpListener::bind);
         let mut client = {

@@ -75,14 +75,14 @@ fn only_smtp_reaches_the_second_router_on_a_shared_lan() {
     // Forwarded for a second LAN host: the same.
     for (src, dst) in [(LAN2, REMOTE[0]), (LAN2_6, REMOTE[1])] {
         for (port, at) in [(25, Place::Up2), (443, Place::Up1)] {
-            let a = t.tcp_from(&t.lan2, src, 0, dst, port);
+            let a = t.tcp_from((&t.lan2, src, 0), dst, port);
             assert_eq!(
                 a.map(|a| (a.at, a.peer.ip().to_string())),
                 Some((at, src.to_string())),
                 "forwarded tcp {src} -> {dst} {port}"
             );
         }
-        let a = t.udp_from(&t.lan2, src, 0, dst, 53);
+        let a = t.udp_from((&t.lan2, src, 0), dst, 53);
         assert_eq!(a.map(|a| a.at), Some(Place::Up1), "forwarded udp {src}");
     }
     cli::ok(h, &["flush"]);
