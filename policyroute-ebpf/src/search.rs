@@ -98,9 +98,7 @@ unsafe extern "C" fn search_step(index: u32, ctx: *mut Search) -> i64 {
     if (src_class && s.src_class == 0) || (dst_class && s.dst_class == 0) {
         return 0;
     }
-    // Built in place and looked up by reference: this callback's frame sits in the
-    // deepest call chain, and a key passed by value is a second copy on it.
-    let key = RuleKey {
+    let mut key = RuleKey {
         shape: shape.id,
         proto: if shape.flags & SHAPE_PROTO != 0 {
             pkt.proto
@@ -114,19 +112,17 @@ unsafe extern "C" fn search_step(index: u32, ctx: *mut Search) -> i64 {
         },
         sport: pkt.sport & shape.sport_mask,
         dport: pkt.dport & shape.dport_mask,
-        src: if src_class {
-            [s.src_class, 0, 0, 0]
-        } else {
-            mask(&pkt.src, &shape.src_mask)
-        },
-        dst: if dst_class {
-            [s.dst_class, 0, 0, 0]
-        } else {
-            mask(&pkt.dst, &shape.dst_mask)
-        },
+        src: mask(&pkt.src, &shape.src_mask),
+        dst: mask(&pkt.dst, &shape.dst_mask),
     };
+    if src_class {
+        key.src = [s.src_class, 0, 0, 0];
+    }
+    if dst_class {
+        key.dst = [s.dst_class, 0, 0, 0];
+    }
     // SAFETY: the value is copied out right away, inside this program's RCU read side.
-    if let Some(v) = unsafe { RULES.get(&key) } {
+    if let Some(v) = unsafe { RULES.get(key) } {
         if v.prio < s.best_prio {
             s.best_prio = v.prio;
             s.best_mark = v.mark;

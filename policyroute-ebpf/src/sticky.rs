@@ -37,7 +37,7 @@ pub fn outbound_key(pkt: &Packet) -> FlowKey {
 /// to another gateway, or is half way to expiry, so a busy flow costs a lookup per packet,
 /// not a write. Out of line: its key and value stay off the stack of the classifier's
 /// frame (only record devices call it).
-#[inline(never)]
+#[inline(always)]
 pub fn record(pkt: &Packet, mark: u32, control: &Control) {
     let key = inbound_key(pkt);
     // SAFETY: a helper without arguments.

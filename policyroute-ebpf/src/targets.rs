@@ -149,7 +149,7 @@ fn recorded(
 
 /// Out of line: the record stays off the stack of the classifier's frame (a new or
 /// refreshed choice is rare next to the packets that read it).
-#[inline(never)]
+#[inline(always)]
 fn remember(tuple: &FlowTuple, target: u32, version: u32, member: u32, epoch: u32) {
     let choice = FlowChoice {
         target,

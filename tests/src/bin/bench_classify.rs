@@ -539,7 +539,9 @@ fn ab(b: &mut Bench, baseline: &[u8]) -> anyhow::Result<()> {
         ">this build ns",
         ">baseline ns",
         ">this / baseline",
+        ">this / its own second load",
         ">one hot packet: this / baseline",
+        ">one hot packet: this / own second load",
     ]);
     let mut rows = Vec::new();
     for n in [1, SIZES[SIZES.len() - 1]] {
@@ -547,17 +549,25 @@ fn ab(b: &mut Bench, baseline: &[u8]) -> anyhow::Result<()> {
         let (applied, _) = b.apply(&same_shape_policy(n))?;
         let mut copy = baseline_copy(&applied, baseline)?;
         let base = classifier_mut(&mut copy, TC_INGRESS)?;
+        // The same object loaded again: how far two loads of identical code differ (JIT
+        // image placement), the noise floor of the comparison.
+        let mut again = baseline_copy(&applied, objects::classifier())?;
+        let same = classifier_mut(&mut again, TC_INGRESS)?;
         for v6 in [false, true] {
             for hit in [true, false] {
                 let frames: Vec<(Vec<u8>, u32)> = (0..b.packets)
                     .map(|_| random_frame(&mut b.rng, n, v6, hit))
                     .collect();
-                let cases = [(&applied, &frames[..], true), (&*base, &frames[..], true)];
+                let cases = [
+                    (&applied, &frames[..], true),
+                    (&*base, &frames[..], true),
+                    (&*same, &frames[..], true),
+                ];
                 let ns = interleaved(&mut b.rng, b.rounds, &cases, false)?;
                 let (this, that) = (Spread::of(&ns[0]), Spread::of(&ns[1]));
-                let ratio = ratios(&ns[0], &ns[1]);
+                let (ratio, floor) = (ratios(&ns[0], &ns[1]), ratios(&ns[0], &ns[2]));
                 let hot = interleaved(&mut b.rng, b.rounds, &cases, true)?;
-                let hot = ratios(&hot[0], &hot[1]);
+                let (hot, hot_floor) = (ratios(&hot[0], &hot[1]), ratios(&hot[0], &hot[2]));
                 let family = if v6 { "IPv6" } else { "IPv4" };
                 let case = if hit { "hit" } else { "miss" };
                 table.row(vec![
@@ -567,12 +577,15 @@ fn ab(b: &mut Bench, baseline: &[u8]) -> anyhow::Result<()> {
                     this.show(1),
                     that.show(1),
                     ratio.show(3),
+                    floor.show(3),
                     hot.show(3),
+                    hot_floor.show(3),
                 ]);
                 rows.push(json!({
                     "rules": n, "family": family, "case": case,
                     "ns": this.json(), "baseline_ns": that.json(), "ratio": ratio.json(),
-                    "hot_ratio": hot.json(),
+                    "hot_ratio": hot.json(), "same_code_ratio": floor.json(),
+                    "hot_same_code_ratio": hot_floor.json(),
                 }));
             }
         }
