@@ -318,9 +318,9 @@ fn shared_uplinks(policy: &Policy, sys: &desired::System<'_>) -> Result<Vec<Stri
     let mut warnings = Vec::new();
     for (i, gw) in policy.gateways.iter().enumerate() {
         let shared = desired::shares_main_uplink(gw, sys);
-        let Some(family) = shared.first() else {
+        if shared.is_empty() {
             continue;
-        };
+        }
         let families = shared
             .iter()
             .map(|f| f.to_string())
@@ -346,8 +346,8 @@ fn shared_uplinks(policy: &Policy, sys: &desired::System<'_>) -> Result<Vec<Stri
                 "gateway {} shares {} with the main uplink ({families}): this host's TCP and \
                  connected UDP follow the policy by their socket mark, but the first datagram \
                  of an unconnected UDP socket leaves by the main table (the mark takes effect \
-                 from its second datagram, and the gateway has no {family} address of its own \
-                 to send the first from)",
+                 from its second datagram, and the gateway has no address of its own to send \
+                 the first from)",
                 gw.name, gw.dev
             ));
         }
