@@ -361,6 +361,8 @@ fn without_privileges_the_error_is_one_clear_line() {
 
 /// A policy path that is no regular file, or one far too large, fails at once with exit
 /// status 2 naming the path and what it is; nothing waits on a writer or reads forever.
+/// (Each takes about 10 ms here; the bound leaves room for the emulated 6.1 VM lane, where
+/// starting the binary alone takes a good part of a second.)
 #[test]
 fn hostile_policy_paths_fail_at_once_naming_the_cause() {
     let ns = lone_router("hostile");
@@ -387,7 +389,7 @@ fn hostile_policy_paths_fail_at_once_naming_the_cause() {
         let started = std::time::Instant::now();
         let out = cli::run(&ns, &["apply", "-c", path]);
         assert!(
-            started.elapsed() < std::time::Duration::from_secs(1),
+            started.elapsed() < std::time::Duration::from_secs(5),
             "{path}: {:?}",
             started.elapsed()
         );
