@@ -18,6 +18,9 @@ use policyroute::{
 #[derive(Parser)]
 #[command(name = "policyroute", version)]
 struct Cli {
+    /// Run in this named network namespace (`ip netns add` names), as `ip -n` does.
+    #[arg(short = 'n', long = "netns", global = true, value_name = "NAME")]
+    netns: Option<String>,
     /// bpffs directory for pins [default: /sys/fs/bpf/policyroute/net-<namespace inode>]
     #[arg(long, global = true, value_name = "DIR")]
     bpffs_dir: Option<PathBuf>,
@@ -243,6 +246,16 @@ fn exit_status(e: &anyhow::Error) -> u8 {
 struct BadArgument(String);
 
 fn run_cli(cli: Cli) -> anyhow::Result<ExitCode> {
+    // Before the runtime starts threads: a namespace is per thread.
+    if let Some(name) = &cli.netns {
+        policyroute::kernel::enter_netns::enter(name).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::InvalidInput => {
+                anyhow::Error::new(BadArgument(e.to_string()))
+            }
+            std::io::ErrorKind::PermissionDenied => anyhow::Error::new(ControlError::Privileges),
+            _ => anyhow::anyhow!("entering network namespace {name}: {e}"),
+        })?;
+    }
     let opts = Options {
         bpffs_dir: cli.bpffs_dir,
         rt_tables: cli.rt_tables,

@@ -440,3 +440,44 @@ fn nothing_applied_is_told_apart_from_a_healthy_policy() {
     cli::ok(&ns, &["flush"]);
     nothing("flushed");
 }
+
+/// `-n NAME` runs a command in that named namespace, as `ip -n` does, from the caller's
+/// own: what it applies there, `ip netns exec NAME policyroute` finds; no pin is left in the
+/// caller's mounts; an unknown name is input (exit status 2).
+#[test]
+fn minus_n_runs_in_the_named_namespace() {
+    let ns = lone_router("minusn");
+    let policy = TempFile::new("policy.toml", &base());
+    let direct = |args: &[&str]| {
+        std::process::Command::new(cli::bin())
+            .args(args)
+            .output()
+            .expect("run policyroute")
+    };
+    let out = direct(&["-n", &ns.name, "apply", "-c", policy.arg()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        cli::run(&ns, &["check"]).status.success(),
+        "applied where -n said"
+    );
+    let pins = std::path::Path::new("/sys/fs/bpf/policyroute");
+    let label = cli::json(&ns, &["status"])["namespace"]
+        .as_str()
+        .expect("namespace")
+        .to_string();
+    assert!(!pins.join(&label).exists(), "no pin in the caller's bpffs");
+    let out = direct(&["--netns", &ns.name, "flush"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(cli::run(&ns, &["check"]).status.code(), Some(3));
+    let out = direct(&["-n", "prt-no-such-namespace", "status"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("prt-no-such-namespace"));
+}

@@ -4,6 +4,7 @@
 pub mod attach;
 pub mod bpf_syscalls;
 pub mod dataplane;
+pub mod enter_netns;
 pub mod events;
 pub mod features;
 pub mod maps;
