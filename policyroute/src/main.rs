@@ -6,7 +6,9 @@ use anyhow::Context;
 mod import_cli;
 use clap::{CommandFactory, Parser, Subcommand};
 use policyroute::{
-    control::{apply, drift, explain, flush, metrics, run, status, trace, ControlError, Options},
+    control::{
+        apply, drift, explain, flush, metrics, run, status, trace, validate, ControlError, Options,
+    },
     policy::protocol,
     present,
 };
@@ -33,6 +35,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Check a policy file without changing anything, as any user: syntax, meaning, list
+    /// files, rt_tables names and what compiling it can refuse. Devices this namespace
+    /// lacks are warnings. Exit 0 when valid, 2 when not (with file:line).
+    Validate {
+        /// The policy file (TOML).
+        #[arg(short = 'c', long = "config", value_name = "FILE")]
+        config: PathBuf,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate a policy file, then make the kernel match it: add what is missing, remove
     /// what policyroute owns that the file no longer has. Idempotent.
     Apply {
@@ -276,6 +289,10 @@ async fn dispatch(command: Command, opts: Options) -> anyhow::Result<ExitCode> {
         } => {
             let report = apply::apply(&config, &opts, dry_run).await?;
             print(json, &report, || present::apply(&report))?;
+        }
+        Command::Validate { config, json } => {
+            let v = validate::validate(&config, &opts)?;
+            print(json, &v, || present::validate(&v))?;
         }
         Command::Run {
             config,

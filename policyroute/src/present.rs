@@ -425,3 +425,14 @@ pub fn trace_line(l: &crate::control::trace_line::TraceLine) -> String {
     }
     out
 }
+
+/// `validate`'s answer.
+pub fn validate(v: &crate::control::validate::Validation) -> String {
+    let mut o = format!(
+        "{}: valid ({} gateway(s), {} group(s), {} set(s), {} rule(s), {} classifier \
+         entries)\n",
+        v.file, v.gateways, v.groups, v.sets, v.rules, v.entries
+    );
+    warnings(&mut o, "", &v.warnings);
+    o
+}

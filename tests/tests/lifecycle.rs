@@ -338,25 +338,53 @@ fn concurrent_applies_are_serialized() {
 fn without_privileges_the_error_is_one_clear_line() {
     let ns = lone_router("priv");
     let policy = TempFile::new("priv.toml", &base());
-    let out = std::process::Command::new("ip")
+    let out = unprivileged(&ns, &["apply", "-c", policy.arg()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("CAP_NET_ADMIN"), "{stderr}");
+    assert!(cli::owned_objects(&ns).is_empty());
+}
+
+/// `policyroute ARGS` in `ns` as user nobody.
+fn unprivileged(ns: &policyroute_tests::netns::NetNs, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name])
         .args([
-            "netns",
-            "exec",
-            &ns.name,
             "setpriv",
             "--reuid=65534",
             "--regid=65534",
             "--clear-groups",
         ])
         .arg(cli::bin())
-        .args(["apply", "-c", policy.arg()])
+        .args(args)
         .output()
-        .expect("spawn");
+        .expect("spawn")
+}
+
+/// `validate` needs neither privileges nor the devices: as user nobody, in a namespace
+/// without them, a good policy is valid (exit 0) with the absent devices as warnings, and a
+/// bad one is refused at its line (exit 2).
+#[test]
+fn validate_runs_unprivileged_and_warns_of_absent_devices() {
+    let ns = policyroute_tests::netns::NetNs::new("validate");
+    let good = TempFile::new("good.toml", &base());
+    let out = unprivileged(&ns, &["validate", "-c", good.arg()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("valid (2 gateway(s)"), "{stdout}");
+    assert!(
+        stdout.contains("gateway[1].dev: device wan2 does not exist here"),
+        "{stdout}"
+    );
+    let bad = TempFile::new("bad.toml", &base().replace("[80, 443]", "\"443-80\""));
+    let out = unprivileged(&ns, &["validate", "-c", bad.arg()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("CAP_NET_ADMIN"), "{stderr}");
-    assert!(cli::owned_objects(&ns).is_empty());
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("rule[1].dport: empty port range 443-80"),
+        "{stderr}"
+    );
 }
 
 /// A policy path that is no regular file, or one far too large, fails at once with exit

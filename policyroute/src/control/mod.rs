@@ -13,6 +13,7 @@ pub mod status;
 pub mod timings;
 pub mod trace;
 pub mod trace_line;
+pub mod validate;
 
 use std::path::PathBuf;
 
