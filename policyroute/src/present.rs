@@ -328,14 +328,18 @@ pub fn explain(e: &Explanation) -> String {
         let _ = write!(
             o,
             "mark:  {:#x} (by {})\nroute: forwarded by the dataplane{via}{dev} (table {})\n",
-            e.mark, e.by, e.table
+            e.mark,
+            e.by,
+            rt_tables::display(e.table)
         );
         return o;
     }
     let _ = write!(
         o,
         "mark:  {:#x} (by {})\nroute: table {}{via}{dev}{src}\n",
-        e.mark, e.by, e.table
+        e.mark,
+        e.by,
+        rt_tables::display(e.table)
     );
     o
 }

@@ -64,6 +64,9 @@ pub enum DecidedBy {
     /// Nobody: local traffic is not classified without `[attach] local`.
     #[serde(rename = "no socket hooks ([attach] local is off)")]
     NoSocketHooks,
+    /// Nobody: no dataplane is loaded in this namespace (nothing applied).
+    #[serde(rename = "nothing: no dataplane is loaded here")]
+    NoDataplane,
 }
 
 impl std::fmt::Display for DecidedBy {
@@ -193,7 +196,10 @@ pub async fn explain(q: &Query) -> Result<Explanation, ControlError> {
     let route = if dropped {
         RouteAnswer::default()
     } else {
-        nl.route_get(&route_query(q, iif, verdict.mark)).await?
+        let query = route_query(q, iif, verdict.mark);
+        nl.route_get(&query)
+            .await
+            .map_err(|e| ControlError::Route(route_failure(q, &query, &e)))?
     };
     let mut e = explanation(verdict, &route, record.as_ref(), &links);
     e.sets = record
@@ -224,6 +230,15 @@ fn rules_of(record: Option<&Record>) -> Vec<Rule> {
 /// A packet arriving on `ifindex`: the loaded program decides, the reference classifier
 /// must agree unless a sticky flow's record pinned the mark.
 fn forwarded(q: &Query, ifindex: u32, ctx: Context<'_>) -> Result<Verdict, ControlError> {
+    if ctx.installed.dataplane.is_none() {
+        return Ok(Verdict {
+            rule: None,
+            mark: 0,
+            by: DecidedBy::NoDataplane,
+            target: None,
+            fast: None,
+        });
+    }
     let frame = frame(q);
     let ran = run_dataplane(ctx.installed, &frame, ifindex)?;
     let (mark, dropped) = (ran.mark, ran.dropped);
@@ -500,6 +515,42 @@ fn fast_table(record: Option<&Record>, mark: u32) -> u32 {
             p.gateways.iter().find(|g| g.mark & p.mark_mask == mark)
         })
         .map_or(0, |g| g.table)
+}
+
+/// Why the kernel found no route, in the operator's words, with the likely cause for a
+/// forwarded flow: forwarding off in this namespace.
+fn route_failure(
+    q: &Query,
+    query: &RouteQuery,
+    e: &crate::kernel::netlink::NetlinkError,
+) -> String {
+    let cause = e.to_string();
+    let cause = cause.rsplit(": ").next().unwrap_or(&cause);
+    let mut s = format!(
+        "the kernel has no route for {} -> {} (mark {:#x}{}): {cause}",
+        q.src,
+        q.dst,
+        query.mark,
+        q.iif
+            .as_deref()
+            .map_or(String::new(), |d| format!(", arriving on {d}"))
+    );
+    if q.iif.is_some() {
+        let (file, key) = match q.dst {
+            IpAddr::V4(_) => ("/proc/sys/net/ipv4/ip_forward", "net.ipv4.ip_forward"),
+            IpAddr::V6(_) => (
+                "/proc/sys/net/ipv6/conf/all/forwarding",
+                "net.ipv6.conf.all.forwarding",
+            ),
+        };
+        if std::fs::read_to_string(file).is_ok_and(|v| v.trim() == "0") {
+            s.push_str(&format!(
+                "; forwarding is off in this namespace ({key} = 0), so nothing arriving on a \
+                 device is routed"
+            ));
+        }
+    }
+    s
 }
 
 fn route_query(q: &Query, iif: Option<u32>, mark: u32) -> RouteQuery {

@@ -46,6 +46,9 @@ pub enum ControlError {
     /// A question `explain` refuses (no packet could ask it).
     #[error("explain: {0}")]
     Question(String),
+    /// `explain`: the kernel found no route for the flow.
+    #[error("explain: {0}")]
+    Route(String),
     #[error(transparent)]
     Trace(#[from] trace::TraceError),
     #[error(transparent)]
