@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use policyroute::import::{self, Imported, Inputs, Source};
-use policyroute::policy::{rt_tables::RtTables, Policy};
+use policyroute::policy::{bounded_file, rt_tables::RtTables, Policy};
 
 pub struct Files {
     pub iptables: Vec<PathBuf>,
@@ -55,8 +55,9 @@ fn source(path: &Path, stdin_used: &mut bool) -> anyhow::Result<Source> {
             .context("reading stdin")?;
         return Ok(Source::new("<stdin>", text));
     }
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    // The cause in the message itself: the CLI prints an error's top line only.
+    let text = bounded_file::read_to_string(path, bounded_file::MAX_POLICY_FILE)
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
     Ok(Source::new(path.display().to_string(), text))
 }
 
@@ -64,7 +65,10 @@ fn source(path: &Path, stdin_used: &mut bool) -> anyhow::Result<Source> {
 /// `apply` time.
 fn check_loads(imported: &Imported, rt_tables: Option<&Path>) {
     let tables = match rt_tables {
-        Some(path) => RtTables::parse(&std::fs::read_to_string(path).unwrap_or_default()),
+        Some(path) => RtTables::parse(
+            &bounded_file::read_to_string(path, bounded_file::MAX_RT_TABLES_FILE)
+                .unwrap_or_default(),
+        ),
         None => RtTables::system(),
     };
     if let Err(e) = Policy::parse(&imported.policy, "imported policy", &tables) {
