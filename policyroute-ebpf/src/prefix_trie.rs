@@ -66,7 +66,7 @@ fn class(base: u32, root: u32, addr: &[u32; 4], family: u32) -> u32 {
         return 0;
     }
     // A root spans consecutive nodes: its 16 bits pick the node, then the word.
-    let first = u32::from(u16::from_be(addr[0] as u16));
+    let first = u32::from_be(addr[0]) >> 16;
     let at = base
         .wrapping_add(root)
         .wrapping_add(first / TRIE_NODE_WORDS);
