@@ -259,6 +259,16 @@ pub fn frame6(proto: u8, sport: u16, dport: u16) -> FrameSpec {
     frame(proto, "2001:db8:1::10", sport, "2001:db8:2::20", dport)
 }
 
+/// Set by the 6.1 VM lane (`cargo xtask test`), whose emulated CPU runs tests many times
+/// slower: a test that repeats what the host lane already proves (hundreds of random flows)
+/// runs a handful there. What only an older kernel can show runs in full.
+pub const EMULATED_ENV: &str = "POLICYROUTE_TEST_EMULATED";
+
+/// Whether this run is the emulated VM lane ([`EMULATED_ENV`]).
+pub fn emulated() -> bool {
+    std::env::var_os(EMULATED_ENV).is_some()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

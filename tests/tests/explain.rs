@@ -53,7 +53,13 @@ fn explain_agrees_with_real_packets() {
     eprintln!("seed {seed}");
     let mut rng = StdRng::seed_from_u64(seed);
     let mut by_uplink = [0usize; 2];
-    for i in 0..300u16 {
+    // Under emulation (the 6.1 VM lane) a handful: the host lane runs the 300.
+    let (flows, min_each) = if fixture::emulated() {
+        (24, 1)
+    } else {
+        (300, 31)
+    };
+    for i in 0..flows {
         let tcp = rng.gen_bool(0.2);
         let src = *[LAN_HOST, LAN_HOST_ALT, LAN_HOST6]
             .choose(&mut rng)
@@ -94,7 +100,7 @@ fn explain_agrees_with_real_packets() {
         by_uplink[usize::from(said == Place::Up2)] += 1;
     }
     assert!(
-        by_uplink.iter().all(|&n| n > 30),
+        by_uplink.iter().all(|&n| n >= min_each),
         "both uplinks exercised: {by_uplink:?}"
     );
     local_flows(&t, &cg);
@@ -176,10 +182,16 @@ fn explain_names_the_group_member_packets_take() {
     t.router
         .exec("sysctl", &["-qw", "net.ipv6.conf.wan2.accept_dad=0"]);
     cli::apply(&t.router, GROUP_SPREAD_POLICY);
-    let on = group_flows(&t, 200, 30_000);
+    // Fixed ports, so the spread is the same every run; a handful under emulation.
+    let (flows, min) = if fixture::emulated() {
+        (40, [20, 3])
+    } else {
+        (200, [111, 21])
+    };
+    let on = group_flows(&t, flows, 30_000);
     assert!(
-        on[0] > 110 && on[1] > 20,
-        "about 3:1 over 200 flows: {on:?}"
+        on[0] >= min[0] && on[1] >= min[1],
+        "about 3:1 over {flows} flows: {on:?}"
     );
     let e = explain_udp(&t, LAN_HOST, 999, INTERNET[0], 53);
     assert_eq!(
@@ -189,8 +201,13 @@ fn explain_names_the_group_member_packets_take() {
 
     t.up2.ip("link set eth0 down");
     cli::apply(&t.router, GROUP_SPREAD_POLICY);
-    let on = group_flows(&t, 60, 31_000);
-    assert_eq!(on, [60, 0], "isp2 has no carrier: every flow takes isp1");
+    let flows = if fixture::emulated() { 12 } else { 60 };
+    let on = group_flows(&t, flows, 31_000);
+    assert_eq!(
+        on,
+        [usize::from(flows), 0],
+        "isp2 has no carrier: every flow takes isp1"
+    );
     let e = explain_udp(&t, LAN_HOST, 999, INTERNET[0], 53);
     assert_eq!(e["dropped"].as_bool(), Some(true), "{e}");
     assert!(e["why"].as_str().unwrap().contains("blackhole"), "{e}");

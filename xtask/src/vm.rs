@@ -34,6 +34,10 @@ pub const TESTS: &[&str] = &[
     "forwarding",
     "lifecycle",
 ];
+/// Set in the guest: tests that repeat what the host lane already proves (many random
+/// flows, say) run a handful there (the same name as `policyroute_tests::fixture::EMULATED_ENV`:
+/// xtask builds before the tests crate can).
+const EMULATED_ENV: &str = "POLICYROUTE_TEST_EMULATED";
 /// Generous: TCG runs the tests several times slower than the host.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(45 * 60);
 
@@ -235,6 +239,7 @@ fn guest_script(binaries: &[TestBinary], lane: &Path) -> String {
          lane={lane}\n\
          uname -r > $lane/uname\n\
          export POLICYROUTE_BIN={bin}\n\
+         export {emulated}=1\n\
          mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf\n\
          rc=0\n\
          run() {{ name=$1; shift; start=$(date +%s); \"$@\" > $lane/$name.log 2>&1; r=$?; \
@@ -242,6 +247,7 @@ fn guest_script(binaries: &[TestBinary], lane: &Path) -> String {
          [ $r -eq 0 ] || rc=1; }}\n",
         lane = lane.display(),
         bin = target.join("policyroute").display(),
+        emulated = EMULATED_ENV,
     );
     s += &format!("run demo {}\n", target.join("demo").display());
     let tests = root().join("tests");
