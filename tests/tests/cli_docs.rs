@@ -4,7 +4,8 @@ use std::process::Command;
 
 use policyroute_tests::{cli, fixture::TempFile};
 
-const COMMANDS: [&str; 10] = [
+const COMMANDS: [&str; 11] = [
+    "validate",
     "apply",
     "run",
     "status",
@@ -53,5 +54,16 @@ fn the_manual_page_lists_every_command() {
     assert!(page.contains(".TH policyroute 8"), "{page}");
     for command in COMMANDS {
         assert!(page.contains(command), "no {command} in the manual page");
+    }
+    // The exit statuses, as ControlError::exit_status gives them.
+    let exit = page
+        .split(".SH \"EXIT STATUS\"")
+        .nth(1)
+        .expect("an EXIT STATUS section");
+    for code in ["0", "1", "2", "3", "4"] {
+        assert!(
+            exit.contains(&format!("\\fB{code}\\fR")),
+            "no {code} in {exit}"
+        );
     }
 }
