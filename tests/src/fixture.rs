@@ -266,7 +266,7 @@ pub const EMULATED_ENV: &str = "POLICYROUTE_TEST_EMULATED";
 
 /// Whether this run is the emulated VM lane ([`EMULATED_ENV`]).
 pub fn emulated() -> bool {
-    std::env::var_os(EMULATED_ENV).is_some()
+    std::env::var_os(EMULATED_ENV).is_some_and(|v| !v.is_empty())
 }
 
 #[cfg(test)]

@@ -389,8 +389,8 @@ fn validate_runs_unprivileged_and_warns_of_absent_devices() {
 
 /// A policy path that is no regular file, or one far too large, fails at once with exit
 /// status 2 naming the path and what it is; nothing waits on a writer or reads forever.
-/// (Each takes about 10 ms here; the bound leaves room for the emulated 6.1 VM lane, where
-/// starting the binary alone takes a good part of a second.)
+/// (Each takes about 10 ms on the host: a second is the bound there. In the emulated 6.1 VM
+/// lane starting the binary alone took up to 7 s, so there the bound only tells a hang.)
 #[test]
 fn hostile_policy_paths_fail_at_once_naming_the_cause() {
     let ns = lone_router("hostile");
@@ -414,13 +414,10 @@ fn hostile_policy_paths_fail_at_once_naming_the_cause() {
         (dir.to_str().unwrap(), "not a regular file (a directory)"),
         (big.to_str().unwrap(), "314572800 bytes, more than"),
     ] {
+        let bound = std::time::Duration::from_secs(if fixture::emulated() { 120 } else { 1 });
         let started = std::time::Instant::now();
         let out = cli::run(&ns, &["apply", "-c", path]);
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(5),
-            "{path}: {:?}",
-            started.elapsed()
-        );
+        assert!(started.elapsed() < bound, "{path}: {:?}", started.elapsed());
         assert_eq!(out.status.code(), Some(2), "{path}: {}", out.stderr);
         assert!(
             out.stderr.contains(path) && out.stderr.contains(says),
