@@ -19,9 +19,10 @@ use std::{
 use anyhow::{bail, Context};
 use aya::{maps::Map, EbpfLoader};
 use aya_obj::{
-    generated::{bpf_attach_type, bpf_func_info, bpf_insn, bpf_prog_info, bpf_prog_type},
+    generated::{bpf_attach_type, bpf_cmd, bpf_func_info, bpf_insn, bpf_prog_info, bpf_prog_type},
     ProgramSection,
 };
+use policyroute::kernel::bpf_syscalls::syscall;
 
 /// The verifier's cap on the stack of one call chain.
 pub const STACK_LIMIT: u32 = 512;
@@ -148,27 +149,6 @@ fn map_fd(map: &Map) -> Option<i32> {
 
 /// `BPF_LOG_STATS`: verification time, stack depth per function, instructions processed.
 const BPF_LOG_STATS: u32 = 4;
-const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-const BPF_BTF_LOAD: libc::c_long = 18;
-
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<i64> {
-    // SAFETY: attr is a live, initialized prefix of `union bpf_attr` for `cmd`, of the
-    // size passed; the kernel writes only inside it and into buffers it points at, which
-    // the callers keep alive and large enough for the sizes they give.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *mut T,
-            std::mem::size_of::<T>() as u32,
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(rc)
-}
 
 /// `union bpf_attr` for BPF_BTF_LOAD.
 #[repr(C)]
@@ -188,7 +168,7 @@ fn load_btf(btf: &[u8]) -> anyhow::Result<OwnedFd> {
         log_size: 0,
         log_level: 0,
     };
-    let fd = bpf(BPF_BTF_LOAD, &mut attr).context("BPF_BTF_LOAD")?;
+    let fd = syscall(bpf_cmd::BPF_BTF_LOAD, &mut attr).context("BPF_BTF_LOAD")?;
     // SAFETY: the kernel just returned this new file descriptor, owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
@@ -250,7 +230,7 @@ impl Load<'_> {
             func_info_cnt: self.func_info_count,
             ..Default::default()
         };
-        let result = bpf(BPF_PROG_LOAD, &mut attr);
+        let result = syscall(bpf_cmd::BPF_PROG_LOAD, &mut attr);
         let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
         let text = String::from_utf8_lossy(&log[..end]).into_owned();
         let fd =
@@ -276,7 +256,7 @@ fn program_info(fd: &OwnedFd) -> anyhow::Result<(Vec<[u8; 8]>, Vec<bpf_func_info
             info_len: std::mem::size_of::<bpf_prog_info>() as u32,
             info: info as *mut bpf_prog_info as u64,
         };
-        bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr).context("BPF_OBJ_GET_INFO_BY_FD")
+        syscall(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr).context("BPF_OBJ_GET_INFO_BY_FD")
     };
     let mut sizes = zeroed_info();
     query(&mut sizes)?;

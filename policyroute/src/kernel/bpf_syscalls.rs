@@ -16,7 +16,7 @@
 //!   (aya 0.14 probes program types, map types and helpers, not commands or map flags).
 use std::{
     io,
-    os::fd::{AsRawFd, BorrowedFd},
+    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
 };
 
 use aya_obj::generated::{
@@ -56,44 +56,53 @@ struct BindMapAttr {
     flags: u32,
 }
 
-fn bpf<T>(cmd: bpf_cmd, attr: &T) -> io::Result<()> {
-    // SAFETY: attr is a valid, initialized bpf_attr prefix of the size passed.
+/// bpf(2) with `attr` as the command's prefix of `union bpf_attr` (the kernel may write
+/// into it): the kernel's non-negative answer, a new descriptor for the commands that make
+/// one (the caller then owns it).
+pub fn syscall<T>(cmd: bpf_cmd, attr: &mut T) -> io::Result<i64> {
+    // SAFETY: attr is a live, initialized bpf_attr prefix of the size passed, exclusively
+    // borrowed for the call; buffers it points at are the caller's to keep alive and large
+    // enough for the sizes it gives.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_bpf,
             cmd as libc::c_long,
-            attr as *const T,
+            attr as *mut T,
             std::mem::size_of::<T>() as u32,
         )
     };
     if rc < 0 {
         Err(io::Error::last_os_error())
     } else {
-        Ok(())
+        Ok(rc)
     }
+}
+
+fn bpf<T>(cmd: bpf_cmd, attr: &mut T) -> io::Result<()> {
+    syscall(cmd, attr).map(|_| ())
 }
 
 /// BPF_PROG_ATTACH of `prog` to `target` (an ifindex for tcx, a cgroup fd otherwise).
 fn prog_attach(target: u32, prog: BorrowedFd<'_>, attach_type: u32, flags: u32) -> io::Result<()> {
-    let attr = AttachAttr {
+    let mut attr = AttachAttr {
         target_ifindex: target,
         attach_bpf_fd: prog.as_raw_fd() as u32,
         attach_type,
         attach_flags: flags,
         ..AttachAttr::default()
     };
-    bpf(BPF_PROG_ATTACH, &attr)
+    bpf(BPF_PROG_ATTACH, &mut attr)
 }
 
 /// BPF_PROG_DETACH of `prog` from `target`.
 fn prog_detach(target: u32, prog: BorrowedFd<'_>, attach_type: u32) -> io::Result<()> {
-    let attr = AttachAttr {
+    let mut attr = AttachAttr {
         target_ifindex: target,
         attach_bpf_fd: prog.as_raw_fd() as u32,
         attach_type,
         ..AttachAttr::default()
     };
-    bpf(BPF_PROG_DETACH, &attr)
+    bpf(BPF_PROG_DETACH, &mut attr)
 }
 
 /// Appends `prog` to the tcx chain of `ifindex` (`attach_type`: BPF_TCX_INGRESS/EGRESS).
@@ -108,12 +117,12 @@ pub fn tcx_detach(ifindex: u32, prog: BorrowedFd<'_>, attach_type: u32) -> io::R
 
 /// Ties `map` to `prog`'s lifetime and lists it among the program's maps.
 pub fn prog_bind_map(prog: BorrowedFd<'_>, map: BorrowedFd<'_>) -> io::Result<()> {
-    let attr = BindMapAttr {
+    let mut attr = BindMapAttr {
         prog_fd: prog.as_raw_fd() as u32,
         map_fd: map.as_raw_fd() as u32,
         flags: 0,
     };
-    bpf(BPF_PROG_BIND_MAP, &attr)
+    bpf(BPF_PROG_BIND_MAP, &mut attr)
 }
 
 /// `union bpf_attr` as used by BPF_PROG_QUERY.
@@ -160,16 +169,16 @@ pub fn cgroup_detach(
 /// Ids of the programs attached directly to a cgroup hook (not inherited).
 pub fn cgroup_query(cgroup: BorrowedFd<'_>, attach_type: u32) -> io::Result<Vec<u32>> {
     let mut ids = vec![0u32; 64];
-    let attr = QueryAttr {
+    let mut attr = QueryAttr {
         target_fd: cgroup.as_raw_fd() as u32,
         attach_type,
         prog_ids: ids.as_mut_ptr() as u64,
         prog_cnt: ids.len() as u32,
         ..QueryAttr::default()
     };
-    bpf(BPF_PROG_QUERY, &attr)?;
-    // SAFETY: the kernel wrote prog_cnt back into attr (read through a volatile load).
-    let count = unsafe { std::ptr::read_volatile(&attr.prog_cnt) } as usize;
+    bpf(BPF_PROG_QUERY, &mut attr)?;
+    // The kernel wrote prog_cnt back into attr (lent to it mutably).
+    let count = attr.prog_cnt as usize;
     ids.truncate(count.min(64));
     Ok(ids)
 }
@@ -208,7 +217,7 @@ pub fn map_dump<K: Copy + Default, V: Copy + Default>(
     let (mut token_in, mut token_out) = (0u64, 0u64);
     let mut first = true;
     loop {
-        let attr = BatchAttr {
+        let mut attr = BatchAttr {
             in_batch: if first {
                 0
             } else {
@@ -221,9 +230,9 @@ pub fn map_dump<K: Copy + Default, V: Copy + Default>(
             map_fd: map.as_raw_fd() as u32,
             ..BatchAttr::default()
         };
-        let result = bpf(BPF_MAP_LOOKUP_BATCH, &attr);
-        // SAFETY: the kernel wrote the number of entries it returned back into attr.
-        let n = unsafe { std::ptr::read_volatile(&attr.count) } as usize;
+        let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        // The kernel wrote the number of entries it returned back into attr.
+        let n = attr.count as usize;
         out.extend(keys[..n].iter().copied().zip(values[..n].iter().copied()));
         match result {
             Ok(()) => {}
@@ -239,14 +248,14 @@ pub fn map_dump<K: Copy + Default, V: Copy + Default>(
 pub fn map_update_batch<K, V>(map: BorrowedFd<'_>, keys: &[K], values: &[V]) -> io::Result<()> {
     let batch = batch_len::<K, V>();
     for (k, v) in keys.chunks(batch).zip(values.chunks(batch)) {
-        let attr = BatchAttr {
+        let mut attr = BatchAttr {
             keys: k.as_ptr() as u64,
             values: v.as_ptr() as u64,
             count: k.len() as u32,
             map_fd: map.as_raw_fd() as u32,
             ..BatchAttr::default()
         };
-        bpf(BPF_MAP_UPDATE_BATCH, &attr)?;
+        bpf(BPF_MAP_UPDATE_BATCH, &mut attr)?;
     }
     Ok(())
 }
@@ -254,40 +263,40 @@ pub fn map_update_batch<K, V>(map: BorrowedFd<'_>, keys: &[K], values: &[V]) -> 
 /// Deletes entries, a batch per syscall.
 pub fn map_delete_batch<K>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<()> {
     for k in keys.chunks(batch_len::<K, ()>()) {
-        let attr = BatchAttr {
+        let mut attr = BatchAttr {
             keys: k.as_ptr() as u64,
             count: k.len() as u32,
             map_fd: map.as_raw_fd() as u32,
             ..BatchAttr::default()
         };
-        bpf(BPF_MAP_DELETE_BATCH, &attr)?;
+        bpf(BPF_MAP_DELETE_BATCH, &mut attr)?;
     }
     Ok(())
 }
 
 /// Whether the kernel knows `cmd`: with a descriptor that is no BPF object, a known command
 /// fails on the descriptor (EBADF), an unknown one on the command (EINVAL).
-fn knows_command<T>(cmd: bpf_cmd, attr: &T) -> bool {
+fn knows_command<T>(cmd: bpf_cmd, attr: &mut T) -> bool {
     bpf(cmd, attr).is_err_and(|e| e.raw_os_error() == Some(libc::EBADF))
 }
 
 /// Batch lookups, updates and deletes (Linux 5.6).
 pub fn probe_batch_ops() -> bool {
-    let attr = BatchAttr {
+    let mut attr = BatchAttr {
         map_fd: u32::MAX,
         ..BatchAttr::default()
     };
-    knows_command(BPF_MAP_LOOKUP_BATCH, &attr)
+    knows_command(BPF_MAP_LOOKUP_BATCH, &mut attr)
 }
 
 /// BPF_PROG_BIND_MAP (Linux 5.10).
 pub fn probe_bind_map() -> bool {
-    let attr = BindMapAttr {
+    let mut attr = BindMapAttr {
         prog_fd: u32::MAX,
         map_fd: u32::MAX,
         flags: 0,
     };
-    knows_command(BPF_PROG_BIND_MAP, &attr)
+    knows_command(BPF_PROG_BIND_MAP, &mut attr)
 }
 
 /// `union bpf_attr` as used by BPF_MAP_CREATE (the fields up to the flags).
@@ -302,26 +311,19 @@ struct MapCreateAttr {
 
 /// A hash map created with BPF_F_NO_PREALLOC (Linux 4.6).
 pub fn probe_no_prealloc() -> bool {
-    let attr = MapCreateAttr {
+    let mut attr = MapCreateAttr {
         map_type: aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_HASH as u32,
         key_size: 4,
         value_size: 4,
         max_entries: 1,
         map_flags: aya_obj::generated::BPF_F_NO_PREALLOC,
     };
-    // SAFETY: attr is a valid, initialized bpf_attr prefix of the size passed.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            bpf_cmd::BPF_MAP_CREATE as libc::c_long,
-            &attr as *const MapCreateAttr,
-            std::mem::size_of::<MapCreateAttr>() as u32,
-        )
-    };
-    if fd < 0 {
-        return false;
+    match syscall(bpf_cmd::BPF_MAP_CREATE, &mut attr) {
+        Ok(fd) => {
+            // SAFETY: the map fd was just created by this call and is owned here alone.
+            drop(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+            true
+        }
+        Err(_) => false,
     }
-    // SAFETY: the map fd was just created by this call and is owned here alone.
-    unsafe { libc::close(fd as i32) };
-    true
 }
