@@ -35,8 +35,7 @@ pub fn outbound_key(pkt: &Packet) -> FlowKey {
 
 /// Records (or refreshes) an inbound flow. Rewrites the entry only when it is new, belongs
 /// to another gateway, or is half way to expiry, so a busy flow costs a lookup per packet,
-/// not a write. Out of line: its key and value stay off the stack of the classifier's
-/// frame (only record devices call it).
+/// not a write.
 #[inline(always)]
 pub fn record(pkt: &Packet, mark: u32, control: &Control) {
     let key = inbound_key(pkt);

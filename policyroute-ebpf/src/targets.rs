@@ -147,8 +147,6 @@ fn recorded(
     Some((mark, member))
 }
 
-/// Out of line: the record stays off the stack of the classifier's frame (a new or
-/// refreshed choice is rare next to the packets that read it).
 #[inline(always)]
 fn remember(tuple: &FlowTuple, target: u32, version: u32, member: u32, epoch: u32) {
     let choice = FlowChoice {

@@ -487,7 +487,7 @@ fn bind_when_free<S>(
 }
 
 /// Index of the first fd that becomes readable within the probe timeout.
-pub(crate) fn wait_readable(fds: impl Iterator<Item = i32>) -> Option<usize> {
+fn wait_readable(fds: impl Iterator<Item = i32>) -> Option<usize> {
     let mut pfds: Vec<libc::pollfd> = fds
         .map(|fd| libc::pollfd {
             fd,

@@ -22,6 +22,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         bail!("the kernel tests load eBPF programs and create network namespaces: run as root");
     }
     remove_stale_namespaces();
+    // Written again by tests/tests/verifier_budget.rs: no older run's table is shown.
+    let _ = fs::remove_file(budget_table());
     cargo(&["fmt", "--all", "--", "--check"])?;
     let ebpf_sources = root().join("policyroute-ebpf/src");
     let fuzz_sources = root().join("fuzz/fuzz_targets");
@@ -57,13 +59,17 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let (p, f) = crate::vm::run("debian-6.1")?;
     (passed, failed) = (passed + p, failed + f);
     fuzz_policy_reader()?;
-    // Written by tests/tests/verifier_budget.rs.
-    if let Ok(table) = fs::read_to_string(root().join("target/tmp/verifier-budget.txt")) {
+    if let Ok(table) = fs::read_to_string(budget_table()) {
         println!("{table}");
     }
     // The summary CI reads last: the fuzzer's log would otherwise end the output.
     println!("xtask: {passed} passed, {failed} failed");
     Ok(())
+}
+
+/// Where tests/tests/verifier_budget.rs leaves its table (its `CARGO_TARGET_TMPDIR`).
+fn budget_table() -> std::path::PathBuf {
+    root().join("target/tmp/verifier-budget.txt")
 }
 
 /// Kernel test files run again with every policy forcing `[attach] mode = "tc"`: the

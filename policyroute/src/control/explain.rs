@@ -524,8 +524,12 @@ fn route_failure(
     query: &RouteQuery,
     e: &crate::kernel::netlink::NetlinkError,
 ) -> String {
-    let cause = e.to_string();
-    let cause = cause.rsplit(": ").next().unwrap_or(&cause);
+    use crate::kernel::netlink::NetlinkError;
+    let cause = match e {
+        NetlinkError::Kernel { source, .. } => source.to_string(),
+        NetlinkError::NotFound { .. } => "no such route".into(),
+        other => other.to_string(),
+    };
     let mut s = format!(
         "the kernel has no route for {} -> {} (mark {:#x}{}): {cause}",
         q.src,
