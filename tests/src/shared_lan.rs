@@ -14,7 +14,7 @@
 use crate::{
     fixture::{address, veth},
     netns::NetNs,
-    topology::{Place, Receivers},
+    topology::{router_sysctls, Place, Receivers},
 };
 
 pub const HOST: &str = "192.0.2.23";
@@ -52,14 +52,7 @@ impl SharedLan {
             (&t.lan2, "p-lan2", LAN2, LAN2_6),
         ];
         for (ns, port, v4, v6) in members {
-            for kv in [
-                "net.ipv6.conf.all.accept_dad=0",
-                "net.ipv6.conf.default.accept_dad=0",
-                "net.ipv4.conf.all.rp_filter=0",
-                "net.ipv4.conf.default.rp_filter=0",
-            ] {
-                ns.exec("sysctl", &["-qw", kv]);
-            }
+            router_sysctls(ns);
             veth(&t.seg, port, ns, "eth0");
             t.seg.ip(&format!("link set {port} master br0"));
             address(ns, "eth0", &format!("{v4}/24"));
@@ -75,8 +68,6 @@ impl SharedLan {
         // by ICMP redirects to go to the router directly, around its policy. An operator
         // of such a host turns them off; lan2 ignores them too.
         for kv in [
-            "net.ipv4.ip_forward=1",
-            "net.ipv6.conf.all.forwarding=1",
             "net.ipv4.conf.all.send_redirects=0",
             "net.ipv4.conf.eth0.send_redirects=0",
         ] {

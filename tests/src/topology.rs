@@ -159,7 +159,7 @@ pub struct Arrival {
 
 /// Forwarding on, reverse-path filtering off (replies from the second uplink come back on
 /// a device the main table does not point at). Only these namespaces' own sysctls.
-fn router_sysctls(ns: &NetNs) {
+pub(crate) fn router_sysctls(ns: &NetNs) {
     for kv in [
         "net.ipv4.ip_forward=1",
         "net.ipv6.conf.all.forwarding=1",
