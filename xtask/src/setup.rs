@@ -62,15 +62,15 @@ fn print_toolchain() {
             .and_then(|o| o.lines().next().map(str::to_string))
             .unwrap_or_else(|| "not found".into())
     };
-    let llvm = output(Command::new("rustc").args(["+nightly", "-vV"]))
-        .and_then(|v| {
-            v.lines()
-                .find_map(|l| l.strip_prefix("LLVM version: ").map(str::to_string))
-        })
-        .unwrap_or_else(|| "unknown".into());
+    // `-vV`: the version line first, the LLVM version among the rest.
+    let nightly = output(Command::new("rustc").args(["+nightly", "-vV"])).unwrap_or_default();
+    let llvm = nightly
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .unwrap_or("unknown");
     eprintln!(
         "xtask: eBPF toolchain: {} (LLVM {llvm}), {}; host: {}",
-        first_line(Command::new("rustc").arg("+nightly").arg("--version")),
+        nightly.lines().next().unwrap_or("nightly rustc not found"),
         first_line(Command::new("bpf-linker").arg("--version")),
         first_line(Command::new("rustc").arg("--version")),
     );
