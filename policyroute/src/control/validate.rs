@@ -34,9 +34,9 @@ pub fn validate(path: &Path, opts: &Options) -> Result<Validation, ControlError>
     let warnings = match policy.check_devices(exists) {
         Ok(()) => Vec::new(),
         Err(e) => e
-            .to_string()
-            .lines()
-            .map(|l| format!("{l} here (applying it in this namespace would be refused)"))
+            .errors()
+            .into_iter()
+            .map(|e| format!("{e} here (applying it in this namespace would be refused)"))
             .collect(),
     };
     Ok(Validation {
