@@ -74,18 +74,23 @@ impl Dataplane {
             .map_max_entries(PREFIX_TRIE_MAP, capacity.trie_nodes);
         let tries = u32::from(capacity.trie_nodes > TRIE_DISABLED_NODES);
         loader.override_global(TRIES_GLOBAL, &tries, true);
-        Self::load_with(loader)
+        Self::load_with(loader, objects::classifier())
     }
 
     /// Loads all programs again, sharing the maps of a dataplane pinned (by map name) in
     /// `pin_dir`: new hooks can be attached while counters, rules and flows stay.
     pub fn load_sharing(pin_dir: &Path) -> Result<Self, DataplaneError> {
-        Self::load_sharing_with(pin_dir, true)
+        Self::load_sharing_with(pin_dir, objects::classifier(), true)
     }
 
-    /// [`Self::load_sharing`], with the trace code dropped when `trace_code` is false: the
-    /// copy `bench classify` measures what idle trace costs against. Never attached.
-    pub fn load_sharing_with(pin_dir: &Path, trace_code: bool) -> Result<Self, DataplaneError> {
+    /// [`Self::load_sharing`] of `object` (a build of the classifier object with the same
+    /// maps), with the trace code dropped when `trace_code` is false: the copies `bench
+    /// classify` measures idle trace and other builds against. Never attached.
+    pub fn load_sharing_with(
+        pin_dir: &Path,
+        object: &[u8],
+        trace_code: bool,
+    ) -> Result<Self, DataplaneError> {
         let mut loader = EbpfLoader::new();
         let trace_code = u32::from(trace_code);
         loader.override_global(TRACE_GLOBAL, &trace_code, true);
@@ -96,11 +101,11 @@ impl Dataplane {
         let trie = MapData::from_pin(pin_dir.join(PREFIX_TRIE_MAP))?;
         let tries = u32::from(trie.info()?.max_entries() > TRIE_DISABLED_NODES);
         loader.override_global(TRIES_GLOBAL, &tries, true);
-        Self::load_with(loader)
+        Self::load_with(loader, object)
     }
 
-    fn load_with(mut loader: EbpfLoader<'_>) -> Result<Self, DataplaneError> {
-        let mut ebpf = loader.load(objects::classifier())?;
+    fn load_with(mut loader: EbpfLoader<'_>, object: &[u8]) -> Result<Self, DataplaneError> {
+        let mut ebpf = loader.load(object)?;
         let mut programs = BTreeMap::new();
         for name in TC_PROGRAMS {
             let prog = classifier_mut(&mut ebpf, name)?;

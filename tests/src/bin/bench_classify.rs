@@ -9,9 +9,8 @@
 use std::{fmt::Write as _, net::IpAddr, process::Command, time::Duration};
 
 use aya::{
-    maps::MapData,
     programs::{tc::TcAttachType, SchedClassifier},
-    Ebpf, EbpfLoader,
+    Ebpf,
 };
 use policyroute::{
     kernel::{
@@ -22,10 +21,7 @@ use policyroute::{
     policy::matcher::Rule,
     reference::frame::FrameSpec,
 };
-use policyroute_common::{
-    names::{MAPS, NOOP, PREFIX_TRIE_MAP, TC_INGRESS, TRIES_GLOBAL},
-    TRIE_DISABLED_NODES,
-};
+use policyroute_common::names::NOOP;
 use policyroute_tests::{
     bench::{self, env_or, measure, Spread, Table, SIZES},
     cli,
@@ -512,19 +508,32 @@ fn tc_of(dp: &mut Dataplane) -> anyhow::Result<&SchedClassifier> {
         .ok_or_else(|| anyhow::anyhow!("no TC program in a loaded copy"))
 }
 
-/// Two copies of `applied`'s programs on its maps (shared through pins that are removed
-/// again at once): with the trace code, and without.
+/// Two copies of `applied`'s programs on its maps: with the trace code, and without.
 fn trace_copies(applied: &SchedClassifier) -> anyhow::Result<(Dataplane, Dataplane)> {
+    let object = objects::classifier();
+    let [with, without] = copies(applied, [(object, true), (object, false)])?;
+    Ok((with, without))
+}
+
+/// Copies of `applied`'s programs on its maps (shared through pins that are removed again
+/// at once), one per (object, trace code) asked for.
+fn copies<const N: usize>(
+    applied: &SchedClassifier,
+    wanted: [(&[u8], bool); N],
+) -> anyhow::Result<[Dataplane; N]> {
     let pins = std::path::PathBuf::from(format!(
-        "/sys/fs/bpf/prt-bench-trace-{}",
+        "/sys/fs/bpf/prt-bench-copies-{}",
         std::process::id()
     ));
     let mut opened = Dataplane::open(&applied.info()?)?;
     pins::pin(&mut opened, &pins)?;
-    let with = Dataplane::load_sharing_with(&pins, true);
-    let without = Dataplane::load_sharing_with(&pins, false);
+    let loaded = wanted.map(|(object, trace)| Dataplane::load_sharing_with(&pins, object, trace));
     pins::unpin(&pins)?;
-    Ok((with?, without?))
+    let mut out = Vec::with_capacity(N);
+    for dp in loaded {
+        out.push(dp?);
+    }
+    Ok(out.try_into().unwrap_or_else(|_| unreachable!("N copies")))
 }
 
 /// `POLICYROUTE_BENCH_BASELINE=OBJECT`: the applied classifier against the TC ingress
@@ -547,12 +556,12 @@ fn ab(b: &mut Bench, baseline: &[u8]) -> anyhow::Result<()> {
     for n in [1, SIZES[SIZES.len() - 1]] {
         eprintln!("classify A/B: {n} rules per family");
         let (applied, _) = b.apply(&same_shape_policy(n))?;
-        let mut copy = baseline_copy(&applied, baseline)?;
-        let base = classifier_mut(&mut copy, TC_INGRESS)?;
-        // The same object loaded again: how far two loads of identical code differ (JIT
-        // image placement), the noise floor of the comparison.
-        let mut again = baseline_copy(&applied, objects::classifier())?;
-        let same = classifier_mut(&mut again, TC_INGRESS)?;
+        // Beside the baseline, this build loaded again: how far two loads of identical code
+        // differ (JIT image placement), the noise floor of the comparison.
+        let [mut copy, mut again] =
+            copies(&applied, [(baseline, true), (objects::classifier(), true)])?;
+        let base = tc_of(&mut copy)?;
+        let same = tc_of(&mut again)?;
         for v6 in [false, true] {
             for hit in [true, false] {
                 let frames: Vec<(Vec<u8>, u32)> = (0..b.packets)
@@ -560,8 +569,8 @@ fn ab(b: &mut Bench, baseline: &[u8]) -> anyhow::Result<()> {
                     .collect();
                 let cases = [
                     (&applied, &frames[..], true),
-                    (&*base, &frames[..], true),
-                    (&*same, &frames[..], true),
+                    (base, &frames[..], true),
+                    (same, &frames[..], true),
                 ];
                 let ns = interleaved(&mut b.rng, b.rounds, &cases, false)?;
                 let (this, that) = (Spread::of(&ns[0]), Spread::of(&ns[1]));
@@ -603,28 +612,6 @@ fn ab(b: &mut Bench, baseline: &[u8]) -> anyhow::Result<()> {
     println!("{md}");
     b.write_results("classify-ab", &md, json!({ "rows": rows }));
     Ok(())
-}
-
-/// The programs of `object` loaded on `applied`'s maps (shared through pins that are
-/// removed again at once), with the same prefix-trie setting.
-fn baseline_copy(applied: &SchedClassifier, object: &[u8]) -> anyhow::Result<Ebpf> {
-    let pins = std::path::PathBuf::from(format!("/sys/fs/bpf/prt-bench-ab-{}", std::process::id()));
-    let mut opened = Dataplane::open(&applied.info()?)?;
-    pins::pin(&mut opened, &pins)?;
-    let loaded = (|| -> anyhow::Result<Ebpf> {
-        let mut loader = EbpfLoader::new();
-        for name in MAPS {
-            loader.map_pin_path(name, pins.join(name));
-        }
-        let trie = MapData::from_pin(pins.join(PREFIX_TRIE_MAP))?;
-        let tries = u32::from(trie.info()?.max_entries() > TRIE_DISABLED_NODES);
-        loader.override_global(TRIES_GLOBAL, &tries, true);
-        let mut ebpf = loader.load(object)?;
-        classifier_mut(&mut ebpf, TC_INGRESS)?.load()?;
-        Ok(ebpf)
-    })();
-    pins::unpin(&pins)?;
-    loaded
 }
 
 /// A program, the frames it runs and whether its marks are checked.
