@@ -146,11 +146,11 @@ pub fn shares_main_uplink(gw: &Gateway, sys: &System<'_>) -> Vec<Family> {
     [Family::V4, Family::V6]
         .into_iter()
         .filter(|&family| {
-            sys.kernel_prefixes.iter().any(|p| {
-                p.table == MAIN_TABLE
-                    && p.dst.prefix_len() == 0
-                    && Family::of_net(&p.dst) == family
-                    && p.oif == Some(ifindex)
+            // A lookup, not a walk: the main table may hold a full routing table.
+            sys.kernel_prefixes.contains(&KernelPrefix {
+                table: MAIN_TABLE,
+                dst: default_route(family),
+                oif: Some(ifindex),
             })
         })
         .collect()
