@@ -93,7 +93,7 @@ fn a_sticky_gateway_sharing_the_main_uplink_is_refused_naming_it() {
     let t = SharedLan::new("seed3s");
     let cg = Cgroup::new("seed3s");
     let rules_before = t.host.ip("rule show");
-    let file = policyroute_tests::fixture::TempFile::new("policy.toml", &seed_003(&cg, true));
+    let file = TempFile::new("policy.toml", &seed_003(&cg, true));
     let out = cli::run(&t.host, &["apply", "-c", file.arg()]);
     assert!(!out.status.success(), "applied: {}", out.stdout);
     assert!(
