@@ -192,7 +192,9 @@ pub struct Control {
     pub sticky_ttl_ns: u64,
 }
 
-/// Control flag: consult [`DEVICES_MAP`] for the role of the device a packet is on.
+/// Control flag: consult [`DEVICES_MAP`] for the role of the device a packet is on (set
+/// when a device records sticky flows or carries IP frames; otherwise every device
+/// classifies Ethernet frames and the lookup is skipped).
 pub const CONTROL_DEVICE_ROLES: u32 = 1;
 /// Control flag: restore the gateway of flows recorded by sticky gateways.
 pub const CONTROL_STICKY: u32 = 2;
@@ -201,6 +203,10 @@ pub const CONTROL_STICKY: u32 = 2;
 pub const ROLE_CLASSIFY: u32 = 1;
 /// Role flag: record inbound flows on this device with `DeviceRole::mark` (a sticky gateway).
 pub const ROLE_RECORD: u32 = 2;
+/// Role flag: this device's frames start with the IP header (tun, WireGuard, PPP and other
+/// devices whose link type has no Ethernet header), as its link type said at apply time.
+/// Packets arriving on it are left to the kernel by the fast path.
+pub const ROLE_IP_FRAME: u32 = 4;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -42,6 +42,15 @@ pub struct Scratch {
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 const FIB_FLAGS: u32 = BPF_FIB_LOOKUP_DIRECT | BPF_FIB_LOOKUP_TBID;
+/// `skb->cb` word where the classifier tells `forward`, later in the same run, that the
+/// packet came in on an IP device: the fast path rewrites and redirects Ethernet frames
+/// only, so such a packet keeps its mark and goes on to the kernel's fwmark rules. Kept
+/// there rather than in a variable: a value live across the whole classification doubles
+/// the states the verifier walks. Read here, out of line, where the context is an
+/// argument: inline, LLVM keeps a pointer into the context for the read, and the
+/// verifier allows context accesses only at a constant offset from its start.
+pub const CB_IP_FRAME: usize = 1;
+
 /// `forward`'s answer for a packet to answer with `icmp::too_big` (called by the
 /// classifier itself: one call deeper would not fit the 512-byte stack of a call chain).
 pub const SEND_TOO_BIG: i32 = i32::MIN;
@@ -67,6 +76,10 @@ fn forward_inner(
     explain: bool,
     oif: &mut u32,
 ) -> Option<i32> {
+    // SAFETY: ctx.skb.skb is the __sk_buff of this run; tc programs may read cb.
+    if unsafe { (*ctx.skb.skb).cb[CB_IP_FRAME] } != 0 {
+        return None;
+    }
     // SAFETY: the value is only read, inside this program's RCU read side.
     let table = unsafe { FAST.get(&mark) }?.table;
     if kernel_routes(pkt) {

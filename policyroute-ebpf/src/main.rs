@@ -4,6 +4,10 @@
 //! it restores their gateway. The socket hooks (`sock`) do the same for this host's own
 //! traffic. All share one set of maps.
 //!
+//! Frames start with an Ethernet header, except on devices whose role says
+//! `ROLE_IP_FRAME` (tun, WireGuard, PPP: decided from the link type when the policy is
+//! applied, not guessed per packet); there they start with the IP header.
+//!
 //! Packets and socket calls that pass a running `policyroute trace`'s filter are logged
 //! through aya-log (`trace`).
 //!
@@ -67,7 +71,8 @@ use policyroute_common::{
     TraceFilter, TraceRate, TrieNode, CONTROL_DEVICE_ROLES, CONTROL_FAST_PATH, CONTROL_STICKY,
     DEFAULT_MAX_COUNTERS, DEFAULT_MAX_ENTRIES, DEFAULT_TRIE_NODES, EXPLAIN_MAGIC, GENERATIONS,
     HOOK_TC_EGRESS, HOOK_TC_INGRESS, HOW_DROP, HOW_FALLBACK, HOW_RULE, HOW_STICKY, HOW_UNWRITTEN,
-    MAX_FLOWS, MAX_KERNEL_DESTINATIONS, MAX_STATE_CHUNKS, MAX_TARGETS, ROLE_CLASSIFY, ROLE_RECORD,
+    MAX_FLOWS, MAX_KERNEL_DESTINATIONS, MAX_STATE_CHUNKS, MAX_TARGETS, ROLE_CLASSIFY,
+    ROLE_IP_FRAME, ROLE_RECORD,
 };
 
 use parse::Packet;
@@ -188,13 +193,44 @@ pub fn policyroute_tc(ctx: TcContext) -> i32 {
     let Some(control) = CONTROL.get(0) else {
         return TC_ACT_UNSPEC;
     };
+    let role = device_role(&ctx, control);
+    // SAFETY: ctx.skb.skb is the __sk_buff the kernel passed this program; tc programs
+    // may write cb (scratch of this run, which nothing after it reads).
+    unsafe { (*ctx.skb.skb).cb[fast::CB_IP_FRAME] = u32::from(is_ip_device(role)) };
     let mut pkt = MaybeUninit::uninit();
-    if parse::packet(ctx.data(), ctx.data_end(), &mut pkt) == 0 {
+    if parse::packet(ctx.data(), ctx.data_end(), ip_frame(&ctx, role), &mut pkt) == 0 {
         return TC_ACT_UNSPEC;
     }
     // SAFETY: `packet` returned 1, so it wrote the whole packet.
     let pkt = unsafe { pkt.assume_init_ref() };
-    tc(&ctx, pkt, control)
+    tc(&ctx, pkt, control, role)
+}
+
+/// The role of the device the packet is on, when the policy gives devices roles (sticky
+/// recording, IP frames); `None`: classify an Ethernet frame.
+#[inline(always)]
+fn device_role(ctx: &TcContext, control: &Control) -> Option<&'static DeviceRole> {
+    if control.flags & CONTROL_DEVICE_ROLES == 0 {
+        return None;
+    }
+    // SAFETY: ctx.skb.skb is the __sk_buff the kernel passed this program; the verifier
+    // allows reading ifindex from it.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: the value is only read, while this program runs (RCU read side).
+    unsafe { DEVICES.get(ifindex) }
+}
+
+/// Whether the device's frames start with the IP header (its role says, from its link
+/// type). Explain's test runs always start with an Ethernet header: BPF_PROG_TEST_RUN
+/// builds the packet that way whatever the device.
+#[inline(always)]
+fn ip_frame(ctx: &TcContext, role: Option<&DeviceRole>) -> bool {
+    is_ip_device(role) && !is_explain(ctx)
+}
+
+#[inline(always)]
+fn is_ip_device(role: Option<&DeviceRole>) -> bool {
+    matches!(role, Some(r) if r.flags & ROLE_IP_FRAME != 0)
 }
 
 /// Tc egress: classification only (no stickiness). The route is already chosen here, so
@@ -204,8 +240,9 @@ pub fn policyroute_eg(ctx: TcContext) -> i32 {
     let Some(control) = CONTROL.get(0) else {
         return TC_ACT_UNSPEC;
     };
+    let ip_frame = ip_frame(&ctx, device_role(&ctx, control));
     let mut pkt = MaybeUninit::uninit();
-    if parse::packet(ctx.data(), ctx.data_end(), &mut pkt) != 0 {
+    if parse::packet(ctx.data(), ctx.data_end(), ip_frame, &mut pkt) != 0 {
         // SAFETY: `packet` returned 1, so it wrote the whole packet.
         let pkt = unsafe { pkt.assume_init_ref() };
         if let Some(hit) = search::classify(pkt, control) {
@@ -259,24 +296,17 @@ fn is_explain(ctx: &TcContext) -> bool {
     ctx.cb()[0] == EXPLAIN_MAGIC
 }
 
+/// Devices without a role classify.
 #[inline(always)]
-fn tc(ctx: &TcContext, pkt: &Packet, control: &Control) -> i32 {
+fn tc(ctx: &TcContext, pkt: &Packet, control: &Control, role: Option<&DeviceRole>) -> i32 {
     let explain = is_explain(ctx);
-    let mut role = ROLE_CLASSIFY;
-    if control.flags & CONTROL_DEVICE_ROLES != 0 {
-        // SAFETY: ctx.skb.skb is the __sk_buff the kernel passed this program; the
-        // verifier allows reading ifindex from it.
-        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-        // SAFETY: the value is only read, while this program runs (RCU read side).
-        if let Some(r) = unsafe { DEVICES.get(ifindex) } {
-            role = r.flags;
-            if role & ROLE_RECORD != 0 && !explain {
-                sticky::record(pkt, r.mark, control);
-            }
+    if let Some(r) = role {
+        if r.flags & ROLE_RECORD != 0 && !explain {
+            sticky::record(pkt, r.mark, control);
         }
-    }
-    if role & ROLE_CLASSIFY == 0 {
-        return TC_ACT_UNSPEC;
+        if r.flags & ROLE_CLASSIFY == 0 {
+            return TC_ACT_UNSPEC;
+        }
     }
     let (ret, traced) = classify_ingress(ctx, pkt, control, explain);
     if !explain {
@@ -324,7 +354,9 @@ fn classify_ingress(
 }
 
 /// With the fast path on, a packet whose mark a gateway decided (not a raw mark, not the
-/// main table) is forwarded by the program; otherwise it goes on to the kernel.
+/// main table) is forwarded by the program; otherwise it goes on to the kernel. The fast
+/// path rewrites and redirects Ethernet frames only: what arrives on an IP device keeps
+/// its mark and goes on to the kernel's fwmark rules.
 #[inline(always)]
 fn fast_path(
     ctx: &TcContext,

@@ -98,14 +98,22 @@ impl Frame {
 /// Fills `pkt` from the frame and returns 1; 0 (`pkt` untouched) when it is not IP, or an
 /// IP header that is malformed or truncated: such frames are left untouched.
 ///
+/// `ip_frame`: the frame starts with the IP header (a device whose link type has no
+/// Ethernet header, known from its role); otherwise it starts with an Ethernet header.
+///
 /// Out of line, with the packet as an out-parameter rather than the result: a result
 /// wider than a register comes back through a hidden pointer argument, and this
 /// function's own scratch stays off the stack of the call chains that go on to search,
 /// trace and the fast path (see the rules in `main.rs`).
 #[inline(never)]
-pub fn packet(start: usize, end: usize, pkt: &mut MaybeUninit<Packet>) -> i32 {
+pub fn packet(start: usize, end: usize, ip_frame: bool, pkt: &mut MaybeUninit<Packet>) -> i32 {
     let frame = Frame { start, end };
-    let parsed = match ethertype(frame) {
+    let network = if ip_frame {
+        ip_version(frame)
+    } else {
+        ethertype(frame)
+    };
+    let parsed = match network {
         Some((ETH_P_IP, l3)) => ipv4(frame, l3),
         Some((ETH_P_IPV6, l3)) => ipv6(frame, l3),
         _ => None,
@@ -116,6 +124,19 @@ pub fn packet(start: usize, end: usize, pkt: &mut MaybeUninit<Packet>) -> i32 {
             1
         }
         None => 0,
+    }
+}
+
+/// The protocol of a frame that starts with the IP header, from its version, as an
+/// EtherType; the header is at offset 0.
+#[inline(always)]
+fn ip_version(frame: Frame) -> Option<(u16, usize)> {
+    // Two bytes, not one: for a one-byte read at offset 0 LLVM turns the bound check into
+    // `start < end`, from which the verifier proves no readable byte.
+    match frame.load::<[u8; 2]>(0)?[0] >> 4 {
+        4 => Some((ETH_P_IP, 0)),
+        6 => Some((ETH_P_IPV6, 0)),
+        _ => None,
     }
 }
 

@@ -10,7 +10,7 @@ use crate::{
         status::{FamilyHealth, GatewayStatus, GroupStatus, Status},
     },
     kernel::{namespace::DaemonState, netlink::RTPROT_POLICYROUTE},
-    plan::objects::{IpRoute, IpRule},
+    plan::objects::{Frames, IpRoute, IpRule},
     policy::{matcher::Family, rt_tables},
 };
 
@@ -85,7 +85,17 @@ pub fn status(s: &Status) -> String {
         let _ = writeln!(o, "  (none)");
     }
     for h in &s.hooks {
-        let _ = writeln!(o, "  {:<40} program {}", h.hook.describe(), h.program_id);
+        let frames = match h.frames {
+            Some(Frames::Ip) => ", IP frames (no Ethernet header)",
+            Some(Frames::Unsupported(_)) => ", frames it cannot read (link type unsupported)",
+            _ => "",
+        };
+        let _ = writeln!(
+            o,
+            "  {:<40} program {}{frames}",
+            h.hook.describe(),
+            h.program_id
+        );
     }
     gateways(&mut o, &s.gateways);
     groups(&mut o, &s.groups);

@@ -1,4 +1,5 @@
 //! Helpers shared by the integration tests.
+pub mod background;
 pub mod bench;
 pub mod bench_net;
 pub mod cgroup;
@@ -17,4 +18,7 @@ pub mod rules;
 pub mod shared_lan;
 pub mod spread;
 pub mod topology;
+pub mod tracer;
+pub mod tun;
 pub mod verifier;
+pub mod vpn;

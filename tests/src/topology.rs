@@ -60,6 +60,8 @@ pub enum Place {
     Up2,
     Up3,
     Lan2,
+    /// The far end of a VPN tunnel ([`crate::vpn`]).
+    Vpn,
 }
 
 /// An upstream and the router's side of its link.
@@ -215,6 +217,7 @@ impl Topology {
             Place::Up2 => &self.up2,
             Place::Up3 => self.up3.as_ref().expect("a topology with_lte"),
             Place::Lan2 => &self.lan2,
+            Place::Vpn => panic!("a VPN is no part of the router topology"),
         }
     }
 

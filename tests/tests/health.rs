@@ -3,16 +3,14 @@
 //! echo requests, the listener closes) and answers again.
 use std::{
     net::TcpListener,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        mpsc, Arc,
-    },
+    sync::{atomic::Ordering, mpsc},
     thread,
     time::{Duration, Instant},
 };
 
 use policyroute::health::{CheckReport, CheckSpec, Family, Method, Monitor, Transition};
 use policyroute_tests::{
+    background::Background,
     fixture::{address, ip, veth},
     netns::NetNs,
 };
@@ -313,8 +311,7 @@ fn icmp_follows_the_peer_dropping_pings() {
 
 /// A listener on port 8080 of the peer (both families) until the returned guard drops.
 struct Listener {
-    stop: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<()>>,
+    _accepting: Background,
 }
 
 impl Listener {
@@ -324,28 +321,16 @@ impl Listener {
             TcpListener::bind("[::]:8080").unwrap()
         };
         listener.set_nonblocking(true).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = stop.clone();
         // Accept (and close) the probes' connections so the backlog never fills.
-        let thread = thread::spawn(move || {
-            while !stopped.load(Ordering::Relaxed) {
+        let accepting = Background::spawn(move |stop| {
+            while !stop.load(Ordering::Relaxed) {
                 if listener.accept().is_err() {
                     thread::sleep(Duration::from_millis(5));
                 }
             }
         });
         Self {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            _accepting: accepting,
         }
     }
 }

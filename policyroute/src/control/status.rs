@@ -21,7 +21,7 @@ use crate::{
     },
     plan::{
         fast_path,
-        objects::{Hook, IpRoute, IpRule, TcPath},
+        objects::{Frames, Hook, IpRoute, IpRule, TcPath},
         record::Record,
         targets::{self, GatewayHealth},
     },
@@ -79,7 +79,7 @@ pub struct FastPathStatus {
     pub bypass: &'static str,
     /// Why ip rules are installed anyway (empty: none are, and unmatched traffic keeps the
     /// kernel's fast routing path).
-    pub rules_needed_by: Vec<&'static str>,
+    pub rules_needed_by: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -87,6 +87,10 @@ pub struct HookStatus {
     #[serde(flatten)]
     pub hook: Hook,
     pub program_id: u32,
+    /// What the device's frames start with, by its link type (null for socket hooks):
+    /// `ethernet`, `ip` (tun, WireGuard, PPP: read as IP, and what arrives there is left
+    /// to the kernel by the fast path), or `{"unsupported": LINK_TYPE}`.
+    pub frames: Option<Frames>,
 }
 
 #[derive(Debug, Serialize)]
@@ -183,6 +187,11 @@ pub async fn status(drift: bool) -> Result<Status, ControlError> {
             .map(|a| HookStatus {
                 hook: a.hook.clone(),
                 program_id: a.program.id(),
+                frames: a
+                    .hook
+                    .device()
+                    .and_then(|dev| links.iter().find(|l| l.name == dev))
+                    .map(|l| l.frames),
             })
             .collect(),
         gateways: Vec::new(),
@@ -206,7 +215,12 @@ pub async fn status(drift: bool) -> Result<Status, ControlError> {
                     .filter(|l| l.up)
                     .map(|l| l.name.as_str())
                     .collect();
-                fill_from_record(&mut s, &r, dp, &carrier)?;
+                let frames = links
+                    .iter()
+                    .filter(|l| l.frames != Frames::Ethernet)
+                    .map(|l| (l.name.clone(), l.frames))
+                    .collect();
+                fill_from_record(&mut s, &r, dp, &carrier, &frames)?;
                 s.applied = true;
                 record = Some(r);
             }
@@ -241,6 +255,7 @@ fn fill_from_record(
     record: &Record,
     dp: &Dataplane,
     carrier: &[&str],
+    frames: &BTreeMap<String, Frames>,
 ) -> Result<(), ControlError> {
     let policy = &record.policy;
     s.source = Some(record.source.clone());
@@ -305,7 +320,7 @@ fn fill_from_record(
             dropped_fragment: f.dropped_fragment,
             no_route: f.no_route,
             bypass: fast_path::BYPASS,
-            rules_needed_by: fast_path::rules_needed_by(policy),
+            rules_needed_by: fast_path::rules_needed_by(policy, frames),
         });
     }
     let counters = dp.maps.counters(record.slot_count())?;

@@ -22,7 +22,7 @@ use netlink_packet_route::{
 use rtnetlink::{Handle, IpVersion, RouteMessageBuilder};
 
 use crate::{
-    plan::objects::{IpRoute, IpRule, KernelPrefix, LOCAL_TABLE, MAIN_TABLE},
+    plan::objects::{Frames, IpRoute, IpRule, KernelPrefix, LOCAL_TABLE, MAIN_TABLE},
     policy::matcher::Family,
 };
 
@@ -69,6 +69,39 @@ pub struct Link {
     /// Administratively up and with carrier (IFF_UP and IFF_LOWER_UP): routes through it
     /// can be installed and carry traffic.
     pub up: bool,
+    /// What its frames start with, from its link type.
+    pub frames: Frames,
+}
+
+/// Link types (`ARPHRD_*`, if_arp.h) whose devices hand TC frames with an Ethernet header.
+const ETHERNET_LINK_TYPES: [u16; 2] = [
+    1,   // ARPHRD_ETHER: Ethernet, veth, bridge, bond, VLAN, macvlan, Wi-Fi
+    772, // ARPHRD_LOOPBACK: eth_header_ops
+];
+/// Link types of devices without a link-layer header: TC sees the IP header at offset 0
+/// (no header_ops, so nothing is pushed before the egress hook either). GRE without a
+/// fixed remote (NBMA, `remote any`) is the exception: it pushes the outer IP and GRE
+/// headers before egress, so egress marks there see the tunnel's own addresses.
+const IP_LINK_TYPES: [u16; 8] = [
+    0xfffe, // ARPHRD_NONE: tun (IFF_TUN), WireGuard, xfrm interfaces
+    512,    // ARPHRD_PPP
+    519,    // ARPHRD_RAWIP: cellular modems (wwan, qmi)
+    768,    // ARPHRD_TUNNEL: IP-in-IP, vti
+    769,    // ARPHRD_TUNNEL6: ip6tnl
+    776,    // ARPHRD_SIT
+    778,    // ARPHRD_IPGRE
+    823,    // ARPHRD_IP6GRE
+];
+
+/// What frames of a device of link type `link_type` start with.
+pub fn frames_of(link_type: u16) -> Frames {
+    if ETHERNET_LINK_TYPES.contains(&link_type) {
+        Frames::Ethernet
+    } else if IP_LINK_TYPES.contains(&link_type) {
+        Frames::Ip
+    } else {
+        Frames::Unsupported(link_type)
+    }
 }
 
 /// What `ip route get DST [from SRC] [iif DEV] mark MARK [ipproto P sport S dport D]` asks.
@@ -287,6 +320,7 @@ fn parse_link(link: &LinkMessage) -> Option<Link> {
                 .header
                 .flags
                 .contains(LinkFlags::Up | LinkFlags::LowerUp),
+            frames: frames_of(u16::from(link.header.link_layer_type)),
         }),
         _ => None,
     })

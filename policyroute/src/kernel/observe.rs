@@ -18,7 +18,10 @@ use crate::{
         netlink::{Link, Netlink, RTPROT_POLICYROUTE},
         KernelError,
     },
-    plan::{objects::Hook, Attachment, Observed, ObservedDataplane},
+    plan::{
+        objects::{Frames, Hook},
+        Attachment, Observed, ObservedDataplane,
+    },
 };
 
 /// Our programs on their hooks in this namespace, and the dataplane in use.
@@ -149,6 +152,11 @@ pub async fn observe(
             .map(|l| l.name.clone())
             .collect(),
         links: index_of,
+        frames: links
+            .iter()
+            .filter(|l| l.frames != Frames::Ethernet)
+            .map(|l| (l.name.clone(), l.frames))
+            .collect(),
         addresses,
         ip_rules: nl.rules(RTPROT_POLICYROUTE).await?.into_iter().collect(),
         routes: routes.into_iter().collect(),

@@ -9,14 +9,14 @@ use ipnet::IpNet;
 
 use policyroute_common::{
     names::SOCK_PROGRAMS, DeviceRole, FastGateway, GatewaySource, CONTROL_DEVICE_ROLES,
-    CONTROL_STICKY, ROLE_CLASSIFY, ROLE_RECORD,
+    CONTROL_STICKY, ROLE_CLASSIFY, ROLE_IP_FRAME, ROLE_RECORD,
 };
 
 use crate::{
     plan::{
         compile::addr_words,
         fast_path,
-        objects::{Hook, IpRoute, IpRule, KernelPrefix, TcPath, MAIN_TABLE},
+        objects::{Frames, Hook, IpRoute, IpRule, KernelPrefix, TcPath, MAIN_TABLE},
     },
     policy::{matcher::Family, rt_tables::MAIN, Gateway, Policy},
 };
@@ -53,6 +53,8 @@ pub struct System<'a> {
     pub kernel_prefixes: &'a BTreeSet<KernelPrefix>,
     /// How TC programs attach on this kernel.
     pub tc_path: TcPath,
+    /// What frames start with on devices without an Ethernet header.
+    pub frames: &'a BTreeMap<String, Frames>,
 }
 
 /// Families a gateway routes: those of its next hops, or both for a device-only gateway.
@@ -78,7 +80,7 @@ pub fn desired(policy: &Policy, sys: &System<'_>) -> Desired {
     sticky_and_local(policy, sys, &mut d);
     hooks(policy, sys, &mut d);
     fast_path::fast_path(policy, sys, &mut d);
-    if !fast_path::installs_rules(policy) {
+    if !fast_path::installs_rules(policy, sys.frames) {
         d.rules.clear();
     }
     d
@@ -205,6 +207,15 @@ fn sticky_and_local(policy: &Policy, sys: &System<'_>, d: &mut Desired) {
     }
 }
 
+/// A hooked device whose frames start with the IP header gets a role that says so (the
+/// programs read frames as Ethernet otherwise).
+fn ip_frames(sys: &System<'_>, dev: &str, ifindex: u32, d: &mut Desired) {
+    if sys.frames.get(dev) == Some(&Frames::Ip) {
+        d.control_flags |= CONTROL_DEVICE_ROLES;
+        d.roles.entry(ifindex).or_default().flags |= ROLE_IP_FRAME;
+    }
+}
+
 /// The first address of each family.
 pub(super) fn source(addrs: &[IpAddr]) -> GatewaySource {
     let mut s = GatewaySource::default();
@@ -229,11 +240,13 @@ fn hooks(policy: &Policy, sys: &System<'_>, d: &mut Desired) {
     for dev in policy.attach.ingress.iter().chain(sticky) {
         if let Some(&ifindex) = sys.index_of.get(dev) {
             d.hooks.insert(sys.tc_path.ingress(dev.clone(), ifindex));
+            ip_frames(sys, dev, ifindex, d);
         }
     }
     for dev in &policy.attach.egress {
         if let Some(&ifindex) = sys.index_of.get(dev) {
             d.hooks.insert(sys.tc_path.egress(dev.clone(), ifindex));
+            ip_frames(sys, dev, ifindex, d);
         }
     }
     if let Some(cgroup) = local_cgroup(policy) {

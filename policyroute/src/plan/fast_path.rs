@@ -19,7 +19,7 @@ use policyroute_common::{FastGateway, GatewaySource, CONTROL_FAST_PATH};
 use crate::{
     plan::{
         desired::{source, Desired, System},
-        objects::{LOCAL_TABLE, MAIN_TABLE},
+        objects::{Frames, LOCAL_TABLE, MAIN_TABLE},
     },
     policy::{Policy, Target},
 };
@@ -35,12 +35,12 @@ pub const BYPASS: &str = "fast path: matched traffic bypasses netfilter (no conn
 
 /// Apply's warnings for a fast-path policy: the bypass, and what ip rules cost if some
 /// feature needs them.
-pub fn warnings(policy: &Policy) -> Vec<String> {
+pub fn warnings(policy: &Policy, frames: &BTreeMap<String, Frames>) -> Vec<String> {
     if !policy.fast_path {
         return Vec::new();
     }
     let mut out = vec![BYPASS.to_string()];
-    let why = rules_needed_by(policy);
+    let why = rules_needed_by(policy, frames);
     if !why.is_empty() {
         out.push(format!(
             "fast path: ip rules are installed anyway for {}; with any ip rule every packet, \
@@ -51,28 +51,48 @@ pub fn warnings(policy: &Policy) -> Vec<String> {
     out
 }
 
-/// Why the policy needs ip rules even with the fast path (empty: it needs none).
-pub fn rules_needed_by(policy: &Policy) -> Vec<&'static str> {
+/// Why the policy needs ip rules even with the fast path (empty: it needs none), given
+/// what frames start with on devices without an Ethernet header.
+pub fn rules_needed_by(policy: &Policy, frames: &BTreeMap<String, Frames>) -> Vec<String> {
     let mut why = Vec::new();
     if policy.attach.local {
-        why.push("[attach] local = true (the socket hooks route by mark)");
+        why.push("[attach] local = true (the socket hooks route by mark)".to_string());
     }
     if policy.gateways.iter().any(|g| g.sticky) {
-        why.push("sticky gateways (from rules route this host's replies)");
+        why.push("sticky gateways (from rules route this host's replies)".to_string());
     }
     if policy
         .rules
         .iter()
         .any(|r| matches!(r.target, Target::Mark(m) if m != 0))
     {
-        why.push("rules with a raw mark (routed by fwmark rules)");
+        why.push("rules with a raw mark (routed by fwmark rules)".to_string());
+    }
+    let ip = ip_ingress(policy, frames);
+    if !ip.is_empty() {
+        why.push(format!(
+            "ingress on IP devices ({}: no Ethernet header; the fast path forwards Ethernet \
+             frames only, and leaves what arrives there to the fwmark rules)",
+            ip.join(", ")
+        ));
     }
     why
 }
 
+/// The ingress devices whose frames start with the IP header.
+pub fn ip_ingress<'a>(policy: &'a Policy, frames: &BTreeMap<String, Frames>) -> Vec<&'a str> {
+    policy
+        .attach
+        .ingress
+        .iter()
+        .filter(|dev| frames.get(*dev) == Some(&Frames::Ip))
+        .map(String::as_str)
+        .collect()
+}
+
 /// Whether `desired` installs ip rules for `policy`.
-pub fn installs_rules(policy: &Policy) -> bool {
-    !policy.fast_path || !rules_needed_by(policy).is_empty()
+pub fn installs_rules(policy: &Policy, frames: &BTreeMap<String, Frames>) -> bool {
+    !policy.fast_path || !rules_needed_by(policy, frames).is_empty()
 }
 
 /// Fills the fast path's part of `d`.

@@ -25,7 +25,7 @@ use serde::Serialize;
 
 use compile::{compile_policy, CompileError, Compiled, ShapeDesc};
 use desired::Desired;
-use objects::{Diff, Hook, IpRoute, IpRule, KernelPrefix, TcPath};
+use objects::{Diff, Frames, Hook, IpRoute, IpRule, KernelPrefix, TcPath};
 use record::Record;
 
 use crate::policy::{matcher::Family, AttachMode, ConfigError, Policy};
@@ -38,6 +38,8 @@ pub struct Observed {
     pub links: BTreeMap<String, u32>,
     /// Devices that exist but are down or have no carrier.
     pub down: BTreeSet<String>,
+    /// What frames start with on devices without an Ethernet header (absent: Ethernet).
+    pub frames: BTreeMap<String, Frames>,
     /// Routable (not link-local) addresses of devices, by name; at least those of the
     /// policy's gateway devices.
     pub addresses: BTreeMap<String, Vec<IpAddr>>,
@@ -228,19 +230,21 @@ pub fn plan(
     if devices == Devices::Required {
         policy.check_devices(|dev| observed.links.contains_key(dev))?;
     }
+    check_frames(&policy, &observed.frames)?;
     let system = desired::System {
         index_of: &observed.links,
         addresses: &observed.addresses,
         down: &observed.down,
         kernel_prefixes: &observed.kernel_prefixes,
         tc_path: tc_path(&policy, observed.tcx)?,
+        frames: &observed.frames,
     };
     let shared = shared_uplinks(&policy, &system)?;
     let desired = desired::desired(&policy, &system);
     let waiting = waiting(&policy, observed);
     let mut warnings = down_warnings(&waiting);
     warnings.extend(shared);
-    warnings.extend(fast_path::warnings(&policy));
+    warnings.extend(fast_path::warnings(&policy, &observed.frames));
     let slots = slots::assign(&policy, previous);
     let shapes = observed
         .dataplane
@@ -314,6 +318,20 @@ pub fn health(policy: &Policy, observed: &Observed, before: &Health) -> Health {
 /// Gateways that share their device with the main uplink ([`desired::shares_main_uplink`]):
 /// a sticky one is refused (its inbound flows cannot be told from the main uplink's on
 /// that device), and with `local` the one thing the socket hooks cannot steer is said.
+/// Refuses a program on a device whose frames the classifier cannot read (neither an
+/// Ethernet nor an IP header first), naming the device and its link type.
+fn check_frames(policy: &Policy, frames: &BTreeMap<String, Frames>) -> Result<(), PlanError> {
+    policy.check_each_device(|dev, hooked| match frames.get(dev) {
+        Some(Frames::Unsupported(link_type)) if hooked => Some(format!(
+            "device {dev} has link type {link_type}, whose frames start with neither an \
+             Ethernet nor an IP header: the classifier cannot read them; leave it out of \
+             [attach] and give it no sticky gateway"
+        )),
+        _ => None,
+    })?;
+    Ok(())
+}
+
 fn shared_uplinks(policy: &Policy, sys: &desired::System<'_>) -> Result<Vec<String>, PlanError> {
     let mut warnings = Vec::new();
     for (i, gw) in policy.gateways.iter().enumerate() {

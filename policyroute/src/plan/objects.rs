@@ -79,6 +79,17 @@ impl Hook {
         }
     }
 
+    /// The device of a TC hook (`None` for socket hooks).
+    pub fn device(&self) -> Option<&str> {
+        match self {
+            Hook::TcxIngress { dev, .. }
+            | Hook::TcxEgress { dev, .. }
+            | Hook::TcIngress { dev, .. }
+            | Hook::TcEgress { dev, .. } => Some(dev),
+            Hook::Cgroup { .. } => None,
+        }
+    }
+
     pub fn describe(&self) -> String {
         match self {
             Hook::TcxIngress { dev, .. } => format!("tcx ingress of {dev}"),
@@ -88,6 +99,18 @@ impl Hook {
             Hook::Cgroup { cgroup, program } => format!("cgroup {cgroup} ({program})"),
         }
     }
+}
+
+/// What a device's frames start with at its TC hooks, by its link type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Frames {
+    /// An Ethernet header: Ethernet, veth, bridges, bonds, VLANs, Wi-Fi, loopback.
+    Ethernet,
+    /// The IP header: tun (OpenVPN), WireGuard, PPP, IP-in-IP, SIT and GRE tunnels.
+    Ip,
+    /// Anything else (the link type's number): the classifier cannot read these frames.
+    Unsupported(u16),
 }
 
 /// How the TC programs attach to devices.

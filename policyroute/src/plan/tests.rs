@@ -458,6 +458,14 @@ fn the_fast_path_needs_no_ip_rules_and_leaves_local_and_main_routes_to_the_kerne
     );
 }
 
+fn assert_warns(plan: &Plan, text: &str) {
+    assert!(
+        plan.warnings.iter().any(|w| w.contains(text)),
+        "{text} in {:?}",
+        plan.warnings
+    );
+}
+
 /// Seed 003: wan2 also carries the main table's IPv4 default route (two routers on one
 /// LAN).
 fn sharing_the_main_uplink(mut o: Observed) -> Observed {
@@ -486,12 +494,9 @@ fn a_gateway_on_the_main_uplinks_device_gets_no_from_rule_for_its_shared_address
         .collect();
     // The IPv4 address is the main uplink's too; the IPv6 one is the gateway's own.
     assert_eq!(sources, ["2001:db8:b::1/128"]);
-    assert!(
-        plan.warnings
-            .iter()
-            .any(|w| w.contains("gateway isp2 shares wan2 with the main uplink (IPv4)")),
-        "{:?}",
-        plan.warnings
+    assert_warns(
+        &plan,
+        "gateway isp2 shares wan2 with the main uplink (IPv4)",
     );
     let source = plan.desired.sources.values().next().expect("a source");
     assert_eq!((source.has_v4, source.has_v6), (0, 1));
@@ -543,4 +548,51 @@ fn main_routes_first_only_in_the_families_a_gateway_routes() {
     assert_eq!(suppress(POLICY), [Family::V4, Family::V6]);
     let plan = fresh("", &namespace(), Devices::Required).expect("a plan");
     assert!(plan.desired.rules.is_empty(), "{:?}", plan.desired.rules);
+}
+
+#[test]
+fn a_device_without_an_ethernet_header_is_read_as_ip_and_left_to_the_fwmark_rules() {
+    let mut o = with_tables(namespace());
+    o.frames.insert("lan0".into(), Frames::Ip);
+    let plan = fresh(FAST, &o, Devices::Required).expect("a plan");
+    let lan0 = plan.desired.roles.get(&2).expect("a role for lan0");
+    assert_eq!(
+        lan0.flags,
+        policyroute_common::ROLE_CLASSIFY | policyroute_common::ROLE_IP_FRAME
+    );
+    assert_ne!(
+        plan.desired.control_flags & policyroute_common::CONTROL_DEVICE_ROLES,
+        0,
+        "the programs look the role up"
+    );
+    // The fast path forwards Ethernet frames only: what arrives on lan0 needs the rules.
+    assert!(!plan.desired.rules.is_empty());
+    assert_warns(&plan, "ingress on IP devices (lan0");
+
+    // Ethernet everywhere: no role lookup, and the fast path needs no rules.
+    let plan = fresh(FAST, &with_tables(namespace()), Devices::Required).expect("a plan");
+    assert_eq!(
+        plan.desired.control_flags & policyroute_common::CONTROL_DEVICE_ROLES,
+        0
+    );
+    assert!(plan.desired.rules.is_empty());
+}
+
+#[test]
+fn a_hooked_device_of_an_unknown_link_type_is_refused_at_its_line() {
+    let mut o = namespace();
+    // ARPHRD_INFINIBAND: a 20-byte hardware address, no Ethernet header.
+    o.frames.insert("lan0".into(), Frames::Unsupported(32));
+    let err = fresh(POLICY, &o, Devices::Required).expect_err("refused");
+    let text = err.to_string();
+    assert!(text.contains("attach.ingress[1]"), "{text}");
+    assert!(text.contains("device lan0 has link type 32"), "{text}");
+
+    // A gateway's device is only routed through, unless sticky hooks it.
+    let mut o = namespace();
+    o.frames.insert("wan2".into(), Frames::Unsupported(32));
+    let routed = POLICY.replace("sticky = true\n", "");
+    fresh(&routed, &o, Devices::Required).expect("routing through it needs no program");
+    let err = fresh(POLICY, &o, Devices::Required).expect_err("sticky hooks it");
+    assert!(err.to_string().contains("gateway[1].dev"), "{err}");
 }

@@ -324,30 +324,42 @@ impl Policy {
 
     /// Reports gateway devices and ingress devices for which `exists` is false.
     pub fn check_devices(&self, exists: impl Fn(&str) -> bool) -> Result<(), ConfigError> {
+        self.check_each_device(|dev, _| {
+            // The kernel takes control characters in a device name; a terminal should not.
+            (!exists(dev)).then(|| format!("device {} does not exist", error::escape_controls(dev)))
+        })
+    }
+
+    /// Every device the policy names, at its line and key: `problem(dev, hooked)` says what
+    /// is wrong with one, if anything. `hooked`: a program attaches to it (`[attach]`
+    /// ingress or egress, or a sticky gateway's device).
+    pub fn check_each_device(
+        &self,
+        problem: impl Fn(&str, bool) -> Option<String>,
+    ) -> Result<(), ConfigError> {
         let line = |lines: &[usize], i: usize| lines.get(i).copied().unwrap_or(0);
         let gateways = self.gateways.iter().enumerate().map(|(i, g)| {
             let key = format!("gateway[{}].dev", i + 1);
-            (&g.dev, line(&self.origin.gateway_dev, i), key)
+            (&g.dev, g.sticky, line(&self.origin.gateway_dev, i), key)
         });
         let ingress = self.attach.ingress.iter().enumerate().map(|(i, dev)| {
             let key = format!("attach.ingress[{}]", i + 1);
-            (dev, line(&self.origin.ingress, i), key)
+            (dev, true, line(&self.origin.ingress, i), key)
         });
         let egress = self.attach.egress.iter().enumerate().map(|(i, dev)| {
             let key = format!("attach.egress[{}]", i + 1);
-            (dev, line(&self.origin.egress, i), key)
+            (dev, true, line(&self.origin.egress, i), key)
         });
         let errors = gateways
             .chain(ingress)
             .chain(egress)
-            .filter(|(dev, _, _)| !exists(dev))
-            .map(|(dev, line, key)| ConfigError::Invalid {
-                file: self.origin.file.clone(),
-                line,
-                key,
-                // The kernel takes control characters in a device name; a terminal
-                // should not.
-                message: format!("device {} does not exist", error::escape_controls(dev)),
+            .filter_map(|(dev, hooked, line, key)| {
+                Some(ConfigError::Invalid {
+                    file: self.origin.file.clone(),
+                    line,
+                    key,
+                    message: problem(dev, hooked)?,
+                })
             })
             .collect();
         ConfigError::from_all(errors)

@@ -97,6 +97,7 @@ fn name(p: Place) -> &'static str {
         Place::Up2 => "uplink 2 (isp2)",
         Place::Up3 => "uplink 3",
         Place::Lan2 => "lan2",
+        Place::Vpn => "vpn",
     }
 }
 
