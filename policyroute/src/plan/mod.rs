@@ -231,6 +231,7 @@ pub fn plan(
         policy.check_devices(|dev| observed.links.contains_key(dev))?;
     }
     check_frames(&policy, &observed.frames)?;
+    check_hooked(&policy)?;
     let system = desired::System {
         index_of: &observed.links,
         addresses: &observed.addresses,
@@ -315,9 +316,31 @@ pub fn health(policy: &Policy, observed: &Observed, before: &Health) -> Health {
     targets::health(policy, &carrier, &check, before)
 }
 
-/// Gateways that share their device with the main uplink ([`desired::shares_main_uplink`]):
-/// a sticky one is refused (its inbound flows cannot be told from the main uplink's on
-/// that device), and with `local` the one thing the socket hooks cannot steer is said.
+/// Refuses a policy that routes through gateways but attaches no program: nothing would
+/// mark traffic for them, and the record of what apply installed lives in the programs'
+/// maps, so later commands would find its rules and routes and take them for leftovers.
+fn check_hooked(policy: &Policy) -> Result<(), PlanError> {
+    let hooked = !policy.attach.ingress.is_empty()
+        || !policy.attach.egress.is_empty()
+        || policy.attach.local
+        || policy.gateways.iter().any(|g| g.sticky);
+    let Some(first) = policy.gateways.first().filter(|_| !hooked) else {
+        return Ok(());
+    };
+    Err(PlanError::Config(ConfigError::Invalid {
+        file: policy.origin.file.clone(),
+        line: policy.origin.gateway_dev.first().copied().unwrap_or(0),
+        key: "attach".into(),
+        message: format!(
+            "gateway {} would get a table and fwmark rules, but [attach] names no device and \
+             local is off: nothing would mark traffic for it, and policyroute keeps the record \
+             of what it installs with its programs; name a device in [attach] ingress (or \
+             egress), or set [attach] local = true",
+            first.name
+        ),
+    }))
+}
+
 /// Refuses a program on a device whose frames the classifier cannot read (neither an
 /// Ethernet nor an IP header first), naming the device and its link type.
 fn check_frames(policy: &Policy, frames: &BTreeMap<String, Frames>) -> Result<(), PlanError> {
@@ -332,6 +355,9 @@ fn check_frames(policy: &Policy, frames: &BTreeMap<String, Frames>) -> Result<()
     Ok(())
 }
 
+/// Gateways that share their device with the main uplink ([`desired::shares_main_uplink`]):
+/// a sticky one is refused (its inbound flows cannot be told from the main uplink's on
+/// that device), and with `local` the one thing the socket hooks cannot steer is said.
 fn shared_uplinks(policy: &Policy, sys: &desired::System<'_>) -> Result<Vec<String>, PlanError> {
     let mut warnings = Vec::new();
     for (i, gw) in policy.gateways.iter().enumerate() {

@@ -275,13 +275,26 @@ fn a_missing_device_is_refused_at_its_line() {
 
 #[test]
 fn without_hooks_nothing_is_loaded_and_everything_detaches() {
+    let second = again(&first(), "", |_| {});
+    assert_eq!(second.dataplane, DataplaneStep::Unused);
+    assert_eq!(second.detach, vec![0, 1]);
+    assert!(second.desired.rules.is_empty() && second.desired.routes.is_empty());
+}
+
+#[test]
+fn gateways_without_any_hook_are_refused_naming_the_attach_table() {
     let text = POLICY
         .replace("sticky = true\n", "")
         .replace("ingress = [\"lan0\"]", "ingress = []");
-    let second = again(&first(), &text, |_| {});
-    assert_eq!(second.dataplane, DataplaneStep::Unused);
-    assert_eq!(second.detach, vec![0, 1]);
-    assert!(second.warnings[0].contains("names no hook"));
+    let err = fresh(&text, &namespace(), Devices::Required).expect_err("refused");
+    let text = err.to_string();
+    assert!(
+        text.contains(": attach: gateway isp2 would get a table"),
+        "{text}"
+    );
+    // Hooked by the sticky gateway's device alone, it is a policy.
+    let sticky_only = POLICY.replace("ingress = [\"lan0\"]", "ingress = []");
+    fresh(&sticky_only, &namespace(), Devices::Required).expect("a plan");
 }
 
 #[test]
@@ -543,7 +556,7 @@ fn main_routes_first_only_in_the_families_a_gateway_routes() {
     // An empty policy installs no ip rule at all.
     assert_eq!(suppress(""), []);
     let v4_only = "[[gateway]]\nname = \"isp2\"\ndev = \"wan2\"\nvia = [\"203.0.113.2\"]\n\
-                   table = 100\n";
+                   table = 100\n\n[attach]\ningress = [\"lan0\"]\n";
     assert_eq!(suppress(v4_only), [Family::V4]);
     assert_eq!(suppress(POLICY), [Family::V4, Family::V6]);
     let plan = fresh("", &namespace(), Devices::Required).expect("a plan");
