@@ -5,6 +5,10 @@ use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, UdpSocket},
     os::unix::net::UnixDatagram,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -232,13 +236,21 @@ fn sighup_applies_a_changed_rule_and_loses_no_packet() {
             let _in = t.lan.enter();
             UdpSocket::bind((LAN_HOST, 0)).expect("bind")
         };
+        let sent = Arc::new(AtomicUsize::new(0));
+        let counting = Arc::clone(&sent);
         std::thread::spawn(move || {
             for _ in 0..PROBES {
                 sender.send_to(b"probe", "198.18.0.1:9999").expect("send");
+                counting.fetch_add(1, Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(5));
             }
         });
-        std::thread::sleep(Duration::from_millis(300));
+        // The reload lands in the middle of the stream: after a fifth of it is out.
+        assert!(
+            within(Duration::from_secs(5), || sent.load(Ordering::Relaxed) >= PROBES / 5)
+                .is_some(),
+            "the probes start"
+        );
         file.write(&changed);
         d.signal(libc::SIGHUP);
     });

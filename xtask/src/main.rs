@@ -8,6 +8,7 @@ mod cmd;
 mod dist;
 mod setup;
 mod test;
+mod test_binaries;
 mod vm;
 
 use clap::{Parser, Subcommand};
@@ -35,6 +36,10 @@ enum Command {
         /// Only the kernel tests in a VM booting this kernel (`debian-6.1`: Debian 12's).
         #[arg(long)]
         kernel: Option<String>,
+        /// What a developer runs between commits: checks, unit tests and one kernel test
+        /// per feature on this kernel (no classic tc pass, VM lane, package or fuzzing).
+        #[arg(long, conflicts_with = "kernel")]
+        quick: bool,
         /// Extra arguments passed to `cargo test` (a test name filter, for example).
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
@@ -60,10 +65,19 @@ fn main() -> anyhow::Result<()> {
         Command::Test {
             kernel: Some(kernel),
             ..
-        } => vm::run(&kernel).map(|(passed, failed)| {
-            println!("xtask: {passed} passed, {failed} failed");
-        }),
-        Command::Test { kernel: None, args } => test::run(&args),
+        } => {
+            let results = vm::run(&kernel)?;
+            println!(
+                "xtask: {} passed, {} failed",
+                results.passed, results.failed
+            );
+            Ok(())
+        }
+        Command::Test {
+            kernel: None,
+            quick,
+            args,
+        } => test::run(&args, quick),
         Command::Bench { which } => bench::run(which),
         Command::Demo => bench::demo(),
         Command::Dist => dist::build().map(|_| ()),

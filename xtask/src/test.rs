@@ -1,11 +1,19 @@
 //! `cargo xtask test`: formatting, lints, the whole test suite, then a short fuzz run of
 //! the policy reader. The kernel tests load eBPF programs and create network namespaces,
 //! so this must run as root.
-use std::{fs, path::Path, process::Command};
+use std::{
+    fs,
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use anyhow::bail;
 
-use crate::cmd::{self, cargo, output, root};
+use crate::{
+    cmd::{self, cargo, output, root},
+    test_binaries::{self, Results},
+};
 
 /// Prefix of the network namespaces the tests create (`prt-<pid>-...`).
 const NETNS_PREFIX: &str = "prt-";
@@ -13,7 +21,7 @@ const NETNS_PREFIX: &str = "prt-";
 /// it a little; the real search is the long run fuzz/README.md describes.
 const FUZZ_SECONDS: u32 = 30;
 
-pub fn run(args: &[String]) -> anyhow::Result<()> {
+pub fn run(args: &[String], quick: bool) -> anyhow::Result<()> {
     if output(Command::new("id").arg("-u"))
         .as_deref()
         .map(str::trim)
@@ -21,9 +29,97 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     {
         bail!("the kernel tests load eBPF programs and create network namespaces: run as root");
     }
+    let started = Instant::now();
+    let mut lanes: Vec<(&str, Duration)> = Vec::new();
     remove_stale_namespaces();
     // Written again by tests/tests/verifier_budget.rs: no older run's table is shown.
     let _ = fs::remove_file(budget_table());
+    let lane = Instant::now();
+    checks()?;
+    // Integration tests run the CLI as operators do (`ip netns exec NS policyroute ...`).
+    cargo(&["build", "--package", "policyroute", "--bin", "policyroute"])?;
+    let bin = root().join("target/debug/policyroute");
+    // The package test unpacks it.
+    let deb = if quick {
+        None
+    } else {
+        Some(crate::dist::build()?)
+    };
+    let mut binaries = test_binaries::build(&["--workspace"])?;
+    if quick {
+        binaries.retain(|b| b.kind != "test" || QUICK.iter().any(|(f, _)| *f == b.name));
+    }
+    lanes.push(("checks and build", lane.elapsed()));
+
+    let lane = Instant::now();
+    let mut env: Vec<(&str, &Path)> = vec![("POLICYROUTE_BIN", &bin)];
+    if let Some(deb) = &deb {
+        env.push(("POLICYROUTE_DEB", deb));
+    }
+    let mut results = Results::default();
+    for b in &binaries {
+        let mut filters = args.to_vec();
+        if quick {
+            filters.extend(quick_filters(&b.name));
+        }
+        results.add(test_binaries::run(
+            "host",
+            std::slice::from_ref(b),
+            &filters,
+            &env,
+        )?);
+    }
+    results.add(doc_tests(args)?);
+    lanes.push(("host", lane.elapsed()));
+
+    if !quick {
+        let lane = Instant::now();
+        println!("xtask: the kernel tests again with [attach] mode = \"tc\"");
+        let classic: Vec<_> = binaries
+            .into_iter()
+            .filter(|b| b.kind == "test" && CLASSIC_TC_TESTS.contains(&b.name.as_str()))
+            .collect();
+        env.push(("POLICYROUTE_TEST_ATTACH_MODE", Path::new("tc")));
+        results.add(test_binaries::run("classic tc", &classic, args, &env)?);
+        lanes.push(("classic tc", lane.elapsed()));
+
+        let lane = Instant::now();
+        results.add(crate::vm::run("debian-6.1")?);
+        lanes.push(("debian-6.1", lane.elapsed()));
+
+        let lane = Instant::now();
+        fuzz_policy_reader()?;
+        lanes.push(("fuzz", lane.elapsed()));
+    }
+
+    if let Ok(table) = fs::read_to_string(budget_table()) {
+        println!("{table}");
+    }
+    println!("xtask: the 10 slowest tests:");
+    for line in results.slowest(10) {
+        println!("{line}");
+    }
+    println!("xtask: time per lane:");
+    for (name, took) in &lanes {
+        println!("{:>8} s  {name}", took.as_secs());
+    }
+    println!("{:>8} s  in all", started.elapsed().as_secs());
+    for file in &results.failed_files {
+        println!("xtask: failed: {file}");
+    }
+    // The summary CI reads last: the fuzzer's log would otherwise end the output.
+    println!(
+        "xtask: {} passed, {} failed",
+        results.passed, results.failed
+    );
+    if !results.failed_files.is_empty() {
+        bail!("{} test files failed", results.failed_files.len());
+    }
+    Ok(())
+}
+
+/// Formatting (the workspace, the eBPF crate and the fuzz targets) and lints.
+fn checks() -> anyhow::Result<()> {
     cargo(&["fmt", "--all", "--", "--check"])?;
     let ebpf_sources = root().join("policyroute-ebpf/src");
     let fuzz_sources = root().join("fuzz/fuzz_targets");
@@ -40,31 +136,24 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         "--",
         "-D",
         "warnings",
-    ])?;
-    // Integration tests run the CLI as operators do (`ip netns exec NS policyroute ...`).
-    cargo(&["build", "--package", "policyroute", "--bin", "policyroute"])?;
-    let bin = root().join("target/debug/policyroute");
-    // The package test unpacks it.
-    let deb = crate::dist::build()?;
-    let (mut passed, mut failed) = counted(
-        Command::new(env!("CARGO"))
-            .args(["test", "--workspace", "--"])
-            .args(args)
-            .env("POLICYROUTE_BIN", &bin)
-            .env("POLICYROUTE_DEB", deb)
-            .current_dir(root()),
-    )?;
-    let (p, f) = classic_tc_pass(&bin, args)?;
-    (passed, failed) = (passed + p, failed + f);
-    let (p, f) = crate::vm::run("debian-6.1")?;
-    (passed, failed) = (passed + p, failed + f);
-    fuzz_policy_reader()?;
-    if let Ok(table) = fs::read_to_string(budget_table()) {
-        println!("{table}");
+    ])
+}
+
+/// The documentation examples (rustdoc runs them; the harness above cannot).
+fn doc_tests(args: &[String]) -> anyhow::Result<Results> {
+    let out = Command::new(env!("CARGO"))
+        .args(["test", "--workspace", "--doc", "--"])
+        .args(args)
+        .current_dir(root())
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    print!("{text}");
+    let mut results = Results::default();
+    results.read("doc", "doc-tests", &text);
+    if !out.status.success() {
+        results.failed_files.push("doc: doc-tests".into());
     }
-    // The summary CI reads last: the fuzzer's log would otherwise end the output.
-    println!("xtask: {passed} passed, {failed} failed");
-    Ok(())
+    Ok(results)
 }
 
 /// Where tests/tests/verifier_budget.rs leaves its table (its `CARGO_TARGET_TMPDIR`).
@@ -84,58 +173,63 @@ const CLASSIC_TC_TESTS: &[&str] = &[
     "daemon",
 ];
 
-fn classic_tc_pass(bin: &Path, args: &[String]) -> anyhow::Result<(u64, u64)> {
-    println!("xtask: the kernel tests again with [attach] mode = \"tc\"");
-    let mut cmd = Command::new(env!("CARGO"));
-    cmd.args(["test", "-p", "policyroute-tests"]);
-    for t in CLASSIC_TC_TESTS {
-        cmd.args(["--test", t]);
-    }
-    counted(
-        cmd.arg("--")
-            .args(args)
-            .env("POLICYROUTE_BIN", bin)
-            .env("POLICYROUTE_TEST_ATTACH_MODE", "tc")
-            .current_dir(root()),
-    )
-}
+/// `--quick`: the unit tests, and of the kernel test files, one test per feature (a name
+/// filter; empty: the whole file).
+const QUICK: &[(&str, &str)] = &[
+    ("differential", "kernel_agrees_with_reference_model"),
+    ("classifier", ""),
+    ("verifier_budget", ""),
+    ("netlink", ""),
+    ("forwarding", ""),
+    (
+        "lifecycle",
+        "apply_is_idempotent_and_flush_removes_everything",
+    ),
+    ("reapply", ""),
+    ("attach_mode", "switching_modes_moves_the_hook"),
+    ("local", ""),
+    (
+        "sticky",
+        "replies_leave_through_the_gateway_the_connection_came_in",
+    ),
+    (
+        "explain",
+        "impossible_questions_are_refused_with_exit_status_2",
+    ),
+    (
+        "failover",
+        "a_failed_gateway_falls_back_to_main_and_comes_back",
+    ),
+    ("health", "icmp_follows_the_peer_dropping_pings"),
+    (
+        "fast_path",
+        "matched_flows_are_forwarded_with_ttl_minus_one_and_no_ip_rules",
+    ),
+    ("sets", "a_list_routes_its_destinations_and_follows_edits"),
+    (
+        "trace",
+        "trace_names_rule_gateway_and_tuple_of_real_packets",
+    ),
+    ("import", "seed_001_office_web_via_provider_2"),
+    ("daemon", "link_flaps_are_repaired_within_two_seconds"),
+    (
+        "shared_lan",
+        "only_smtp_reaches_the_second_router_on_a_shared_lan",
+    ),
+    ("ip_devices", "a_vpn_tunnel_with_the_fast_path"),
+    (
+        "topology_faults",
+        "blackhole_silences_an_upstream_until_restored",
+    ),
+];
 
-/// Runs `cargo test`, its output passed through as it comes, and adds up its
-/// `test result:` lines; a failed run is an error.
-fn counted(cmd: &mut Command) -> anyhow::Result<(u64, u64)> {
-    use std::io::{BufRead, BufReader};
-    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn()?;
-    let (mut passed, mut failed) = (0, 0);
-    let stdout = child.stdout.take().expect("piped");
-    for line in BufReader::new(stdout).lines() {
-        let line = line?;
-        println!("{line}");
-        if line.starts_with("test result:") {
-            let (p, f) = result_counts(&line);
-            passed += p;
-            failed += f;
-        }
-    }
-    let status = child.wait()?;
-    if !status.success() {
-        bail!("{cmd:?} failed: {status}");
-    }
-    Ok((passed, failed))
-}
-
-/// (passed, failed) of one `test result:` line.
-pub fn result_counts(line: &str) -> (u64, u64) {
-    let count = |word: &str| {
-        line.split("; ")
-            .find_map(|part| {
-                part.trim_start_matches("test result: ok. ")
-                    .trim_start_matches("test result: FAILED. ")
-                    .strip_suffix(word)
-            })
-            .and_then(|n| n.rsplit(' ').next()?.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    (count(" passed"), count(" failed"))
+/// The `--quick` name filter of a test file (none for unit tests and whole files).
+fn quick_filters(file: &str) -> Vec<String> {
+    QUICK
+        .iter()
+        .filter(|(f, filter)| *f == file && !filter.is_empty())
+        .map(|(_, filter)| filter.to_string())
+        .collect()
 }
 
 /// Fuzzes the policy reader for [`FUZZ_SECONDS`]; a crash, timeout or failed assertion
