@@ -2,6 +2,10 @@
 //! reference classifier and the policy reader. (The eBPF target has no libc; aya-ebpf's
 //! bindings carry no ethertypes or IP protocol numbers.)
 
+/// Address families (`AF_*`, socket.h), as the kernel's `bpf_fib_lookup` and
+/// `bpf_redir_neigh` take them.
+pub const AF_INET: u8 = 2;
+pub const AF_INET6: u8 = 10;
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;

@@ -14,19 +14,42 @@ use aya_ebpf::{
     bindings::{
         bpf_fib_lookup as FibParams, bpf_redir_neigh, BPF_FIB_LKUP_RET_FRAG_NEEDED,
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_DIRECT,
-        BPF_FIB_LOOKUP_TBID, TC_ACT_SHOT, TC_ACT_UNSPEC,
+        BPF_FIB_LOOKUP_TBID, BPF_F_NO_PREALLOC, TC_ACT_SHOT, TC_ACT_UNSPEC,
     },
     helpers::generated::{bpf_fib_lookup, bpf_redirect_neigh},
+    macros::map,
     maps::lpm_trie::Key,
+    maps::{HashMap, LpmTrie, PerCpuArray},
     programs::TcContext,
     EbpfContext,
 };
 use policyroute_common::{
-    net::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6},
-    FastStats, FAMILY_V4, FAST_EXPLAIN_FORWARDED, FAST_NH_V6,
+    net::{AF_INET, AF_INET6, ETH_HLEN, ETH_P_IP, ETH_P_IPV6},
+    FastGateway, FastStats, FAMILY_V4, FAST_EXPLAIN_FORWARDED, FAST_NH_V6, MAX_KERNEL_DESTINATIONS,
+    MAX_TARGETS,
 };
 
-use crate::{parse::Packet, FAST, FAST_STATS, KERNEL4, KERNEL6, SCRATCH};
+use crate::parse::Packet;
+
+#[map(name = "PR_FAST")]
+static FAST: HashMap<u32, FastGateway> = HashMap::with_max_entries(MAX_TARGETS, 0);
+
+/// Allocated on insert (LPM tries must be): most namespaces have a few dozen.
+#[map(name = "PR_KERNEL4")]
+static KERNEL4: LpmTrie<[u8; 4], u8> =
+    LpmTrie::with_max_entries(MAX_KERNEL_DESTINATIONS, BPF_F_NO_PREALLOC);
+
+#[map(name = "PR_KERNEL6")]
+static KERNEL6: LpmTrie<[u32; 4], u8> =
+    LpmTrie::with_max_entries(MAX_KERNEL_DESTINATIONS, BPF_F_NO_PREALLOC);
+
+#[map(name = "PR_FAST_STATS")]
+static FAST_STATS: PerCpuArray<FastStats> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU working memory of the fast path: the lookup's parameters and the ICMP error's
+/// headers would not fit the stack (512 bytes for a whole call chain).
+#[map(name = "PR_SCRATCH")]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU working memory (`SCRATCH`).
 #[repr(C)]
@@ -39,8 +62,6 @@ pub struct Scratch {
     pub pseudo: [u8; 40],
 }
 
-const AF_INET: u8 = 2;
-const AF_INET6: u8 = 10;
 const FIB_FLAGS: u32 = BPF_FIB_LOOKUP_DIRECT | BPF_FIB_LOOKUP_TBID;
 /// `skb->cb` word where the classifier tells `forward`, later in the same run, that the
 /// packet came in on an IP device: the fast path rewrites and redirects Ethernet frames

@@ -11,14 +11,23 @@ use aya_ebpf::{
     helpers::generated::{
         bpf_csum_diff, bpf_redirect, bpf_skb_adjust_room, bpf_skb_change_tail, bpf_skb_store_bytes,
     },
+    macros::map,
+    maps::HashMap,
     programs::TcContext,
 };
-use policyroute_common::{net::ETH_HLEN, GatewaySource, FAMILY_V4};
+use policyroute_common::{
+    net::{ETH_HLEN, IPPROTO_ICMP, IPPROTO_ICMPV6},
+    GatewaySource, FAMILY_V4,
+};
 
-use crate::{fast::Scratch, parse::Packet, ADDRESSES, SCRATCH};
+use crate::{
+    fast::{Scratch, SCRATCH},
+    parse::Packet,
+};
 
-const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_ICMPV6: u8 = 58;
+#[map(name = "PR_ADDRESSES")]
+static ADDRESSES: HashMap<u32, GatewaySource> = HashMap::with_max_entries(1024, 0);
+
 /// IPv4 quote: 576 bytes less the new IPv4 (20) and ICMP (8) headers.
 const QUOTE4: usize = 548;
 /// IPv4 quote of a packet shorter than `QUOTE4` (a link MTU under 548): its header and

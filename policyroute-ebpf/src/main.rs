@@ -49,6 +49,9 @@
 
 use core::mem::MaybeUninit;
 
+mod control;
+mod counters;
+mod devices;
 mod fast;
 mod icmp;
 mod parse;
@@ -58,132 +61,27 @@ mod sock;
 mod sticky;
 mod targets;
 mod trace;
+mod verdict;
 
 use aya_ebpf::{
-    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, TC_ACT_SHOT, TC_ACT_UNSPEC},
-    macros::{cgroup_sock_addr, classifier, map},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
+    macros::{cgroup_sock_addr, classifier},
     programs::{SockAddrContext, TcContext},
 };
 use policyroute_common::{
-    Control, Counter, DeviceRole, FastGateway, FastStats, FlowChoice, FlowKey, FlowTuple,
-    FlowValue, GatewaySource, RuleKey, RuleValue, ShapeTable, StateChunk, TargetState, TraceEvent,
-    TraceFilter, TraceRate, TrieNode, CONTROL_DEVICE_ROLES, CONTROL_FAST_PATH, CONTROL_STICKY,
-    DEFAULT_MAX_COUNTERS, DEFAULT_MAX_ENTRIES, DEFAULT_TRIE_NODES, EXPLAIN_MAGIC, GENERATIONS,
-    HOOK_TC_EGRESS, HOOK_TC_INGRESS, HOW_DROP, HOW_FALLBACK, HOW_RULE, HOW_STICKY, HOW_UNWRITTEN,
-    MAX_FLOWS, MAX_KERNEL_DESTINATIONS, MAX_STATE_CHUNKS, MAX_TARGETS, ROLE_CLASSIFY,
-    ROLE_IP_FRAME, ROLE_RECORD,
+    Control, DeviceRole, CONTROL_FAST_PATH, CONTROL_STICKY, HOOK_TC_EGRESS, HOOK_TC_INGRESS,
+    HOW_FALLBACK, HOW_RULE, HOW_STICKY, HOW_UNWRITTEN, ROLE_CLASSIFY, ROLE_RECORD,
 };
 
+use control::{is_explain, CONTROL};
+use counters::count;
+use devices::{device_role, ip_frame, is_ip_device};
 use parse::Packet;
-use search::Hit;
-use targets::{Decision, Flow};
+use targets::Flow;
 use trace::Traced;
 
-// Map names are listed for userspace in `policyroute_common::names`.
-
-/// Hash entries are allocated on insert (BPF_F_NO_PREALLOC): the map's capacity costs
-/// nothing until used.
-#[map(name = "PR_RULES")]
-static RULES: HashMap<RuleKey, RuleValue> =
-    HashMap::with_max_entries(DEFAULT_MAX_ENTRIES, BPF_F_NO_PREALLOC);
-
-/// 1 when this dataplane was loaded with room for prefix tries; set by the loader (see
-/// `policyroute_common::TRIES_GLOBAL`). Read-only data, so for a dataplane without tries
-/// the verifier knows it is 0 and drops the trie code unchecked: loading is as fast as
-/// before tries existed.
-#[no_mangle]
-static PR_TRIES: u32 = 0;
-
-#[inline(always)]
-fn tries_enabled() -> bool {
-    // SAFETY: a plain read of a static; volatile so the compiler keeps the load the loader
-    // rewrites instead of folding in 0.
-    unsafe { core::ptr::read_volatile(&PR_TRIES) != 0 }
-}
-
-/// 1 in every dataplane `policyroute` loads. `bench classify` loads a copy of the programs
-/// with 0, which the verifier reads as a constant and so drops the trace code: the
-/// difference between the two is what trace costs while no trace runs (see
-/// `policyroute_common::names::TRACE_GLOBAL`).
-#[no_mangle]
-static PR_TRACE_CODE: u32 = 1;
-
-#[inline(always)]
-fn trace_code() -> bool {
-    // SAFETY: a plain read of a static; volatile so the compiler keeps the load the loader
-    // may rewrite instead of folding in 1.
-    unsafe { core::ptr::read_volatile(&PR_TRACE_CODE) != 0 }
-}
-
-/// Memory-mappable: the controller writes a trie image with stores, not a syscall per word.
-#[map(name = "PR_PREFIX_TRIE2")]
-static PREFIX_TRIE: Array<TrieNode> = Array::with_max_entries(DEFAULT_TRIE_NODES, BPF_F_MMAPABLE);
-
-#[map(name = "PR_TABLES")]
-static TABLES: Array<ShapeTable> = Array::with_max_entries(GENERATIONS * 2, 0);
-
-#[map(name = "PR_CONTROL")]
-static CONTROL: Array<Control> = Array::with_max_entries(1, 0);
-
-#[map(name = "PR_COUNTERS")]
-static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(DEFAULT_MAX_COUNTERS, 0);
-
-#[map(name = "PR_DEVICES")]
-static DEVICES: HashMap<u32, DeviceRole> = HashMap::with_max_entries(1024, 0);
-
-#[map(name = "PR_FLOWS")]
-static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
-
-#[map(name = "PR_SOURCES")]
-static SOURCES: HashMap<u32, GatewaySource> = HashMap::with_max_entries(1024, 0);
-
-/// Allocated on insert: a state is 4 KiB and most policies have a handful.
-#[map(name = "PR_TARGETS")]
-static TARGETS: HashMap<u32, TargetState> =
-    HashMap::with_max_entries(MAX_TARGETS * 2, BPF_F_NO_PREALLOC);
-
-#[map(name = "PR_CHOICES")]
-static CHOICES: LruHashMap<FlowTuple, FlowChoice> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
-
-/// Written by `policyroute trace`; flags 0 (no trace) unless one runs.
-#[map(name = "PR_TRACE")]
-static TRACE: Array<TraceFilter> = Array::with_max_entries(1, 0);
-
-/// Per-CPU working memory of the trace: the event being logged.
-#[map(name = "PR_TRACE_EVENT")]
-static TRACE_EVENT: PerCpuArray<TraceEvent> = PerCpuArray::with_max_entries(1, 0);
-
-#[map(name = "PR_TRACE_RATE")]
-static TRACE_RATE: PerCpuArray<TraceRate> = PerCpuArray::with_max_entries(1, 0);
-
-#[map(name = "PR_FAST")]
-static FAST: HashMap<u32, FastGateway> = HashMap::with_max_entries(MAX_TARGETS, 0);
-
-/// Allocated on insert (LPM tries must be): most namespaces have a few dozen.
-#[map(name = "PR_KERNEL4")]
-static KERNEL4: LpmTrie<[u8; 4], u8> =
-    LpmTrie::with_max_entries(MAX_KERNEL_DESTINATIONS, BPF_F_NO_PREALLOC);
-
-#[map(name = "PR_KERNEL6")]
-static KERNEL6: LpmTrie<[u32; 4], u8> =
-    LpmTrie::with_max_entries(MAX_KERNEL_DESTINATIONS, BPF_F_NO_PREALLOC);
-
-#[map(name = "PR_FAST_STATS")]
-static FAST_STATS: PerCpuArray<FastStats> = PerCpuArray::with_max_entries(1, 0);
-
-#[map(name = "PR_ADDRESSES")]
-static ADDRESSES: HashMap<u32, GatewaySource> = HashMap::with_max_entries(1024, 0);
-
-/// Per-CPU working memory of the fast path: the lookup's parameters and the ICMP error's
-/// headers would not fit the stack (512 bytes for a whole call chain).
-#[map(name = "PR_SCRATCH")]
-static SCRATCH: PerCpuArray<fast::Scratch> = PerCpuArray::with_max_entries(1, 0);
-
-/// Read only by userspace (see `policyroute_common::STATE_MAP`).
-#[map(name = "PR_STATE")]
-static STATE: HashMap<u32, StateChunk> =
-    HashMap::with_max_entries(MAX_STATE_CHUNKS, BPF_F_NO_PREALLOC);
+// Each map is declared in the module of its concern; their names are listed for
+// userspace in `policyroute_common::names`.
 
 // Program names (the function names) are listed for userspace in
 // `policyroute_common::names`.
@@ -204,33 +102,6 @@ pub fn policyroute_tc(ctx: TcContext) -> i32 {
     // SAFETY: `packet` returned 1, so it wrote the whole packet.
     let pkt = unsafe { pkt.assume_init_ref() };
     tc(&ctx, pkt, control, role)
-}
-
-/// The role of the device the packet is on, when the policy gives devices roles (sticky
-/// recording, IP frames); `None`: classify an Ethernet frame.
-#[inline(always)]
-fn device_role(ctx: &TcContext, control: &Control) -> Option<&'static DeviceRole> {
-    if control.flags & CONTROL_DEVICE_ROLES == 0 {
-        return None;
-    }
-    // SAFETY: ctx.skb.skb is the __sk_buff the kernel passed this program; the verifier
-    // allows reading ifindex from it.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // SAFETY: the value is only read, while this program runs (RCU read side).
-    unsafe { DEVICES.get(ifindex) }
-}
-
-/// Whether the device's frames start with the IP header (its role says, from its link
-/// type). Explain's test runs always start with an Ethernet header: BPF_PROG_TEST_RUN
-/// builds the packet that way whatever the device.
-#[inline(always)]
-fn ip_frame(ctx: &TcContext, role: Option<&DeviceRole>) -> bool {
-    is_ip_device(role) && !is_explain(ctx)
-}
-
-#[inline(always)]
-fn is_ip_device(role: Option<&DeviceRole>) -> bool {
-    matches!(role, Some(r) if r.flags & ROLE_IP_FRAME != 0)
 }
 
 /// Tc egress: classification only (no stickiness). The route is already chosen here, so
@@ -256,7 +127,7 @@ pub fn policyroute_eg(ctx: TcContext) -> i32 {
                 tuple: &tuple,
                 write: false,
             };
-            let (mark, traced) = verdict(&hit, pkt.family, flow, control);
+            let (mark, traced) = verdict::of_hit(&hit, pkt.family, flow, control);
             if let Some(mark) = mark {
                 set_mark(&ctx, mark, hit.mark_mask);
             }
@@ -268,32 +139,6 @@ pub fn policyroute_eg(ctx: TcContext) -> i32 {
         }
     }
     TC_ACT_UNSPEC
-}
-
-/// The mark a hit sets: its own, or its target's decision; `None` to drop. Also how it
-/// was decided, for the trace.
-#[inline(always)]
-fn verdict(hit: &Hit, family: u32, flow: Flow<'_>, control: &Control) -> (Option<u32>, Traced) {
-    if hit.target == 0 {
-        return (Some(hit.mark), Traced::new(HOW_RULE, hit.counter, hit.mark));
-    }
-    match targets::decide(hit.target, family, flow, control) {
-        Some(Decision::Mark { mark, how, member }) => {
-            let mark = mark & hit.mark_mask;
-            let mut t = Traced::new(how, hit.counter, mark);
-            t.member = member;
-            (Some(mark), t)
-        }
-        Some(Decision::Drop) => (None, Traced::new(HOW_DROP, hit.counter, 0)),
-        // Not written yet: leave the packet to the main table rather than guess.
-        None => (Some(0), Traced::new(HOW_UNWRITTEN, hit.counter, 0)),
-    }
-}
-
-/// Explain runs the program on a synthesized packet: it must not count or record.
-#[inline(always)]
-fn is_explain(ctx: &TcContext) -> bool {
-    ctx.cb()[0] == EXPLAIN_MAGIC
 }
 
 /// Devices without a role classify.
@@ -344,7 +189,7 @@ fn classify_ingress(
         tuple: &tuple,
         write: !explain,
     };
-    match verdict(&hit, pkt.family, flow, control) {
+    match verdict::of_hit(&hit, pkt.family, flow, control) {
         (Some(mark), mut t) => {
             set_mark(ctx, mark, hit.mark_mask);
             (fast_path(ctx, pkt, control, &mut t, explain), t)
@@ -374,20 +219,6 @@ fn fast_path(
     match fast::forward(ctx, pkt, t.mark, explain, &mut t.oif) {
         fast::SEND_TOO_BIG => icmp::too_big(ctx, pkt, fast::too_big_mtu()),
         rc => rc,
-    }
-}
-
-/// Per-CPU counters: no atomics on the hot path.
-#[inline(always)]
-fn count(slot: u32, bytes: u64) {
-    if let Some(c) = COUNTERS.get_ptr_mut(slot) {
-        // SAFETY: a per-CPU array slot returned non-null by the lookup is this CPU's own
-        // copy, and nothing else on this CPU runs a program in between (no preemption of
-        // BPF programs on one CPU), so a plain read-modify-write is not torn.
-        unsafe {
-            (*c).packets += 1;
-            (*c).bytes += bytes;
-        }
     }
 }
 

@@ -10,14 +10,18 @@
 //! every load of the programs took twice as long.)
 use core::ffi::c_void;
 
-use aya_ebpf::helpers::generated::bpf_loop;
+use aya_ebpf::{bindings::BPF_F_MMAPABLE, helpers::generated::bpf_loop, macros::map, maps::Array};
 use policyroute_common::{
-    ShapeTable, FAMILY_V6, SHAPE_SRC, TRIE_BUCKET_LEAVES, TRIE_INDEX, TRIE_LEAF, TRIE_LEAF_WORDS,
-    TRIE_LEAVES_PER_NODE, TRIE_LEVELS_V4, TRIE_LEVELS_V6, TRIE_NODE, TRIE_NODE_WORDS, TRIE_NONE,
-    TRIE_ROOT_BITS, TRIE_STRIDE_BITS,
+    ShapeTable, TrieNode, DEFAULT_TRIE_NODES, FAMILY_V6, SHAPE_SRC, TRIE_BUCKET_LEAVES, TRIE_INDEX,
+    TRIE_LEAF, TRIE_LEAF_WORDS, TRIE_LEAVES_PER_NODE, TRIE_LEVELS_V4, TRIE_LEVELS_V6, TRIE_NODE,
+    TRIE_NODE_WORDS, TRIE_NONE, TRIE_ROOT_BITS, TRIE_STRIDE_BITS,
 };
 
-use crate::{parse::Packet, PREFIX_TRIE};
+use crate::parse::Packet;
+
+/// Memory-mappable: the controller writes a trie image with stores, not a syscall per word.
+#[map(name = "PR_PREFIX_TRIE2")]
+static PREFIX_TRIE: Array<TrieNode> = Array::with_max_entries(DEFAULT_TRIE_NODES, BPF_F_MMAPABLE);
 
 /// What the classes callback reads and writes.
 struct Classes<'a> {

@@ -11,6 +11,7 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
+use policyroute_common::net::AF_INET;
 
 /// The egress device's ifindex; set by the loader (read-only data).
 #[no_mangle]
@@ -18,8 +19,6 @@ static PR_REDIRECT_IFINDEX: u32 = 0;
 /// The next hop, an IPv4 address in network byte order; set by the loader.
 #[no_mangle]
 static PR_REDIRECT_NH: u32 = 0;
-
-const AF_INET: u32 = 2;
 
 #[classifier]
 pub fn policyroute_redirect(_ctx: TcContext) -> i32 {
@@ -32,7 +31,7 @@ pub fn policyroute_redirect(_ctx: TcContext) -> i32 {
         )
     };
     let mut target = bpf_redir_neigh {
-        nh_family: AF_INET,
+        nh_family: u32::from(AF_INET),
         __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 { ipv4_nh: nh },
     };
     // SAFETY: target is a live bpf_redir_neigh of the size given; the helper only reads it.

@@ -4,13 +4,41 @@
 //! whatever the number of rules.
 use core::ffi::c_void;
 
-use aya_ebpf::helpers::generated::bpf_loop;
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    helpers::generated::bpf_loop,
+    macros::map,
+    maps::{Array, HashMap},
+};
 use policyroute_common::{
-    Control, RuleKey, ShapeTable, GENERATIONS, MAX_SHAPES, SHAPE_DSCP, SHAPE_DST_CLASS,
-    SHAPE_PROTO, SHAPE_SRC_CLASS, TRIE_NONE,
+    Control, RuleKey, RuleValue, ShapeTable, DEFAULT_MAX_ENTRIES, GENERATIONS, MAX_SHAPES,
+    SHAPE_DSCP, SHAPE_DST_CLASS, SHAPE_PROTO, SHAPE_SRC_CLASS, TRIE_NONE,
 };
 
-use crate::{parse::Packet, prefix_trie, RULES, TABLES};
+use crate::{parse::Packet, prefix_trie};
+
+/// Hash entries are allocated on insert (BPF_F_NO_PREALLOC): the map's capacity costs
+/// nothing until used.
+#[map(name = "PR_RULES")]
+static RULES: HashMap<RuleKey, RuleValue> =
+    HashMap::with_max_entries(DEFAULT_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+#[map(name = "PR_TABLES")]
+static TABLES: Array<ShapeTable> = Array::with_max_entries(GENERATIONS * 2, 0);
+
+/// 1 when this dataplane was loaded with room for prefix tries; set by the loader (see
+/// `policyroute_common::TRIES_GLOBAL`). Read-only data, so for a dataplane without tries
+/// the verifier knows it is 0 and drops the trie code unchecked: loading is as fast as
+/// before tries existed.
+#[no_mangle]
+static PR_TRIES: u32 = 0;
+
+#[inline(always)]
+fn tries_enabled() -> bool {
+    // SAFETY: a plain read of a static; volatile so the compiler keeps the load the loader
+    // rewrites instead of folding in 0.
+    unsafe { core::ptr::read_volatile(&PR_TRIES) != 0 }
+}
 
 /// A rule's verdict: its mark (already under the mask), the mask, its counter slot, and
 /// the gateway or group that decides instead of `mark` when not 0.
@@ -35,7 +63,7 @@ pub fn classify(pkt: &Packet, control: &Control) -> Option<Hit> {
         best_counter: 0,
         best_target: 0,
     };
-    if crate::tries_enabled() && (table.src_root != TRIE_NONE || table.dst_root != TRIE_NONE) {
+    if tries_enabled() && (table.src_root != TRIE_NONE || table.dst_root != TRIE_NONE) {
         prefix_trie::classes(&mut search.src_class, &mut search.dst_class, table, pkt);
     }
     // A function pointer (not an integer) so the linker emits a BPF_PSEUDO_FUNC relocation.

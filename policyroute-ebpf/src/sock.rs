@@ -17,15 +17,22 @@ use aya_ebpf::{
     helpers::generated::{
         bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_getsockopt, bpf_setsockopt,
     },
+    macros::map,
+    maps::HashMap,
     programs::SockAddrContext,
     EbpfContext,
 };
 use policyroute_common::{
-    flow_hash, proto_has_ports, Control, FAMILY_V4, FAMILY_V6, HOOK_CONNECT, HOOK_SENDMSG,
-    HOW_STICKY, SHAPE_DSCP, SHAPE_PORTS, SHAPE_SPORT, SHAPE_SRC,
+    flow_hash, proto_has_ports, Control, GatewaySource, FAMILY_V4, FAMILY_V6, HOOK_CONNECT,
+    HOOK_SENDMSG, HOW_STICKY, SHAPE_DSCP, SHAPE_PORTS, SHAPE_SPORT, SHAPE_SRC,
 };
 
-use crate::{count, parse::Packet, search, sticky, trace, trace::Traced, CONTROL, SOURCES};
+use crate::{
+    control::CONTROL, counters::count, parse::Packet, search, sticky, trace, trace::Traced, verdict,
+};
+
+#[map(name = "PR_SOURCES")]
+static SOURCES: HashMap<u32, GatewaySource> = HashMap::with_max_entries(1024, 0);
 
 /// sock_addr verdicts: let the call proceed, or fail it with EPERM.
 const ALLOW: i32 = 1;
@@ -111,7 +118,7 @@ fn verdict(ctx: &SockAddrContext, pkt: &Packet, control: &Control) -> (Verdict, 
     let mut tuple = crate::targets::tuple(pkt);
     tuple.src = [cookie as u32, (cookie >> 32) as u32, 0, 0];
     let flow = crate::targets::Flow::Hashed(flow_hash(&tuple.words()));
-    match crate::verdict(&hit, pkt.family, flow, control) {
+    match verdict::of_hit(&hit, pkt.family, flow, control) {
         (Some(mark), t) => {
             let v = Verdict::Mark {
                 mark,

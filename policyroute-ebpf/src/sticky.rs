@@ -2,10 +2,13 @@
 //! entering through a sticky gateway records its flow with that gateway's mark; packets
 //! of the same flow going the other way (forwarded replies from the LAN, or this host's
 //! sockets answering) get the mark back while the record is fresh.
-use aya_ebpf::helpers::bpf_ktime_get_ns;
-use policyroute_common::{Control, FlowKey, FlowValue};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::map, maps::LruHashMap};
+use policyroute_common::{Control, FlowKey, FlowValue, MAX_FLOWS};
 
-use crate::{parse::Packet, FLOWS};
+use crate::parse::Packet;
+
+#[map(name = "PR_FLOWS")]
+static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
 
 /// Key of an inbound packet: its source is the remote end, its destination port ours.
 #[inline(always)]

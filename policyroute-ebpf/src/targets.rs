@@ -2,14 +2,28 @@
 //! state (written by the controller on every health change) picks the mark per flow.
 //! One hash lookup for the state; flow records are looked up only while the target is or
 //! recently was degraded, so a healthy uplink costs no per-flow state.
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    helpers::bpf_ktime_get_ns,
+    macros::map,
+    maps::{HashMap, LruHashMap},
+};
 use policyroute_common::{
     flow_hash, target_key, Control, FlowChoice, FlowTuple, Member, TargetState, BALANCE_SLOTS,
-    HOW_FALLBACK, HOW_GATEWAY, HOW_RECORD, HOW_SLOT, HOW_STAND_IN, MAX_MEMBERS, MEMBER_FALLBACK,
-    MEMBER_UP, NO_MEMBER, SLOT_MOVED, TARGET_BLACKHOLE, TARGET_ONE, TARGET_RECORDS,
+    HOW_FALLBACK, HOW_GATEWAY, HOW_RECORD, HOW_SLOT, HOW_STAND_IN, MAX_FLOWS, MAX_MEMBERS,
+    MAX_TARGETS, MEMBER_FALLBACK, MEMBER_UP, NO_MEMBER, SLOT_MOVED, TARGET_BLACKHOLE, TARGET_ONE,
+    TARGET_RECORDS,
 };
 
-use crate::{parse::Packet, CHOICES, TARGETS};
+use crate::parse::Packet;
+
+/// Allocated on insert: a state is 4 KiB and most policies have a handful.
+#[map(name = "PR_TARGETS")]
+static TARGETS: HashMap<u32, TargetState> =
+    HashMap::with_max_entries(MAX_TARGETS * 2, BPF_F_NO_PREALLOC);
+
+#[map(name = "PR_CHOICES")]
+static CHOICES: LruHashMap<FlowTuple, FlowChoice> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
 
 pub enum Decision {
     /// Set this mark (0: the main table), decided as `how` (`HOW_*`, for the trace) by

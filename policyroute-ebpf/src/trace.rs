@@ -3,14 +3,44 @@
 //! `per_cpu_rate` lines per CPU and second. With no trace running the cost is a load of
 //! `PR_TRACE_CODE` (constant to the verifier, which removes its branch), one bit test of the
 //! control word (`CONTROL_TRACE`) and one branch.
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::map,
+    maps::{Array, PerCpuArray},
+    programs::TcContext,
+};
 use aya_log_ebpf::info;
 use policyroute_common::{
-    Control, TraceEvent, TraceFilter, CONTROL_TRACE, NO_MEMBER, NO_RULE, TRACE_DPORT, TRACE_DST,
-    TRACE_IIF, TRACE_ON, TRACE_PROTO, TRACE_SPORT, TRACE_SRC,
+    Control, TraceEvent, TraceFilter, TraceRate, CONTROL_TRACE, NO_MEMBER, NO_RULE, TRACE_DPORT,
+    TRACE_DST, TRACE_IIF, TRACE_ON, TRACE_PROTO, TRACE_SPORT, TRACE_SRC,
 };
 
-use crate::{parse::Packet, TRACE, TRACE_EVENT, TRACE_RATE};
+use crate::parse::Packet;
+
+/// 1 in every dataplane `policyroute` loads. `bench classify` loads a copy of the programs
+/// with 0, which the verifier reads as a constant and so drops the trace code: the
+/// difference between the two is what trace costs while no trace runs (see
+/// `policyroute_common::names::TRACE_GLOBAL`).
+#[no_mangle]
+static PR_TRACE_CODE: u32 = 1;
+
+#[inline(always)]
+fn trace_code() -> bool {
+    // SAFETY: a plain read of a static; volatile so the compiler keeps the load the loader
+    // may rewrite instead of folding in 1.
+    unsafe { core::ptr::read_volatile(&PR_TRACE_CODE) != 0 }
+}
+
+/// Written by `policyroute trace`; flags 0 (no trace) unless one runs.
+#[map(name = "PR_TRACE")]
+static TRACE: Array<TraceFilter> = Array::with_max_entries(1, 0);
+
+/// Per-CPU working memory of the trace: the event being logged.
+#[map(name = "PR_TRACE_EVENT")]
+static TRACE_EVENT: PerCpuArray<TraceEvent> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "PR_TRACE_RATE")]
+static TRACE_RATE: PerCpuArray<TraceRate> = PerCpuArray::with_max_entries(1, 0);
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 
@@ -67,7 +97,7 @@ pub fn sock(control: &Control, hook: u8, pkt: &Packet, t: &Traced) {
 /// The running trace's filter; `None` (after one bit test) when no trace runs.
 #[inline(always)]
 fn running(control: &Control) -> Option<&'static TraceFilter> {
-    if !crate::trace_code() || control.flags & CONTROL_TRACE == 0 {
+    if !trace_code() || control.flags & CONTROL_TRACE == 0 {
         return None;
     }
     TRACE.get(0).filter(|f| f.flags & TRACE_ON != 0)
