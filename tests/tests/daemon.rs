@@ -247,8 +247,9 @@ fn sighup_applies_a_changed_rule_and_loses_no_packet() {
         });
         // The reload lands in the middle of the stream: after a fifth of it is out.
         assert!(
-            within(Duration::from_secs(5), || sent.load(Ordering::Relaxed) >= PROBES / 5)
-                .is_some(),
+            within(Duration::from_secs(5), || sent.load(Ordering::Relaxed)
+                >= PROBES / 5)
+            .is_some(),
             "the probes start"
         );
         file.write(&changed);
