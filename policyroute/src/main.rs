@@ -55,6 +55,11 @@ enum Command {
         /// Print the plan and change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Take over routes and ip rules that are not policyroute's but in its way (others'
+        /// routes in a gateway's table, others' fwmark rules matching a gateway's mark):
+        /// remove them as policyroute's own go in. Without it apply refuses, naming them.
+        #[arg(long)]
+        adopt: bool,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -77,6 +82,11 @@ enum Command {
         /// Serve Prometheus metrics at http://ADDR:PORT/metrics (a bare PORT: loopback).
         #[arg(long, value_name = "[ADDR:]PORT", value_parser = metrics::listen_address)]
         metrics: Option<std::net::SocketAddr>,
+        /// At the start, take over routes and ip rules that are not policyroute's but in its
+        /// way, as `apply --adopt` (without it the start refuses them). Any appearing later
+        /// are left in place and reported (log, status line, `status`, `check`).
+        #[arg(long)]
+        adopt: bool,
     },
     /// Show hooks, gateways, rules with packet and byte counters, owned ip rules and
     /// routes, the daemon, and drift from the applied policy. Exits 0 either way.
@@ -226,8 +236,11 @@ const EXIT_STATUS_ROFF: &str = r#".SH "EXIT STATUS"
 Success.
 .TP
 \fB1\fR
-\fBcheck\fR found drift; or some changes failed (everything else is in place, and the
-failed changes are named); or the kernel refused an operation.
+\fBcheck\fR found drift; or \fBapply\fR or \fBrun\fR refused because of foreign state:
+routes in a gateway's table or ip rules matching a gateway's mark that policyroute does
+not own (they are named, nothing was changed, and \fB\-\-adopt\fR takes them over); or some
+changes failed (everything else is in place, and the failed changes are named); or the
+kernel refused an operation.
 .TP
 \fB2\fR
 Invalid input: a policy or list file (with file:line), an argument, an \fBexplain\fR
@@ -285,10 +298,18 @@ async fn dispatch(command: Command, opts: Options) -> anyhow::Result<ExitCode> {
         Command::Apply {
             config,
             dry_run,
+            adopt,
             json,
         } => {
-            let report = apply::apply(&config, &opts, dry_run).await?;
+            let on_foreign = match adopt {
+                true => apply::OnForeign::Adopt,
+                false => apply::OnForeign::Refuse,
+            };
+            let report = apply::apply(&config, &opts, dry_run, on_foreign).await?;
             print(json, &report, || present::apply(&report))?;
+            if report.refused && !dry_run {
+                return Err(ControlError::Refused(report.foreign.len()).into());
+            }
         }
         Command::Validate { config, json } => {
             let v = validate::validate(&config, &opts)?;
@@ -299,12 +320,14 @@ async fn dispatch(command: Command, opts: Options) -> anyhow::Result<ExitCode> {
             flush_on_exit,
             json_log,
             metrics,
+            adopt,
         } => {
             init_logs(json_log);
             let options = run::RunOptions {
                 config,
                 flush_on_exit,
                 metrics,
+                adopt,
             };
             run::run(&opts, &options).await?;
         }

@@ -4,11 +4,16 @@
 //! [`RTPROT_POLICYROUTE`], so [`Netlink::rules`] and [`Netlink::routes`] find exactly its own
 //! objects and reconciliation never touches anyone else's. What they return parses back into
 //! the same [`IpRule`] / [`IpRoute`] that created it, so comparing desired and installed state
-//! is plain equality.
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+//! is plain equality. Others' objects in the way ([`ForeignRoute`], [`ForeignRule`]) keep
+//! the message the kernel dumped, and only that exact message deletes them (`--adopt`).
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use futures::{Stream, TryStreamExt};
 use ipnet::IpNet;
+use netlink_packet_core::{Emitable, Parseable};
 use netlink_packet_route::{
     address::{AddressAttribute, AddressMessage},
     link::{LinkAttribute, LinkFlags, LinkMessage},
@@ -16,13 +21,16 @@ use netlink_packet_route::{
         RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteScope,
         RouteType, RouteVia,
     },
-    rule::{RuleAction, RuleAttribute, RuleMessage},
+    rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage},
     AddressFamily,
 };
 use rtnetlink::{Handle, IpVersion, RouteMessageBuilder};
 
 use crate::{
-    plan::objects::{IpRoute, IpRule, KernelPrefix, LOCAL_TABLE, MAIN_TABLE},
+    plan::{
+        foreign::{ForeignRoute, ForeignRule, NextHop},
+        objects::{IpRoute, IpRule, KernelPrefix, LOCAL_TABLE, MAIN_TABLE},
+    },
     policy::matcher::Family,
 };
 
@@ -148,14 +156,28 @@ impl Netlink {
     /// All ip rules (IPv4 and IPv6) whose FRA_PROTOCOL is `proto` and whose shape an
     /// [`IpRule`] can hold; policyroute installs no other shape.
     pub async fn rules(&self, proto: u8) -> Result<Vec<IpRule>, NetlinkError> {
-        let mut rules = Vec::new();
+        Ok(self.rule_dump(proto).await?.0)
+    }
+
+    /// The rules tagged `proto` (as [`Netlink::rules`]), and the others that have a fwmark
+    /// selector, from one dump per family.
+    pub async fn rule_dump(
+        &self,
+        proto: u8,
+    ) -> Result<(Vec<IpRule>, Vec<ForeignRule>), NetlinkError> {
+        let (mut rules, mut foreign) = (Vec::new(), Vec::new());
         for version in [IpVersion::V4, IpVersion::V6] {
             let dump = self.handle.rule().get(version).execute();
             let messages = collect(dump, || "dump rules".into()).await?;
-            let owned = messages.iter().filter(|m| rule_protocol(m) == Some(proto));
-            rules.extend(owned.filter_map(parse_rule));
+            for m in &messages {
+                if rule_protocol(m) == Some(proto) {
+                    rules.extend(parse_rule(m));
+                } else {
+                    foreign.extend(parse_foreign_rule(m));
+                }
+            }
         }
-        Ok(rules)
+        Ok((rules, foreign))
     }
 
     /// Adds `rule` tagged with `proto`; [`NetlinkError::Exists`] if it is already there.
@@ -179,30 +201,35 @@ impl Netlink {
     /// All unicast routes (IPv4 and IPv6, all tables) whose rtm_protocol is `proto`; cached
     /// clones and multipath routes are left out.
     pub async fn routes(&self, proto: u8) -> Result<Vec<IpRoute>, NetlinkError> {
-        Ok(self.route_dump(proto).await?.0)
+        Ok(self.route_dump(proto, &BTreeSet::new()).await?.owned)
     }
 
-    /// The routes tagged `proto`, and the destinations the kernel routes itself (see
-    /// [`kernel_prefix`]), from one dump per family.
+    /// The routes tagged `proto`, the destinations the kernel routes itself (see
+    /// [`kernel_prefix`]), and the other routes of `tables`, from one dump per family.
     pub async fn route_dump(
         &self,
         proto: u8,
-    ) -> Result<(Vec<IpRoute>, Vec<KernelPrefix>), NetlinkError> {
-        let (mut routes, mut kernel) = (Vec::new(), Vec::new());
+        tables: &BTreeSet<u32>,
+    ) -> Result<RouteDump, NetlinkError> {
+        let mut dump = RouteDump::default();
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
             // Without strict checking the kernel ignores every filter but the family: this
-            // dumps all tables, and the protocol is filtered here.
+            // dumps all tables, and the protocol and tables are filtered here.
             let mut query = RouteMessage::default();
             query.header.address_family = family;
-            let dump = self.handle.route().get(query).execute();
-            let messages = collect(dump, || "dump routes".into()).await?;
-            let owned = messages
-                .iter()
-                .filter(|m| u8::from(m.header.protocol) == proto);
-            routes.extend(owned.filter_map(parse_route));
-            kernel.extend(messages.iter().filter_map(kernel_prefix));
+            let request = self.handle.route().get(query).execute();
+            let messages = collect(request, || "dump routes".into()).await?;
+            for m in &messages {
+                if u8::from(m.header.protocol) == proto {
+                    dump.owned.extend(parse_route(m));
+                } else if tables.contains(&route_table(m)) {
+                    dump.foreign.extend(parse_foreign_route(m));
+                }
+            }
+            dump.kernel
+                .extend(messages.iter().filter_map(kernel_prefix));
         }
-        Ok((routes, kernel))
+        Ok(dump)
     }
 
     /// Adds `route` tagged with `proto`; [`NetlinkError::Exists`] if the table already has a
@@ -210,6 +237,45 @@ impl Netlink {
     pub async fn add_route(&self, route: &IpRoute, proto: u8) -> Result<(), NetlinkError> {
         let request = self.handle.route().add(route_message(route, proto)?);
         let what = || format!("add {route:?}");
+        request.execute().await.map_err(|e| error(what(), e))
+    }
+
+    /// Puts `route` tagged with `proto` in the place of the route with its table,
+    /// destination and metric (NLM_F_REPLACE), or adds it where there is none: in one step,
+    /// so the table is never without a route there.
+    pub async fn replace_route(&self, route: &IpRoute, proto: u8) -> Result<(), NetlinkError> {
+        let request = self
+            .handle
+            .route()
+            .add(route_message(route, proto)?)
+            .replace();
+        let what = || format!("replace with {route:?}");
+        request.execute().await.map_err(|e| error(what(), e))
+    }
+
+    /// Puts back `route` as it was dumped, in the place of whatever took it.
+    pub async fn restore_route(&self, route: &ForeignRoute) -> Result<(), NetlinkError> {
+        let what = || format!("restore {route:?}");
+        let message = decode::<RouteMessage>(&route.message, what)?;
+        let request = self.handle.route().add(message).replace();
+        request.execute().await.map_err(|e| error(what(), e))
+    }
+
+    /// Deletes exactly the foreign `route` (by the message it was dumped as);
+    /// [`NetlinkError::NotFound`] if it is gone.
+    pub async fn del_foreign_route(&self, route: &ForeignRoute) -> Result<(), NetlinkError> {
+        let what = || format!("delete {route:?}");
+        let message = decode::<RouteMessage>(&route.message, what)?;
+        let request = self.handle.route().del(message);
+        request.execute().await.map_err(|e| error(what(), e))
+    }
+
+    /// Deletes exactly the foreign `rule` (by the message it was dumped as);
+    /// [`NetlinkError::NotFound`] if it is gone.
+    pub async fn del_foreign_rule(&self, rule: &ForeignRule) -> Result<(), NetlinkError> {
+        let what = || format!("delete {rule:?}");
+        let message = decode::<RuleMessage>(&rule.message, what)?;
+        let request = self.handle.rule().del(message);
         request.execute().await.map_err(|e| error(what(), e))
     }
 
@@ -237,6 +303,30 @@ impl Netlink {
         let messages = collect(dump.execute(), || format!("addresses of link {index}")).await?;
         Ok(messages.iter().filter_map(parse_address).collect())
     }
+}
+
+/// One dump of every table's routes, sorted by whose they are.
+#[derive(Debug, Default)]
+pub struct RouteDump {
+    /// Those tagged with the protocol asked for.
+    pub owned: Vec<IpRoute>,
+    /// The destinations the kernel routes itself (see [`kernel_prefix`]).
+    pub kernel: Vec<KernelPrefix>,
+    /// The others of the tables asked for (cached clones left out).
+    pub foreign: Vec<ForeignRoute>,
+}
+
+/// A dumped message as bytes: what a foreign object keeps to be deleted by.
+fn encode(message: &impl Emitable) -> Vec<u8> {
+    let mut bytes = vec![0; message.buffer_len()];
+    message.emit(&mut bytes);
+    bytes
+}
+
+fn decode<T: Parseable<[u8]>>(bytes: &[u8], what: impl Fn() -> String) -> Result<T, NetlinkError> {
+    T::parse(bytes).map_err(|e| NetlinkError::Invalid {
+        what: format!("{}: {e}", what()),
+    })
 }
 
 /// Drains a response stream, naming the request in the error.
@@ -441,13 +531,12 @@ fn kernel_prefix(message: &RouteMessage) -> Option<KernelPrefix> {
         return None;
     }
     let family = family_of(header.address_family)?;
-    let mut table = u32::from(header.table);
+    let table = route_table(message);
     let mut dst = None;
     let mut oif = None;
     for attribute in &message.attributes {
         match attribute {
             RouteAttribute::Destination(a) => dst = Some(route_ip(a)?),
-            RouteAttribute::Table(t) => table = *t,
             RouteAttribute::Oif(i) => oif = Some(*i),
             _ => {}
         }
@@ -461,6 +550,157 @@ fn kernel_prefix(message: &RouteMessage) -> Option<KernelPrefix> {
         dst: IpNet::new(dst, header.destination_prefix_length).ok()?,
         oif,
     })
+}
+
+/// A route's table: RTA_TABLE, which holds ids above 255 too, else the header's.
+fn route_table(message: &RouteMessage) -> u32 {
+    message
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(message.header.table))
+}
+
+/// Any route that is not a cached clone, as far as `ip route` shows it, with the message
+/// that deletes it.
+fn parse_foreign_route(message: &RouteMessage) -> Option<ForeignRoute> {
+    let header = &message.header;
+    if header.flags.contains(RouteFlags::Cloned) {
+        return None;
+    }
+    let family = family_of(header.address_family)?;
+    let (mut dst, mut metric) = (None, 0);
+    let mut hop = NextHop {
+        gateway: None,
+        oif: None,
+    };
+    let mut nexthops = Vec::new();
+    for attribute in &message.attributes {
+        match attribute {
+            RouteAttribute::Destination(a) => dst = Some(route_ip(a)?),
+            RouteAttribute::Priority(p) => metric = *p,
+            RouteAttribute::MultiPath(hops) => nexthops.extend(hops.iter().map(|h| NextHop {
+                gateway: h.attributes.iter().find_map(next_hop_gateway),
+                oif: Some(h.interface_index),
+            })),
+            RouteAttribute::Oif(index) => hop.oif = Some(*index),
+            a => hop.gateway = hop.gateway.or(next_hop_gateway(a)),
+        }
+    }
+    if hop.gateway.is_some() || hop.oif.is_some() {
+        nexthops.insert(0, hop);
+    }
+    let dst = dst.unwrap_or_else(|| unspecified(family));
+    Some(ForeignRoute {
+        family,
+        table: route_table(message),
+        kind: route_type(header.kind),
+        dst: IpNet::new(dst, header.destination_prefix_length).ok()?,
+        nexthops,
+        metric,
+        protocol: header.protocol.into(),
+        message: encode(message),
+    })
+}
+
+fn next_hop_gateway(attribute: &RouteAttribute) -> Option<IpAddr> {
+    match attribute {
+        RouteAttribute::Gateway(a) => route_ip(a),
+        RouteAttribute::Via(v) => via_ip(v),
+        _ => None,
+    }
+}
+
+/// As `ip -d route` names route types.
+fn route_type(kind: RouteType) -> &'static str {
+    match kind {
+        RouteType::Unicast => "unicast",
+        RouteType::Local => "local",
+        RouteType::Broadcast => "broadcast",
+        RouteType::Anycast => "anycast",
+        RouteType::Multicast => "multicast",
+        RouteType::BlackHole => "blackhole",
+        RouteType::Unreachable => "unreachable",
+        RouteType::Prohibit => "prohibit",
+        RouteType::Throw => "throw",
+        RouteType::Nat => "nat",
+        _ => "unknown",
+    }
+}
+
+/// A rule with a fwmark selector (the only kind that can catch marked traffic by its
+/// mark), with its other selectors as `ip rule` prints them, and the message that deletes
+/// it. `None` for a rule without a fwmark.
+fn parse_foreign_rule(message: &RuleMessage) -> Option<ForeignRule> {
+    let header = &message.header;
+    let family = family_of(header.family)?;
+    let mut selectors = Vec::new();
+    if header.tos != 0 {
+        selectors.push(format!("tos {:#x}", header.tos));
+    }
+    let mut rule = ForeignRule {
+        family,
+        priority: 0,
+        invert: header.flags.contains(RuleFlags::Invert),
+        src: None,
+        fwmark: (0, 0),
+        selectors: Vec::new(),
+        action: match header.action {
+            RuleAction::ToTable => "lookup",
+            RuleAction::Goto => "goto",
+            RuleAction::Nop => "nop",
+            RuleAction::Blackhole => "blackhole",
+            RuleAction::Unreachable => "unreachable",
+            RuleAction::Prohibit => "prohibit",
+            _ => "unknown",
+        },
+        table: header.table.into(),
+        goto: None,
+        suppress_prefixlen: None,
+        protocol: 0,
+        message: encode(message),
+    };
+    let (mut mark, mut mask) = (None, None);
+    for attribute in &message.attributes {
+        match attribute {
+            RuleAttribute::Priority(p) => rule.priority = *p,
+            RuleAttribute::Table(t) => rule.table = *t,
+            RuleAttribute::FwMark(v) => mark = Some(*v),
+            RuleAttribute::FwMask(v) => mask = Some(*v),
+            RuleAttribute::Source(ip) => rule.src = IpNet::new(*ip, header.src_len).ok(),
+            RuleAttribute::Destination(ip) => {
+                selectors.push(format!("to {}", IpNet::new(*ip, header.dst_len).ok()?))
+            }
+            RuleAttribute::Iifname(dev) => selectors.push(format!("iif {dev}")),
+            RuleAttribute::Oifname(dev) => selectors.push(format!("oif {dev}")),
+            RuleAttribute::L3MDev(true) => selectors.push("l3mdev".into()),
+            RuleAttribute::UidRange(r) => selectors.push(format!("uidrange {}-{}", r.start, r.end)),
+            RuleAttribute::IpProtocol(p) => selectors.push(format!("ipproto {}", u8::from(*p))),
+            RuleAttribute::SourcePortRange(r) => {
+                selectors.push(format!("sport {}-{}", r.start, r.end))
+            }
+            RuleAttribute::DestinationPortRange(r) => {
+                selectors.push(format!("dport {}-{}", r.start, r.end))
+            }
+            RuleAttribute::TunId(id) => selectors.push(format!("tun_id {id}")),
+            RuleAttribute::Goto(p) => rule.goto = Some(*p),
+            // The kernel sends -1 for "not set".
+            RuleAttribute::SuppressPrefixLen(len) => {
+                rule.suppress_prefixlen = (*len != u32::MAX).then_some(*len)
+            }
+            RuleAttribute::Protocol(p) => rule.protocol = u8::from(*p),
+            _ => {}
+        }
+    }
+    rule.fwmark = fwmark(mark, mask)?;
+    if rule.action != "lookup" {
+        rule.table = 0;
+    }
+    rule.selectors = selectors;
+    Some(rule)
 }
 
 fn parse_route(message: &RouteMessage) -> Option<IpRoute> {
