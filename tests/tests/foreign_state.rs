@@ -1,8 +1,9 @@
 //! Foreign state: routes of others in a gateway's table and others' ip rules whose fwmark
 //! matches a gateway's mark. `apply` refuses them by name and changes nothing, its dry run
 //! shows them, `apply --adopt` takes them over and real flows then follow the policy; an
-//! ip rule on another mark is left alone. `run` refuses them at its start, and what
-//! appears while it runs is left in place and reported.
+//! ip rule on another mark is left alone. A rule that is a twin of policyroute's own but
+//! for its protocol is taken over without taking policyroute's with it. `run` refuses them
+//! at its start, and what appears while it runs is left in place and reported.
 use std::time::Duration;
 
 use policyroute_tests::{
@@ -195,4 +196,32 @@ fn run_refuses_at_its_start_and_reports_foreign_state_that_appears_later() {
         "{}",
         d.log_text()
     );
+}
+
+#[test]
+fn adopting_a_twin_of_an_own_rule_keeps_the_own_one() {
+    let ns = fixture::lone_router("twin");
+    let file = TempFile::new("twin.toml", &policy());
+    cli::ok(&ns, &["apply", "-c", file.arg()]);
+    // isp2's own fwmark rule in all but its protocol (none): deleting it by what the
+    // kernel dumped names no protocol, which the kernel reads as any.
+    ns.ip("rule add fwmark 0x1/0xff lookup 100 pref 10001");
+    let refused = cli::run(&ns, &["apply", "-c", file.arg()]);
+    assert_eq!(refused.status.code(), Some(1), "{}", refused.stderr);
+    let twin = "ip rule -4 10001: from all fwmark 0x1/0xff lookup 100 proto unspec";
+    assert!(refused.stdout.contains(twin), "{}", refused.stdout);
+    let adopted = cli::ok(&ns, &["apply", "-c", file.arg(), "--adopt"]);
+    assert!(
+        adopted.contains(&format!("did take over {twin}")),
+        "{adopted}"
+    );
+    let rules = ns.ip("-4 rule show");
+    let at_10001: Vec<&str> = rules.lines().filter(|l| l.starts_with("10001:")).collect();
+    assert_eq!(
+        at_10001,
+        vec!["10001:\tfrom all fwmark 0x1/0xff lookup 100 proto 211"],
+        "{rules}"
+    );
+    let check = cli::run(&ns, &["check"]);
+    assert_eq!(check.status.code(), Some(0), "{}", check.stdout);
 }

@@ -189,7 +189,20 @@ async fn remove_foreign(
     replaced: &[ForeignRoute],
 ) -> Result<(), ControlError> {
     for rule in &plan.foreign.ip_rules {
+        // A rule without a protocol deletes by a message without one, which the kernel
+        // takes as "any protocol": where one of ours is its twin, that would delete
+        // whichever comes first. Ours goes first and comes back (its twin routes alike
+        // meanwhile).
+        let twin = rule
+            .as_ip_rule()
+            .filter(|r| rule.protocol == 0 && plan.desired.rules.contains(r));
+        if let Some(ours) = &twin {
+            ignore_missing(nl.del_rule(ours, RTPROT_POLICYROUTE).await)?;
+        }
         ignore_missing(nl.del_foreign_rule(rule).await)?;
+        if let Some(ours) = &twin {
+            ignore_exists(nl.add_rule(ours, RTPROT_POLICYROUTE).await)?;
+        }
     }
     for route in plan.foreign.routes.iter().filter(|r| !replaced.contains(r)) {
         ignore_missing(nl.del_foreign_route(route).await)?;

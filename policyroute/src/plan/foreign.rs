@@ -15,7 +15,7 @@ use std::{collections::BTreeSet, net::IpAddr};
 use ipnet::IpNet;
 use serde::Serialize;
 
-use super::objects::IpRoute;
+use super::objects::{IpRoute, IpRule};
 use crate::policy::{matcher::Family, rt_tables, Policy};
 
 /// `rtm_protocol` of the routes the kernel adds itself (connected prefixes, link-local
@@ -74,6 +74,22 @@ pub struct ForeignRule {
     /// The message the kernel dumped, which deletes exactly this rule.
     #[serde(skip)]
     pub message: Vec<u8>,
+}
+
+impl ForeignRule {
+    /// The same rule as one of policyroute's would be, when it is that plain (a lookup
+    /// with no other selector).
+    pub fn as_ip_rule(&self) -> Option<IpRule> {
+        let plain = self.action == "lookup" && !self.invert && self.selectors.is_empty();
+        plain.then_some(IpRule {
+            family: self.family,
+            priority: self.priority,
+            table: self.table,
+            fwmark: Some(self.fwmark),
+            suppress_prefixlen: self.suppress_prefixlen,
+            src: self.src,
+        })
+    }
 }
 
 /// The foreign objects in policyroute's way.
