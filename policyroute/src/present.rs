@@ -412,7 +412,7 @@ fn suppress(s: &mut String, prefixlen: Option<u32>) {
 
 /// Another's ip rule as `ip rule` would print it.
 pub fn foreign_rule(r: &ForeignRule) -> String {
-    let mut s = rule_selectors(r.family, r.priority, r.invert, r.src, Some(r.fwmark));
+    let mut s = rule_selectors(r.family, r.priority, r.invert, r.src, r.fwmark);
     for selector in &r.selectors {
         let _ = write!(s, " {selector}");
     }

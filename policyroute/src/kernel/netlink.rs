@@ -13,7 +13,7 @@ use std::{
 
 use futures::{Stream, TryStreamExt};
 use ipnet::IpNet;
-use netlink_packet_core::{Emitable, Parseable};
+use netlink_packet_core::{Emitable, Nla, Parseable};
 use netlink_packet_route::{
     address::{AddressAttribute, AddressMessage},
     link::{LinkAttribute, LinkFlags, LinkMessage},
@@ -445,41 +445,7 @@ fn rule_protocol(message: &RuleMessage) -> Option<u8> {
 /// The [`IpRule`] a dumped rule is, `None` if it has a condition or action an `IpRule`
 /// cannot hold (reporting it anyway would make deleting it delete something else).
 fn parse_rule(message: &RuleMessage) -> Option<IpRule> {
-    let header = &message.header;
-    let plain = header.action == RuleAction::ToTable
-        && header.flags.is_empty()
-        && header.tos == 0
-        && header.dst_len == 0;
-    if !plain {
-        return None;
-    }
-    let mut rule = IpRule {
-        family: family_of(header.family)?,
-        priority: 0, // the kernel leaves FRA_PRIORITY out for 0
-        table: header.table.into(),
-        fwmark: None,
-        suppress_prefixlen: None,
-        src: None,
-    };
-    let (mut mark, mut mask) = (None, None);
-    for attribute in &message.attributes {
-        match attribute {
-            RuleAttribute::Priority(p) => rule.priority = *p,
-            RuleAttribute::Table(t) => rule.table = *t,
-            RuleAttribute::FwMark(v) => mark = Some(*v),
-            RuleAttribute::FwMask(v) => mask = Some(*v),
-            // The kernel sends -1 for "not set".
-            RuleAttribute::SuppressPrefixLen(len) => {
-                rule.suppress_prefixlen = (*len != u32::MAX).then_some(*len)
-            }
-            RuleAttribute::SuppressIfGroup(u32::MAX) => {}
-            RuleAttribute::Source(ip) => rule.src = IpNet::new(*ip, header.src_len).ok(),
-            RuleAttribute::Protocol(_) => {}
-            _ => return None,
-        }
-    }
-    rule.fwmark = fwmark(mark, mask);
-    Some(rule)
+    parse_any_rule(message)?.as_ip_rule()
 }
 
 /// The kernel sends FRA_FWMARK only when the value is non-zero and FRA_FWMASK whenever a
@@ -632,21 +598,32 @@ fn route_type(kind: RouteType) -> &'static str {
 }
 
 /// A rule with a fwmark selector (the only kind that can catch marked traffic by its
-/// mark), with its other selectors as `ip rule` prints them, and the message that deletes
-/// it. `None` for a rule without a fwmark.
+/// mark). `None` for a rule without one.
 fn parse_foreign_rule(message: &RuleMessage) -> Option<ForeignRule> {
+    parse_any_rule(message).filter(|r| r.fwmark.is_some())
+}
+
+/// Any dumped rule, with the selectors beyond what an [`IpRule`] holds as `ip rule` prints
+/// them, and the message that deletes it.
+fn parse_any_rule(message: &RuleMessage) -> Option<ForeignRule> {
     let header = &message.header;
-    let family = family_of(header.family)?;
     let mut selectors = Vec::new();
     if header.tos != 0 {
         selectors.push(format!("tos {:#x}", header.tos));
     }
+    let flags = header.flags;
+    if flags.intersects(RuleFlags::IifDetached | RuleFlags::OifDetached) {
+        selectors.push("[detached]".into());
+    }
+    if flags.contains(RuleFlags::Unresolved) {
+        selectors.push("[unresolved]".into());
+    }
     let mut rule = ForeignRule {
-        family,
-        priority: 0,
-        invert: header.flags.contains(RuleFlags::Invert),
+        family: family_of(header.family)?,
+        priority: 0, // the kernel leaves FRA_PRIORITY out for 0
+        invert: flags.contains(RuleFlags::Invert),
         src: None,
-        fwmark: (0, 0),
+        fwmark: None,
         selectors: Vec::new(),
         action: match header.action {
             RuleAction::ToTable => "lookup",
@@ -665,37 +642,59 @@ fn parse_foreign_rule(message: &RuleMessage) -> Option<ForeignRule> {
     };
     let (mut mark, mut mask) = (None, None);
     for attribute in &message.attributes {
-        match attribute {
-            RuleAttribute::Priority(p) => rule.priority = *p,
-            RuleAttribute::Table(t) => rule.table = *t,
-            RuleAttribute::FwMark(v) => mark = Some(*v),
-            RuleAttribute::FwMask(v) => mask = Some(*v),
-            RuleAttribute::Source(ip) => rule.src = IpNet::new(*ip, header.src_len).ok(),
-            RuleAttribute::Destination(ip) => {
-                selectors.push(format!("to {}", IpNet::new(*ip, header.dst_len).ok()?))
+        let selector = match attribute {
+            RuleAttribute::Priority(p) => {
+                rule.priority = *p;
+                continue;
             }
-            RuleAttribute::Iifname(dev) => selectors.push(format!("iif {dev}")),
-            RuleAttribute::Oifname(dev) => selectors.push(format!("oif {dev}")),
-            RuleAttribute::L3MDev(true) => selectors.push("l3mdev".into()),
-            RuleAttribute::UidRange(r) => selectors.push(format!("uidrange {}-{}", r.start, r.end)),
-            RuleAttribute::IpProtocol(p) => selectors.push(format!("ipproto {}", u8::from(*p))),
-            RuleAttribute::SourcePortRange(r) => {
-                selectors.push(format!("sport {}-{}", r.start, r.end))
+            RuleAttribute::Table(t) => {
+                rule.table = *t;
+                continue;
             }
-            RuleAttribute::DestinationPortRange(r) => {
-                selectors.push(format!("dport {}-{}", r.start, r.end))
+            RuleAttribute::FwMark(v) => {
+                mark = Some(*v);
+                continue;
             }
-            RuleAttribute::TunId(id) => selectors.push(format!("tun_id {id}")),
-            RuleAttribute::Goto(p) => rule.goto = Some(*p),
+            RuleAttribute::FwMask(v) => {
+                mask = Some(*v);
+                continue;
+            }
+            RuleAttribute::Source(ip) => {
+                rule.src = IpNet::new(*ip, header.src_len).ok();
+                continue;
+            }
+            RuleAttribute::Goto(p) => {
+                rule.goto = Some(*p);
+                continue;
+            }
             // The kernel sends -1 for "not set".
             RuleAttribute::SuppressPrefixLen(len) => {
-                rule.suppress_prefixlen = (*len != u32::MAX).then_some(*len)
+                rule.suppress_prefixlen = (*len != u32::MAX).then_some(*len);
+                continue;
             }
-            RuleAttribute::Protocol(p) => rule.protocol = u8::from(*p),
-            _ => {}
-        }
+            RuleAttribute::SuppressIfGroup(u32::MAX) => continue,
+            RuleAttribute::Protocol(p) => {
+                rule.protocol = u8::from(*p);
+                continue;
+            }
+            RuleAttribute::Destination(ip) => {
+                format!("to {}", IpNet::new(*ip, header.dst_len).ok()?)
+            }
+            RuleAttribute::Iifname(dev) => format!("iif {dev}"),
+            RuleAttribute::Oifname(dev) => format!("oif {dev}"),
+            RuleAttribute::L3MDev(true) => "l3mdev".into(),
+            RuleAttribute::UidRange(r) => format!("uidrange {}-{}", r.start, r.end),
+            RuleAttribute::IpProtocol(p) => format!("ipproto {}", u8::from(*p)),
+            RuleAttribute::SourcePortRange(r) => format!("sport {}-{}", r.start, r.end),
+            RuleAttribute::DestinationPortRange(r) => format!("dport {}-{}", r.start, r.end),
+            RuleAttribute::TunId(id) => format!("tun_id {id}"),
+            RuleAttribute::SuppressIfGroup(group) => format!("suppress_ifgroup {group}"),
+            // Nothing an `IpRule` could hold, whatever it is.
+            other => format!("(attribute {})", other.kind()),
+        };
+        selectors.push(selector);
     }
-    rule.fwmark = fwmark(mark, mask)?;
+    rule.fwmark = fwmark(mark, mask);
     if rule.action != "lookup" {
         rule.table = 0;
     }

@@ -58,9 +58,9 @@ pub struct ForeignRule {
     /// `not`: the rule matches the packets its selectors do not.
     pub invert: bool,
     pub src: Option<IpNet>,
-    /// `fwmark VALUE/MASK`
-    pub fwmark: (u32, u32),
-    /// Its other selectors as `ip rule` prints them (`iif eth0`, `ipproto tcp`, ...).
+    /// `fwmark VALUE/MASK` (always there on a foreign rule in the way).
+    pub fwmark: Option<(u32, u32)>,
+    /// Its other selectors as `ip rule` prints them (`iif eth0`, `ipproto 6`, ...).
     pub selectors: Vec<String>,
     /// `lookup`, `goto`, `nop`, `blackhole`, `unreachable` or `prohibit`.
     pub action: &'static str,
@@ -85,7 +85,7 @@ impl ForeignRule {
             family: self.family,
             priority: self.priority,
             table: self.table,
-            fwmark: Some(self.fwmark),
+            fwmark: self.fwmark,
             suppress_prefixlen: self.suppress_prefixlen,
             src: self.src,
         })
@@ -168,9 +168,9 @@ pub fn in_the_way(policy: &Policy, routes: &[ForeignRoute], rules: &[ForeignRule
         ip_rules: rules
             .iter()
             .filter(|r| {
-                marks
-                    .iter()
-                    .any(|&m| overlaps(r.fwmark, r.invert, m, policy.mark_mask))
+                let overlap = |f, m| overlaps(f, r.invert, m, policy.mark_mask);
+                r.fwmark
+                    .is_some_and(|f| marks.iter().any(|&m| overlap(f, m)))
             })
             .cloned()
             .collect(),

@@ -568,7 +568,7 @@ fn foreign_rule(priority: u32, fwmark: (u32, u32)) -> foreign::ForeignRule {
         priority,
         invert: false,
         src: None,
-        fwmark,
+        fwmark: Some(fwmark),
         selectors: Vec::new(),
         action: "lookup",
         table: 100,
