@@ -47,7 +47,9 @@ enum Command {
         json: bool,
     },
     /// Validate a policy file, then make the kernel match it: add what is missing, remove
-    /// what policyroute owns that the file no longer has. Idempotent.
+    /// what policyroute owns that the file no longer has. Idempotent. Routes of others in a
+    /// gateway's table and others' ip rules on a gateway's mark are in its way: apply names
+    /// them, changes nothing and exits 1, unless --adopt takes them over.
     Apply {
         /// The policy file (TOML).
         #[arg(short = 'c', long = "config", value_name = "FILE")]
@@ -68,7 +70,9 @@ enum Command {
     /// while links, addresses, routes and rules change: a device named in the policy may
     /// appear later (its part waits for it). SIGHUP re-reads the file (a broken file is
     /// reported and the running policy stays). SIGTERM/SIGINT exit and leave the dataplane
-    /// in place. Logs go to stderr. One per network namespace.
+    /// in place. Logs go to stderr. One per network namespace. Others' routes and rules in
+    /// the policy's way refuse the start (exit 1) unless --adopt takes them over; those
+    /// appearing later are left in place and reported (log, status, check).
     Run {
         /// The policy file (TOML).
         #[arg(short = 'c', long = "config", value_name = "FILE")]
