@@ -47,7 +47,9 @@ enum Command {
         json: bool,
     },
     /// Validate a policy file, then make the kernel match it: add what is missing, remove
-    /// what policyroute owns that the file no longer has. Idempotent.
+    /// what policyroute owns that the file no longer has. Idempotent. Routes of others in a
+    /// gateway's table and others' ip rules on a gateway's mark are in its way: apply names
+    /// them, changes nothing and exits 1, unless --adopt takes them over.
     Apply {
         /// The policy file (TOML).
         #[arg(short = 'c', long = "config", value_name = "FILE")]
@@ -55,6 +57,11 @@ enum Command {
         /// Print the plan and change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Take over routes and ip rules that are not policyroute's but in its way (others'
+        /// routes in a gateway's table, others' fwmark rules matching a gateway's mark):
+        /// remove them as policyroute's own go in. Without it apply refuses, naming them.
+        #[arg(long)]
+        adopt: bool,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -63,7 +70,9 @@ enum Command {
     /// while links, addresses, routes and rules change: a device named in the policy may
     /// appear later (its part waits for it). SIGHUP re-reads the file (a broken file is
     /// reported and the running policy stays). SIGTERM/SIGINT exit and leave the dataplane
-    /// in place. Logs go to stderr. One per network namespace.
+    /// in place. Logs go to stderr. One per network namespace. Others' routes and rules in
+    /// the policy's way refuse the start (exit 1) unless --adopt takes them over; those
+    /// appearing later are left in place and reported (log, status, check).
     Run {
         /// The policy file (TOML).
         #[arg(short = 'c', long = "config", value_name = "FILE")]
@@ -77,6 +86,11 @@ enum Command {
         /// Serve Prometheus metrics at http://ADDR:PORT/metrics (a bare PORT: loopback).
         #[arg(long, value_name = "[ADDR:]PORT", value_parser = metrics::listen_address)]
         metrics: Option<std::net::SocketAddr>,
+        /// At the start, take over routes and ip rules that are not policyroute's but in its
+        /// way, as `apply --adopt` (without it the start refuses them). Any appearing later
+        /// are left in place and reported (log, status line, `status`, `check`).
+        #[arg(long)]
+        adopt: bool,
     },
     /// Show hooks, gateways, rules with packet and byte counters, owned ip rules and
     /// routes, the daemon, and drift from the applied policy. Exits 0 either way.
@@ -226,8 +240,11 @@ const EXIT_STATUS_ROFF: &str = r#".SH "EXIT STATUS"
 Success.
 .TP
 \fB1\fR
-\fBcheck\fR found drift; or some changes failed (everything else is in place, and the
-failed changes are named); or the kernel refused an operation.
+\fBcheck\fR found drift; or \fBapply\fR or \fBrun\fR refused because of foreign state:
+routes in a gateway's table or ip rules matching a gateway's mark that policyroute does
+not own (they are named, nothing was changed, and \fB\-\-adopt\fR takes them over); or some
+changes failed (everything else is in place, and the failed changes are named); or the
+kernel refused an operation.
 .TP
 \fB2\fR
 Invalid input: a policy or list file (with file:line), an argument, an \fBexplain\fR
@@ -285,10 +302,18 @@ async fn dispatch(command: Command, opts: Options) -> anyhow::Result<ExitCode> {
         Command::Apply {
             config,
             dry_run,
+            adopt,
             json,
         } => {
-            let report = apply::apply(&config, &opts, dry_run).await?;
+            let on_foreign = match adopt {
+                true => apply::OnForeign::Adopt,
+                false => apply::OnForeign::Refuse,
+            };
+            let report = apply::apply(&config, &opts, dry_run, on_foreign).await?;
             print(json, &report, || present::apply(&report))?;
+            if report.refused && !dry_run {
+                return Err(ControlError::Refused(report.foreign.len()).into());
+            }
         }
         Command::Validate { config, json } => {
             let v = validate::validate(&config, &opts)?;
@@ -299,12 +324,14 @@ async fn dispatch(command: Command, opts: Options) -> anyhow::Result<ExitCode> {
             flush_on_exit,
             json_log,
             metrics,
+            adopt,
         } => {
             init_logs(json_log);
             let options = run::RunOptions {
                 config,
                 flush_on_exit,
                 metrics,
+                adopt,
             };
             run::run(&opts, &options).await?;
         }

@@ -10,7 +10,10 @@ use crate::{
         status::{FamilyHealth, GatewayStatus, GroupStatus, Status},
     },
     kernel::{namespace::DaemonState, netlink::RTPROT_POLICYROUTE},
-    plan::objects::{Frames, IpRoute, IpRule},
+    plan::{
+        foreign::{Foreign, ForeignRoute, ForeignRule},
+        objects::{Frames, IpRoute, IpRule},
+    },
     policy::{matcher::Family, rt_tables},
 };
 
@@ -20,6 +23,26 @@ pub type DeviceNames = std::collections::BTreeMap<u32, String>;
 pub fn apply(r: &Report) -> String {
     let mut o = String::new();
     let verb = if r.dry_run { "would" } else { "did" };
+    if r.refused {
+        let _ = match r.dry_run {
+            true => writeln!(
+                o,
+                "would refuse: not policyroute's and in the policy's way (with --adopt it \
+                 would take them over and make the changes below):"
+            ),
+            false => writeln!(
+                o,
+                "refused, nothing changed: not policyroute's and in the policy's way \
+                 (--adopt takes them over):"
+            ),
+        };
+        for line in foreign(&r.foreign, &r.devices) {
+            let _ = writeln!(o, "  {line}");
+        }
+        if !r.dry_run {
+            return o;
+        }
+    }
     if !r.changed() {
         let _ = writeln!(o, "no changes: the kernel already matches the policy");
     }
@@ -45,6 +68,11 @@ pub fn apply(r: &Report) -> String {
     }
     for x in &r.ip_rules.add {
         let _ = writeln!(o, "{verb} add ip rule {}", rule(x));
+    }
+    if r.adopted {
+        for line in foreign(&r.foreign, &r.devices) {
+            let _ = writeln!(o, "{verb} take over {line}");
+        }
     }
     for x in &r.ip_rules.remove {
         let _ = writeln!(o, "{verb} remove ip rule {}", rule(x));
@@ -363,35 +391,131 @@ fn family(f: Family) -> &'static str {
 
 /// An ip rule as `ip rule` would print it.
 pub fn rule(r: &IpRule) -> String {
-    let mut s = format!(
-        "{} {}: from {}",
-        family(r.family),
-        r.priority,
-        r.src.map_or("all".into(), |n| n.to_string())
-    );
-    if let Some((v, m)) = r.fwmark {
+    let mut s = rule_selectors(r.family, r.priority, false, r.src, r.fwmark);
+    let _ = write!(s, " lookup {}", rt_tables::display(r.table));
+    suppress(&mut s, r.suppress_prefixlen);
+    s
+}
+
+/// `-4 PRIORITY: [not] from SRC [fwmark VALUE/MASK]`
+fn rule_selectors(
+    f: Family,
+    priority: u32,
+    invert: bool,
+    src: Option<ipnet::IpNet>,
+    fwmark: Option<(u32, u32)>,
+) -> String {
+    let not = if invert { "not " } else { "" };
+    let src = src.map_or("all".into(), |n| n.to_string());
+    let mut s = format!("{} {priority}: {not}from {src}", family(f));
+    if let Some((v, m)) = fwmark {
         let _ = write!(s, " fwmark {v:#x}/{m:#x}");
     }
-    let _ = write!(s, " lookup {}", rt_tables::display(r.table));
-    if let Some(p) = r.suppress_prefixlen {
+    s
+}
+
+fn suppress(s: &mut String, prefixlen: Option<u32>) {
+    if let Some(p) = prefixlen {
         let _ = write!(s, " suppress_prefixlength {p}");
     }
+}
+
+/// Another's ip rule as `ip rule` would print it.
+pub fn foreign_rule(r: &ForeignRule) -> String {
+    let mut s = rule_selectors(r.family, r.priority, r.invert, r.src, r.fwmark);
+    for selector in &r.selectors {
+        let _ = write!(s, " {selector}");
+    }
+    let _ = match (r.action, r.goto) {
+        ("lookup", _) => write!(s, " lookup {}", rt_tables::display(r.table)),
+        ("goto", Some(p)) => write!(s, " goto {p}"),
+        (action, _) => write!(s, " {action}"),
+    };
+    suppress(&mut s, r.suppress_prefixlen);
+    let _ = write!(s, " proto {}", route_protocol(r.protocol));
     s
 }
 
 /// A route as `ip route` would print it.
 pub fn route(r: &IpRoute, devices: &DeviceNames) -> String {
-    let via = r.gateway.map_or(String::new(), |g| format!(" via {g}"));
-    let dev = devices
-        .get(&r.oif)
-        .cloned()
-        .unwrap_or_else(|| format!("#{}", r.oif));
     format!(
-        "{} table {}: {}{via} dev {dev}",
-        family(r.family),
-        rt_tables::display(r.table),
-        r.dst
+        "{}{}",
+        route_head(r.family, r.table, "", &r.dst),
+        next_hop(r.gateway, Some(r.oif), devices)
     )
+}
+
+/// `-4 table T: [TYPE ]DST`
+fn route_head(f: Family, table: u32, kind: &str, dst: &ipnet::IpNet) -> String {
+    let table = rt_tables::display(table);
+    format!("{} table {table}: {kind}{dst}", family(f))
+}
+
+/// ` via GATEWAY dev DEV`
+fn next_hop(gateway: Option<std::net::IpAddr>, oif: Option<u32>, devices: &DeviceNames) -> String {
+    let mut s = gateway.map_or(String::new(), |g| format!(" via {g}"));
+    if let Some(oif) = oif {
+        let dev = devices.get(&oif).cloned();
+        let _ = write!(s, " dev {}", dev.unwrap_or_else(|| format!("#{oif}")));
+    }
+    s
+}
+
+/// Another's route as `ip route` would print it.
+pub fn foreign_route(r: &ForeignRoute, devices: &DeviceNames) -> String {
+    let kind = match r.kind {
+        "unicast" => String::new(),
+        k => format!("{k} "),
+    };
+    let mut s = route_head(r.family, r.table, &kind, &r.dst);
+    let multipath = r.nexthops.len() > 1;
+    for hop in &r.nexthops {
+        if multipath {
+            s.push_str(" nexthop");
+        }
+        s.push_str(&next_hop(hop.gateway, hop.oif, devices));
+    }
+    let _ = write!(s, " proto {}", route_protocol(r.protocol));
+    if r.metric != 0 {
+        let _ = write!(s, " metric {}", r.metric);
+    }
+    s
+}
+
+/// Others' routes and ip rules, one line each: `route ...`, `ip rule ...`.
+pub fn foreign(f: &Foreign, devices: &DeviceNames) -> Vec<String> {
+    let routes = f
+        .routes
+        .iter()
+        .map(|r| format!("route {}", foreign_route(r, devices)));
+    let rules = f
+        .ip_rules
+        .iter()
+        .map(|r| format!("ip rule {}", foreign_rule(r)));
+    routes.chain(rules).collect()
+}
+
+/// A routing protocol by the name iproute2's rt_protos gives it, else its number.
+fn route_protocol(p: u8) -> String {
+    let name = match p {
+        0 => "unspec",
+        1 => "redirect",
+        2 => "kernel",
+        3 => "boot",
+        4 => "static",
+        9 => "ra",
+        11 => "zebra",
+        12 => "bird",
+        16 => "dhcp",
+        18 => "keepalived",
+        42 => "babel",
+        186 => "bgp",
+        187 => "isis",
+        188 => "ospf",
+        189 => "rip",
+        _ => return p.to_string(),
+    };
+    name.into()
 }
 
 /// `HH:MM:SS.ffffff DEV HOOK PROTO SRC -> DST rule R mark M -> GATEWAY [group G] (HOW)`;

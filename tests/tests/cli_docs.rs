@@ -55,6 +55,8 @@ fn the_manual_page_lists_every_command() {
     for command in COMMANDS {
         assert!(page.contains(command), "no {command} in the manual page");
     }
+    // Taking over others' objects in the way: apply, run and the exit status say how.
+    assert!(page.matches("\\-\\-adopt").count() >= 3, "{page}");
     // The exit statuses, as ControlError::exit_status gives them.
     let exit = page
         .split(".SH \"EXIT STATUS\"")

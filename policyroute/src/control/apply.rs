@@ -24,6 +24,7 @@ use crate::{
     },
     plan::{
         self,
+        foreign::{self, Foreign},
         objects::{Diff, IpRoute, IpRule},
         record::Record,
         DataplaneStep, Devices, Observed, Plan, Waiting,
@@ -49,6 +50,13 @@ pub struct Report {
     pub warnings: Vec<String>,
     /// Devices the policy names whose part waits for them.
     pub waiting: Vec<Waiting>,
+    /// Routes in the gateways' tables and ip rules matching the gateways' marks that are
+    /// not policyroute's (see `plan::foreign`).
+    pub foreign: Foreign,
+    /// Because of `foreign`, nothing was (or would be) changed.
+    pub refused: bool,
+    /// `foreign` was (or would be) taken over: removed as policyroute's own went in.
+    pub adopted: bool,
     #[serde(skip)]
     pub devices: DeviceNames,
     /// What `run` needs to switch uplinks on a health change without a full pass.
@@ -74,6 +82,9 @@ impl Report {
             new_dataplane: matches!(plan.dataplane, DataplaneStep::Load(_)),
             warnings: plan.warnings.clone(),
             waiting: plan.waiting.clone(),
+            foreign: plan.foreign.clone(),
+            refused: false,
+            adopted: false,
             devices: observed
                 .links
                 .iter()
@@ -89,11 +100,30 @@ impl Report {
             && self.attach.is_empty()
             && self.detach.is_empty()
             && !self.entries.changed()
-            && !self.new_dataplane)
+            && !self.new_dataplane
+            && !self.adopted)
     }
 }
 
-pub async fn apply(path: &Path, opts: &Options, dry_run: bool) -> Result<Report, ControlError> {
+/// What a pass does about routes and ip rules of others in its way (`plan::foreign`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnForeign {
+    /// Change nothing and name them (`apply`, and `run` at its start): they are most
+    /// likely an old setup still in force, and removing it is the operator's call.
+    Refuse,
+    /// Take them over (`--adopt`): remove them as policyroute's own objects go in.
+    Adopt,
+    /// Leave them, and leave out the routes of ours they hold the place of (`run` after
+    /// its start, which reports them): fighting another tool over a table would flap.
+    Leave,
+}
+
+pub async fn apply(
+    path: &Path,
+    opts: &Options,
+    dry_run: bool,
+    on_foreign: OnForeign,
+) -> Result<Report, ControlError> {
     require_privileges()?;
     let tables = opts.tables()?;
     let nl = Netlink::new()?;
@@ -101,9 +131,21 @@ pub async fn apply(path: &Path, opts: &Options, dry_run: bool) -> Result<Report,
         path,
         tables: &tables,
     };
-    Ok(reconcile(&nl, opts, source, Devices::Required, dry_run)
-        .await?
-        .0)
+    let pass = Pass {
+        devices: Devices::Required,
+        on_foreign,
+        dry_run,
+    };
+    Ok(reconcile(&nl, opts, source, pass).await?.0)
+}
+
+/// How a pass treats what it finds.
+#[derive(Clone, Copy, Debug)]
+pub struct Pass {
+    pub devices: Devices,
+    pub on_foreign: OnForeign,
+    /// Preview only: change nothing.
+    pub dry_run: bool,
 }
 
 /// Where a pass gets its policy.
@@ -129,9 +171,13 @@ pub async fn reconcile(
     nl: &Netlink,
     opts: &Options,
     source: Source<'_>,
-    devices: Devices,
-    dry_run: bool,
+    pass: Pass,
 ) -> Result<(Report, Record), ControlError> {
+    let Pass {
+        devices,
+        on_foreign,
+        dry_run,
+    } = pass;
     let _lock = lock()?;
     let mut t = Timings::start();
     // What every policy needs, before anything else can fail on its absence.
@@ -176,7 +222,9 @@ pub async fn reconcile(
         installed = observe::installed(&links, &[cgroup])?;
     }
     let devices_with_addresses = policy.address_devices();
-    let mut observed = observe::observe(nl, &links, &installed, &devices_with_addresses).await?;
+    let tables = foreign::managed_tables(&policy);
+    let mut observed =
+        observe::observe(nl, &links, &installed, &devices_with_addresses, &tables).await?;
     observed.checks = checks;
     t.mark("observe");
     let source = path.display().to_string();
@@ -186,14 +234,24 @@ pub async fn reconcile(
         .as_ref()
         .and_then(|p| plan::changed::entries_to_check(p, &plan, &observed));
     t.mark("plan");
+    if on_foreign == OnForeign::Leave {
+        // Adding them would answer EEXIST: their place is taken.
+        let foreign = &plan.foreign;
+        plan.routes.add.retain(|r| foreign.in_place_of(r).is_none());
+    }
     let mut report = Report::of(&plan, &observed, dry_run);
     report.warnings.extend(unreadable);
+    if !plan.foreign.is_empty() {
+        report.refused = on_foreign == OnForeign::Refuse;
+        report.adopted = on_foreign == OnForeign::Adopt;
+    }
     if dry_run {
         report.entries = execute::preview_entries(&plan, &installed)?;
-    } else {
+    } else if !report.refused {
         let (warnings, keys) = (&mut report.warnings, keys.as_deref());
+        let adopt = report.adopted;
         let (entries, maps) =
-            execute::execute(nl, opts, &mut plan, &mut installed, keys, warnings).await?;
+            execute::execute(nl, opts, &mut plan, &mut installed, keys, adopt, warnings).await?;
         report.entries = entries;
         report.switchboard = Some(Switchboard::new(&plan, &observed, maps));
     }

@@ -1,6 +1,7 @@
 //! Drift: how the kernel differs from the applied policy. It is what `apply` of the
 //! recorded policy would change now (the same plan, with missing devices awaited), so
-//! `status`, `check` and the daemon judge by one rule.
+//! `status`, `check` and the daemon judge by one rule; and what it would refuse: others'
+//! routes and ip rules in the policy's way (`plan::foreign`).
 use serde::Serialize;
 
 use super::ControlError;
@@ -9,7 +10,7 @@ use crate::{
         netlink::{Link, Netlink},
         observe::{self, Installed},
     },
-    plan::{self, record::Record, DataplaneStep, Devices, Observed, Plan},
+    plan::{self, foreign, record::Record, DataplaneStep, Devices, Observed, Plan},
     present::{self, DeviceNames},
 };
 
@@ -19,7 +20,8 @@ pub struct DriftItem {
     /// `route`, `ip_rule`, `hook`, `classifier` or `device`.
     pub kind: &'static str,
     /// `missing` (should exist and does not), `stale` (exists and should not), `differs`,
-    /// or for a device `missing` / `down` (what needs it waits).
+    /// `foreign` (a route or ip rule of others in the policy's way), or for a device
+    /// `missing` / `down` (what needs it waits).
     pub change: &'static str,
     pub object: String,
 }
@@ -40,7 +42,9 @@ pub async fn drift(
     record: Option<&Record>,
 ) -> Result<Vec<DriftItem>, ControlError> {
     let devices: Vec<&str> = record.map_or_else(Vec::new, |r| r.policy.address_devices());
-    let observed = observe::observe(nl, links, installed, &devices).await?;
+    let tables = record.map(|r| foreign::managed_tables(&r.policy));
+    let observed =
+        observe::observe(nl, links, installed, &devices, &tables.unwrap_or_default()).await?;
     let names: DeviceNames = links.iter().map(|l| (l.index, l.name.clone())).collect();
     let Some(record) = record else {
         return Ok(unrecorded(&observed, &names));
@@ -78,6 +82,13 @@ fn of_plan(plan: &Plan, observed: &Observed, names: &DeviceNames) -> Vec<DriftIt
     };
     items.extend(rules("missing", &plan.ip_rules.add));
     items.extend(rules("stale", &plan.ip_rules.remove));
+    let foreign = &plan.foreign;
+    for r in &foreign.routes {
+        items.push(item("route", "foreign", present::foreign_route(r, names)));
+    }
+    for r in &foreign.ip_rules {
+        items.push(item("ip_rule", "foreign", present::foreign_rule(r)));
+    }
     for hook in &plan.attach {
         items.push(item("hook", "missing", hook.describe()));
     }

@@ -2,6 +2,11 @@
 //! first (new entries become reachable only when the shape tables switch), routes before
 //! the ip rules that point at them, new hooks before stale ones go, stale ip rules and
 //! routes last.
+//!
+//! Taking over others' routes and rules (`--adopt`) is one change set: a route of ours
+//! replaces the foreign one in its place in one step (the table is never without it), and
+//! the other foreign objects are removed last, only once all of ours are in. Should any of
+//! ours fail, the replaced routes are put back and no foreign object is removed.
 use super::{timings::Timings, ControlError, Options};
 use crate::kernel::{
     attach,
@@ -12,20 +17,21 @@ use crate::kernel::{
     observe::Installed,
     pins, record_store, KernelError,
 };
-use crate::plan::{DataplaneStep, Plan};
+use crate::plan::{foreign::ForeignRoute, DataplaneStep, Plan};
 use policyroute_common::RuleKey;
 
 /// Executes `plan` against what `installed` found; returns the classifier entries written,
 /// and the maps a later health change writes (when a dataplane is in use).
 /// Problems that do not stop the apply are added to `warnings`.
 /// `keys`: the only classifier entries that can differ (see `plan::changed`); `None`:
-/// compare them all.
+/// compare them all. `adopt`: take over `plan.foreign`.
 pub async fn execute(
     nl: &Netlink,
     opts: &Options,
     plan: &mut Plan,
     installed: &mut Installed,
     keys: Option<&[RuleKey]>,
+    adopt: bool,
     warnings: &mut Vec<String>,
 ) -> Result<(InstallStats, Option<SwitchMaps>), ControlError> {
     let (mut dp, entries) = match dataplane(plan, installed, opts, keys)? {
@@ -33,19 +39,31 @@ pub async fn execute(
         None => (None, InstallStats::default()),
     };
     let switch = dp.as_ref().map(|dp| dp.maps.switch_maps()).transpose()?;
-    let failed = add_routing(nl, plan).await;
+    let replaced = if adopt { replaced(plan) } else { Vec::new() };
+    let mut failed = add_routing(nl, plan, &replaced).await;
+    if !failed.is_empty() {
+        for route in &replaced {
+            if let Err(e) = nl.restore_route(route).await {
+                failed.push(e);
+            }
+        }
+    }
     attachments(plan, dp.as_ref(), installed)?;
     remove_routing(nl, plan).await?;
+    if adopt && failed.is_empty() {
+        remove_foreign(nl, plan, &replaced).await?;
+    }
     if let Some(dp) = dp.as_mut() {
         if let Err(e) = opts.pin_dir().and_then(|dir| pins::pin(dp, &dir)) {
             warnings.push(format!("pinning in bpffs: {e}"));
         }
     }
     namespace::set_cgroup_hints(&plan.cgroups).map_err(KernelError::io("recording cgroups"))?;
-    if !failed.is_empty() {
-        return Err(ControlError::Incomplete(failed));
+    match failed.is_empty() {
+        true => Ok((entries, switch)),
+        false if adopt => Err(ControlError::NotAdopted(failed)),
+        false => Err(ControlError::Incomplete(failed)),
     }
-    Ok((entries, switch))
 }
 
 /// What writing the plan's classifier entries would change (for a dry run: reads only).
@@ -119,15 +137,27 @@ fn dataplane(
     Ok(Some((dp, entries)))
 }
 
+/// The foreign routes that routes of ours take the place of (`plan::foreign`).
+fn replaced(plan: &Plan) -> Vec<ForeignRoute> {
+    let routes = plan.routes.add.iter();
+    routes
+        .filter_map(|r| plan.foreign.in_place_of(r).cloned())
+        .collect()
+}
+
 /// Routes first, then the rules that point at them, so marked traffic never meets an
-/// empty table.
+/// empty table. A route of ours that takes the place of one of `replaced` replaces it.
 /// A route the kernel refuses (its gateway unreachable, say) does not stop the others or
 /// the rest of the apply; the failures are returned. (A rule whose table lacks its route
 /// only passes the traffic on to the next rule.)
-async fn add_routing(nl: &Netlink, plan: &Plan) -> Vec<NetlinkError> {
+async fn add_routing(nl: &Netlink, plan: &Plan, replaced: &[ForeignRoute]) -> Vec<NetlinkError> {
     let mut failed = Vec::new();
     for route in &plan.routes.add {
-        if let Err(e) = ignore_exists(nl.add_route(route, RTPROT_POLICYROUTE).await) {
+        let result = match plan.foreign.in_place_of(route) {
+            Some(f) if replaced.contains(f) => nl.replace_route(route, RTPROT_POLICYROUTE).await,
+            _ => ignore_exists(nl.add_route(route, RTPROT_POLICYROUTE).await),
+        };
+        if let Err(e) = result {
             failed.push(e);
         }
     }
@@ -147,6 +177,35 @@ async fn remove_routing(nl: &Netlink, plan: &Plan) -> Result<(), ControlError> {
     }
     for route in &plan.routes.remove {
         ignore_missing(nl.del_route(route, RTPROT_POLICYROUTE).await)?;
+    }
+    Ok(())
+}
+
+/// The foreign rules, then the foreign routes no route of ours replaced (deleting those
+/// by their old message could match ours where the message leaves the protocol out).
+async fn remove_foreign(
+    nl: &Netlink,
+    plan: &Plan,
+    replaced: &[ForeignRoute],
+) -> Result<(), ControlError> {
+    for rule in &plan.foreign.ip_rules {
+        // A rule without a protocol deletes by a message without one, which the kernel
+        // takes as "any protocol": where one of ours is its twin, that would delete
+        // whichever comes first. Ours goes first and comes back (its twin routes alike
+        // meanwhile).
+        let twin = rule
+            .as_ip_rule()
+            .filter(|r| rule.protocol == 0 && plan.desired.rules.contains(r));
+        if let Some(ours) = &twin {
+            ignore_missing(nl.del_rule(ours, RTPROT_POLICYROUTE).await)?;
+        }
+        ignore_missing(nl.del_foreign_rule(rule).await)?;
+        if let Some(ours) = &twin {
+            ignore_exists(nl.add_rule(ours, RTPROT_POLICYROUTE).await)?;
+        }
+    }
+    for route in plan.foreign.routes.iter().filter(|r| !replaced.contains(r)) {
+        ignore_missing(nl.del_foreign_route(route).await)?;
     }
     Ok(())
 }

@@ -56,12 +56,27 @@ pub enum ControlError {
     /// Everything else was applied.
     #[error("{} change(s) failed, everything else is in place:\n{}", .0.len(), lines(.0))]
     Incomplete(Vec<NetlinkError>),
+    /// `--adopt` took nothing over, as some of policyroute's own objects failed to go in;
+    /// everything else was applied.
+    #[error(
+        "{} change(s) failed, so nothing was taken over (the routes and ip rules of others \
+         stay, those replaced were put back); everything else is in place:\n{}",
+        .0.len(),
+        lines(.0)
+    )]
+    NotAdopted(Vec<NetlinkError>),
+    /// Routes or ip rules of others are in the policy's way (the report names them).
+    #[error(
+        "refused: {0} route(s) or ip rule(s) policyroute does not own are in its way (named \
+         above); nothing was changed. --adopt takes them over"
+    )]
+    Refused(usize),
 }
 
 impl ControlError {
     /// The exit status the CLI gives this error: 2 for input that is wrong (a policy, a
     /// list file, a question), 4 for missing privileges, 1 for the rest (the system said
-    /// no, or changes failed).
+    /// no, changes failed, or others' routes and rules are in the way).
     pub fn exit_status(&self) -> u8 {
         match self {
             ControlError::Config(_)

@@ -6,6 +6,12 @@
 //!
 //! It also runs the gateways' health checks (`health`); a verdict that changes switches
 //! uplinks at once through the dataplane's target states (`failover`), without a pass.
+//!
+//! Routes and ip rules of others in the policy's way (`plan::foreign`) are refused at the
+//! start, as `apply` refuses them (`--adopt` takes them over then). What appears later is
+//! left in place and reported, once per change, as a warning in the log, in the systemd
+//! status line and (as drift) in `status` and `check`: taking it over would fight another
+//! tool, and ignoring it would hide why traffic goes astray.
 use std::{
     net::SocketAddr,
     path::PathBuf,
@@ -22,7 +28,7 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use super::{
-    apply::{reconcile, Report, Source},
+    apply::{reconcile, OnForeign, Pass, Report, Source},
     failover::{check_specs, Checks, Switchboard},
     flush,
     metrics::{self, Metrics},
@@ -59,6 +65,8 @@ pub struct RunOptions {
     pub flush_on_exit: bool,
     /// Serve `/metrics` here.
     pub metrics: Option<SocketAddr>,
+    /// Take over others' routes and rules in the policy's way at the start.
+    pub adopt: bool,
 }
 
 /// What the daemon keeps between passes.
@@ -83,6 +91,13 @@ struct Daemon<'a> {
     checks: Checks,
     /// From the last pass: what a verdict change writes.
     board: Option<Switchboard>,
+    /// What a pass does about others' objects in the way: refuse or adopt until the start
+    /// is done, then leave.
+    on_foreign: OnForeign,
+    /// Others' objects the last pass left in place, as reported.
+    foreign: Vec<String>,
+    /// A pass refused: the daemon exits with this.
+    refused: Option<usize>,
 }
 
 pub async fn run(opts: &Options, run: &RunOptions) -> Result<(), ControlError> {
@@ -123,15 +138,22 @@ pub async fn run(opts: &Options, run: &RunOptions) -> Result<(), ControlError> {
         retry: None,
         waiting: Vec::new(),
         ready: false,
+        on_foreign: match run.adopt {
+            true => OnForeign::Adopt,
+            false => OnForeign::Refuse,
+        },
+        foreign: Vec::new(),
+        refused: None,
     };
     // Handled from now on: a SIGHUP during the first pass must not end the process.
     let mut signals = Signals::install()?;
     daemon.pass("start").await;
+    daemon.refusal()?;
     daemon.start_checks();
     daemon.metrics.applied(unix_now());
     let signal = daemon
         .serve(&mut events, &mut transitions, &mut signals)
-        .await;
+        .await?;
     if run.flush_on_exit {
         let r = flush::flush(opts).await?;
         info!("{signal}: flushed: {}", present::flush(&r).trim_end());
@@ -165,19 +187,21 @@ impl Signals {
 }
 
 impl Daemon<'_> {
-    /// The event loop; returns the name of the signal that ended it.
+    /// The event loop; returns the name of the signal that ended it, or the refusal of a
+    /// pass that was still the start's (the first ones failed).
     async fn serve(
         &mut self,
         events: &mut Events,
         transitions: &mut UnboundedReceiver<Transition>,
         signals: &mut Signals,
-    ) -> &'static str {
+    ) -> Result<&'static str, ControlError> {
         let Signals { hup, term, int } = signals;
         let mut periodic = tokio::time::interval_at(Instant::now() + PERIOD, PERIOD);
         let mut publish = tokio::time::interval(PUBLISH);
         // (first event of the burst, deadline)
         let mut pending: Option<(Instant, Instant)> = None;
         loop {
+            self.refusal()?;
             let due = pending.map(|(_, d)| d).or(self.retry.map(|(at, _)| at));
             tokio::select! {
                 change = events.next() => {
@@ -198,9 +222,17 @@ impl Daemon<'_> {
                 _ = publish.tick() => self.publish(),
                 _ = periodic.tick() => self.pass("periodic").await,
                 _ = hup.recv() => self.reload().await,
-                _ = term.recv() => return "SIGTERM",
-                _ = int.recv() => return "SIGINT",
+                _ = term.recv() => return Ok("SIGTERM"),
+                _ = int.recv() => return Ok("SIGINT"),
             }
+        }
+    }
+
+    /// The refusal of the start's pass, if it refused.
+    fn refusal(&self) -> Result<(), ControlError> {
+        match self.refused {
+            Some(n) => Err(ControlError::Refused(n)),
+            None => Ok(()),
         }
     }
 
@@ -285,17 +317,18 @@ impl Daemon<'_> {
         hup: &mut Signal,
         term: &mut Signal,
         int: &mut Signal,
-    ) -> &'static str {
+    ) -> Result<&'static str, ControlError> {
         let mut periodic = tokio::time::interval(PERIOD);
         let mut publish = tokio::time::interval(PUBLISH);
         loop {
+            self.refusal()?;
             tokio::select! {
                 Some(t) = transitions.recv() => self.transition(t),
                 _ = publish.tick() => self.publish(),
                 _ = periodic.tick() => self.pass("periodic").await,
                 _ = hup.recv() => self.reload().await,
-                _ = term.recv() => return "SIGTERM",
-                _ = int.recv() => return "SIGINT",
+                _ = term.recv() => return Ok("SIGTERM"),
+                _ = int.recv() => return Ok("SIGINT"),
             }
         }
     }
@@ -334,9 +367,25 @@ impl Daemon<'_> {
             path: &self.config,
             checks: &self.checks,
         };
-        let result = reconcile(&self.nl, self.opts, source, Devices::Awaited, false).await;
+        let pass = Pass {
+            devices: Devices::Awaited,
+            on_foreign: self.on_foreign,
+            dry_run: false,
+        };
+        let result = reconcile(&self.nl, self.opts, source, pass).await;
         self.metrics.reconciled();
+        // The start is done once a pass got past others' objects: it found none, refused
+        // them, or took them all over.
+        if matches!(result, Ok(_) | Err(ControlError::Incomplete(_))) {
+            self.on_foreign = OnForeign::Leave;
+        }
         match result {
+            Ok((report, _)) if report.refused => {
+                for line in present::apply(&report).lines() {
+                    error!("{why}: {line}");
+                }
+                self.refused = Some(report.foreign.len());
+            }
             Ok((mut report, _)) => {
                 let before = self.board.take();
                 self.board = report.switchboard.take();
@@ -397,11 +446,18 @@ impl Daemon<'_> {
             }
             self.waiting = waiting;
         }
+        self.left_in_place(why, report);
         let rules = self.policy.rules.len();
-        let status = match self.waiting.as_slice() {
+        let mut status = match self.waiting.as_slice() {
             [] => format!("{rules} rule(s) in force"),
             w => format!("{rules} rule(s) in force; waiting for {}", w.join(", ")),
         };
+        if !self.foreign.is_empty() {
+            let n = self.foreign.len();
+            status.push_str(&format!(
+                "; {n} route(s) or ip rule(s) of others in the way"
+            ));
+        }
         let mut notify = vec![sd_notify::NotifyState::Status(&status)];
         if !self.ready {
             self.ready = true;
@@ -410,6 +466,27 @@ impl Daemon<'_> {
         }
         // Outside systemd (no NOTIFY_SOCKET) this does nothing.
         let _ = sd_notify::notify(&notify);
+    }
+
+    /// Others' objects a pass left in place: warned of when they change, not every pass.
+    fn left_in_place(&mut self, why: &str, report: &Report) {
+        let foreign = match report.adopted {
+            true => Vec::new(),
+            false => present::foreign(&report.foreign, &report.devices),
+        };
+        if foreign == self.foreign {
+            return;
+        }
+        for line in foreign.iter().filter(|l| !self.foreign.contains(l)) {
+            warn!(
+                "{why}: not policyroute's and in the policy's way, left in place \
+                 (`policyroute apply --adopt` takes it over): {line}"
+            );
+        }
+        for line in self.foreign.iter().filter(|l| !foreign.contains(l)) {
+            info!("{why}: gone from the policy's way: {line}");
+        }
+        self.foreign = foreign;
     }
 
     fn failed(&mut self, why: &str, e: &ControlError) {

@@ -232,6 +232,14 @@ pub async fn status(drift: bool) -> Result<Status, ControlError> {
     }
     if drift {
         s.drift = super::drift::drift(&nl, &links, &installed, record.as_ref()).await?;
+        let foreign = s.drift.iter().filter(|d| d.change == "foreign").count();
+        if foreign > 0 {
+            s.warnings.push(format!(
+                "{foreign} route(s) or ip rule(s) not policyroute's are in the policy's way \
+                 (drift: foreign): they route some of its traffic; `policyroute apply --adopt` \
+                 takes them over"
+            ));
+        }
     }
     Ok(s)
 }

@@ -4,11 +4,16 @@
 //! [`RTPROT_POLICYROUTE`], so [`Netlink::rules`] and [`Netlink::routes`] find exactly its own
 //! objects and reconciliation never touches anyone else's. What they return parses back into
 //! the same [`IpRule`] / [`IpRoute`] that created it, so comparing desired and installed state
-//! is plain equality.
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+//! is plain equality. Others' objects in the way ([`ForeignRoute`], [`ForeignRule`]) keep
+//! the message the kernel dumped, and only that exact message deletes them (`--adopt`).
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use futures::{Stream, TryStreamExt};
 use ipnet::IpNet;
+use netlink_packet_core::{Emitable, Nla, Parseable};
 use netlink_packet_route::{
     address::{AddressAttribute, AddressMessage},
     link::{LinkAttribute, LinkFlags, LinkMessage},
@@ -16,13 +21,16 @@ use netlink_packet_route::{
         RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteScope,
         RouteType, RouteVia,
     },
-    rule::{RuleAction, RuleAttribute, RuleMessage},
+    rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage},
     AddressFamily,
 };
 use rtnetlink::{Handle, IpVersion, RouteMessageBuilder};
 
 use crate::{
-    plan::objects::{Frames, IpRoute, IpRule, KernelPrefix, LOCAL_TABLE, MAIN_TABLE},
+    plan::{
+        foreign::{ForeignRoute, ForeignRule, NextHop},
+        objects::{Frames, IpRoute, IpRule, KernelPrefix, LOCAL_TABLE, MAIN_TABLE},
+    },
     policy::matcher::Family,
 };
 
@@ -181,14 +189,28 @@ impl Netlink {
     /// All ip rules (IPv4 and IPv6) whose FRA_PROTOCOL is `proto` and whose shape an
     /// [`IpRule`] can hold; policyroute installs no other shape.
     pub async fn rules(&self, proto: u8) -> Result<Vec<IpRule>, NetlinkError> {
-        let mut rules = Vec::new();
+        Ok(self.rule_dump(proto).await?.0)
+    }
+
+    /// The rules tagged `proto` (as [`Netlink::rules`]), and the others that have a fwmark
+    /// selector, from one dump per family.
+    pub async fn rule_dump(
+        &self,
+        proto: u8,
+    ) -> Result<(Vec<IpRule>, Vec<ForeignRule>), NetlinkError> {
+        let (mut rules, mut foreign) = (Vec::new(), Vec::new());
         for version in [IpVersion::V4, IpVersion::V6] {
             let dump = self.handle.rule().get(version).execute();
             let messages = collect(dump, || "dump rules".into()).await?;
-            let owned = messages.iter().filter(|m| rule_protocol(m) == Some(proto));
-            rules.extend(owned.filter_map(parse_rule));
+            for m in &messages {
+                if rule_protocol(m) == Some(proto) {
+                    rules.extend(parse_rule(m));
+                } else {
+                    foreign.extend(parse_foreign_rule(m));
+                }
+            }
         }
-        Ok(rules)
+        Ok((rules, foreign))
     }
 
     /// Adds `rule` tagged with `proto`; [`NetlinkError::Exists`] if it is already there.
@@ -212,30 +234,35 @@ impl Netlink {
     /// All unicast routes (IPv4 and IPv6, all tables) whose rtm_protocol is `proto`; cached
     /// clones and multipath routes are left out.
     pub async fn routes(&self, proto: u8) -> Result<Vec<IpRoute>, NetlinkError> {
-        Ok(self.route_dump(proto).await?.0)
+        Ok(self.route_dump(proto, &BTreeSet::new()).await?.owned)
     }
 
-    /// The routes tagged `proto`, and the destinations the kernel routes itself (see
-    /// [`kernel_prefix`]), from one dump per family.
+    /// The routes tagged `proto`, the destinations the kernel routes itself (see
+    /// [`kernel_prefix`]), and the other routes of `tables`, from one dump per family.
     pub async fn route_dump(
         &self,
         proto: u8,
-    ) -> Result<(Vec<IpRoute>, Vec<KernelPrefix>), NetlinkError> {
-        let (mut routes, mut kernel) = (Vec::new(), Vec::new());
+        tables: &BTreeSet<u32>,
+    ) -> Result<RouteDump, NetlinkError> {
+        let mut dump = RouteDump::default();
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
             // Without strict checking the kernel ignores every filter but the family: this
-            // dumps all tables, and the protocol is filtered here.
+            // dumps all tables, and the protocol and tables are filtered here.
             let mut query = RouteMessage::default();
             query.header.address_family = family;
-            let dump = self.handle.route().get(query).execute();
-            let messages = collect(dump, || "dump routes".into()).await?;
-            let owned = messages
-                .iter()
-                .filter(|m| u8::from(m.header.protocol) == proto);
-            routes.extend(owned.filter_map(parse_route));
-            kernel.extend(messages.iter().filter_map(kernel_prefix));
+            let request = self.handle.route().get(query).execute();
+            let messages = collect(request, || "dump routes".into()).await?;
+            for m in &messages {
+                if u8::from(m.header.protocol) == proto {
+                    dump.owned.extend(parse_route(m));
+                } else if tables.contains(&route_table(m)) {
+                    dump.foreign.extend(parse_foreign_route(m));
+                }
+            }
+            dump.kernel
+                .extend(messages.iter().filter_map(kernel_prefix));
         }
-        Ok((routes, kernel))
+        Ok(dump)
     }
 
     /// Adds `route` tagged with `proto`; [`NetlinkError::Exists`] if the table already has a
@@ -243,6 +270,45 @@ impl Netlink {
     pub async fn add_route(&self, route: &IpRoute, proto: u8) -> Result<(), NetlinkError> {
         let request = self.handle.route().add(route_message(route, proto)?);
         let what = || format!("add {route:?}");
+        request.execute().await.map_err(|e| error(what(), e))
+    }
+
+    /// Puts `route` tagged with `proto` in the place of the route with its table,
+    /// destination and metric (NLM_F_REPLACE), or adds it where there is none: in one step,
+    /// so the table is never without a route there.
+    pub async fn replace_route(&self, route: &IpRoute, proto: u8) -> Result<(), NetlinkError> {
+        let request = self
+            .handle
+            .route()
+            .add(route_message(route, proto)?)
+            .replace();
+        let what = || format!("replace with {route:?}");
+        request.execute().await.map_err(|e| error(what(), e))
+    }
+
+    /// Puts back `route` as it was dumped, in the place of whatever took it.
+    pub async fn restore_route(&self, route: &ForeignRoute) -> Result<(), NetlinkError> {
+        let what = || format!("restore {route:?}");
+        let message = decode::<RouteMessage>(&route.message, what)?;
+        let request = self.handle.route().add(message).replace();
+        request.execute().await.map_err(|e| error(what(), e))
+    }
+
+    /// Deletes exactly the foreign `route` (by the message it was dumped as);
+    /// [`NetlinkError::NotFound`] if it is gone.
+    pub async fn del_foreign_route(&self, route: &ForeignRoute) -> Result<(), NetlinkError> {
+        let what = || format!("delete {route:?}");
+        let message = decode::<RouteMessage>(&route.message, what)?;
+        let request = self.handle.route().del(message);
+        request.execute().await.map_err(|e| error(what(), e))
+    }
+
+    /// Deletes exactly the foreign `rule` (by the message it was dumped as);
+    /// [`NetlinkError::NotFound`] if it is gone.
+    pub async fn del_foreign_rule(&self, rule: &ForeignRule) -> Result<(), NetlinkError> {
+        let what = || format!("delete {rule:?}");
+        let message = decode::<RuleMessage>(&rule.message, what)?;
+        let request = self.handle.rule().del(message);
         request.execute().await.map_err(|e| error(what(), e))
     }
 
@@ -270,6 +336,30 @@ impl Netlink {
         let messages = collect(dump.execute(), || format!("addresses of link {index}")).await?;
         Ok(messages.iter().filter_map(parse_address).collect())
     }
+}
+
+/// One dump of every table's routes, sorted by whose they are.
+#[derive(Debug, Default)]
+pub struct RouteDump {
+    /// Those tagged with the protocol asked for.
+    pub owned: Vec<IpRoute>,
+    /// The destinations the kernel routes itself (see [`kernel_prefix`]).
+    pub kernel: Vec<KernelPrefix>,
+    /// The others of the tables asked for (cached clones left out).
+    pub foreign: Vec<ForeignRoute>,
+}
+
+/// A dumped message as bytes: what a foreign object keeps to be deleted by.
+fn encode(message: &impl Emitable) -> Vec<u8> {
+    let mut bytes = vec![0; message.buffer_len()];
+    message.emit(&mut bytes);
+    bytes
+}
+
+fn decode<T: Parseable<[u8]>>(bytes: &[u8], what: impl Fn() -> String) -> Result<T, NetlinkError> {
+    T::parse(bytes).map_err(|e| NetlinkError::Invalid {
+        what: format!("{}: {e}", what()),
+    })
 }
 
 /// Drains a response stream, naming the request in the error.
@@ -389,41 +479,7 @@ fn rule_protocol(message: &RuleMessage) -> Option<u8> {
 /// The [`IpRule`] a dumped rule is, `None` if it has a condition or action an `IpRule`
 /// cannot hold (reporting it anyway would make deleting it delete something else).
 fn parse_rule(message: &RuleMessage) -> Option<IpRule> {
-    let header = &message.header;
-    let plain = header.action == RuleAction::ToTable
-        && header.flags.is_empty()
-        && header.tos == 0
-        && header.dst_len == 0;
-    if !plain {
-        return None;
-    }
-    let mut rule = IpRule {
-        family: family_of(header.family)?,
-        priority: 0, // the kernel leaves FRA_PRIORITY out for 0
-        table: header.table.into(),
-        fwmark: None,
-        suppress_prefixlen: None,
-        src: None,
-    };
-    let (mut mark, mut mask) = (None, None);
-    for attribute in &message.attributes {
-        match attribute {
-            RuleAttribute::Priority(p) => rule.priority = *p,
-            RuleAttribute::Table(t) => rule.table = *t,
-            RuleAttribute::FwMark(v) => mark = Some(*v),
-            RuleAttribute::FwMask(v) => mask = Some(*v),
-            // The kernel sends -1 for "not set".
-            RuleAttribute::SuppressPrefixLen(len) => {
-                rule.suppress_prefixlen = (*len != u32::MAX).then_some(*len)
-            }
-            RuleAttribute::SuppressIfGroup(u32::MAX) => {}
-            RuleAttribute::Source(ip) => rule.src = IpNet::new(*ip, header.src_len).ok(),
-            RuleAttribute::Protocol(_) => {}
-            _ => return None,
-        }
-    }
-    rule.fwmark = fwmark(mark, mask);
-    Some(rule)
+    parse_any_rule(message)?.as_ip_rule()
 }
 
 /// The kernel sends FRA_FWMARK only when the value is non-zero and FRA_FWMASK whenever a
@@ -475,13 +531,12 @@ fn kernel_prefix(message: &RouteMessage) -> Option<KernelPrefix> {
         return None;
     }
     let family = family_of(header.address_family)?;
-    let mut table = u32::from(header.table);
+    let table = route_table(message);
     let mut dst = None;
     let mut oif = None;
     for attribute in &message.attributes {
         match attribute {
             RouteAttribute::Destination(a) => dst = Some(route_ip(a)?),
-            RouteAttribute::Table(t) => table = *t,
             RouteAttribute::Oif(i) => oif = Some(*i),
             _ => {}
         }
@@ -495,6 +550,190 @@ fn kernel_prefix(message: &RouteMessage) -> Option<KernelPrefix> {
         dst: IpNet::new(dst, header.destination_prefix_length).ok()?,
         oif,
     })
+}
+
+/// A route's table: RTA_TABLE, which holds ids above 255 too, else the header's.
+fn route_table(message: &RouteMessage) -> u32 {
+    message
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(message.header.table))
+}
+
+/// Any route that is not a cached clone, as far as `ip route` shows it, with the message
+/// that deletes it.
+fn parse_foreign_route(message: &RouteMessage) -> Option<ForeignRoute> {
+    let header = &message.header;
+    if header.flags.contains(RouteFlags::Cloned) {
+        return None;
+    }
+    let family = family_of(header.address_family)?;
+    let (mut dst, mut metric) = (None, 0);
+    let mut hop = NextHop {
+        gateway: None,
+        oif: None,
+    };
+    let mut nexthops = Vec::new();
+    for attribute in &message.attributes {
+        match attribute {
+            RouteAttribute::Destination(a) => dst = Some(route_ip(a)?),
+            RouteAttribute::Priority(p) => metric = *p,
+            RouteAttribute::MultiPath(hops) => nexthops.extend(hops.iter().map(|h| NextHop {
+                gateway: h.attributes.iter().find_map(next_hop_gateway),
+                oif: Some(h.interface_index),
+            })),
+            RouteAttribute::Oif(index) => hop.oif = Some(*index),
+            a => hop.gateway = hop.gateway.or(next_hop_gateway(a)),
+        }
+    }
+    if hop.gateway.is_some() || hop.oif.is_some() {
+        nexthops.insert(0, hop);
+    }
+    let dst = dst.unwrap_or_else(|| unspecified(family));
+    Some(ForeignRoute {
+        family,
+        table: route_table(message),
+        kind: route_type(header.kind),
+        dst: IpNet::new(dst, header.destination_prefix_length).ok()?,
+        nexthops,
+        metric,
+        protocol: header.protocol.into(),
+        message: encode(message),
+    })
+}
+
+fn next_hop_gateway(attribute: &RouteAttribute) -> Option<IpAddr> {
+    match attribute {
+        RouteAttribute::Gateway(a) => route_ip(a),
+        RouteAttribute::Via(v) => via_ip(v),
+        _ => None,
+    }
+}
+
+/// As `ip -d route` names route types.
+fn route_type(kind: RouteType) -> &'static str {
+    match kind {
+        RouteType::Unicast => "unicast",
+        RouteType::Local => "local",
+        RouteType::Broadcast => "broadcast",
+        RouteType::Anycast => "anycast",
+        RouteType::Multicast => "multicast",
+        RouteType::BlackHole => "blackhole",
+        RouteType::Unreachable => "unreachable",
+        RouteType::Prohibit => "prohibit",
+        RouteType::Throw => "throw",
+        RouteType::Nat => "nat",
+        _ => "unknown",
+    }
+}
+
+/// A rule with a fwmark selector (the only kind that can catch marked traffic by its
+/// mark). `None` for a rule without one.
+fn parse_foreign_rule(message: &RuleMessage) -> Option<ForeignRule> {
+    parse_any_rule(message).filter(|r| r.fwmark.is_some())
+}
+
+/// Any dumped rule, with the selectors beyond what an [`IpRule`] holds as `ip rule` prints
+/// them, and the message that deletes it.
+fn parse_any_rule(message: &RuleMessage) -> Option<ForeignRule> {
+    let header = &message.header;
+    let mut selectors = Vec::new();
+    if header.tos != 0 {
+        selectors.push(format!("tos {:#x}", header.tos));
+    }
+    let flags = header.flags;
+    if flags.intersects(RuleFlags::IifDetached | RuleFlags::OifDetached) {
+        selectors.push("[detached]".into());
+    }
+    if flags.contains(RuleFlags::Unresolved) {
+        selectors.push("[unresolved]".into());
+    }
+    let mut rule = ForeignRule {
+        family: family_of(header.family)?,
+        priority: 0, // the kernel leaves FRA_PRIORITY out for 0
+        invert: flags.contains(RuleFlags::Invert),
+        src: None,
+        fwmark: None,
+        selectors: Vec::new(),
+        action: match header.action {
+            RuleAction::ToTable => "lookup",
+            RuleAction::Goto => "goto",
+            RuleAction::Nop => "nop",
+            RuleAction::Blackhole => "blackhole",
+            RuleAction::Unreachable => "unreachable",
+            RuleAction::Prohibit => "prohibit",
+            _ => "unknown",
+        },
+        table: header.table.into(),
+        goto: None,
+        suppress_prefixlen: None,
+        protocol: 0,
+        message: encode(message),
+    };
+    let (mut mark, mut mask) = (None, None);
+    for attribute in &message.attributes {
+        let selector = match attribute {
+            RuleAttribute::Priority(p) => {
+                rule.priority = *p;
+                continue;
+            }
+            RuleAttribute::Table(t) => {
+                rule.table = *t;
+                continue;
+            }
+            RuleAttribute::FwMark(v) => {
+                mark = Some(*v);
+                continue;
+            }
+            RuleAttribute::FwMask(v) => {
+                mask = Some(*v);
+                continue;
+            }
+            RuleAttribute::Source(ip) => {
+                rule.src = IpNet::new(*ip, header.src_len).ok();
+                continue;
+            }
+            RuleAttribute::Goto(p) => {
+                rule.goto = Some(*p);
+                continue;
+            }
+            // The kernel sends -1 for "not set".
+            RuleAttribute::SuppressPrefixLen(len) => {
+                rule.suppress_prefixlen = (*len != u32::MAX).then_some(*len);
+                continue;
+            }
+            RuleAttribute::SuppressIfGroup(u32::MAX) => continue,
+            RuleAttribute::Protocol(p) => {
+                rule.protocol = u8::from(*p);
+                continue;
+            }
+            RuleAttribute::Destination(ip) => {
+                format!("to {}", IpNet::new(*ip, header.dst_len).ok()?)
+            }
+            RuleAttribute::Iifname(dev) => format!("iif {dev}"),
+            RuleAttribute::Oifname(dev) => format!("oif {dev}"),
+            RuleAttribute::L3MDev(true) => "l3mdev".into(),
+            RuleAttribute::UidRange(r) => format!("uidrange {}-{}", r.start, r.end),
+            RuleAttribute::IpProtocol(p) => format!("ipproto {}", u8::from(*p)),
+            RuleAttribute::SourcePortRange(r) => format!("sport {}-{}", r.start, r.end),
+            RuleAttribute::DestinationPortRange(r) => format!("dport {}-{}", r.start, r.end),
+            RuleAttribute::TunId(id) => format!("tun_id {id}"),
+            RuleAttribute::SuppressIfGroup(group) => format!("suppress_ifgroup {group}"),
+            // Nothing an `IpRule` could hold, whatever it is.
+            other => format!("(attribute {})", other.kind()),
+        };
+        selectors.push(selector);
+    }
+    rule.fwmark = fwmark(mark, mask);
+    if rule.action != "lookup" {
+        rule.table = 0;
+    }
+    rule.selectors = selectors;
+    Some(rule)
 }
 
 fn parse_route(message: &RouteMessage) -> Option<IpRoute> {

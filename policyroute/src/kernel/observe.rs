@@ -107,12 +107,14 @@ pub fn installed(links: &[Link], cgroups: &[String]) -> Result<Installed, Kernel
 }
 
 /// What a plan needs to know of the namespace. `address_devices`: the devices whose
-/// addresses matter (gateway devices); missing ones are left out.
+/// addresses matter (gateway devices); missing ones are left out. `tables`: those whose
+/// routes of others' matter (gateway tables).
 pub async fn observe(
     nl: &Netlink,
     links: &[Link],
     installed: &Installed,
     address_devices: &[&str],
+    tables: &BTreeSet<u32>,
 ) -> Result<Observed, KernelError> {
     let index_of: BTreeMap<String, u32> = links.iter().map(|l| (l.name.clone(), l.index)).collect();
     let mut addresses = BTreeMap::new();
@@ -135,7 +137,8 @@ pub async fn observe(
         Some(dp) => dp.maps.targets()?,
         None => Default::default(),
     };
-    let (routes, kernel_prefixes) = nl.route_dump(RTPROT_POLICYROUTE).await?;
+    let routes = nl.route_dump(RTPROT_POLICYROUTE, tables).await?;
+    let (ip_rules, foreign_rules) = nl.rule_dump(RTPROT_POLICYROUTE).await?;
     let dataplane = match &installed.dataplane {
         None => None,
         Some(dp) => Some(ObservedDataplane {
@@ -158,9 +161,11 @@ pub async fn observe(
             .map(|l| (l.name.clone(), l.frames))
             .collect(),
         addresses,
-        ip_rules: nl.rules(RTPROT_POLICYROUTE).await?.into_iter().collect(),
-        routes: routes.into_iter().collect(),
-        kernel_prefixes: kernel_prefixes.into_iter().collect(),
+        ip_rules: ip_rules.into_iter().collect(),
+        routes: routes.owned.into_iter().collect(),
+        foreign_routes: routes.foreign,
+        foreign_rules,
+        kernel_prefixes: routes.kernel.into_iter().collect(),
         attachments,
         dataplane,
         netns_cookie: installed.netns_cookie,

@@ -7,6 +7,7 @@ pub mod classes;
 pub mod compile;
 pub mod desired;
 pub mod fast_path;
+pub mod foreign;
 pub mod objects;
 pub mod prefix_trie;
 pub mod record;
@@ -25,6 +26,7 @@ use serde::Serialize;
 
 use compile::{compile_policy, CompileError, Compiled, ShapeDesc};
 use desired::Desired;
+use foreign::{Foreign, ForeignRoute, ForeignRule};
 use objects::{Diff, Frames, Hook, IpRoute, IpRule, KernelPrefix, TcPath};
 use record::Record;
 
@@ -46,6 +48,10 @@ pub struct Observed {
     /// ip rules and routes carrying policyroute's routing protocol.
     pub ip_rules: BTreeSet<IpRule>,
     pub routes: BTreeSet<IpRoute>,
+    /// Routes of the tables asked for (a policy's gateway tables) that are not ours.
+    pub foreign_routes: Vec<ForeignRoute>,
+    /// ip rules with a fwmark that are not ours.
+    pub foreign_rules: Vec<ForeignRule>,
     /// Destinations of the local table and routes of the main table, which the fast
     /// path leaves to the kernel.
     pub kernel_prefixes: BTreeSet<KernelPrefix>,
@@ -186,6 +192,9 @@ pub struct Plan {
     pub desired: Desired,
     pub ip_rules: Diff<IpRule>,
     pub routes: Diff<IpRoute>,
+    /// Routes and ip rules of others in the policy's way: the caller refuses, takes them
+    /// over or reports them (nothing in the diffs above touches them).
+    pub foreign: Foreign,
     pub dataplane: DataplaneStep,
     pub attach: Vec<Hook>,
     /// Indexes into [`Observed::attachments`].
@@ -268,6 +277,7 @@ pub fn plan(
         observed.now_ns,
         sticky_ttl_ns,
     );
+    let foreign = foreign::in_the_way(&policy, &observed.foreign_routes, &observed.foreign_rules);
     Ok(Plan {
         health,
         ids,
@@ -277,6 +287,7 @@ pub fn plan(
         slots_to_zero: slots.to_zero,
         ip_rules: Diff::between(&observed.ip_rules, &desired.rules),
         routes: Diff::between(&observed.routes, &desired.routes),
+        foreign,
         sticky_ttl_ns,
         netns_cookie: observed.netns_cookie,
         cgroups: cgroups(&desired.hooks),

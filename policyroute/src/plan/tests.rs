@@ -609,3 +609,77 @@ fn a_hooked_device_of_an_unknown_link_type_is_refused_at_its_line() {
     let err = fresh(POLICY, &o, Devices::Required).expect_err("sticky hooks it");
     assert!(err.to_string().contains("gateway[1].dev"), "{err}");
 }
+
+fn foreign_route(table: u32, dst: &str, metric: u32, protocol: u8) -> foreign::ForeignRoute {
+    let dst: ipnet::IpNet = dst.parse().unwrap();
+    foreign::ForeignRoute {
+        family: Family::of(&dst.addr()),
+        table,
+        kind: "unicast",
+        dst,
+        nexthops: vec![foreign::NextHop {
+            gateway: None,
+            oif: Some(3),
+        }],
+        metric,
+        protocol,
+        message: Vec::new(),
+    }
+}
+
+fn foreign_rule(priority: u32, fwmark: (u32, u32)) -> foreign::ForeignRule {
+    foreign::ForeignRule {
+        family: Family::V4,
+        priority,
+        invert: false,
+        src: None,
+        fwmark: Some(fwmark),
+        selectors: Vec::new(),
+        action: "lookup",
+        table: 100,
+        goto: None,
+        suppress_prefixlen: None,
+        protocol: 0,
+        message: Vec::new(),
+    }
+}
+
+#[test]
+fn others_routes_in_the_gateways_table_and_rules_on_its_mark_are_in_the_way() {
+    let mut o = namespace();
+    let boot = 3;
+    let old_default = foreign_route(100, "0.0.0.0/0", 0, boot);
+    o.foreign_routes = vec![
+        old_default.clone(),
+        // What the kernel adds itself it adds again: never in the way.
+        foreign_route(100, "fe80::/64", 256, foreign::RTPROT_KERNEL),
+        // Another table (observe asks for the gateways' only; the plan decides anyway).
+        foreign_route(200, "0.0.0.0/0", 0, boot),
+    ];
+    let old_rule = foreign_rule(100, (0x1, u32::MAX));
+    o.foreign_rules = vec![old_rule.clone(), foreign_rule(101, (0x2, u32::MAX))];
+    let p = fresh(POLICY, &o, Devices::Required).unwrap();
+    assert_eq!(p.record.policy.gateways[0].mark, 0x1);
+    assert_eq!(p.foreign.routes, vec![old_default.clone()]);
+    assert_eq!(p.foreign.ip_rules, vec![old_rule]);
+    // The old default route holds the place of the gateway's IPv4 one, not the IPv6 one.
+    let held: Vec<bool> = p.routes.add.iter().map(|r| holds_place(&p, r)).collect();
+    assert_eq!(held, vec![true, false], "{:?}", p.routes.add);
+    // At another metric it holds no place of ours (both can be in the table).
+    o.foreign_routes = vec![foreign_route(100, "0.0.0.0/0", 100, boot)];
+    let p = fresh(POLICY, &o, Devices::Required).unwrap();
+    assert_eq!(p.foreign.routes.len(), 1);
+    assert!(p.routes.add.iter().all(|r| !holds_place(&p, r)));
+}
+
+fn holds_place(p: &Plan, r: &IpRoute) -> bool {
+    p.foreign.in_place_of(r).is_some()
+}
+
+#[test]
+fn a_rule_on_another_tools_bits_is_not_in_the_way() {
+    let mut o = namespace();
+    o.foreign_rules = vec![foreign_rule(100, (0x100, 0xff00))];
+    let p = fresh(POLICY, &o, Devices::Required).unwrap();
+    assert!(p.foreign.is_empty(), "{:?}", p.foreign);
+}
