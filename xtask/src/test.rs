@@ -218,6 +218,10 @@ const QUICK: &[(&str, &str)] = &[
     ),
     ("ip_devices", "a_vpn_tunnel_with_the_fast_path"),
     (
+        "foreign_state",
+        "apply_refuses_foreign_state_by_name_and_adopt_takes_it_over",
+    ),
+    (
         "topology_faults",
         "blackhole_silences_an_upstream_until_restored",
     ),
