@@ -3,7 +3,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use policyroute::control::Options;
 use policyroute::import::{self, Imported, Inputs, Source};
 use policyroute::policy::{bounded_file, rt_tables::RtTables, Policy};
 
@@ -13,12 +13,7 @@ pub struct Files {
     pub ip_routes: Vec<PathBuf>,
 }
 
-pub fn run(
-    files: &Files,
-    output: Option<&Path>,
-    json: bool,
-    rt_tables: Option<&Path>,
-) -> anyhow::Result<()> {
+pub fn run(files: &Files, output: Option<&Path>, json: bool, opts: &Options) -> anyhow::Result<()> {
     let mut stdin_used = false;
     let mut read = |paths: &[PathBuf]| -> anyhow::Result<Vec<Source>> {
         paths.iter().map(|p| source(p, &mut stdin_used)).collect()
@@ -28,14 +23,17 @@ pub fn run(
         ip_rules: read(&files.ip_rules)?,
         ip_routes: read(&files.ip_routes)?,
     };
+    // Before anything is written: an --rt-tables file that cannot be read is an error.
+    let tables = opts.tables()?;
     let imported = import::import(&inputs)?;
     for note in &imported.unexpressed {
         eprintln!("policyroute import: not expressed: {note}");
     }
-    check_loads(&imported, rt_tables);
+    check_loads(&imported, &tables);
     if let Some(path) = output {
+        // The cause in the message itself: the CLI prints an error's top line only.
         std::fs::write(path, &imported.policy)
-            .with_context(|| format!("writing {}", path.display()))?;
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&imported)?);
@@ -52,7 +50,7 @@ fn source(path: &Path, stdin_used: &mut bool) -> anyhow::Result<Source> {
         let mut text = String::new();
         std::io::stdin()
             .read_to_string(&mut text)
-            .context("reading stdin")?;
+            .map_err(|e| anyhow::anyhow!("reading stdin: {e}"))?;
         return Ok(Source::new("<stdin>", text));
     }
     // The cause in the message itself: the CLI prints an error's top line only.
@@ -63,15 +61,8 @@ fn source(path: &Path, stdin_used: &mut bool) -> anyhow::Result<Source> {
 
 /// Table names must be known where the policy is applied; say so now rather than at
 /// `apply` time.
-fn check_loads(imported: &Imported, rt_tables: Option<&Path>) {
-    let tables = match rt_tables {
-        Some(path) => RtTables::parse(
-            &bounded_file::read_to_string(path, bounded_file::MAX_RT_TABLES_FILE)
-                .unwrap_or_default(),
-        ),
-        None => RtTables::system(),
-    };
-    if let Err(e) = Policy::parse(&imported.policy, "imported policy", &tables) {
+fn check_loads(imported: &Imported, tables: &RtTables) {
+    if let Err(e) = Policy::parse(&imported.policy, "imported policy", tables) {
         eprintln!(
             "policyroute import: warning: the policy does not load with this machine's \
              rt_tables (give the names with --rt-tables FILE): {e}"

@@ -375,7 +375,7 @@ async fn dispatch(command: Command, opts: Options) -> anyhow::Result<ExitCode> {
                 ip_rules: ip_rule,
                 ip_routes: ip_route,
             };
-            import_cli::run(&files, output.as_deref(), json, opts.rt_tables.as_deref())?;
+            import_cli::run(&files, output.as_deref(), json, &opts)?;
         }
         Command::Completions { shell } => {
             let mut cli = Cli::command();

@@ -402,3 +402,55 @@ fn stdin_input_and_a_malformed_file() {
     );
     assert_eq!(std::fs::read_to_string(written.arg()).unwrap(), "");
 }
+
+/// Without root or namespaces: an input that cannot be read, an output that cannot be
+/// written and an --rt-tables file that cannot be read are each named with the OS's cause,
+/// and nothing is printed as a policy.
+#[test]
+fn files_it_cannot_read_or_write_are_named_with_the_os_cause() {
+    let save = TempFile::new("ok.save", "*mangle\nCOMMIT\n");
+    let dir = std::env::temp_dir();
+    let missing = dir.join(format!("prt-import-missing-{}.save", std::process::id()));
+    let unwritable = dir
+        .join(format!("prt-import-no-dir-{}", std::process::id()))
+        .join("policy.toml");
+    let cases: [(&[&str], String); 3] = [
+        (
+            &["import", "--iptables-save", missing.to_str().unwrap()],
+            format!("reading {}: No such file or directory", missing.display()),
+        ),
+        (
+            &[
+                "import",
+                "--iptables-save",
+                save.arg(),
+                "-o",
+                unwritable.to_str().unwrap(),
+            ],
+            format!(
+                "writing {}: No such file or directory",
+                unwritable.display()
+            ),
+        ),
+        (
+            &[
+                "--rt-tables",
+                missing.to_str().unwrap(),
+                "import",
+                "--iptables-save",
+                save.arg(),
+            ],
+            format!("{}: No such file or directory", missing.display()),
+        ),
+    ];
+    for (args, want) in cases {
+        let out = Command::new(cli::bin())
+            .args(args)
+            .output()
+            .expect("run import");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(stderr.contains(&want), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}: a policy was printed");
+    }
+}
