@@ -1,5 +1,6 @@
 //! Gateways from the fwmark ip rules: each rule's table with its default route(s) is one
-//! gateway, its mark the rule's mark.
+//! gateway, its mark the rule's mark. A `from` rule's table is one too (see
+//! [`for_table`]).
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
@@ -15,7 +16,8 @@ pub struct GatewayOut {
     pub table: String,
     pub dev: String,
     pub via: Vec<IpAddr>,
-    /// The first fwmark rule's mark.
+    /// The first fwmark rule's mark; `None` for a table only `from` rules use (the policy
+    /// derives one).
     pub mark: Option<u32>,
     /// `sticky = true`: from a CONNMARK save and restore.
     pub sticky: bool,

@@ -4,7 +4,7 @@
 //!
 //! One module per input format ([`iptables_save`], with `chains` following jumps and
 //! `mark_rule` for one rule; [`ip_rule`]; [`ip_route`]), then [`gateways`] from rules and
-//! routes, `connmark` for sticky gateways, [`order`], [`attach`] and
+//! routes, `connmark` for sticky gateways, [`order`], `from_rules`, [`attach`] and
 //! `policy_rules` for the rules (`both` narrows one match by another), and
 //! [`write_policy`] for the TOML. What the policy cannot say is a [`Note`] with the input
 //! line it is about: it is written at the top of the policy and returned to the caller.
@@ -18,6 +18,7 @@ mod both;
 mod chains;
 mod connmark;
 mod error;
+mod from_rules;
 pub mod gateways;
 pub mod ip_route;
 pub mod ip_rule;
@@ -127,10 +128,11 @@ pub fn draft(inputs: &Inputs) -> Result<Draft, ImportError> {
     for src in &inputs.ip_routes {
         routes.extend(ip_route::parse(src)?);
     }
-    let mut fwmarks = Vec::new();
+    let (mut fwmarks, mut from) = (Vec::new(), Vec::new());
     for src in &inputs.ip_rules {
         let parsed = ip_rule::parse(src)?;
         fwmarks.extend(parsed.rules);
+        from.extend(parsed.from);
         d.notes.extend(parsed.notes);
     }
     let mut gws = gateways::build(&fwmarks, &routes);
@@ -139,9 +141,13 @@ pub fn draft(inputs: &Inputs) -> Result<Draft, ImportError> {
     let (placed, connmarks) = rules(inputs, &mut d)?;
     let (placed, sticky) = connmark::sticky(&connmarks, placed, &mut gws, &routes, &mut d.notes);
     d.remarks.extend(sticky);
-    let (attach, notes) = attach::attach(&placed, &routes);
+    let mut from = from_rules::build(&from, &fwmarks, &mut gws, &routes, attach::local(&placed));
+    d.notes.append(&mut from.notes);
+    d.remarks.append(&mut from.remarks);
+    let (attach, notes) = attach::attach(&placed, &from.arrives, &routes);
     d.notes.extend(notes);
-    d.rules = policy_rules::rules(&placed, &gws, &mut d);
+    let rules = policy_rules::rules(&placed, &gws, &mut d);
+    d.rules = from_rules::splice(rules, from, &gws);
     d.gateways = gws.list;
     d.attach = attach;
     // A user-defined chain two jumps enter says the same of its rules twice.

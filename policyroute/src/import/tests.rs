@@ -670,3 +670,131 @@ COMMIT
         )]
     );
 }
+
+#[test]
+fn from_rules_become_source_rules_before_or_after_the_marks() {
+    let ipt = "*mangle
+-A PREROUTING -i lan0 -s 192.0.2.40 -j RETURN
+-A PREROUTING -i lan0 -p tcp --dport 25 -j MARK --set-mark 4
+COMMIT
+";
+    let rules = "0:\tfrom all lookup local
+100:\tfrom 192.0.2.64/26 lookup 102
+32764:\tfrom all fwmark 0x4 lookup mail.out
+32765:\tfrom 192.0.2.32/27 lookup 102
+32766:\tfrom all lookup main
+32767:\tfrom all lookup default
+";
+    let routes = format!("{ROUTES4}default via 203.0.113.6 dev wan3 table 102\n");
+    let (imported, p) = round_trip(&inputs(&[ipt], &[rules], &[&routes]));
+    assert_eq!(imported.unexpressed, [], "{}", imported.policy);
+    let gw = |name: &str| format!("Gateway({name:?})");
+    assert_eq!(
+        shown(&p),
+        [
+            // Priority 100 decides before any mark.
+            ("src 192.0.2.64/26".to_owned(), gw("table-102")),
+            // 32765 decides for what no mark routes: the RETURN's host too.
+            ("src 192.0.2.40/32".to_owned(), gw("table-102")),
+            ("src 192.0.2.40/32".to_owned(), "Mark(0)".to_owned()),
+            ("proto tcp dport 25".to_owned(), gw("mail.out")),
+            ("src 192.0.2.32/27".to_owned(), gw("table-102")),
+        ]
+    );
+    let names: Vec<&str> = p.rules.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "ip-rule-100",
+            "ip-rule-32765/prerouting-2",
+            "prerouting-2",
+            "prerouting-3",
+            "ip-rule-32765"
+        ]
+    );
+    // The gateway of a table only `from` rules use has no mark of its own: derived.
+    let g = p.gateways.iter().find(|g| g.name == "table-102").unwrap();
+    assert_eq!((g.dev.as_str(), g.table), ("wan3", 102));
+    assert!(
+        imported.policy.contains("table = 102\n\n"),
+        "{}",
+        imported.policy
+    );
+    assert_ne!(g.mark, 4);
+    // The LAN route holds both sources.
+    assert_eq!(p.attach.ingress, ["lan0"]);
+    assert!(imported
+        .policy
+        .contains("# rule0:2 (ip rule 100: from 192.0.2.64/26 lookup 102)"));
+}
+
+#[test]
+fn from_rules_the_policy_cannot_place_are_listed() {
+    let rules = "0:\tfrom all lookup local
+100:\tfrom 192.0.2.1 lookup 102
+200:\tfrom 192.0.2.0/25 lookup 102
+32763:\tfrom all fwmark 0x4 lookup mail.out
+32764:\tfrom 192.0.2.16/28 lookup 102
+32765:\tfrom all fwmark 0x5 lookup mail.out
+32766:\tfrom all lookup main
+32767:\tfrom 192.0.2.32/28 lookup 102
+32767:\tfrom 192.0.2.48/28 lookup 107
+32767:\tfrom all lookup default
+";
+    let ipt = "*mangle\n-A PREROUTING -i lan0 -p tcp --dport 25 -j MARK --set-mark 4\nCOMMIT\n";
+    let routes = format!("{ROUTES4}default via 203.0.113.6 dev wan3 table 102\n");
+    let (imported, p) = round_trip(&inputs(&[ipt], &[rules], &[&routes]));
+    let texts = listed(&imported);
+    let has = |line: usize, what: &str| {
+        texts
+            .iter()
+            .any(|t| t.starts_with(&format!("rule0:{line}: ")) && t.contains(what))
+    };
+    // 192.0.2.1 is this host's LAN address, not on the gateway's device.
+    assert!(has(3, "holds this host's address 192.0.2.1"), "{texts:#?}");
+    assert!(has(5, "between fwmark rules"), "{texts:#?}");
+    assert!(has(8, "comes after main's rule"), "{texts:#?}");
+    assert!(has(9, "comes after main's rule"), "{texts:#?}");
+    let names: Vec<&str> = p.rules.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["ip-rule-100", "ip-rule-200", "prerouting-2"],
+        "{texts:#?}"
+    );
+
+    // A table without a default route, and this host's own address on the gateway's
+    // device (a multi-homed host answering through the link): listed unless the policy
+    // gives the gateway that rule itself.
+    let rules = "100:\tfrom 203.0.113.1 lookup 102\n110:\tfrom 192.0.2.64/26 lookup 107\n";
+    let routes = format!(
+        "{ROUTES4}default via 203.0.113.6 dev wan2 table 102
+local 203.0.113.1 dev wan2 table local proto kernel scope host src 203.0.113.1
+"
+    );
+    let lan = "*mangle\n-A PREROUTING -i lan0 -p tcp -j MARK --set-mark 4\nCOMMIT\n";
+    let (imported, p) = round_trip(&inputs(&[lan], &[rules, RULES4], &[&routes]));
+    let texts = listed(&imported);
+    assert!(
+        texts[0].starts_with("rule0:1: ip rule 100: from 203.0.113.1/32 lookup 102: 203.0.113.1 is this host's address on wan2"),
+        "{texts:#?}"
+    );
+    assert!(
+        texts[1].contains("table 107 has no default route with a device"),
+        "{texts:#?}"
+    );
+    assert_eq!(p.rules.len(), 1);
+    let local = "*mangle\n-A OUTPUT -p tcp -j MARK --set-mark 4\nCOMMIT\n";
+    let (imported, p) = round_trip(&inputs(&[local], &[rules, RULES4], &[&routes]));
+    assert!(
+        !imported
+            .unexpressed
+            .iter()
+            .any(|n| n.line == 1 && n.file == "rule0"),
+        "{:#?}",
+        imported.unexpressed
+    );
+    assert!(imported
+        .policy
+        .contains("gives gateway table-102 that rule itself (attach.local)"));
+    assert_eq!(p.rules.len(), 1);
+}
