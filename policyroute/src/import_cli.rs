@@ -1,6 +1,5 @@
 //! `policyroute import` at the command line: files (or stdin) in, the policy out, what
 //! it does not express on stderr.
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use policyroute::control::Options;
@@ -47,13 +46,13 @@ fn source(path: &Path, stdin_used: &mut bool) -> anyhow::Result<Source> {
     if path.as_os_str() == "-" {
         anyhow::ensure!(!*stdin_used, "only one input can be `-` (stdin)");
         *stdin_used = true;
-        let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .map_err(|e| anyhow::anyhow!("reading stdin: {e}"))?;
+        // The cause in the message itself: the CLI prints an error's top line only.
+        let text =
+            bounded_file::read_capped(std::io::stdin().lock(), bounded_file::MAX_POLICY_FILE)
+                .and_then(bounded_file::text)
+                .map_err(|e| anyhow::anyhow!("reading stdin: {e}"))?;
         return Ok(Source::new("<stdin>", text));
     }
-    // The cause in the message itself: the CLI prints an error's top line only.
     let text = bounded_file::read_to_string(path, bounded_file::MAX_POLICY_FILE)
         .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
     Ok(Source::new(path.display().to_string(), text))

@@ -168,13 +168,14 @@ enum Command {
         json: bool,
     },
     /// Translate a classic setup into a policy file: mangle-table MARK rules (from
-    /// `iptables-save`, `ip6tables-save`), the `fwmark` ip rules (`ip rule show`) and the
-    /// tables' default routes (`ip route show table all`), saved as text. Gateways come from
-    /// the fwmark rules and their tables' default routes (rt_tables names kept), rules from
-    /// the PREROUTING and OUTPUT chains (RETURN and ACCEPT as mark = 0). What the policy
-    /// cannot express (other targets, connmark, other matches, user chains, ...) is listed
-    /// at the top of the policy and on stderr with its input line. Runs no tool and changes
-    /// nothing.
+    /// `iptables-save`, `ip6tables-save`), the `fwmark` and `from` ip rules (`ip rule show`)
+    /// and the tables' default routes (`ip route show table all`), saved as text. Gateways
+    /// come from the ip rules and their tables' default routes (rt_tables names kept), rules
+    /// from the PREROUTING and OUTPUT chains and the user chains they jump to (RETURN and
+    /// ACCEPT as mark = 0) and from the `from` rules (src); a CONNMARK save/restore pair
+    /// makes its gateways sticky. What the policy cannot express (other targets, other
+    /// matches, ...) is listed at the top of the policy and on stderr with its input line.
+    /// Runs no tool and changes nothing.
     ///
     /// Example: `iptables-save > rules.save; ip rule show > rules.txt; ip route show table
     /// all > routes.txt; policyroute import --iptables-save rules.save --ip-rule rules.txt
