@@ -408,6 +408,16 @@ fn listed(imported: &Imported) -> Vec<String> {
         .collect()
 }
 
+/// For each (`file:line`, text) some listed note is there and says that.
+fn assert_lists(texts: &[String], wanted: &[(&str, &str)]) {
+    for (at, what) in wanted {
+        let found = texts
+            .iter()
+            .any(|t| t.starts_with(&format!("{at}: ")) && t.contains(what));
+        assert!(found, "{at}: {what:?} is not listed in {texts:#?}");
+    }
+}
+
 fn shown(p: &Policy) -> Vec<(String, String)> {
     p.rules
         .iter()
@@ -518,19 +528,16 @@ fn jumps_in_a_loop_too_deep_or_too_many_are_listed_and_import_ends() {
     ipt.push_str("-A E15 -j MARK --set-mark 4\nCOMMIT\n");
     let (imported, _) = round_trip(&inputs(&[&ipt], &[RULES4], &[ROUTES4]));
     let texts = listed(&imported);
-    let has = |line: usize, what: &str| {
-        texts
-            .iter()
-            .any(|t| t.starts_with(&format!("ipt0:{line}: ")) && t.contains(what))
-    };
-    assert!(has(7, "-j A: a loop (A -> B -> A)"), "{texts:#?}");
-    assert!(
-        has(9, "chain C: its 1 rule(s) are not reached"),
-        "{texts:#?}"
+    assert_lists(
+        &texts,
+        &[
+            ("ipt0:7", "-j A: a loop (A -> B -> A)"),
+            ("ipt0:9", "chain C: its 1 rule(s) are not reached"),
+            ("ipt0:10", "chain FORWARD"),
+            // D15's jump to D16 is the 17th nested one.
+            ("ipt0:27", "-j D16: more than 16 nested jumps"),
+        ],
     );
-    assert!(has(10, "chain FORWARD"), "{texts:#?}");
-    // D15's jump to D16 is the 17th nested one.
-    assert!(has(27, "-j D16: more than 16 nested jumps"), "{texts:#?}");
     assert!(
         texts
             .iter()
@@ -613,13 +620,12 @@ COMMIT
     let (imported, p) = round_trip(&inputs(&[save_only], &[RULES4], &[ROUTES4]));
     assert!(!p.gateways[0].sticky);
     let texts = listed(&imported);
-    assert!(
-        texts[0].starts_with("ipt0:3: CONNMARK: no --restore-mark"),
-        "{texts:#?}"
-    );
-    assert!(
-        texts[1].starts_with("ipt0:4: -m conntrack --ctstate NEW"),
-        "{texts:#?}"
+    assert_lists(
+        &texts,
+        &[
+            ("ipt0:3", "CONNMARK: no --restore-mark"),
+            ("ipt0:4", "-m conntrack --ctstate NEW"),
+        ],
     );
     assert_eq!(p.rules.len(), 1);
 
@@ -745,16 +751,16 @@ fn from_rules_the_policy_cannot_place_are_listed() {
     let routes = format!("{ROUTES4}default via 203.0.113.6 dev wan3 table 102\n");
     let (imported, p) = round_trip(&inputs(&[ipt], &[rules], &[&routes]));
     let texts = listed(&imported);
-    let has = |line: usize, what: &str| {
-        texts
-            .iter()
-            .any(|t| t.starts_with(&format!("rule0:{line}: ")) && t.contains(what))
-    };
     // 192.0.2.1 is this host's LAN address, not on the gateway's device.
-    assert!(has(3, "holds this host's address 192.0.2.1"), "{texts:#?}");
-    assert!(has(5, "between fwmark rules"), "{texts:#?}");
-    assert!(has(8, "comes after main's rule"), "{texts:#?}");
-    assert!(has(9, "comes after main's rule"), "{texts:#?}");
+    assert_lists(
+        &texts,
+        &[
+            ("rule0:3", "holds this host's address 192.0.2.1"),
+            ("rule0:5", "between fwmark rules"),
+            ("rule0:8", "comes after main's rule"),
+            ("rule0:9", "comes after main's rule"),
+        ],
+    );
     let names: Vec<&str> = p.rules.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(
         names,
@@ -773,14 +779,15 @@ local 203.0.113.1 dev wan2 table local proto kernel scope host src 203.0.113.1
     );
     let lan = "*mangle\n-A PREROUTING -i lan0 -p tcp -j MARK --set-mark 4\nCOMMIT\n";
     let (imported, p) = round_trip(&inputs(&[lan], &[rules, RULES4], &[&routes]));
-    let texts = listed(&imported);
-    assert!(
-        texts[0].starts_with("rule0:1: ip rule 100: from 203.0.113.1/32 lookup 102: 203.0.113.1 is this host's address on wan2"),
-        "{texts:#?}"
-    );
-    assert!(
-        texts[1].contains("table 107 has no default route with a device"),
-        "{texts:#?}"
+    assert_lists(
+        &listed(&imported),
+        &[
+            (
+                "rule0:1",
+                "from 203.0.113.1/32 lookup 102: 203.0.113.1 is this host's address on wan2",
+            ),
+            ("rule0:2", "table 107 has no default route with a device"),
+        ],
     );
     assert_eq!(p.rules.len(), 1);
     let local = "*mangle\n-A OUTPUT -p tcp -j MARK --set-mark 4\nCOMMIT\n";
