@@ -34,7 +34,8 @@ pub struct ConnmarkOp {
 #[derive(Clone, Debug)]
 pub enum ConnmarkKind {
     Restore,
-    /// The marks the MARK rules before it (in its hook) set.
+    /// The marks the MARK rules before it (in its hook) set; of a save after routing
+    /// (POSTROUTING, say), every mark.
     Save {
         marks: Vec<u32>,
     },
@@ -78,6 +79,7 @@ pub fn walk(
         returns: BTreeMap::new(),
         out: Walked::default(),
     };
+    let mut late_saves = Vec::new();
     for (line, words) in rules {
         let Some((chain, args)) = words.split_first() else {
             continue;
@@ -85,6 +87,11 @@ pub fn walk(
         let hook = match chain.as_str() {
             "PREROUTING" => Hook::Forwarded,
             "OUTPUT" => Hook::Local,
+            // After routing a save still keeps the mark for the connection's next packets.
+            c if NOT_ROUTING.contains(&c) && saves(args) => {
+                late_saves.push(*line);
+                continue;
+            }
             c if NOT_ROUTING.contains(&c) => {
                 let why = format!(
                     "chain {c}: a mark set here comes after the routing decision and chooses \
@@ -98,9 +105,32 @@ pub fn walk(
         };
         w.rule(*line, hook, args, &Context::default())?;
     }
+    // Packets meet these after PREROUTING or OUTPUT: every mark set there.
+    let marks: Vec<u32> = w
+        .out
+        .rules
+        .iter()
+        .filter(|r| !r.ends_chain)
+        .map(|r| r.mark)
+        .collect();
+    w.out
+        .connmark
+        .extend(late_saves.into_iter().map(|line| ConnmarkOp {
+            line,
+            hook: Hook::Forwarded,
+            kind: ConnmarkKind::Save {
+                marks: marks.clone(),
+            },
+        }));
     w.unreached();
     w.ends();
     Ok(w.out)
+}
+
+/// `-j CONNMARK --save-mark`, whatever its conditions.
+fn saves(args: &[String]) -> bool {
+    let has = |word: &str| args.iter().any(|a| a == word);
+    has("CONNMARK") && has("--save-mark")
 }
 
 /// What the jumps that led to a rule match, and the jumps themselves.

@@ -607,6 +607,16 @@ COMMIT
     );
     assert_eq!(p.attach.ingress, ["lan0"]);
     assert!(!p.attach.local);
+
+    // The save after routing, where many recipes have it, keeps the same marks.
+    let late = ipt.replace(
+        "-A PREROUTING -j CONNMARK --save-mark",
+        "-A POSTROUTING -j CONNMARK --save-mark",
+    );
+    let (imported, p) = round_trip(&inputs(&[&late], &[RULES4], &[ROUTES4]));
+    assert_eq!(imported.unexpressed, [], "{}", imported.policy);
+    assert!(p.gateways[0].sticky);
+    assert_eq!(p.rules.len(), 1);
 }
 
 #[test]
