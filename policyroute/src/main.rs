@@ -7,7 +7,8 @@ mod import_cli;
 use clap::{CommandFactory, Parser, Subcommand};
 use policyroute::{
     control::{
-        apply, drift, explain, flush, metrics, run, status, trace, validate, ControlError, Options,
+        apply, drift, explain, flush, metrics, question::Question, run, status, trace, validate,
+        ControlError, Options,
     },
     policy::protocol,
     present,
@@ -96,32 +97,9 @@ enum Command {
     },
     /// Show which rule a flow matches, its mark, and the route the kernel takes for it.
     /// With --iif the loaded classifier itself runs on a synthesized packet.
-    #[command(group(clap::ArgGroup::new("origin").required(true).args(["iif", "local"])))]
     Explain {
-        /// The flow arrives on this device (forwarded, or to this host).
-        #[arg(long, value_name = "DEV")]
-        iif: Option<String>,
-        /// The flow is sent by this host.
-        #[arg(long)]
-        local: bool,
-        /// tcp, udp, icmp, icmpv6, sctp or a number.
-        #[arg(long, value_name = "PROTO")]
-        proto: String,
-        /// Source address (for --local, 0.0.0.0 or :: means an unbound socket).
-        #[arg(long, value_name = "ADDR")]
-        src: std::net::IpAddr,
-        /// Source port (for --local: only of a bound socket).
-        #[arg(long, value_name = "PORT")]
-        sport: Option<u16>,
-        /// Destination address.
-        #[arg(long, value_name = "ADDR")]
-        dst: std::net::IpAddr,
-        /// Destination port.
-        #[arg(long, value_name = "PORT")]
-        dport: Option<u16>,
-        /// DSCP of the packet (0-63).
-        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..64))]
-        dscp: u8,
+        #[command(flatten)]
+        question: Question,
         /// Print JSON (keys: rule, mark, table, gateway, dev, src, ...).
         #[arg(long)]
         json: bool,
@@ -314,26 +292,8 @@ async fn dispatch(command: Command, opts: Options) -> anyhow::Result<ExitCode> {
             print(json, &s, || present::status(&s))?;
         }
         Command::Check { json } => return check(json).await,
-        Command::Explain {
-            iif,
-            local: _,
-            proto,
-            src,
-            sport,
-            dst,
-            dport,
-            dscp,
-            json,
-        } => {
-            let q = explain::Query {
-                iif,
-                proto: parse_proto(&proto)?,
-                src,
-                sport,
-                dst,
-                dport,
-                dscp,
-            };
+        Command::Explain { question, json } => {
+            let q = question.query()?;
             let e = explain::explain(&q).await?;
             print(json, &e, || present::explain(&e))?;
         }
@@ -468,11 +428,5 @@ fn parse_prefix(s: &str) -> Result<ipnet::IpNet, String> {
 }
 
 fn parse_proto(s: &str) -> anyhow::Result<u8> {
-    protocol::parse(s).ok_or_else(|| {
-        BadArgument(format!(
-            "unknown protocol {s:?} (known: {}, or a number 0-255)",
-            protocol::known()
-        ))
-        .into()
-    })
+    protocol::parse(s).ok_or_else(|| BadArgument(protocol::unknown(s)).into())
 }

@@ -165,6 +165,31 @@ impl Query {
         }
         Ok(())
     }
+
+    /// The first packet of the flow, as the loaded program is run on it (a question
+    /// [`Query::check`] accepted).
+    pub fn frame(&self) -> Vec<u8> {
+        let mut spec = FrameSpec::new(
+            self.proto,
+            self.src,
+            self.sport.unwrap_or(0),
+            self.dst,
+            self.dport.unwrap_or(0),
+        );
+        spec.dscp = self.dscp;
+        spec.build()
+    }
+
+    /// The flow as this host's socket hooks see it.
+    pub fn local_flow(&self) -> LocalFlow {
+        LocalFlow {
+            proto: self.proto,
+            src: Some(self.src).filter(|a| !a.is_unspecified()),
+            sport: self.sport,
+            dst: self.dst,
+            dport: self.dport,
+        }
+    }
 }
 
 pub async fn explain(q: &Query) -> Result<Explanation, ControlError> {
@@ -239,7 +264,7 @@ fn forwarded(q: &Query, ifindex: u32, ctx: Context<'_>) -> Result<Verdict, Contr
             fast: None,
         });
     }
-    let frame = frame(q);
+    let frame = q.frame();
     let ran = run_dataplane(ctx.installed, &frame, ifindex)?;
     let (mark, dropped) = (ran.mark, ran.dropped);
     let rules = rules_of(ctx.record);
@@ -396,15 +421,8 @@ fn local(q: &Query, ctx: Context<'_>) -> Verdict {
             fast: None,
         };
     };
-    let flow = LocalFlow {
-        proto: q.proto,
-        src: Some(q.src).filter(|a| !a.is_unspecified()),
-        sport: q.sport,
-        dst: q.dst,
-        dport: q.dport,
-    };
     let rules = record.policy.classifier_rules();
-    let rule = classifier::first_match_local(&rules, &flow);
+    let rule = classifier::first_match_local(&rules, &q.local_flow());
     let family = Family::of(&q.dst);
     let target = rule.and_then(|i| {
         let mut t = target_verdict(&record.policy, i, ctx.states, family, |state, id| {
@@ -443,18 +461,6 @@ fn local_decision(state: Option<&TargetState>, id: u32) -> ref_targets::Decision
         d.member = None;
     }
     d
-}
-
-fn frame(q: &Query) -> Vec<u8> {
-    let mut spec = FrameSpec::new(
-        q.proto,
-        q.src,
-        q.sport.unwrap_or(0),
-        q.dst,
-        q.dport.unwrap_or(0),
-    );
-    spec.dscp = q.dscp;
-    spec.build()
 }
 
 /// Runs the attached TC ingress program of the dataplane in use on `frame` as if it
