@@ -6,7 +6,8 @@
 use std::{collections::BTreeMap, net::IpAddr};
 
 use policyroute_common::{
-    target_key, FlowTuple, TargetState, FAST_EXPLAIN_FORWARDED, FAST_NH_V6, MEMBER_UP,
+    net::is_ipv6_ext_header, target_key, FlowTuple, TargetState, FAST_EXPLAIN_FORWARDED,
+    FAST_NH_V6, MEMBER_UP,
 };
 use serde::Serialize;
 
@@ -144,8 +145,8 @@ struct TargetVerdict {
 }
 
 impl Query {
-    /// Refuses a question no packet could ask: addresses of two families, or ports for a
-    /// protocol without them.
+    /// Refuses a question no packet could ask: addresses of two families, an IPv6
+    /// extension header as the protocol, or ports for a protocol without them.
     pub fn check(&self) -> Result<(), ControlError> {
         let (src, dst) = (Family::of(&self.src), Family::of(&self.dst));
         if src != dst {
@@ -153,6 +154,15 @@ impl Query {
                 "the source {} is {src} and the destination {} is {dst}: a packet has one \
                  family",
                 self.src, self.dst
+            )));
+        }
+        // The classifiers walk past these to the header after them: no IPv6 packet is of
+        // such a protocol, and the frame synthesized for it would ask something else.
+        if src == Family::V6 && is_ipv6_ext_header(self.proto) {
+            return Err(ControlError::Question(format!(
+                "protocol {} is an IPv6 extension header, which the classifier passes over \
+                 to the protocol after it: ask for that one",
+                crate::policy::protocol::name(self.proto)
             )));
         }
         if !policyroute_common::proto_has_ports(self.proto)

@@ -136,4 +136,36 @@ mod tests {
         ];
         assert!(refusal(&mixed).contains("a packet has one family"));
     }
+
+    /// Found by the fuzz target (fuzz/regressions/explain/): `--proto 0` with IPv6
+    /// addresses made a frame whose hop-by-hop "protocol" the classifiers walk past.
+    #[test]
+    fn an_ipv6_extension_header_is_no_protocol_to_ask_about() {
+        for proto in ["0", "43", "44", "ah", "60"] {
+            let words = [
+                "--local",
+                "--proto",
+                proto,
+                "--src",
+                "::",
+                "--dst",
+                "2001:db8::1",
+            ];
+            assert!(
+                refusal(&words).contains("is an IPv6 extension header"),
+                "{proto}"
+            );
+        }
+        // IPv4 has no extension headers: protocol 44 is just a number there.
+        let v4 = [
+            "--local",
+            "--proto",
+            "44",
+            "--src",
+            "0.0.0.0",
+            "--dst",
+            "198.18.0.1",
+        ];
+        assert_eq!(query(&v4).unwrap().proto, 44);
+    }
 }
