@@ -38,7 +38,7 @@ pub fn sticky(
     routes: &[Route],
     notes: &mut Vec<Note>,
 ) -> (Vec<Placed>, Option<String>) {
-    let kept = |file: &str| kept(ops.iter().filter(|o| o.file == file).map(|o| &o.op));
+    let kept = |file: &str| kept_by(ops.iter().filter(|o| o.file == file).map(|o| &o.op));
     for (i, fo) in ops.iter().enumerate() {
         let why = match &fo.op.kind {
             _ if !kept(&fo.file).paired => Some(unpaired(&fo.op.kind).to_owned()),
@@ -100,7 +100,8 @@ pub fn sticky(
     (rules, remark)
 }
 
-fn kept<'a>(ops: impl Iterator<Item = &'a ConnmarkOp>) -> Kept {
+/// What one file's CONNMARK rules keep.
+fn kept_by<'a>(ops: impl Iterator<Item = &'a ConnmarkOp>) -> Kept {
     let (mut restores, mut out) = (false, Kept::default());
     let mut keeps = false;
     for op in ops {
