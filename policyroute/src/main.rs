@@ -7,7 +7,8 @@ mod import_cli;
 use clap::{CommandFactory, Parser, Subcommand};
 use policyroute::{
     control::{
-        apply, drift, explain, flush, metrics, run, status, trace, validate, ControlError, Options,
+        apply, drift, explain, flush, metrics, question::Question, run, status, trace, validate,
+        ControlError, Options,
     },
     policy::protocol,
     present,
@@ -110,32 +111,9 @@ enum Command {
     },
     /// Show which rule a flow matches, its mark, and the route the kernel takes for it.
     /// With --iif the loaded classifier itself runs on a synthesized packet.
-    #[command(group(clap::ArgGroup::new("origin").required(true).args(["iif", "local"])))]
     Explain {
-        /// The flow arrives on this device (forwarded, or to this host).
-        #[arg(long, value_name = "DEV")]
-        iif: Option<String>,
-        /// The flow is sent by this host.
-        #[arg(long)]
-        local: bool,
-        /// tcp, udp, icmp, icmpv6, sctp or a number.
-        #[arg(long, value_name = "PROTO")]
-        proto: String,
-        /// Source address (for --local, 0.0.0.0 or :: means an unbound socket).
-        #[arg(long, value_name = "ADDR")]
-        src: std::net::IpAddr,
-        /// Source port (for --local: only of a bound socket).
-        #[arg(long, value_name = "PORT")]
-        sport: Option<u16>,
-        /// Destination address.
-        #[arg(long, value_name = "ADDR")]
-        dst: std::net::IpAddr,
-        /// Destination port.
-        #[arg(long, value_name = "PORT")]
-        dport: Option<u16>,
-        /// DSCP of the packet (0-63).
-        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..64))]
-        dscp: u8,
+        #[command(flatten)]
+        question: Question,
         /// Print JSON (keys: rule, mark, table, gateway, dev, src, ...).
         #[arg(long)]
         json: bool,
@@ -182,13 +160,14 @@ enum Command {
         json: bool,
     },
     /// Translate a classic setup into a policy file: mangle-table MARK rules (from
-    /// `iptables-save`, `ip6tables-save`), the `fwmark` ip rules (`ip rule show`) and the
-    /// tables' default routes (`ip route show table all`), saved as text. Gateways come from
-    /// the fwmark rules and their tables' default routes (rt_tables names kept), rules from
-    /// the PREROUTING and OUTPUT chains (RETURN and ACCEPT as mark = 0). What the policy
-    /// cannot express (other targets, connmark, other matches, user chains, ...) is listed
-    /// at the top of the policy and on stderr with its input line. Runs no tool and changes
-    /// nothing.
+    /// `iptables-save`, `ip6tables-save`), the `fwmark` and `from` ip rules (`ip rule show`)
+    /// and the tables' default routes (`ip route show table all`), saved as text. Gateways
+    /// come from the ip rules and their tables' default routes (rt_tables names kept), rules
+    /// from the PREROUTING and OUTPUT chains and the user chains they jump to (RETURN and
+    /// ACCEPT as mark = 0) and from the `from` rules (src); a CONNMARK save/restore pair
+    /// makes its gateways sticky. What the policy cannot express (other targets, other
+    /// matches, ...) is listed at the top of the policy and on stderr with its input line.
+    /// Runs no tool and changes nothing.
     ///
     /// Example: `iptables-save > rules.save; ip rule show > rules.txt; ip route show table
     /// all > routes.txt; policyroute import --iptables-save rules.save --ip-rule rules.txt
@@ -340,26 +319,8 @@ async fn dispatch(command: Command, opts: Options) -> anyhow::Result<ExitCode> {
             print(json, &s, || present::status(&s))?;
         }
         Command::Check { json } => return check(json).await,
-        Command::Explain {
-            iif,
-            local: _,
-            proto,
-            src,
-            sport,
-            dst,
-            dport,
-            dscp,
-            json,
-        } => {
-            let q = explain::Query {
-                iif,
-                proto: parse_proto(&proto)?,
-                src,
-                sport,
-                dst,
-                dport,
-                dscp,
-            };
+        Command::Explain { question, json } => {
+            let q = question.query()?;
             let e = explain::explain(&q).await?;
             print(json, &e, || present::explain(&e))?;
         }
@@ -402,7 +363,7 @@ async fn dispatch(command: Command, opts: Options) -> anyhow::Result<ExitCode> {
                 ip_rules: ip_rule,
                 ip_routes: ip_route,
             };
-            import_cli::run(&files, output.as_deref(), json, opts.rt_tables.as_deref())?;
+            import_cli::run(&files, output.as_deref(), json, &opts)?;
         }
         Command::Completions { shell } => {
             let mut cli = Cli::command();
@@ -494,11 +455,5 @@ fn parse_prefix(s: &str) -> Result<ipnet::IpNet, String> {
 }
 
 fn parse_proto(s: &str) -> anyhow::Result<u8> {
-    protocol::parse(s).ok_or_else(|| {
-        BadArgument(format!(
-            "unknown protocol {s:?} (known: {}, or a number 0-255)",
-            protocol::known()
-        ))
-        .into()
-    })
+    protocol::parse(s).ok_or_else(|| BadArgument(protocol::unknown(s)).into())
 }

@@ -16,6 +16,7 @@ use policyroute_tests::{
     cgroup::Cgroup,
     cli,
     fixture::TempFile,
+    netns::NetNs,
     probe,
     recipe::{self, Saved},
     topology::{self, Place, Topology, LAN_HOST, LAN_HOST6, LAN_HOST_ALT},
@@ -26,6 +27,7 @@ type Forwarded = (&'static str, &'static str, u16, &'static str, u16);
 /// A flow of the router itself (TCP): destination and port.
 type Local = (&'static str, u16);
 
+#[derive(Default)]
 struct Recipe {
     tag: &'static str,
     rt_tables: &'static str,
@@ -37,6 +39,9 @@ struct Recipe {
     listed: &'static [&'static str],
     /// More checks in the recipe's router and the imported policy's.
     extra: Option<fn(&Topology, Stage)>,
+    /// Text the imported policy must have, and text it must not.
+    written: &'static [&'static str],
+    not_written: &'static [&'static str],
 }
 
 /// Which router an extra check runs in.
@@ -130,6 +135,15 @@ fn check_recipe(r: &Recipe) {
     if r.listed.is_empty() {
         assert_eq!(imported.unexpressed, Vec::<String>::new());
     }
+    for want in r.written {
+        assert!(imported.policy.contains(want), "{want:?} is not written");
+    }
+    for unwanted in r.not_written {
+        assert!(
+            !imported.policy.contains(unwanted),
+            "{unwanted:?} is written"
+        );
+    }
     // Never the root cgroup in a test: the host's own sockets are not the test's.
     let policy = imported.policy.replace(
         "local = true\n",
@@ -143,19 +157,23 @@ fn check_recipe(r: &Recipe) {
     }
 }
 
-/// Whether a TCP connection from an internet address behind the upstream `from` to the
-/// router's address on its link, port 80, is established: the router's answer must leave
-/// through that link (main's default route points at another).
-fn router_web_reachable_from(t: &Topology, from: Place) -> bool {
-    let router = from.router_address(false);
+/// Whether a TCP connection from an internet address behind the upstream `from` to
+/// `server`, listening in `ns`, is established: the answer must leave through `from`'s
+/// link (main's default route points at another).
+fn reachable_from(t: &Topology, ns: &NetNs, server: SocketAddr, from: Place) -> bool {
     let _listener = {
-        let _in = t.router.enter();
-        TcpListener::bind((router, 80)).expect("router web server")
+        let _in = ns.enter();
+        TcpListener::bind(server).expect("server")
     };
     let _in = t.ns(from).enter();
     let client = topology::INTERNET[0].parse().expect("address");
-    let server = SocketAddr::new(router.parse().expect("address"), 80);
     topology::connect(client, 0, server).is_some()
+}
+
+/// [`reachable_from`] for the router's web server on its address on `from`'s link.
+fn router_web_reachable_from(t: &Topology, from: Place) -> bool {
+    let router = from.router_address(false).parse().expect("address");
+    reachable_from(t, &t.router, SocketAddr::new(router, 80), from)
 }
 
 /// The listed limitation of seed 000, with real packets. The recipe sends every answer
@@ -192,6 +210,7 @@ fn seed_000_router_port_over_the_vpn() {
         ],
         listed: &["replies of a TCP server are not classified"],
         extra: Some(router_web_over_the_vpn),
+        ..Recipe::default()
     });
 }
 
@@ -225,6 +244,7 @@ fn seed_001_office_web_via_provider_2() {
         local: &[],
         listed: &["table nat: 2 rule(s)"],
         extra: None,
+        ..Recipe::default()
     });
 }
 
@@ -247,6 +267,7 @@ fn seed_001_with_a_host_excepted_by_return() {
         local: &[],
         listed: &[],
         extra: None,
+        ..Recipe::default()
     });
 }
 
@@ -274,6 +295,7 @@ fn seed_002_mail_out_by_table_name() {
         local: &[],
         listed: &[],
         extra: None,
+        ..Recipe::default()
     });
 }
 
@@ -302,6 +324,7 @@ fn seed_002_for_ipv4_and_ipv6() {
         local: &[],
         listed: &[],
         extra: None,
+        ..Recipe::default()
     });
 }
 
@@ -327,6 +350,7 @@ fn seed_003_local_smtp_by_table_name() {
         ],
         listed: &["table nat: 1 rule(s)"],
         extra: None,
+        ..Recipe::default()
     });
 }
 
@@ -349,6 +373,105 @@ fn seed_004_local_ssh_by_table_name() {
         ],
         listed: &["table nat: 1 rule(s)"],
         extra: None,
+        ..Recipe::default()
+    });
+}
+
+/// Seed 001's office rules kept in a user-defined chain, as larger firewalls do, with a
+/// host sent to provider 2 by its source (`ip rule add from`). The jump is followed (its
+/// `-i lan0 -p tcp` narrows the chain's rules), the chain's RETURN becomes a rule of mark
+/// 0, and the `from` rule, after the fwmark rule, decides what no mark routes: also what
+/// the RETURN leaves unmarked.
+#[test]
+fn seed_001_rules_in_a_user_chain_and_a_host_by_its_source() {
+    check_recipe(&Recipe {
+        tag: "imp5",
+        setup: "ip route add table 100 default via 203.0.113.2 dev wan2
+                iptables -t mangle -N OFFICE
+                iptables -t mangle -A PREROUTING -i lan0 -p tcp -j OFFICE
+                iptables -t mangle -A OFFICE -d 198.18.1.0/24 -j RETURN
+                iptables -t mangle -A OFFICE -p tcp -m multiport --dports 80,443 -j MARK --set-mark 4
+                iptables -t mangle -A OFFICE -j RETURN
+                ip rule add fwmark 4 table 100 pref 1000
+                ip rule add from 192.0.2.10 table 100 pref 2000",
+        forwarded: &[
+            (("tcp", LAN_HOST_ALT, 45001, "198.18.0.1", 80), Place::Up2),
+            (("tcp", LAN_HOST_ALT, 45002, "198.18.0.1", 443), Place::Up2),
+            (("tcp", LAN_HOST_ALT, 45003, "198.18.1.1", 80), Place::Up1),
+            (("tcp", LAN_HOST_ALT, 45004, "198.18.0.1", 22), Place::Up1),
+            (("udp", LAN_HOST_ALT, 45005, "198.18.0.1", 80), Place::Up1),
+            (("tcp", LAN_HOST, 45006, "198.18.0.1", 22), Place::Up2),
+            (("tcp", LAN_HOST, 45007, "198.18.1.1", 80), Place::Up2),
+            (("udp", LAN_HOST, 45008, "198.18.0.1", 53), Place::Up2),
+        ],
+        written: &[
+            "src = \"192.0.2.10/32\"",
+            "(PREROUTING, -j OFFICE at line",
+            "ingress = [\"lan0\"]",
+        ],
+        ..Recipe::default()
+    });
+}
+
+/// A LAN server reached through uplink 2 answers through it: the TCP handshake completes.
+fn lan_server_over_uplink_2(t: &Topology, _: Stage) {
+    let server = SocketAddr::new(LAN_HOST.parse().expect("address"), 8080);
+    assert!(reachable_from(t, &t.lan, server, Place::Up2), "LAN server");
+    assert!(router_web_reachable_from(t, Place::Up2), "router's server");
+}
+
+/// The classic CONNMARK recipe for two uplinks: connections that come in through wan2 are
+/// marked, the mark saved with the connection and restored for its later packets (the
+/// replies included), so they leave through wan2 although main's default route is wan1;
+/// mail of the LAN goes there too. The imported policy's gateway is sticky (the rule
+/// marking what comes in on wan2 is what `sticky` does), shown with a LAN server and the
+/// router's own reached from uplink 2: without `sticky` their answers leave through wan1
+/// and are lost (tests/tests/sticky.rs shows that control).
+#[test]
+fn connmark_save_and_restore_becomes_a_sticky_gateway() {
+    check_recipe(&Recipe {
+        tag: "imp6",
+        setup: "ip route add table 102 default via 203.0.113.2 dev wan2
+                ip route add table 102 192.0.2.0/25 dev lan0
+                iptables -t mangle -A PREROUTING -j CONNMARK --restore-mark
+                iptables -t mangle -A PREROUTING -m mark ! --mark 0 -j ACCEPT
+                iptables -t mangle -A PREROUTING -i wan2 -m conntrack --ctstate NEW -j MARK --set-mark 2
+                iptables -t mangle -A PREROUTING -i lan0 -p tcp --dport 25 -j MARK --set-mark 2
+                iptables -t mangle -A PREROUTING -j CONNMARK --save-mark
+                iptables -t mangle -A OUTPUT -j CONNMARK --restore-mark
+                ip rule add fwmark 2 table 102",
+        forwarded: &[
+            (("tcp", LAN_HOST, 46001, "198.18.0.1", 25), Place::Up2),
+            (("tcp", LAN_HOST, 46002, "198.18.0.1", 80), Place::Up1),
+        ],
+        extra: Some(lan_server_over_uplink_2),
+        written: &["sticky = true\n", "ingress = [\"lan0\"]"],
+        ..Recipe::default()
+    });
+}
+
+/// Seed 003's mail of the box itself, with a PREROUTING that marks nothing (its RETURN
+/// skips no MARK rule): the imported policy hooks the host's sockets and no device, so
+/// the LAN's mail keeps the main uplink as in the recipe.
+#[test]
+fn an_output_only_recipe_classifies_no_forwarded_traffic() {
+    check_recipe(&Recipe {
+        tag: "imp7",
+        rt_tables: "100 smtp\n",
+        setup: "iptables -t mangle -A PREROUTING -d 192.0.2.0/24 -j RETURN
+                iptables -t mangle -A OUTPUT -p tcp --dport 25 -j MARK --set-mark 0x2
+                iptables -t nat -A POSTROUTING -o wan2 -j MASQUERADE
+                ip rule add fwmark 0x2 table smtp
+                ip route add default via 203.0.113.2 table smtp",
+        forwarded: &[(("tcp", LAN_HOST, 47001, "198.18.0.1", 25), Place::Up1)],
+        local: &[
+            (("198.18.0.1", 25), Place::Up2),
+            (("198.18.0.1", 587), Place::Up1),
+        ],
+        listed: &["table nat: 1 rule(s)"],
+        written: &["local = true\n"],
+        not_written: &["ingress"],
+        ..Recipe::default()
     });
 }
 
@@ -401,4 +524,56 @@ fn stdin_input_and_a_malformed_file() {
         "{stderr}"
     );
     assert_eq!(std::fs::read_to_string(written.arg()).unwrap(), "");
+}
+
+/// Without root or namespaces: an input that cannot be read, an output that cannot be
+/// written and an --rt-tables file that cannot be read are each named with the OS's cause,
+/// and nothing is printed as a policy.
+#[test]
+fn files_it_cannot_read_or_write_are_named_with_the_os_cause() {
+    let save = TempFile::new("ok.save", "*mangle\nCOMMIT\n");
+    let dir = std::env::temp_dir();
+    let missing = dir.join(format!("prt-import-missing-{}.save", std::process::id()));
+    let unwritable = dir
+        .join(format!("prt-import-no-dir-{}", std::process::id()))
+        .join("policy.toml");
+    let cases: [(&[&str], String); 3] = [
+        (
+            &["import", "--iptables-save", missing.to_str().unwrap()],
+            format!("reading {}: No such file or directory", missing.display()),
+        ),
+        (
+            &[
+                "import",
+                "--iptables-save",
+                save.arg(),
+                "-o",
+                unwritable.to_str().unwrap(),
+            ],
+            format!(
+                "writing {}: No such file or directory",
+                unwritable.display()
+            ),
+        ),
+        (
+            &[
+                "--rt-tables",
+                missing.to_str().unwrap(),
+                "import",
+                "--iptables-save",
+                save.arg(),
+            ],
+            format!("{}: No such file or directory", missing.display()),
+        ),
+    ];
+    for (args, want) in cases {
+        let out = Command::new(cli::bin())
+            .args(args)
+            .output()
+            .expect("run import");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(stderr.contains(&want), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}: a policy was printed");
+    }
 }

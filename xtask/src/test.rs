@@ -1,6 +1,6 @@
 //! `cargo xtask test`: formatting, lints, the whole test suite, then a short fuzz run of
-//! the policy reader. The kernel tests load eBPF programs and create network namespaces,
-//! so this must run as root.
+//! the policy reader and of explain's arguments. The kernel tests load eBPF programs and
+//! create network namespaces, so this must run as root.
 use std::{
     fs,
     path::Path,
@@ -17,9 +17,10 @@ use crate::{
 
 /// Prefix of the network namespaces the tests create (`prt-<pid>-...`).
 const NETNS_PREFIX: &str = "prt-";
-/// Long enough to catch a regression a corpus input now triggers and to mutate around
-/// it a little; the real search is the long run fuzz/README.md describes.
-const FUZZ_SECONDS: u32 = 30;
+/// Each fuzz target with its seconds: long enough to catch a regression a corpus input
+/// now triggers and to mutate around it a little (30 s in all); the real search is the
+/// long run fuzz/README.md describes. explain's arguments are a smaller input space.
+const FUZZ_TARGETS: [(&str, u32); 2] = [("policy", 20), ("explain", 10)];
 
 pub fn run(args: &[String], quick: bool) -> anyhow::Result<()> {
     if output(Command::new("id").arg("-u"))
@@ -88,7 +89,9 @@ pub fn run(args: &[String], quick: bool) -> anyhow::Result<()> {
         lanes.push(("debian-6.1", lane.elapsed()));
 
         let lane = Instant::now();
-        fuzz_policy_reader()?;
+        for (target, seconds) in FUZZ_TARGETS {
+            fuzz(target, seconds)?;
+        }
         lanes.push(("fuzz", lane.elapsed()));
     }
 
@@ -236,30 +239,34 @@ fn quick_filters(file: &str) -> Vec<String> {
         .collect()
 }
 
-/// Fuzzes the policy reader for [`FUZZ_SECONDS`]; a crash, timeout or failed assertion
-/// fails the run, leaving its input in fuzz/artifacts/policy/ (ignored by git).
+/// Fuzzes `target` for `seconds`; a crash, timeout or failed assertion fails the run,
+/// leaving its input in fuzz/artifacts/TARGET/ (ignored by git).
 ///
 /// libFuzzer writes new inputs only to the first corpus directory, so that one is a
 /// scratch directory and the corpus, seeds and regression inputs kept in the repository
 /// are only read: the run leaves the tree as it found it.
-fn fuzz_policy_reader() -> anyhow::Result<()> {
+fn fuzz(target: &str, seconds: u32) -> anyhow::Result<()> {
     let fuzz = root().join("fuzz");
-    let scratch = std::env::temp_dir().join(format!("policyroute-fuzz-{}", std::process::id()));
+    let scratch =
+        std::env::temp_dir().join(format!("policyroute-fuzz-{target}-{}", std::process::id()));
     fs::create_dir_all(&scratch)?;
     // git keeps no empty directory, and libFuzzer refuses a missing one.
-    let kept = ["corpus/policy", "seeds/policy", "regressions/policy"]
-        .map(|dir| fuzz.join(dir))
+    let kept = ["corpus", "seeds", "regressions"]
+        .map(|dir| fuzz.join(dir).join(target))
         .into_iter()
         .filter(|dir| dir.is_dir());
     let mut run = Command::new("cargo");
-    run.args(["+nightly", "fuzz", "run", "policy"])
+    run.args(["+nightly", "fuzz", "run", target])
         .arg(&scratch)
         .args(kept)
         .arg("--")
-        .arg(format!("-max_total_time={FUZZ_SECONDS}"))
-        // The reader takes microseconds per input; seconds mean a hang.
+        .arg(format!("-max_total_time={seconds}"))
+        // Each input takes microseconds; seconds mean a hang.
         .arg("-timeout=10")
-        .arg(format!("-dict={}", fuzz.join("policy.dict").display()))
+        .arg(format!(
+            "-dict={}",
+            fuzz.join(format!("{target}.dict")).display()
+        ))
         .current_dir(root());
     // `cargo xtask` runs under stable cargo, whose settings must not reach the nightly
     // build (the same list policyroute/build.rs clears for the eBPF build).

@@ -6,7 +6,8 @@
 use std::{collections::BTreeMap, net::IpAddr};
 
 use policyroute_common::{
-    target_key, FlowTuple, TargetState, FAST_EXPLAIN_FORWARDED, FAST_NH_V6, MEMBER_UP,
+    net::is_ipv6_ext_header, target_key, FlowTuple, TargetState, FAST_EXPLAIN_FORWARDED,
+    FAST_NH_V6, MEMBER_UP,
 };
 use serde::Serialize;
 
@@ -144,8 +145,8 @@ struct TargetVerdict {
 }
 
 impl Query {
-    /// Refuses a question no packet could ask: addresses of two families, or ports for a
-    /// protocol without them.
+    /// Refuses a question no packet could ask: addresses of two families, an IPv6
+    /// extension header as the protocol, or ports for a protocol without them.
     pub fn check(&self) -> Result<(), ControlError> {
         let (src, dst) = (Family::of(&self.src), Family::of(&self.dst));
         if src != dst {
@@ -153,6 +154,15 @@ impl Query {
                 "the source {} is {src} and the destination {} is {dst}: a packet has one \
                  family",
                 self.src, self.dst
+            )));
+        }
+        // The classifiers walk past these to the header after them: no IPv6 packet is of
+        // such a protocol, and the frame synthesized for it would ask something else.
+        if src == Family::V6 && is_ipv6_ext_header(self.proto) {
+            return Err(ControlError::Question(format!(
+                "protocol {} is an IPv6 extension header, which the classifier passes over \
+                 to the protocol after it: ask for that one",
+                crate::policy::protocol::name(self.proto)
             )));
         }
         if !policyroute_common::proto_has_ports(self.proto)
@@ -164,6 +174,31 @@ impl Query {
             )));
         }
         Ok(())
+    }
+
+    /// The first packet of the flow, as the loaded program is run on it (a question
+    /// [`Query::check`] accepted).
+    pub fn frame(&self) -> Vec<u8> {
+        let mut spec = FrameSpec::new(
+            self.proto,
+            self.src,
+            self.sport.unwrap_or(0),
+            self.dst,
+            self.dport.unwrap_or(0),
+        );
+        spec.dscp = self.dscp;
+        spec.build()
+    }
+
+    /// The flow as this host's socket hooks see it.
+    pub fn local_flow(&self) -> LocalFlow {
+        LocalFlow {
+            proto: self.proto,
+            src: Some(self.src).filter(|a| !a.is_unspecified()),
+            sport: self.sport,
+            dst: self.dst,
+            dport: self.dport,
+        }
     }
 }
 
@@ -239,7 +274,7 @@ fn forwarded(q: &Query, ifindex: u32, ctx: Context<'_>) -> Result<Verdict, Contr
             fast: None,
         });
     }
-    let frame = frame(q);
+    let frame = q.frame();
     let ran = run_dataplane(ctx.installed, &frame, ifindex)?;
     let (mark, dropped) = (ran.mark, ran.dropped);
     let rules = rules_of(ctx.record);
@@ -396,15 +431,8 @@ fn local(q: &Query, ctx: Context<'_>) -> Verdict {
             fast: None,
         };
     };
-    let flow = LocalFlow {
-        proto: q.proto,
-        src: Some(q.src).filter(|a| !a.is_unspecified()),
-        sport: q.sport,
-        dst: q.dst,
-        dport: q.dport,
-    };
     let rules = record.policy.classifier_rules();
-    let rule = classifier::first_match_local(&rules, &flow);
+    let rule = classifier::first_match_local(&rules, &q.local_flow());
     let family = Family::of(&q.dst);
     let target = rule.and_then(|i| {
         let mut t = target_verdict(&record.policy, i, ctx.states, family, |state, id| {
@@ -443,18 +471,6 @@ fn local_decision(state: Option<&TargetState>, id: u32) -> ref_targets::Decision
         d.member = None;
     }
     d
-}
-
-fn frame(q: &Query) -> Vec<u8> {
-    let mut spec = FrameSpec::new(
-        q.proto,
-        q.src,
-        q.sport.unwrap_or(0),
-        q.dst,
-        q.dport.unwrap_or(0),
-    );
-    spec.dscp = q.dscp;
-    spec.build()
 }
 
 /// Runs the attached TC ingress program of the dataplane in use on `frame` as if it

@@ -8,6 +8,7 @@ pub mod explain;
 pub mod failover;
 pub mod flush;
 pub mod metrics;
+pub mod question;
 pub mod run;
 pub mod status;
 pub mod timings;

@@ -1,6 +1,7 @@
 //! `[attach]` from the chains the rules came from: PREROUTING rules classify what devices
-//! receive (`ingress`), OUTPUT rules the host's own sockets (`local`). A policy's rules
-//! apply at every hook it attaches, so narrower iptables rules are noted.
+//! receive (`ingress`), OUTPUT rules the host's own sockets (`local`); `from` ip rules
+//! classify what arrives from their source. A policy's rules apply at every hook it
+//! attaches, so narrower iptables rules are noted.
 use super::ip_route::Route;
 use super::iptables_save::Hook;
 use super::order::Placed;
@@ -12,17 +13,40 @@ pub struct AttachOut {
     pub local: bool,
 }
 
-pub fn attach(rules: &[Placed], routes: &[Route]) -> (AttachOut, Vec<Note>) {
+/// Where the traffic of a rule that no chain holds arrives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Arrives {
+    On(Vec<String>),
+    Anywhere,
+}
+
+/// Whether the rules classify the host's own traffic: OUTPUT has some.
+pub fn local(rules: &[Placed]) -> bool {
+    rules.iter().any(|r| r.rule.hook == Hook::Local)
+}
+
+/// `arrives`: the traffic of the rules that are not from a chain (the `from` ip rules).
+pub fn attach(rules: &[Placed], arrives: &[Arrives], routes: &[Route]) -> (AttachOut, Vec<Note>) {
     let forwarded: Vec<&Placed> = rules
         .iter()
         .filter(|r| r.rule.hook == Hook::Forwarded)
         .collect();
-    let local = rules.iter().any(|r| r.rule.hook == Hook::Local);
-    let any_device = forwarded.iter().any(|r| r.rule.iif.is_none());
+    let local = local(rules);
+    let any_device =
+        forwarded.iter().any(|r| r.rule.iif.is_none()) || arrives.contains(&Arrives::Anywhere);
     let ingress = if any_device {
         devices(routes)
     } else {
-        unique(forwarded.iter().filter_map(|r| r.rule.iif.clone()))
+        let from = arrives.iter().flat_map(|a| match a {
+            Arrives::On(devs) => devs.clone(),
+            Arrives::Anywhere => Vec::new(),
+        });
+        unique(
+            forwarded
+                .iter()
+                .filter_map(|r| r.rule.iif.clone())
+                .chain(from),
+        )
     };
     let mut notes = Vec::new();
     for r in rules {

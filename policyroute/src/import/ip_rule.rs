@@ -1,6 +1,8 @@
 //! `ip rule show` (and `ip -6 rule show`) output: the `fwmark M lookup T` rules that send
-//! marked traffic to a table. The kernel's own three rules pass silently; any other rule
-//! is a note.
+//! marked traffic to a table, and the `from PREFIX lookup T` rules that send a source's
+//! traffic there. The kernel's own three rules pass silently; any other rule is a note.
+use ipnet::IpNet;
+
 use super::{ImportError, Note, Source};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -14,9 +16,21 @@ pub struct FwmarkRule {
     pub table: String,
 }
 
+/// `from PREFIX lookup T`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FromRule {
+    /// `file:line`, for notes about it.
+    pub origin: (String, usize),
+    pub priority: u32,
+    pub src: IpNet,
+    /// As printed: an rt_tables name or a number.
+    pub table: String,
+}
+
 #[derive(Debug, Default)]
 pub struct Parsed {
     pub rules: Vec<FwmarkRule>,
+    pub from: Vec<FromRule>,
     pub notes: Vec<Note>,
 }
 
@@ -34,8 +48,15 @@ pub fn parse(src: &Source) -> Result<Parsed, ImportError> {
             .and_then(|(p, rest)| Some((p.trim().parse::<u32>().ok()?, rest)))
             .ok_or_else(|| ImportError::at(&src.label, n, "expected PRIORITY: SELECTOR ACTION"))?;
         let words: Vec<&str> = selector.split_whitespace().collect();
-        match fwmark_rule(&words) {
+        let origin = (src.label.clone(), n);
+        match shape(&words) {
             Shape::Kernel => {}
+            Shape::From { src: net, table } => out.from.push(FromRule {
+                origin,
+                priority,
+                src: net,
+                table: table.to_owned(),
+            }),
             Shape::Fwmark { mark, mask, table } => {
                 if priority > crate::policy::MAIN_RULE_PRIORITY {
                     let why = format!(
@@ -45,7 +66,7 @@ pub fn parse(src: &Source) -> Result<Parsed, ImportError> {
                     out.notes.push(Note::new(src, n, why));
                 }
                 out.rules.push(FwmarkRule {
-                    origin: (src.label.clone(), n),
+                    origin,
                     priority,
                     mark,
                     mask,
@@ -64,6 +85,10 @@ pub fn parse(src: &Source) -> Result<Parsed, ImportError> {
 
 enum Shape<'a> {
     Kernel,
+    From {
+        src: IpNet,
+        table: &'a str,
+    },
     Fwmark {
         mark: u32,
         mask: u32,
@@ -73,13 +98,21 @@ enum Shape<'a> {
     Malformed(String),
 }
 
-fn fwmark_rule<'a>(words: &[&'a str]) -> Shape<'a> {
-    let (mut mark, mut table, mut other) = (None, None, false);
+fn shape<'a>(words: &[&'a str]) -> Shape<'a> {
+    let (mut from, mut mark, mut table, mut other) = (None, None, None, false);
     let mut it = words.iter();
     while let Some(&w) = it.next() {
         let mut value = || it.next().copied();
         match w {
-            "from" => other |= value() != Some("all"),
+            "from" => match value() {
+                Some("all") => {}
+                // `ip rule` prints an address without its length (`from 192.0.2.10`).
+                Some(text) => match super::mark_rule::prefix(text) {
+                    Ok(net) => from = Some(net),
+                    Err(why) => return Shape::Malformed(why),
+                },
+                None => return Shape::Malformed("from needs a prefix".to_owned()),
+            },
             "fwmark" => match value().map(mark_value) {
                 Some(Some(m)) => mark = Some(m),
                 _ => return Shape::Malformed("fwmark needs VALUE[/MASK]".to_owned()),
@@ -95,10 +128,13 @@ fn fwmark_rule<'a>(words: &[&'a str]) -> Shape<'a> {
             _ => other = true,
         }
     }
-    match (mark, table, other) {
-        (None, Some(t), false) if KERNEL_TABLES.contains(&t) => Shape::Kernel,
-        (Some((mark, mask)), Some(table), false) => Shape::Fwmark { mark, mask, table },
-        (None, _, _) => Shape::Other("only fwmark rules are imported"),
+    match (from, mark, table, other) {
+        (None, None, Some(t), false) if KERNEL_TABLES.contains(&t) => Shape::Kernel,
+        (None, Some((mark, mask)), Some(table), false) => Shape::Fwmark { mark, mask, table },
+        (Some(src), None, Some(table), false) => Shape::From { src, table },
+        (_, None, _, _) => {
+            Shape::Other("only `fwmark M lookup T` and `from PREFIX lookup T` rules are imported")
+        }
         _ => Shape::Other("only `from all fwmark M lookup T` rules are imported"),
     }
 }

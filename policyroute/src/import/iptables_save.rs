@@ -1,7 +1,8 @@
 //! `iptables-save` and `ip6tables-save` output: the mangle table's `MARK` rules of the
 //! chains that decide routes (PREROUTING for forwarded traffic, OUTPUT for the host's
-//! own), and a note for everything else.
-use super::mark_rule::{self, Verdict};
+//! own) and of the user-defined chains they jump to ([`super::chains`]), its `CONNMARK`
+//! rules, and a note for everything else.
+use super::chains::{self, ConnmarkOp};
 use super::{tokens::tokens, ImportError, Note, Source};
 use crate::policy::matcher::Match;
 
@@ -29,21 +30,35 @@ pub struct MarkRule {
     pub comment: Option<String>,
     /// `-j RETURN` or `-j ACCEPT` (mark 0): matching packets skip the chain's later rules.
     pub ends_chain: bool,
+    /// `-m conntrack --ctstate NEW` (or `-m state --state NEW`): the first packet of a
+    /// connection only, which a CONNMARK save and restore extend to the connection.
+    pub new_only: bool,
+    /// The jumps that led to the rule, outermost first (empty: written in PREROUTING or
+    /// OUTPUT itself).
+    pub via: Vec<Via>,
+}
+
+/// A `-j CHAIN` into a user-defined chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Via {
+    pub line: usize,
+    pub chain: String,
 }
 
 #[derive(Debug, Default)]
 pub struct Parsed {
     pub rules: Vec<MarkRule>,
+    pub connmark: Vec<ConnmarkOp>,
     pub notes: Vec<Note>,
 }
 
-const NOT_ROUTING: [&str; 3] = ["INPUT", "FORWARD", "POSTROUTING"];
-
-/// The table being read: its name, header line and rule count.
+/// The table being read: its name, header line and rules.
 struct Table {
     name: String,
     line: usize,
     rules: usize,
+    /// The mangle table's `-A` lines: line number and words (the chain first).
+    mangle: Vec<(usize, Vec<String>)>,
     /// Chains declared by `:CHAIN` lines: a `-j` to one of them is a jump.
     chains: Vec<String>,
 }
@@ -51,6 +66,19 @@ struct Table {
 pub fn parse(src: &Source) -> Result<Parsed, ImportError> {
     let mut out = Parsed::default();
     let mut table: Option<Table> = None;
+    let read = tables(src, &mut out, &mut table);
+    // The mangle table's rules are read at its COMMIT: one that cannot be read in a table
+    // left open comes before the error that stopped the reading.
+    if let (Err(_), Some(open)) = (&read, &table) {
+        if open.name == "mangle" {
+            chains::walk(src, &open.mangle, &open.chains)?;
+        }
+    }
+    read.map(|()| out)
+}
+
+/// Reads the tables into `out`; `table` is the one open when it stops.
+fn tables(src: &Source, out: &mut Parsed, table: &mut Option<Table>) -> Result<(), ImportError> {
     let mut last = 0;
     for (n, raw) in src.lines() {
         last = n;
@@ -63,10 +91,11 @@ pub fn parse(src: &Source) -> Result<Parsed, ImportError> {
                 let msg = format!("*{name} before COMMIT of *{}", open.name);
                 return Err(ImportError::at(&src.label, n, msg));
             }
-            table = Some(Table {
+            *table = Some(Table {
                 name: name.trim().to_owned(),
                 line: n,
                 rules: 0,
+                mangle: Vec::new(),
                 chains: Vec::new(),
             });
             continue;
@@ -83,18 +112,23 @@ pub fn parse(src: &Source) -> Result<Parsed, ImportError> {
             if let Some(note) = other_table(src, open) {
                 out.notes.push(note);
             }
-            table = None;
+            if open.name == "mangle" {
+                let walked = chains::walk(src, &open.mangle, &open.chains)?;
+                out.rules.extend(walked.rules);
+                out.connmark.extend(walked.connmark);
+                out.notes.extend(walked.notes);
+            }
+            *table = None;
         } else if line.starts_with(':') {
             open.chains.push(chain_header(src, n, line)?);
         } else if let Some(rule) = appended(line) {
             open.rules += 1;
             if open.name == "mangle" {
-                match mangle_rule(n, rule, &open.chains)
-                    .map_err(|m| ImportError::at(&src.label, n, m))?
-                {
-                    Verdict::Rule(r) => out.rules.push(r),
-                    Verdict::Unexpressed(why) => out.notes.push(Note::new(src, n, why)),
+                let words = tokens(rule).map_err(|m| ImportError::at(&src.label, n, m))?;
+                if words.is_empty() {
+                    return Err(ImportError::at(&src.label, n, "-A without a chain"));
                 }
+                open.mangle.push((n, words));
             }
         } else {
             let msg = format!("unexpected {line:?} (expected :CHAIN, -A CHAIN ..., or COMMIT)");
@@ -107,7 +141,7 @@ pub fn parse(src: &Source) -> Result<Parsed, ImportError> {
             last,
             format!("*{} has no COMMIT (truncated?)", open.name),
         )),
-        None => Ok(out),
+        None => Ok(()),
     }
 }
 
@@ -140,29 +174,4 @@ fn other_table(src: &Source, t: &Table) -> Option<Note> {
         );
         Note::new(src, t.line, what)
     })
-}
-
-/// A mangle rule by its chain; `Err` when the line cannot be read.
-fn mangle_rule(n: usize, text: &str, chains: &[String]) -> Result<Verdict, String> {
-    let words = tokens(text)?;
-    let Some((chain, args)) = words.split_first() else {
-        return Err("-A without a chain".to_owned());
-    };
-    let hook = match chain.as_str() {
-        "PREROUTING" => Hook::Forwarded,
-        "OUTPUT" => Hook::Local,
-        c if NOT_ROUTING.contains(&c) => {
-            return Ok(Verdict::Unexpressed(format!(
-                "chain {c}: a mark set here comes after the routing decision and chooses \
-                 no route; not imported"
-            )))
-        }
-        c => {
-            return Ok(Verdict::Unexpressed(format!(
-                "chain {c}: rules of user-defined chains are not imported (jumps are not \
-                 followed)"
-            )))
-        }
-    };
-    mark_rule::read(n, hook, args, chains)
 }

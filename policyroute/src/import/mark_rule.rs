@@ -1,5 +1,5 @@
-//! One rule of a routing chain of the mangle table (`-A PREROUTING ...` or `-A OUTPUT
-//! ...`): a [`MarkRule`] the policy can hold, or why it cannot.
+//! One rule of the mangle table (`-A CHAIN ...`): a [`MarkRule`] the policy can hold, a
+//! jump into a user-defined chain, a `CONNMARK` rule, or why it is none of them.
 use ipnet::IpNet;
 
 use super::iptables_save::{Hook, MarkRule};
@@ -7,12 +7,51 @@ use crate::policy::matcher::Match;
 use crate::policy::ports::{PortRange, PortSet};
 use crate::policy::protocol;
 
-const MODULES: [&str; 5] = ["tcp", "udp", "multiport", "comment", "dscp"];
+const MODULES: [&str; 7] = [
+    "tcp",
+    "udp",
+    "multiport",
+    "comment",
+    "dscp",
+    "conntrack",
+    "state",
+];
 
 pub enum Verdict {
+    /// `-j MARK`, or `-j ACCEPT` (mark 0, ending the chain).
     Rule(MarkRule),
+    /// `-j RETURN` (mark 0): ends a built-in chain, but only the current user-defined one.
+    Return(MarkRule),
+    /// `-j CHAIN` into a user-defined chain; the rule holds the jump's conditions.
+    Jump { chain: String, rule: MarkRule },
+    /// `-j CONNMARK`; for [`Connmark::Set`] the rule holds its conditions and mark.
+    Connmark { op: Connmark, rule: MarkRule },
+    /// `-m mark ! --mark 0 -j ACCEPT|RETURN`: a packet that has a mark already (after
+    /// `CONNMARK --restore-mark`, its connection's) skips the rest of the chain.
+    SkipMarked,
     /// Why the policy cannot express it.
     Unexpressed(String),
+}
+
+/// What a `-j CONNMARK` rule does with the connection's mark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Connmark {
+    /// `--restore-mark`: the packet gets the connection's mark.
+    Restore,
+    /// `--save-mark`: the connection gets the packet's mark.
+    Save,
+    /// `--set-xmark`/`--set-mark`: the connection gets this mark.
+    Set,
+}
+
+/// What the target of a rule is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Kind {
+    Mark,
+    Accept,
+    Return,
+    Jump(String),
+    Connmark(Connmark),
 }
 
 /// The options after the chain name; `Err` when the line cannot be read.
@@ -22,16 +61,44 @@ pub fn read(
     args: &[String],
     chains: &[String],
 ) -> Result<Verdict, String> {
-    let ends_chain = match target_kind(args, chains) {
-        Ok(ends_chain) => ends_chain,
+    if skips_marked(args) {
+        return Ok(Verdict::SkipMarked);
+    }
+    let kind = match target_kind(args, chains) {
+        Ok(kind) => kind,
         Err(why) => return Ok(Verdict::Unexpressed(why)),
     };
     let mut reader = RuleReader::new(line, hook);
-    reader.rule.ends_chain = ends_chain;
-    Ok(match reader.read(args)? {
-        Step::Next => Verdict::Rule(reader.rule),
-        Step::Stop(why) => Verdict::Unexpressed(why),
+    reader.rule.ends_chain = matches!(kind, Kind::Accept | Kind::Return);
+    // A save or restore copies whatever mark there is; its conditions only say when, and
+    // a sticky gateway remembers every flow through it (see `connmark`).
+    if let Kind::Connmark(op @ (Connmark::Restore | Connmark::Save)) = kind {
+        return Ok(Verdict::Connmark {
+            op,
+            rule: reader.rule,
+        });
+    }
+    if let Step::Stop(why) = reader.read(args)? {
+        return Ok(Verdict::Unexpressed(why));
+    }
+    let rule = reader.rule;
+    Ok(match kind {
+        Kind::Mark | Kind::Accept => Verdict::Rule(rule),
+        Kind::Return => Verdict::Return(rule),
+        Kind::Jump(chain) => Verdict::Jump { chain, rule },
+        Kind::Connmark(op) => Verdict::Connmark { op, rule },
     })
+}
+
+/// `-m mark ! --mark 0 -j ACCEPT|RETURN` (or `-m connmark`), nothing else.
+fn skips_marked(args: &[String]) -> bool {
+    let words: Vec<&str> = args.iter().map(String::as_str).collect();
+    match words.as_slice() {
+        ["-m", "mark" | "connmark", "!", "--mark", value, "-j", "ACCEPT" | "RETURN"] => {
+            xmark(value).is_ok_and(|(mark, _)| mark == 0)
+        }
+        _ => false,
+    }
 }
 
 /// After an option: go on, or stop at something the policy cannot express.
@@ -57,6 +124,8 @@ impl RuleReader {
                 mask: u32::MAX,
                 comment: None,
                 ends_chain: false,
+                new_only: false,
+                via: Vec::new(),
             },
             target: false,
         }
@@ -123,6 +192,13 @@ impl RuleReader {
                 m.sport = Some(ports(value()?)?)
             }
             "--comment" => self.rule.comment = Some(value()?.to_owned()),
+            "--ctstate" | "--state" => {
+                let states = value()?;
+                if states != "NEW" {
+                    return Ok(Step::Stop(format!("{opt} {states}: match not supported")));
+                }
+                self.rule.new_only = true;
+            }
             "--dscp" => m.dscp = Some(dscp(value()?)?),
             "-j" | "--jump" => {
                 value()?;
@@ -153,42 +229,46 @@ impl RuleReader {
     }
 }
 
-/// Whether the target ends the chain (`RETURN`, `ACCEPT`: a rule of mark 0 in the
-/// policy, which exempts what it matches from the later rules), `false` for `MARK`
-/// setting a mark; `Err(why)` for any other.
-fn target_kind(args: &[String], chains: &[String]) -> Result<bool, String> {
+/// What the target does (no target: a MARK rule that is refused later for having none);
+/// `Err(why)` for a target the policy has no counterpart of.
+fn target_kind(args: &[String], chains: &[String]) -> Result<Kind, String> {
     let at = args
         .iter()
         .position(|a| matches!(a.as_str(), "-j" | "--jump" | "-g" | "--goto"));
     let Some(at) = at else {
-        return Ok(false);
+        return Ok(Kind::Mark);
     };
     let target = args.get(at + 1).map_or("", String::as_str);
     if args[at].starts_with("-g") || args[at] == "--goto" {
         return Err(format!("-g {target}: goto is not followed"));
     }
+    let has = |option: &str| args.iter().any(|a| a == option);
     let why = match target {
         "MARK" => {
-            let sets = args.iter().any(|a| a == "--set-xmark" || a == "--set-mark");
-            return if sets {
-                Ok(false)
+            return if has("--set-xmark") || has("--set-mark") {
+                Ok(Kind::Mark)
             } else {
                 Err("-j MARK with --and-mark, --or-mark or --xor-mark: not supported".into())
             };
         }
-        "CONNMARK" => "-j CONNMARK: connection marks are not imported (`sticky = true` on a \
-                       gateway sends replies back through the gateway a connection came in)"
-            .to_owned(),
-        "RETURN" | "ACCEPT" => return Ok(true),
-        chain if chains.iter().any(|c| c == chain) => {
-            format!("-j {chain}: jumps to user-defined chains are not followed")
+        "CONNMARK" if has("--restore-mark") => return Ok(Kind::Connmark(Connmark::Restore)),
+        "CONNMARK" if has("--save-mark") => return Ok(Kind::Connmark(Connmark::Save)),
+        "CONNMARK" if has("--set-xmark") || has("--set-mark") => {
+            return Ok(Kind::Connmark(Connmark::Set))
         }
+        "CONNMARK" => {
+            "-j CONNMARK with --and-mark, --or-mark or --xor-mark: not supported".to_owned()
+        }
+        "ACCEPT" => return Ok(Kind::Accept),
+        "RETURN" => return Ok(Kind::Return),
+        chain if chains.iter().any(|c| c == chain) => return Ok(Kind::Jump(chain.to_owned())),
         other => format!("-j {other}: not a MARK target; not imported"),
     };
     Err(why)
 }
 
-fn prefix(text: &str) -> Result<IpNet, String> {
+/// An address or prefix, host bits cleared.
+pub(super) fn prefix(text: &str) -> Result<IpNet, String> {
     let net = text
         .parse::<IpNet>()
         .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))

@@ -2,9 +2,11 @@
 //! (`iptables-save`, `ip rule show`, `ip route show table all`, and their IPv6 twins),
 //! translated into a policy file. Every input is text; nothing here runs a tool.
 //!
-//! One module per input format ([`iptables_save`], with `mark_rule` for one rule;
-//! [`ip_rule`]; [`ip_route`]), then [`gateways`] from rules and routes, [`order`],
-//! [`attach`] and `policy_rules` for the rules, and [`write_policy`] for the TOML. What the policy cannot say is a [`Note`] with the input
+//! One module per input format ([`iptables_save`], with `chains` following jumps and
+//! `mark_rule` for one rule; [`ip_rule`]; [`ip_route`]), then [`gateways`] from rules and
+//! routes, `connmark` for sticky gateways, [`order`], `from_rules`, [`attach`] and
+//! `policy_rules` for the rules (`both` narrows one match by another), and
+//! [`write_policy`] for the TOML. What the policy cannot say is a [`Note`] with the input
 //! line it is about: it is written at the top of the policy and returned to the caller.
 use serde::Serialize;
 
@@ -12,7 +14,11 @@ use crate::policy::matcher::{Family, Match};
 use crate::policy::Target;
 
 pub mod attach;
+mod both;
+mod chains;
+mod connmark;
 mod error;
+mod from_rules;
 pub mod gateways;
 pub mod ip_route;
 pub mod ip_rule;
@@ -122,23 +128,32 @@ pub fn draft(inputs: &Inputs) -> Result<Draft, ImportError> {
     for src in &inputs.ip_routes {
         routes.extend(ip_route::parse(src)?);
     }
-    let mut fwmarks = Vec::new();
+    let (mut fwmarks, mut from) = (Vec::new(), Vec::new());
     for src in &inputs.ip_rules {
         let parsed = ip_rule::parse(src)?;
         fwmarks.extend(parsed.rules);
+        from.extend(parsed.from);
         d.notes.extend(parsed.notes);
     }
     let mut gws = gateways::build(&fwmarks, &routes);
     d.notes.extend(std::mem::take(&mut gws.notes));
     d.mark_mask = mark_mask(&fwmarks, &mut d.notes);
-    let placed = rules(inputs, &mut d)?;
-    let (attach, notes) = attach::attach(&placed, &routes);
+    let (placed, connmarks) = rules(inputs, &mut d)?;
+    let (placed, sticky) = connmark::sticky(&connmarks, placed, &mut gws, &routes, &mut d.notes);
+    d.remarks.extend(sticky);
+    let mut from = from_rules::build(&from, &fwmarks, &mut gws, &routes, attach::local(&placed));
+    d.notes.append(&mut from.notes);
+    d.remarks.append(&mut from.remarks);
+    let (attach, notes) = attach::attach(&placed, &from.arrives, &routes);
     d.notes.extend(notes);
-    d.rules = policy_rules::rules(&placed, &gws, &mut d);
+    let rules = policy_rules::rules(&placed, &gws, &mut d);
+    d.rules = from_rules::splice(rules, from, &gws);
     d.gateways = gws.list;
     d.attach = attach;
+    // A user-defined chain two jumps enter says the same of its rules twice.
     d.notes
         .sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
+    d.notes.dedup();
     Ok(d)
 }
 
@@ -157,13 +172,22 @@ fn mark_mask(fwmarks: &[ip_rule::FwmarkRule], notes: &mut Vec<Note>) -> Option<u
     (first.mask != u32::MAX).then_some(first.mask)
 }
 
-/// The MARK rules of all iptables inputs, each family in policy order, then merged.
-fn rules(inputs: &Inputs, d: &mut Draft) -> Result<Vec<order::Placed>, ImportError> {
+/// The MARK rules of all iptables inputs, each family in policy order, then merged; and
+/// the CONNMARK rules.
+fn rules(
+    inputs: &Inputs,
+    d: &mut Draft,
+) -> Result<(Vec<order::Placed>, Vec<connmark::FileOp>), ImportError> {
     let mut by_family: [Vec<order::Placed>; 2] = Default::default();
+    let mut connmarks = Vec::new();
     for src in &inputs.iptables {
         let family = src.family();
         let parsed = iptables_save::parse(src)?;
         d.notes.extend(parsed.notes);
+        connmarks.extend(parsed.connmark.into_iter().map(|op| connmark::FileOp {
+            file: src.label.clone(),
+            op,
+        }));
         let slot = &mut by_family[usize::from(family == Family::V6)];
         slot.extend(parsed.rules.into_iter().map(|rule| order::Placed {
             rule,
@@ -188,5 +212,5 @@ fn rules(inputs: &Inputs, d: &mut Draft) -> Result<Vec<order::Placed>, ImportErr
     }
     let (merged, notes) = order::merge_families(v4.rules, v6.rules);
     d.notes.extend(notes);
-    Ok(merged)
+    Ok((merged, connmarks))
 }

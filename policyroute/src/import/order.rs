@@ -2,12 +2,10 @@
 //! the policy stops at the first match. Chain order is kept unless two rules that can
 //! match the same packet set different marks: then the order is reversed, which gives
 //! every packet the mark iptables gives it.
-use ipnet::IpNet;
-
+use super::both::both;
 use super::iptables_save::MarkRule;
 use super::Note;
-use crate::policy::matcher::{Family, Match};
-use crate::policy::ports::PortSet;
+use crate::policy::matcher::Family;
 
 /// A rule with where it came from and the families it is written for.
 #[derive(Clone, Debug)]
@@ -54,30 +52,10 @@ pub fn last_match_first(rules: Vec<Placed>) -> Ordered {
     }
 }
 
-fn can_both_match(a: &MarkRule, b: &MarkRule) -> bool {
+/// Whether some packet meets both rules at the same hook.
+pub(super) fn can_both_match(a: &MarkRule, b: &MarkRule) -> bool {
     let same_iif = a.iif.is_none() || b.iif.is_none() || a.iif == b.iif;
-    a.hook == b.hook && same_iif && overlap(&a.matcher, &b.matcher)
-}
-
-fn overlap(a: &Match, b: &Match) -> bool {
-    fn either<T>(x: &Option<T>, y: &Option<T>, f: impl Fn(&T, &T) -> bool) -> bool {
-        match (x, y) {
-            (Some(x), Some(y)) => f(x, y),
-            _ => true,
-        }
-    }
-    let nets = |x: &IpNet, y: &IpNet| x.contains(y) || y.contains(x);
-    let ports = |x: &PortSet, y: &PortSet| {
-        x.ranges()
-            .iter()
-            .any(|r| y.ranges().iter().any(|s| r.lo <= s.hi && s.lo <= r.hi))
-    };
-    either(&a.proto, &b.proto, |x, y| x == y)
-        && either(&a.src, &b.src, nets)
-        && either(&a.dst, &b.dst, nets)
-        && either(&a.sport, &b.sport, ports)
-        && either(&a.dport, &b.dport, ports)
-        && either(&a.dscp, &b.dscp, |x, y| x == y)
+    a.hook == b.hook && same_iif && both(&a.matcher, &b.matcher).is_some()
 }
 
 /// The IPv4 and IPv6 rule lists as one: a rule written alike for both families (no

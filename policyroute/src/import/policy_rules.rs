@@ -52,12 +52,17 @@ pub(super) fn rules(placed: &[Placed], gws: &Gateways, d: &mut Draft) -> Vec<Rul
         } else {
             ""
         };
+        let via: String = r
+            .via
+            .iter()
+            .map(|v| format!(", -j {} at line {}", v.chain, v.line))
+            .collect();
         let taken: Vec<String> = out.iter().map(|o| o.name.clone()).collect();
         out.push(RuleOut {
             name: rule_name(p, chain, &taken),
             origin: match &p.twin {
-                Some(twin) => format!("{}:{} and {twin} ({chain}{how})", p.file, r.line),
-                None => format!("{}:{} ({chain}{how})", p.file, r.line),
+                Some(twin) => format!("{}:{} and {twin} ({chain}{via}{how})", p.file, r.line),
+                None => format!("{}:{} ({chain}{via}{how})", p.file, r.line),
             },
             matcher: only_families(p, &target, gws),
             target,

@@ -87,7 +87,7 @@ fn what_cannot_be_expressed_is_listed_with_its_line() {
 -A PREROUTING -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff
 -A PREROUTING ! -s 10.0.0.0/8 -j MARK --set-xmark 0x4/0xffffffff
 -A PREROUTING -p tcp -j DROP
--A PREROUTING -j SUB
+-A PREROUTING -g SUB
 -A SUB -j MARK --set-xmark 0x4/0xffffffff
 -A FORWARD -j MARK --set-xmark 0x4/0xffffffff
 -A PREROUTING -o wan1 -j MARK --set-xmark 0x4/0xffffffff
@@ -112,7 +112,8 @@ COMMIT
     assert!(text(5).contains("CONNMARK"));
     assert!(text(6).contains("negation"));
     assert!(text(7).contains("-j DROP: not a MARK target"));
-    assert!(text(8).contains("user-defined"));
+    assert!(text(8).contains("goto is not followed"));
+    assert!(text(9).contains("chain SUB: its 1 rule(s) are not reached"));
     assert!(text(13).contains("table nat"));
     assert!(imported.policy.contains("# - ipt0:7: -j DROP"));
 }
@@ -122,7 +123,7 @@ type Malformed<'a> = (&'a str, &'a [&'a str], &'a [&'a str], &'a [&'a str], usiz
 
 #[test]
 fn malformed_input_is_an_error_at_its_line() {
-    let cases: [Malformed<'_>; 6] = [
+    let cases: [Malformed<'_>; 7] = [
         (
             "bad prefix",
             &["*mangle\n-A PREROUTING -s 10.0.0.300/8 -j MARK --set-mark 1\nCOMMIT\n"],
@@ -147,6 +148,14 @@ fn malformed_input_is_an_error_at_its_line() {
         (
             "truncated",
             &["*mangle\n:PREROUTING ACCEPT [0:0]\n"],
+            &[],
+            &[],
+            2,
+        ),
+        (
+            // Read at COMMIT, which never comes: still the rule's own line.
+            "bad rule, then truncated",
+            &["*mangle\n-A PREROUTING -p tcp --dport x -j MARK --set-mark 1\n\n"],
             &[],
             &[],
             2,
@@ -389,4 +398,420 @@ COMMIT
         .map(|n| (n.file.as_str(), n.line))
         .collect();
     assert_eq!(listed, [("ipt1", 4)], "{:#?}", imported.unexpressed);
+}
+
+fn listed(imported: &Imported) -> Vec<String> {
+    imported
+        .unexpressed
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+/// For each (`file:line`, text) some listed note is there and says that.
+fn assert_lists(texts: &[String], wanted: &[(&str, &str)]) {
+    for (at, what) in wanted {
+        let found = texts
+            .iter()
+            .any(|t| t.starts_with(&format!("{at}: ")) && t.contains(what));
+        assert!(found, "{at}: {what:?} is not listed in {texts:#?}");
+    }
+}
+
+fn shown(p: &Policy) -> Vec<(String, String)> {
+    p.rules
+        .iter()
+        .map(|r| (r.matcher.to_string(), format!("{:?}", r.target)))
+        .collect()
+}
+
+#[test]
+fn a_jump_into_a_user_chain_is_followed_with_its_conditions() {
+    let ipt = "*mangle
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:ROUTE_LAN - [0:0]
+-A PREROUTING -i lan0 -s 192.0.2.0/25 -j ROUTE_LAN
+-A ROUTE_LAN -p tcp -m tcp --dport 25 -j MARK --set-xmark 0x4/0xffffffff
+-A ROUTE_LAN -d 198.18.0.0/15 -j RETURN
+-A ROUTE_LAN -p udp -j MARK --set-xmark 0x4/0xffffffff
+-A ROUTE_LAN -s 192.0.2.64/26 -j MARK --set-xmark 0x4/0xffffffff
+-A ROUTE_LAN -j RETURN
+COMMIT
+";
+    let (imported, p) = round_trip(&inputs(&[ipt], &[RULES4], &[ROUTES4]));
+    assert_eq!(imported.unexpressed, [], "{}", imported.policy);
+    let gw = || "Gateway(\"mail.out\")".to_owned();
+    assert_eq!(
+        shown(&p),
+        [
+            ("proto tcp src 192.0.2.0/25 dport 25".to_owned(), gw()),
+            // RETURN ends the chain, and nothing after the jump marks: mark 0 says it.
+            (
+                "src 192.0.2.0/25 dst 198.18.0.0/15".to_owned(),
+                "Mark(0)".to_owned()
+            ),
+            ("proto udp src 192.0.2.0/25".to_owned(), gw()),
+            // The narrower source of the two.
+            ("src 192.0.2.64/26".to_owned(), gw()),
+            // The last RETURN skips nothing: left out.
+        ]
+    );
+    assert!(
+        imported
+            .policy
+            .contains("# ipt0:6 (PREROUTING, -j ROUTE_LAN at line 5)"),
+        "{}",
+        imported.policy
+    );
+    assert_eq!(p.attach.ingress, ["lan0"]);
+    assert!(!p.attach.local);
+}
+
+#[test]
+fn a_chain_entered_from_both_hooks_is_narrowed_by_each_jump() {
+    let ipt = "*mangle
+:SUB - [0:0]
+-A PREROUTING -i lan0 -p udp -j SUB
+-A OUTPUT -p tcp -j SUB
+-A SUB -p tcp --dport 25 -j MARK --set-mark 4
+-A SUB -m multiport --dports 53,443 -j MARK --set-mark 4
+COMMIT
+";
+    let (imported, p) = round_trip(&inputs(&[ipt], &[RULES4], &[ROUTES4]));
+    let names: Vec<&str> = p.rules.iter().map(|r| r.name.as_str()).collect();
+    // PREROUTING's udp meets no tcp rule.
+    assert_eq!(names, ["prerouting-6", "output-5", "output-6"]);
+    assert_eq!(
+        p.rules
+            .iter()
+            .map(|r| r.matcher.to_string())
+            .collect::<Vec<_>>(),
+        [
+            "proto udp dport 53,443",
+            "proto tcp dport 25",
+            "proto tcp dport 53,443"
+        ],
+        "{}",
+        imported.policy
+    );
+    assert!(p.attach.local);
+    assert_eq!(p.attach.ingress, ["lan0"]);
+}
+
+#[test]
+fn jumps_in_a_loop_too_deep_or_too_many_are_listed_and_import_ends() {
+    let mut ipt = String::from(
+        "*mangle
+:A - [0:0]
+:B - [0:0]
+:C - [0:0]
+-A PREROUTING -i lan0 -j A
+-A A -j B
+-A B -j A
+-A B -p tcp -j MARK --set-mark 4
+-A C -j MARK --set-mark 4
+-A FORWARD -j C
+",
+    );
+    // D0 -> D1 -> ... -> D19: deeper than nf_tables allows.
+    ipt.push_str("-A PREROUTING -i lan0 -p udp -j D0\n");
+    for i in 0..20 {
+        ipt.push_str(&format!("-A D{i} -j D{}\n", i + 1));
+    }
+    ipt.push_str("-A D20 -j MARK --set-mark 4\n");
+    // E0 enters E1 twice, E1 enters E2 twice, ...: 2^15 paths, 15 deep.
+    ipt.push_str("-A PREROUTING -i lan0 -p icmp -j E0\n");
+    for i in 0..15 {
+        ipt.push_str(&format!("-A E{i} -j E{}\n-A E{i} -j E{}\n", i + 1, i + 1));
+    }
+    ipt.push_str("-A E15 -j MARK --set-mark 4\nCOMMIT\n");
+    let (imported, _) = round_trip(&inputs(&[&ipt], &[RULES4], &[ROUTES4]));
+    let texts = listed(&imported);
+    assert_lists(
+        &texts,
+        &[
+            ("ipt0:7", "-j A: a loop (A -> B -> A)"),
+            ("ipt0:9", "chain C: its 1 rule(s) are not reached"),
+            ("ipt0:10", "chain FORWARD"),
+            // D15's jump to D16 is the 17th nested one.
+            ("ipt0:27", "-j D16: more than 16 nested jumps"),
+        ],
+    );
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains("rules more than 10000 times more than once")),
+        "{texts:#?}"
+    );
+    // The rule inside the loop still counts, once.
+    assert_eq!(
+        imported
+            .policy
+            .matches("(PREROUTING, -j A at line 5, -j B at line 6)")
+            .count(),
+        1,
+        "{}",
+        imported.policy
+    );
+}
+
+#[test]
+fn a_return_that_would_also_skip_the_callers_rules_is_listed() {
+    let ipt = "*mangle
+:SUB - [0:0]
+-A PREROUTING -i lan0 -j SUB
+-A PREROUTING -i lan0 -p tcp -j MARK --set-mark 4
+-A SUB -p tcp --dport 22 -j RETURN
+-A SUB -p tcp -s 192.0.2.0/26 -j MARK --set-mark 4
+COMMIT
+";
+    let (imported, p) = round_trip(&inputs(&[ipt], &[RULES4], &[ROUTES4]));
+    let names: Vec<&str> = p.rules.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["prerouting-6", "prerouting-4"]);
+    let texts = listed(&imported);
+    assert_eq!(texts.len(), 1, "{texts:#?}");
+    assert!(
+        texts[0].starts_with("ipt0:5: -j RETURN in chain SUB") && texts[0].contains("(line 3)"),
+        "{texts:#?}"
+    );
+}
+
+#[test]
+fn a_connmark_save_and_restore_makes_the_gateway_sticky() {
+    let ipt = "*mangle
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A PREROUTING -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff
+-A PREROUTING -m mark ! --mark 0x0 -j ACCEPT
+-A PREROUTING -i wan2 -m conntrack --ctstate NEW -j MARK --set-xmark 0x4/0xffffffff
+-A PREROUTING -i lan0 -p tcp -m tcp --dport 25 -m conntrack --ctstate NEW -j MARK --set-xmark 0x4/0xffffffff
+-A PREROUTING -j CONNMARK --save-mark --nfmask 0xffffffff --ctmask 0xffffffff
+-A OUTPUT -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff
+COMMIT
+";
+    let (imported, p) = round_trip(&inputs(&[ipt], &[RULES4], &[ROUTES4]));
+    assert_eq!(imported.unexpressed, [], "{}", imported.policy);
+    assert!(p.gateways[0].sticky, "{}", imported.policy);
+    assert!(imported.policy.contains("sticky = true\n"));
+    assert!(imported
+        .policy
+        .contains("sticky = true on mail.out: a connection that came in"));
+    // What comes in through wan2 is marked by `sticky` itself: only the LAN's rule is left.
+    assert_eq!(
+        shown(&p),
+        [(
+            "proto tcp dport 25".to_owned(),
+            "Gateway(\"mail.out\")".to_owned()
+        )]
+    );
+    assert_eq!(p.attach.ingress, ["lan0"]);
+    assert!(!p.attach.local);
+
+    // The save after routing, where many recipes have it, keeps the same marks.
+    let late = ipt.replace(
+        "-A PREROUTING -j CONNMARK --save-mark",
+        "-A POSTROUTING -j CONNMARK --save-mark",
+    );
+    let (imported, p) = round_trip(&inputs(&[&late], &[RULES4], &[ROUTES4]));
+    assert_eq!(imported.unexpressed, [], "{}", imported.policy);
+    assert!(p.gateways[0].sticky);
+    assert_eq!(p.rules.len(), 1);
+}
+
+#[test]
+fn connmark_without_its_pair_or_on_the_main_uplink_is_listed() {
+    let save_only = "*mangle
+-A PREROUTING -i lan0 -p tcp --dport 25 -j MARK --set-mark 4
+-A PREROUTING -j CONNMARK --save-mark --nfmask 0xffffffff --ctmask 0xffffffff
+-A PREROUTING -i lan0 -m conntrack --ctstate NEW -p udp -j MARK --set-mark 4
+COMMIT
+";
+    let (imported, p) = round_trip(&inputs(&[save_only], &[RULES4], &[ROUTES4]));
+    assert!(!p.gateways[0].sticky);
+    let texts = listed(&imported);
+    assert_lists(
+        &texts,
+        &[
+            ("ipt0:3", "CONNMARK: no --restore-mark"),
+            ("ipt0:4", "-m conntrack --ctstate NEW"),
+        ],
+    );
+    assert_eq!(p.rules.len(), 1);
+
+    // The gateway's device is where main's default route leaves: apply refuses sticky.
+    let pair = "*mangle
+-A PREROUTING -j CONNMARK --restore-mark
+-A PREROUTING -i lan0 -p tcp --dport 25 -j MARK --set-mark 4
+-A PREROUTING -j CONNMARK --save-mark
+COMMIT
+";
+    let routes =
+        "default via 198.51.100.2 dev wan1\ndefault via 198.51.100.3 dev wan1 table mail.out\n";
+    let (imported, p) = round_trip(&inputs(&[pair], &[RULES4], &[routes]));
+    assert!(!p.gateways[0].sticky);
+    assert!(
+        imported.unexpressed[0]
+            .text
+            .contains("shares wan1 with the main table's default route"),
+        "{:#?}",
+        imported.unexpressed
+    );
+}
+
+#[test]
+fn an_output_only_recipe_attaches_local_and_no_ingress() {
+    // A PREROUTING that sets no mark: its RETURN and its restore change no route.
+    let ipt = "*mangle
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A PREROUTING -d 192.0.2.0/24 -j RETURN
+-A PREROUTING -j CONNMARK --restore-mark
+-A OUTPUT -j CONNMARK --restore-mark
+-A OUTPUT -p tcp -m tcp --dport 25 -j MARK --set-xmark 0x4/0xffffffff
+-A OUTPUT -j CONNMARK --save-mark
+COMMIT
+";
+    let (imported, p) = round_trip(&inputs(&[ipt], &[RULES4], &[ROUTES4]));
+    assert_eq!(imported.unexpressed, [], "{}", imported.policy);
+    assert!(p.attach.local);
+    assert!(p.attach.ingress.is_empty(), "{}", imported.policy);
+    assert!(!imported.policy.contains("ingress"));
+    assert!(p.gateways[0].sticky);
+    assert_eq!(
+        shown(&p),
+        [(
+            "proto tcp dport 25".to_owned(),
+            "Gateway(\"mail.out\")".to_owned()
+        )]
+    );
+}
+
+#[test]
+fn from_rules_become_source_rules_before_or_after_the_marks() {
+    let ipt = "*mangle
+-A PREROUTING -i lan0 -s 192.0.2.40 -j RETURN
+-A PREROUTING -i lan0 -p tcp --dport 25 -j MARK --set-mark 4
+COMMIT
+";
+    let rules = "0:\tfrom all lookup local
+100:\tfrom 192.0.2.64/26 lookup 102
+32764:\tfrom all fwmark 0x4 lookup mail.out
+32765:\tfrom 192.0.2.32/27 lookup 102
+32766:\tfrom all lookup main
+32767:\tfrom all lookup default
+";
+    let routes = format!("{ROUTES4}default via 203.0.113.6 dev wan3 table 102\n");
+    let (imported, p) = round_trip(&inputs(&[ipt], &[rules], &[&routes]));
+    assert_eq!(imported.unexpressed, [], "{}", imported.policy);
+    let gw = |name: &str| format!("Gateway({name:?})");
+    assert_eq!(
+        shown(&p),
+        [
+            // Priority 100 decides before any mark.
+            ("src 192.0.2.64/26".to_owned(), gw("table-102")),
+            // 32765 decides for what no mark routes: the RETURN's host too.
+            ("src 192.0.2.40/32".to_owned(), gw("table-102")),
+            ("src 192.0.2.40/32".to_owned(), "Mark(0)".to_owned()),
+            ("proto tcp dport 25".to_owned(), gw("mail.out")),
+            ("src 192.0.2.32/27".to_owned(), gw("table-102")),
+        ]
+    );
+    let names: Vec<&str> = p.rules.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "ip-rule-100",
+            "ip-rule-32765/prerouting-2",
+            "prerouting-2",
+            "prerouting-3",
+            "ip-rule-32765"
+        ]
+    );
+    // The gateway of a table only `from` rules use has no mark of its own: derived.
+    let g = p.gateways.iter().find(|g| g.name == "table-102").unwrap();
+    assert_eq!((g.dev.as_str(), g.table), ("wan3", 102));
+    assert!(
+        imported.policy.contains("table = 102\n\n"),
+        "{}",
+        imported.policy
+    );
+    assert_ne!(g.mark, 4);
+    // The LAN route holds both sources.
+    assert_eq!(p.attach.ingress, ["lan0"]);
+    assert!(imported
+        .policy
+        .contains("# rule0:2 (ip rule 100: from 192.0.2.64/26 lookup 102)"));
+}
+
+#[test]
+fn from_rules_the_policy_cannot_place_are_listed() {
+    let rules = "0:\tfrom all lookup local
+100:\tfrom 192.0.2.1 lookup 102
+200:\tfrom 192.0.2.0/25 lookup 102
+32763:\tfrom all fwmark 0x4 lookup mail.out
+32764:\tfrom 192.0.2.16/28 lookup 102
+32765:\tfrom all fwmark 0x5 lookup mail.out
+32766:\tfrom all lookup main
+32767:\tfrom 192.0.2.32/28 lookup 102
+32767:\tfrom 192.0.2.48/28 lookup 107
+32767:\tfrom all lookup default
+";
+    let ipt = "*mangle\n-A PREROUTING -i lan0 -p tcp --dport 25 -j MARK --set-mark 4\nCOMMIT\n";
+    let routes = format!("{ROUTES4}default via 203.0.113.6 dev wan3 table 102\n");
+    let (imported, p) = round_trip(&inputs(&[ipt], &[rules], &[&routes]));
+    let texts = listed(&imported);
+    // 192.0.2.1 is this host's LAN address, not on the gateway's device.
+    assert_lists(
+        &texts,
+        &[
+            ("rule0:3", "holds this host's address 192.0.2.1"),
+            ("rule0:5", "between fwmark rules"),
+            ("rule0:8", "comes after main's rule"),
+            ("rule0:9", "comes after main's rule"),
+        ],
+    );
+    let names: Vec<&str> = p.rules.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["ip-rule-100", "ip-rule-200", "prerouting-2"],
+        "{texts:#?}"
+    );
+
+    // A table without a default route, and this host's own address on the gateway's
+    // device (a multi-homed host answering through the link): listed unless the policy
+    // gives the gateway that rule itself.
+    let rules = "100:\tfrom 203.0.113.1 lookup 102\n110:\tfrom 192.0.2.64/26 lookup 107\n";
+    let routes = format!(
+        "{ROUTES4}default via 203.0.113.6 dev wan2 table 102
+local 203.0.113.1 dev wan2 table local proto kernel scope host src 203.0.113.1
+"
+    );
+    let lan = "*mangle\n-A PREROUTING -i lan0 -p tcp -j MARK --set-mark 4\nCOMMIT\n";
+    let (imported, p) = round_trip(&inputs(&[lan], &[rules, RULES4], &[&routes]));
+    assert_lists(
+        &listed(&imported),
+        &[
+            (
+                "rule0:1",
+                "from 203.0.113.1/32 lookup 102: 203.0.113.1 is this host's address on wan2",
+            ),
+            ("rule0:2", "table 107 has no default route with a device"),
+        ],
+    );
+    assert_eq!(p.rules.len(), 1);
+    let local = "*mangle\n-A OUTPUT -p tcp -j MARK --set-mark 4\nCOMMIT\n";
+    let (imported, p) = round_trip(&inputs(&[local], &[rules, RULES4], &[&routes]));
+    assert!(
+        !imported
+            .unexpressed
+            .iter()
+            .any(|n| n.line == 1 && n.file == "rule0"),
+        "{:#?}",
+        imported.unexpressed
+    );
+    assert!(imported
+        .policy
+        .contains("gives gateway table-102 that rule itself (attach.local)"));
+    assert_eq!(p.rules.len(), 1);
 }

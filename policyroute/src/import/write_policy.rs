@@ -24,7 +24,13 @@ pub fn toml(d: &Draft) -> String {
             Err(_) => quote(&g.table),
         };
         let _ = writeln!(out, "table = {table}");
-        let _ = writeln!(out, "mark = {:#x}\n", g.mark);
+        if let Some(mark) = g.mark {
+            let _ = writeln!(out, "mark = {mark:#x}");
+        }
+        if g.sticky {
+            out.push_str("sticky = true\n");
+        }
+        out.push('\n');
     }
     for r in &d.rules {
         out.push_str(&rule(r));

@@ -1,5 +1,6 @@
 //! Reading the files a policy comes from (the policy, its list files, rt_tables): regular
-//! files only, up to a size, with no open or read that can block. A FIFO without a writer,
+//! files only, up to a size, with no open or read that can block. A stream (stdin) is
+//! read up to a size too. A FIFO without a writer,
 //! `/dev/zero`, a directory or a file larger than the cap is refused at once, naming what
 //! it is.
 use std::{
@@ -32,9 +33,15 @@ pub fn read(path: &Path, max: u64) -> io::Result<Vec<u8>> {
     if meta.len() > max {
         return Err(too_large(meta.len(), max));
     }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
     // The cap holds also for a file that grows while it is read.
-    Read::take(&file, max + 1).read_to_end(&mut bytes)?;
+    read_capped(&file, max)
+}
+
+/// The bytes of `reader` (stdin, say), at most `max` of them: more is an error, not a
+/// silent cut.
+pub fn read_capped(reader: impl Read, max: u64) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    reader.take(max + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > max {
         return Err(too_large(bytes.len() as u64, max));
     }
@@ -43,7 +50,12 @@ pub fn read(path: &Path, max: u64) -> io::Result<Vec<u8>> {
 
 /// [`read`], as UTF-8 text.
 pub fn read_to_string(path: &Path, max: u64) -> io::Result<String> {
-    String::from_utf8(read(path, max)?).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    text(read(path, max)?)
+}
+
+/// Bytes read, as UTF-8 text.
+pub fn text(bytes: Vec<u8>) -> io::Result<String> {
+    String::from_utf8(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 fn too_large(len: u64, max: u64) -> io::Error {
@@ -66,5 +78,20 @@ fn kind(meta: &Metadata) -> &'static str {
         "socket"
     } else {
         "special file"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_capped;
+
+    #[test]
+    fn a_stream_longer_than_the_cap_is_refused_not_cut() {
+        assert_eq!(read_capped(&b"abc"[..], 3).unwrap(), b"abc");
+        let err = read_capped(&b"abcd"[..], 3).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "4 bytes, more than the 3 a file may have here"
+        );
     }
 }

@@ -20,6 +20,14 @@ pub fn name(p: u8) -> String {
         .map_or_else(|| p.to_string(), |(name, _)| (*name).to_string())
 }
 
+/// Why `text` is no protocol, naming the ones [`parse`] knows.
+pub fn unknown(text: &str) -> String {
+    format!(
+        "unknown protocol {text:?} (known: {}, or a number 0-255)",
+        known()
+    )
+}
+
 /// The names [`parse`] knows, for error messages.
 pub fn known() -> String {
     let names: Vec<&str> = PROTOCOLS.iter().map(|(n, _)| *n).collect();

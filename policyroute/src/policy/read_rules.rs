@@ -148,11 +148,7 @@ fn proto(doc: &mut Doc<'_>, f: Field<'_, '_>) -> Option<u8> {
     };
     let found = protocol::parse(name);
     if found.is_none() {
-        let msg = format!(
-            "unknown protocol {name:?} (known: {}, or a number 0-255)",
-            protocol::known()
-        );
-        doc.error(&f.value.span(), f.key, msg);
+        doc.error(&f.value.span(), f.key, protocol::unknown(name));
     }
     found
 }
