@@ -24,7 +24,7 @@ use crate::{
     test_binaries::{self, Results, TestBinary},
 };
 
-/// The test files run on the old kernel, in this order (after the demo), each with the
+/// The test files run on the old kernel, in this order, each with the
 /// tests of it to run (empty: all). Only what differs on an older kernel: the verifier
 /// accepting every program in its largest configuration, classic tc attach and its
 /// refusals, the socket hooks, the fast path's helpers and the test-run explain uses, with
@@ -173,18 +173,10 @@ fn install_modules(dir: &Path, version: &str) -> anyhow::Result<()> {
     cmd::run(Command::new("depmod").arg(version))
 }
 
-/// Builds the CLI, the demo and the chosen test files; returns the test executables.
+/// Builds the CLI, the probe and the chosen test files; returns the test executables.
 fn build() -> anyhow::Result<Vec<TestBinary>> {
     cmd::cargo(&["build", "-p", "policyroute", "--bin", "policyroute"])?;
-    cmd::cargo(&[
-        "build",
-        "-p",
-        "policyroute-tests",
-        "--bin",
-        "demo",
-        "--bin",
-        "probe",
-    ])?;
+    cmd::cargo(&["build", "-p", "policyroute-tests", "--bin", "probe"])?;
     let mut args = vec!["-p", "policyroute-tests"];
     for (t, _) in TESTS {
         args.extend(["--test", t]);
@@ -206,7 +198,7 @@ fn build() -> anyhow::Result<Vec<TestBinary>> {
 /// in `deps/`), where the tests look for the `probe` binary.
 fn copy_binaries(built: &[TestBinary], bin: &Path) -> anyhow::Result<Vec<TestBinary>> {
     let target = root().join("target/debug");
-    for name in ["policyroute", "demo", "probe"] {
+    for name in ["policyroute", "probe"] {
         fs::copy(target.join(name), bin.join(name))?;
     }
     fs::create_dir_all(bin.join("deps"))?;
@@ -219,7 +211,7 @@ fn copy_binaries(built: &[TestBinary], bin: &Path) -> anyhow::Result<Vec<TestBin
     Ok(copies)
 }
 
-/// What the guest runs: the demo, then each test file (two threads: the VM has two CPUs);
+/// What the guest runs: each test file (two threads: the VM has two CPUs);
 /// their output and status go to `lane`.
 fn guest_script(binaries: &[TestBinary], lane: &Path) -> String {
     let target = lane.join("bin");
@@ -241,7 +233,6 @@ fn guest_script(binaries: &[TestBinary], lane: &Path) -> String {
         bin = target.join("policyroute").display(),
         emulated = EMULATED_ENV,
     );
-    s += &format!("run demo {}\n", target.join("demo").display());
     let tests = root().join("tests");
     for b in binaries {
         let filters = TESTS
@@ -305,10 +296,7 @@ fn boot(image: &Image, lane: &Path) -> anyhow::Result<()> {
 /// Prints each test file's output and adds up its results and test times.
 fn report(lane: &Path, binaries: &[TestBinary]) -> anyhow::Result<Results> {
     let mut results = Results::default();
-    for name in ["demo"]
-        .into_iter()
-        .chain(binaries.iter().map(|b| b.name.as_str()))
-    {
+    for name in binaries.iter().map(|b| b.name.as_str()) {
         let log = fs::read_to_string(lane.join(format!("{name}.log"))).unwrap_or_default();
         println!("==== {name} (in the VM)\n{log}");
         results.read("debian-6.1", name, &log);
