@@ -80,11 +80,8 @@ use parse::Packet;
 use targets::Flow;
 use trace::Traced;
 
-// Each map is declared in the module of its concern; their names are listed for
-// userspace in `policyroute_common::names`.
-
-// Program names (the function names) are listed for userspace in
-// `policyroute_common::names`.
+// Each map is declared in the module of its concern. The names of the maps and of the
+// programs (the function names) are listed for userspace in `policyroute_common::names`.
 
 #[classifier]
 pub fn policyroute_tc(ctx: TcContext) -> i32 {
@@ -93,7 +90,7 @@ pub fn policyroute_tc(ctx: TcContext) -> i32 {
     };
     let role = device_role(&ctx, control);
     // SAFETY: ctx.skb.skb is the __sk_buff the kernel passed this program; tc programs
-    // may write cb (scratch of this run, which nothing after it reads).
+    // may write cb, scratch space that the IP layer clears when it receives the packet.
     unsafe { (*ctx.skb.skb).cb[fast::CB_IP_FRAME] = u32::from(is_ip_device(role)) };
     let mut pkt = MaybeUninit::uninit();
     if parse::packet(ctx.data(), ctx.data_end(), ip_frame(&ctx, role), &mut pkt) == 0 {

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::{ControlError, Options};
 use crate::{
-    plan::{compile::compile_policy, slots, targets::TargetIds, PlanError},
+    plan::{self, compile::compile_policy, slots, targets::TargetIds, PlanError},
     policy::Policy,
 };
 
@@ -27,6 +27,7 @@ pub struct Validation {
 pub fn validate(path: &Path, opts: &Options) -> Result<Validation, ControlError> {
     let tables = opts.tables()?;
     let policy = Policy::load(path, &tables)?;
+    plan::check_hooked(&policy)?;
     let slots = slots::assign(&policy, None);
     let ids = TargetIds::of(&policy);
     let compiled = compile_policy(&policy, &slots.slots, &BTreeMap::new(), &ids)

@@ -330,7 +330,7 @@ pub fn health(policy: &Policy, observed: &Observed, before: &Health) -> Health {
 /// Refuses a policy that routes through gateways but attaches no program: nothing would
 /// mark traffic for them, and the record of what apply installed lives in the programs'
 /// maps, so later commands would find its rules and routes and take them for leftovers.
-fn check_hooked(policy: &Policy) -> Result<(), PlanError> {
+pub fn check_hooked(policy: &Policy) -> Result<(), PlanError> {
     let hooked = !policy.attach.ingress.is_empty()
         || !policy.attach.egress.is_empty()
         || policy.attach.local
