@@ -35,10 +35,10 @@ use super::{
     require_privileges, ControlError, Options,
 };
 use crate::{
-    health::{CheckSpec, Monitor, Transition},
+    health::{CheckReport, CheckSpec, Monitor, Transition},
     kernel::{
         events::Events,
-        namespace::{DaemonFile, DaemonState, GatewayCheck},
+        namespace::{family_name, DaemonFile, DaemonState, GatewayCheck},
         netlink::Netlink,
         KernelError,
     },
@@ -303,7 +303,7 @@ impl Daemon<'_> {
             .monitor
             .reports()
             .into_iter()
-            .map(GatewayCheck::from)
+            .map(gateway_check)
             .collect();
         if let Err(e) = self.file.write(&self.state) {
             warn!("updating the daemon file: {e}");
@@ -534,4 +534,17 @@ fn unix_now() -> u64 {
 
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86_400)
+}
+
+/// A check's report as the daemon file keeps it.
+fn gateway_check(r: CheckReport) -> GatewayCheck {
+    GatewayCheck {
+        gateway: r.gateway,
+        family: family_name(r.family).to_owned(),
+        up: r.up,
+        since: r.since,
+        loss_percent: r.loss_percent,
+        rtt_ms: r.rtt_ms,
+        transitions: r.transitions,
+    }
 }

@@ -301,20 +301,6 @@ pub struct GatewayCheck {
     pub transitions: u64,
 }
 
-impl From<crate::health::CheckReport> for GatewayCheck {
-    fn from(r: crate::health::CheckReport) -> Self {
-        Self {
-            gateway: r.gateway,
-            family: family_name(r.family).to_owned(),
-            up: r.up,
-            since: r.since,
-            loss_percent: r.loss_percent,
-            rtt_ms: r.rtt_ms,
-            transitions: r.transitions,
-        }
-    }
-}
-
 /// `ipv4` / `ipv6`, as JSON output and metrics labels name a family.
 pub fn family_name(f: crate::policy::matcher::Family) -> &'static str {
     match f {

@@ -31,6 +31,18 @@ const TOP_KEYS: &[&str] = &[
 ];
 const GATEWAY_KEYS: &[&str] = &["name", "dev", "via", "table", "mark", "sticky", "check"];
 const ATTACH_KEYS: &[&str] = &["ingress", "egress", "local", "local_cgroup", "mode"];
+/// Every key the reader takes, by the table it is in (as docs/policy.md heads them).
+#[cfg(test)]
+pub(super) const KEYS_BY_TABLE: [(&str, &[&str]); 8] = [
+    ("top level", TOP_KEYS),
+    ("[[gateway]]", GATEWAY_KEYS),
+    ("check", super::read_uplinks::CHECK_KEYS),
+    ("[[group]]", super::read_uplinks::GROUP_KEYS),
+    ("members", super::read_uplinks::MEMBER_KEYS),
+    ("[[set]]", super::read_sets::KEYS),
+    ("[[rule]]", super::read_rules::KEYS),
+    ("[attach]", ATTACH_KEYS),
+];
 /// Default lifetime of a sticky flow record after its last inbound packet, in seconds.
 pub const DEFAULT_STICKY_TIMEOUT: u32 = 300;
 

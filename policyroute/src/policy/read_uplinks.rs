@@ -15,7 +15,7 @@ pub(super) const CHECK_KEYS: &[&str] = &[
     "targets", "method", "interval", "timeout", "count", "down", "up",
 ];
 pub(super) const GROUP_KEYS: &[&str] = &["name", "members"];
-const MEMBER_KEYS: &[&str] = &["gateway", "weight", "tier"];
+pub(super) const MEMBER_KEYS: &[&str] = &["gateway", "weight", "tier"];
 /// Most members of a group: the dataplane's table has this many.
 const MAX_MEMBERS: usize = policyroute_common::MAX_MEMBERS;
 

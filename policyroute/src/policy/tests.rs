@@ -1606,3 +1606,25 @@ fn sets_example_file_parses() {
         .iter()
         .all(|r| r.matcher.validate().is_ok()));
 }
+
+/// docs/policy.md is the reference of every key: each one the reader takes has its row
+/// there (`` `key` `` or `` `members[].key` `` in a table's first column).
+#[test]
+fn the_policy_reference_names_every_key() {
+    let doc = include_str!("../../../docs/policy.md");
+    for (table, keys) in super::read::KEYS_BY_TABLE {
+        for key in keys {
+            // Tables of the top level have a section instead of a row.
+            let rows = [
+                format!("| `{key}` |"),
+                format!("| `members[].{key}` |"),
+                format!("## `[[{key}]]`"),
+                format!("## `[{key}]`"),
+            ];
+            assert!(
+                rows.iter().any(|r| doc.contains(r.as_str())),
+                "docs/policy.md has no row for {table} key {key}"
+            );
+        }
+    }
+}
