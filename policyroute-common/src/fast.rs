@@ -22,6 +22,7 @@ pub const MAX_KERNEL_DESTINATIONS: u32 = 1 << 18;
 /// What the fast path did, per CPU (`FAST_STATS_MAP`, one entry).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
 pub struct FastStats {
     /// Redirected to the gateway's egress device.
     pub forwarded: u64,
@@ -37,6 +38,22 @@ pub struct FastStats {
     pub dropped_fragment: u64,
     /// No usable route in the gateway's table (or a lookup error): left to the kernel.
     pub no_route: u64,
+}
+
+/// The sum of two CPUs' counts.
+impl core::ops::Add for FastStats {
+    type Output = FastStats;
+
+    fn add(self, o: FastStats) -> FastStats {
+        FastStats {
+            forwarded: self.forwarded + o.forwarded,
+            to_kernel: self.to_kernel + o.to_kernel,
+            expired: self.expired + o.expired,
+            too_big: self.too_big + o.too_big,
+            dropped_fragment: self.dropped_fragment + o.dropped_fragment,
+            no_route: self.no_route + o.no_route,
+        }
+    }
 }
 
 /// Test-run verdict of explain for a flow the fast path forwards; `cb[0]` then holds the

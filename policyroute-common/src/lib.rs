@@ -299,3 +299,12 @@ mod pod {
     unsafe impl aya::Pod for FastStats {}
     unsafe impl aya::Pod for TraceRate {}
 }
+
+/// Every eBPF binary's panic handler, defined once here: each program links this crate,
+/// and a `no_std` binary needs exactly one. The verifier never lets a program reach it
+/// (a panic compiles to a call the verifier refuses), so it only has to exist.
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

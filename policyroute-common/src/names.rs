@@ -12,13 +12,6 @@ pub const CONNECT4: &str = "pr_connect4";
 pub const CONNECT6: &str = "pr_connect6";
 pub const SENDMSG4: &str = "pr_sendmsg4";
 pub const SENDMSG6: &str = "pr_sendmsg6";
-/// The empty TC program of the `policyroute-noop` object (the benchmarks' baseline).
-pub const NOOP: &str = "policyroute_noop";
-/// The bench-only TC program of the `policyroute-redirect` object: every packet to the
-/// next hop in the read-only globals [`REDIRECT_IFINDEX_GLOBAL`] and [`REDIRECT_NH_GLOBAL`].
-pub const REDIRECT: &str = "policyroute_redirect";
-pub const REDIRECT_IFINDEX_GLOBAL: &str = "PR_REDIRECT_IFINDEX";
-pub const REDIRECT_NH_GLOBAL: &str = "PR_REDIRECT_NH";
 
 pub const TC_PROGRAMS: [&str; 2] = [TC_INGRESS, TC_EGRESS];
 pub const SOCK_PROGRAMS: [&str; 4] = [CONNECT4, CONNECT6, SENDMSG4, SENDMSG6];

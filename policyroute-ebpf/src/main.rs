@@ -248,12 +248,6 @@ pub fn pr_sendmsg6(ctx: SockAddrContext) -> i32 {
     sock::handle(&ctx, true, true)
 }
 
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
 #[link_section = "license"]
 #[no_mangle]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -10,6 +10,7 @@ use aya_ebpf::{
     programs::TcContext,
     EbpfContext,
 };
+use policyroute_common::net::AF_INET;
 
 /// Returns what `bpf_fib_lookup` makes of `BPF_FIB_LOOKUP_TBID` (Linux 6.5): a
 /// lookup of 127.0.0.1 in the main table, or `-EINVAL` where the flag is unknown.
@@ -17,7 +18,7 @@ use aya_ebpf::{
 pub fn pr_probe_tbid(ctx: TcContext) -> i32 {
     // SAFETY: all-zero is a valid bpf_fib_lookup (integers and unions of them).
     let mut p: FibParams = unsafe { core::mem::zeroed() };
-    p.family = 2;
+    p.family = AF_INET;
     p.ifindex = 1;
     p.__bindgen_anon_5.tbid = 254;
     p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([127, 0, 0, 1]);
@@ -31,12 +32,6 @@ pub fn pr_probe_tbid(ctx: TcContext) -> i32 {
         )
     };
     rc as i32
-}
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
 }
 
 #[link_section = "license"]

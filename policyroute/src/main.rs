@@ -311,6 +311,10 @@ async fn dispatch(command: Command, opts: Options) -> anyhow::Result<ExitCode> {
                 flush_on_exit,
                 metrics,
                 adopt,
+                wording: run::Wording {
+                    apply: present::apply,
+                    flush: present::flush,
+                },
             };
             run::run(&opts, &options).await?;
         }

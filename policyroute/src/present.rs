@@ -9,16 +9,10 @@ use crate::{
         flush::FlushReport,
         status::{FamilyHealth, GatewayStatus, GroupStatus, Status},
     },
-    kernel::{namespace::DaemonState, netlink::RTPROT_POLICYROUTE},
-    plan::{
-        foreign::{Foreign, ForeignRoute, ForeignRule},
-        objects::{Frames, IpRoute, IpRule},
-    },
-    policy::{matcher::Family, rt_tables},
+    kernel::{daemon_file::DaemonState, netlink::RTPROT_POLICYROUTE},
+    plan::objects::Frames,
+    policy::rt_tables,
 };
-
-/// Interface index to name.
-pub type DeviceNames = std::collections::BTreeMap<u32, String>;
 
 pub fn apply(r: &Report) -> String {
     let mut o = String::new();
@@ -36,7 +30,7 @@ pub fn apply(r: &Report) -> String {
                  (--adopt takes them over):"
             ),
         };
-        for line in foreign(&r.foreign, &r.devices) {
+        for line in r.foreign.lines(&r.devices) {
             let _ = writeln!(o, "  {line}");
         }
         if !r.dry_run {
@@ -64,21 +58,21 @@ pub fn apply(r: &Report) -> String {
         let _ = writeln!(o, "{verb} detach from {d}");
     }
     for x in &r.routes.add {
-        let _ = writeln!(o, "{verb} add route {}", route(x, &r.devices));
+        let _ = writeln!(o, "{verb} add route {}", x.display(&r.devices));
     }
     for x in &r.ip_rules.add {
-        let _ = writeln!(o, "{verb} add ip rule {}", rule(x));
+        let _ = writeln!(o, "{verb} add ip rule {}", x);
     }
     if r.adopted {
-        for line in foreign(&r.foreign, &r.devices) {
+        for line in r.foreign.lines(&r.devices) {
             let _ = writeln!(o, "{verb} take over {line}");
         }
     }
     for x in &r.ip_rules.remove {
-        let _ = writeln!(o, "{verb} remove ip rule {}", rule(x));
+        let _ = writeln!(o, "{verb} remove ip rule {}", x);
     }
     for x in &r.routes.remove {
-        let _ = writeln!(o, "{verb} remove route {}", route(x, &r.devices));
+        let _ = writeln!(o, "{verb} remove route {}", x.display(&r.devices));
     }
     warnings(&mut o, "", &r.warnings);
     o
@@ -134,11 +128,11 @@ pub fn status(s: &Status) -> String {
     }
     let _ = writeln!(o, "\nip rules (protocol {RTPROT_POLICYROUTE}):");
     for r in &s.ip_rules {
-        let _ = writeln!(o, "  {}", rule(r));
+        let _ = writeln!(o, "  {r}");
     }
     let _ = writeln!(o, "\nroutes (protocol {RTPROT_POLICYROUTE}):");
     for r in &s.routes {
-        let _ = writeln!(o, "  {}", route(r, &s.devices));
+        let _ = writeln!(o, "  {}", r.display(&s.devices));
     }
     let _ = writeln!(o, "\n{}", daemon(s.daemon.as_ref()));
     if s.applied || !s.drift.is_empty() {
@@ -150,11 +144,12 @@ pub fn status(s: &Status) -> String {
 
 fn fast_path(o: &mut String, f: &crate::control::status::FastPathStatus) {
     let _ = writeln!(o, "\n{}", f.bypass);
+    let c = &f.counts;
     let _ = writeln!(
         o,
         "  forwarded {}, left to the kernel {} (this host, multicast, main routes), \
          TTL expired {}, too big {} (ICMP sent), dropped {} (too big without DF), no route {}",
-        f.forwarded, f.to_kernel, f.expired, f.too_big, f.dropped_fragment, f.no_route
+        c.forwarded, c.to_kernel, c.expired, c.too_big, c.dropped_fragment, c.no_route
     );
     if f.rules_needed_by.is_empty() {
         let _ = writeln!(
@@ -380,142 +375,6 @@ pub fn explain(e: &Explanation) -> String {
         rt_tables::display(e.table)
     );
     o
-}
-
-fn family(f: Family) -> &'static str {
-    match f {
-        Family::V4 => "-4",
-        Family::V6 => "-6",
-    }
-}
-
-/// An ip rule as `ip rule` would print it.
-pub fn rule(r: &IpRule) -> String {
-    let mut s = rule_selectors(r.family, r.priority, false, r.src, r.fwmark);
-    let _ = write!(s, " lookup {}", rt_tables::display(r.table));
-    suppress(&mut s, r.suppress_prefixlen);
-    s
-}
-
-/// `-4 PRIORITY: [not] from SRC [fwmark VALUE/MASK]`
-fn rule_selectors(
-    f: Family,
-    priority: u32,
-    invert: bool,
-    src: Option<ipnet::IpNet>,
-    fwmark: Option<(u32, u32)>,
-) -> String {
-    let not = if invert { "not " } else { "" };
-    let src = src.map_or("all".into(), |n| n.to_string());
-    let mut s = format!("{} {priority}: {not}from {src}", family(f));
-    if let Some((v, m)) = fwmark {
-        let _ = write!(s, " fwmark {v:#x}/{m:#x}");
-    }
-    s
-}
-
-fn suppress(s: &mut String, prefixlen: Option<u32>) {
-    if let Some(p) = prefixlen {
-        let _ = write!(s, " suppress_prefixlength {p}");
-    }
-}
-
-/// Another's ip rule as `ip rule` would print it.
-pub fn foreign_rule(r: &ForeignRule) -> String {
-    let mut s = rule_selectors(r.family, r.priority, r.invert, r.src, r.fwmark);
-    for selector in &r.selectors {
-        let _ = write!(s, " {selector}");
-    }
-    let _ = match (r.action, r.goto) {
-        ("lookup", _) => write!(s, " lookup {}", rt_tables::display(r.table)),
-        ("goto", Some(p)) => write!(s, " goto {p}"),
-        (action, _) => write!(s, " {action}"),
-    };
-    suppress(&mut s, r.suppress_prefixlen);
-    let _ = write!(s, " proto {}", route_protocol(r.protocol));
-    s
-}
-
-/// A route as `ip route` would print it.
-pub fn route(r: &IpRoute, devices: &DeviceNames) -> String {
-    format!(
-        "{}{}",
-        route_head(r.family, r.table, "", &r.dst),
-        next_hop(r.gateway, Some(r.oif), devices)
-    )
-}
-
-/// `-4 table T: [TYPE ]DST`
-fn route_head(f: Family, table: u32, kind: &str, dst: &ipnet::IpNet) -> String {
-    let table = rt_tables::display(table);
-    format!("{} table {table}: {kind}{dst}", family(f))
-}
-
-/// ` via GATEWAY dev DEV`
-fn next_hop(gateway: Option<std::net::IpAddr>, oif: Option<u32>, devices: &DeviceNames) -> String {
-    let mut s = gateway.map_or(String::new(), |g| format!(" via {g}"));
-    if let Some(oif) = oif {
-        let dev = devices.get(&oif).cloned();
-        let _ = write!(s, " dev {}", dev.unwrap_or_else(|| format!("#{oif}")));
-    }
-    s
-}
-
-/// Another's route as `ip route` would print it.
-pub fn foreign_route(r: &ForeignRoute, devices: &DeviceNames) -> String {
-    let kind = match r.kind {
-        "unicast" => String::new(),
-        k => format!("{k} "),
-    };
-    let mut s = route_head(r.family, r.table, &kind, &r.dst);
-    let multipath = r.nexthops.len() > 1;
-    for hop in &r.nexthops {
-        if multipath {
-            s.push_str(" nexthop");
-        }
-        s.push_str(&next_hop(hop.gateway, hop.oif, devices));
-    }
-    let _ = write!(s, " proto {}", route_protocol(r.protocol));
-    if r.metric != 0 {
-        let _ = write!(s, " metric {}", r.metric);
-    }
-    s
-}
-
-/// Others' routes and ip rules, one line each: `route ...`, `ip rule ...`.
-pub fn foreign(f: &Foreign, devices: &DeviceNames) -> Vec<String> {
-    let routes = f
-        .routes
-        .iter()
-        .map(|r| format!("route {}", foreign_route(r, devices)));
-    let rules = f
-        .ip_rules
-        .iter()
-        .map(|r| format!("ip rule {}", foreign_rule(r)));
-    routes.chain(rules).collect()
-}
-
-/// A routing protocol by the name iproute2's rt_protos gives it, else its number.
-fn route_protocol(p: u8) -> String {
-    let name = match p {
-        0 => "unspec",
-        1 => "redirect",
-        2 => "kernel",
-        3 => "boot",
-        4 => "static",
-        9 => "ra",
-        11 => "zebra",
-        12 => "bird",
-        16 => "dhcp",
-        18 => "keepalived",
-        42 => "babel",
-        186 => "bgp",
-        187 => "isis",
-        188 => "ospf",
-        189 => "rip",
-        _ => return p.to_string(),
-    };
-    name.into()
 }
 
 /// `HH:MM:SS.ffffff DEV HOOK PROTO SRC -> DST rule R mark M -> GATEWAY [group G] (HOW)`;

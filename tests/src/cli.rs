@@ -50,6 +50,17 @@ pub fn run(ns: &NetNs, args: &[&str]) -> Output {
     run_env(ns, args, &[])
 }
 
+/// Runs `cmd` (any program) and asserts it succeeded; returns its stdout.
+pub fn succeeds(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Runs and asserts success; returns stdout.
 pub fn ok(ns: &NetNs, args: &[&str]) -> String {
     let out = run(ns, args);
@@ -107,27 +118,38 @@ pub fn explain_udp(
 
 /// Packets counted for the rule named `name` in `status --json`.
 pub fn packets(ns: &NetNs, name: &str) -> u64 {
-    let s = json(ns, &["status"]);
-    s["rules"]
-        .as_array()
-        .expect("rules array")
-        .iter()
-        .find(|r| r["name"] == name)
-        .unwrap_or_else(|| panic!("no rule {name} in status"))["packets"]
+    named(&json(ns, &["status"]), "rules", name)["packets"]
         .as_u64()
         .expect("packets")
 }
 
-/// The gateway `name` of `status --json`.
-pub fn gateway(ns: &NetNs, name: &str) -> serde_json::Value {
-    let s = json(ns, &["status"]);
-    s["gateways"]
+/// The elements of `status[list]` that `keep` keeps.
+pub fn items<'a>(
+    status: &'a serde_json::Value,
+    list: &str,
+    keep: impl Fn(&serde_json::Value) -> bool,
+) -> Vec<&'a serde_json::Value> {
+    status[list]
         .as_array()
-        .expect("gateways array")
+        .unwrap_or_else(|| panic!("no {list} array in status: {status}"))
+        .iter()
+        .filter(|v| keep(v))
+        .collect()
+}
+
+/// The element of `status[list]` whose `name` is `name`.
+fn named<'a>(status: &'a serde_json::Value, list: &str, name: &str) -> &'a serde_json::Value {
+    status[list]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {list} array in status: {status}"))
         .iter()
         .find(|g| g["name"] == name)
-        .unwrap_or_else(|| panic!("no gateway {name} in status: {s}"))
-        .clone()
+        .unwrap_or_else(|| panic!("no {name} in the {list} of status: {status}"))
+}
+
+/// The gateway `name` of `status --json`.
+pub fn gateway(ns: &NetNs, name: &str) -> serde_json::Value {
+    named(&json(ns, &["status"]), "gateways", name).clone()
 }
 
 /// The health of gateway `name` for `family` ("ipv4" or "ipv6") in `status --json`:

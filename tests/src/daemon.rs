@@ -50,6 +50,17 @@ impl Daemon {
         within(timeout, || self.log_text().matches(needle).count() >= count).is_some()
     }
 
+    /// Sends SIGHUP and asserts the log says `needle` for the `count`th time within
+    /// `timeout` (showing the log if not).
+    pub fn reload(&self, needle: &str, count: usize, timeout: Duration) {
+        self.signal(libc::SIGHUP);
+        assert!(
+            self.wait_log(needle, count, timeout),
+            "no {needle:?} after SIGHUP:\n{}",
+            self.log_text()
+        );
+    }
+
     /// Waits for the first apply to be in force (not longer once the process exited).
     pub fn ready(&self) {
         let ready = within(Duration::from_secs(20), || {

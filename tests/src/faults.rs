@@ -152,12 +152,7 @@ impl Topology {
 /// A non-blocking listener with a long accept queue: checks in quick succession must not
 /// find it full while the accepting thread waits for a core.
 fn listen(at: SocketAddr) -> std::io::Result<TcpListener> {
-    let domain = if at.is_ipv4() {
-        Domain::IPV4
-    } else {
-        Domain::IPV6
-    };
-    let s = Socket::new(domain, Type::STREAM, None)?;
+    let s = Socket::new(Domain::for_address(at), Type::STREAM, None)?;
     s.set_reuse_address(true)?;
     s.bind(&at.into())?;
     s.listen(1024)?;

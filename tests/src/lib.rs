@@ -1,7 +1,5 @@
 //! Helpers shared by the integration tests.
 pub mod background;
-pub mod bench;
-pub mod bench_net;
 pub mod cgroup;
 pub mod classifier;
 pub mod cli;

@@ -10,25 +10,19 @@ use crate::{fixture::TempFile, netns::NetNs};
 pub fn sh(ns: &NetNs, rt_tables: &TempFile, script: &str) -> String {
     let outer = "mount -t tmpfs prt-rt-tables /etc/iproute2 && cp \"$1\" /etc/iproute2/rt_tables \
                  && exec ip netns exec \"$2\" sh -ec \"$3\"";
-    let out = Command::new("unshare")
-        .args([
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-ec",
-            outer,
-            "sh",
-        ])
-        .args([rt_tables.arg(), &ns.name, script])
-        .output()
-        .expect("run unshare");
-    assert!(
-        out.status.success(),
-        "{script}\nfailed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    crate::cli::succeeds(
+        Command::new("unshare")
+            .args([
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-ec",
+                outer,
+                "sh",
+            ])
+            .args([rt_tables.arg(), &ns.name, script]),
+    )
 }
 
 /// What the router's tools print, one file per output, for `policyroute import`.

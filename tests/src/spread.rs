@@ -214,12 +214,7 @@ impl Topology {
 /// A non-blocking UDP socket bound to `at` with a receive buffer for thousands of
 /// datagrams (SO_RCVBUFFORCE: root, past rmem_max).
 fn big_udp(at: SocketAddr) -> std::io::Result<UdpSocket> {
-    let domain = if at.is_ipv4() {
-        Domain::IPV4
-    } else {
-        Domain::IPV6
-    };
-    let s = Socket::new(domain, Type::DGRAM, None)?;
+    let s = Socket::new(Domain::for_address(at), Type::DGRAM, None)?;
     let size: libc::c_int = 32 << 20;
     // SAFETY: setsockopt with a valid int option value.
     let rc = unsafe {

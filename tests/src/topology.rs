@@ -116,6 +116,19 @@ fn uplink(place: Place) -> &'static Uplink {
 }
 
 impl Place {
+    /// Where the router's device `dev` leads (`wan1`..`wan3`, and `lan1` to the second
+    /// LAN), as `explain` names the device a flow leaves by.
+    pub fn of_dev(dev: &str) -> Place {
+        match dev {
+            "lan1" => Place::Lan2,
+            _ => UPLINKS
+                .iter()
+                .find(|(_, u)| u.dev == dev)
+                .map(|(p, _)| *p)
+                .unwrap_or_else(|| panic!("the router has no device {dev}")),
+        }
+    }
+
     /// The router's device towards this upstream (`wan1`, `wan2`, `wan3`).
     pub fn dev(self) -> &'static str {
         uplink(self).dev
@@ -125,30 +138,13 @@ impl Place {
     /// source of the router's own flows through it.
     pub fn router_address(self, v6: bool) -> &'static str {
         let u = uplink(self);
-        if v6 {
-            u.router6
-        } else {
-            u.router4
-        }
+        [u.router4, u.router6][usize::from(v6)]
     }
 
     /// The upstream's address on the link: a gateway's `via`.
     pub fn via(self, v6: bool) -> &'static str {
         let u = uplink(self);
-        if v6 {
-            u.up6
-        } else {
-            u.up4
-        }
-    }
-
-    /// The upstream whose link is the router's `dev`.
-    pub fn of_dev(dev: &str) -> Place {
-        UPLINKS
-            .iter()
-            .find(|(_, u)| u.dev == dev)
-            .map(|(p, _)| *p)
-            .unwrap_or_else(|| panic!("{dev} is no uplink"))
+        [u.up4, u.up6][usize::from(v6)]
     }
 }
 

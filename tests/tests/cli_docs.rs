@@ -19,16 +19,7 @@ const COMMANDS: [&str; 11] = [
 ];
 
 fn output(args: &[&str]) -> String {
-    let out = Command::new(cli::bin())
-        .args(args)
-        .output()
-        .expect("run policyroute");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("text")
+    cli::succeeds(Command::new(cli::bin()).args(args))
 }
 
 #[test]

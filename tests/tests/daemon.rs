@@ -278,15 +278,10 @@ fn sighup_with_a_broken_file_keeps_the_running_policy() {
         policy().replace("dport = 9999", "dport = \"x\""),
     )
     .unwrap();
-    d.signal(libc::SIGHUP);
-    assert!(
-        d.wait_log(
-            "the running policy stays in force",
-            1,
-            Duration::from_secs(5)
-        ),
-        "{}",
-        d.log_text()
+    d.reload(
+        "the running policy stays in force",
+        1,
+        Duration::from_secs(5),
     );
     assert!(
         d.log_text().contains("broken.toml:"),
@@ -395,15 +390,7 @@ fn the_unit_file_verifies() {
     // Installed, the binary is /usr/bin/policyroute; here it is the one under test.
     let unit = unit.replace("/usr/bin/policyroute", cli::bin().to_str().unwrap());
     let file = TempFile::new("policyroute.service", &unit);
-    let out = std::process::Command::new("systemd-analyze")
-        .args(["verify", file.arg()])
-        .output()
-        .expect("systemd-analyze");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cli::succeeds(std::process::Command::new("systemd-analyze").args(["verify", file.arg()]));
 }
 
 /// The value of the sample `name` in Prometheus text, every line of which must parse.

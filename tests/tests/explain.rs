@@ -36,14 +36,6 @@ fn policy(cg: &Cgroup) -> String {
     fixture::policy(GATEWAY_ISP2, &[RULES_BY_FIELD, RULES], &attach)
 }
 
-fn uplink(dev: &str) -> Place {
-    match dev {
-        "wan1" => Place::Up1,
-        "wan2" => Place::Up2,
-        other => panic!("explain named device {other}"),
-    }
-}
-
 #[test]
 fn explain_agrees_with_real_packets() {
     let t = Topology::new("explain");
@@ -87,7 +79,7 @@ fn explain_agrees_with_real_packets() {
         let arrival = t
             .flow(proto, src, sport, dst, dport)
             .unwrap_or_else(|| panic!("flow {i} {proto} {src}:{sport} -> {dst}:{dport} was lost"));
-        let said = uplink(e["dev"].as_str().expect("explain names a device"));
+        let said = Place::of_dev(e["dev"].as_str().expect("explain names a device"));
         assert_eq!(
             said, arrival.at,
             "flow {i} {proto} {src}:{sport} -> {dst}:{dport}: explain said {e}"
@@ -132,7 +124,7 @@ fn local_flows(t: &Topology, cg: &Cgroup) {
         };
         let arrival = arrival.expect("local flow arrived");
         assert_eq!(
-            uplink(e["dev"].as_str().unwrap()),
+            Place::of_dev(e["dev"].as_str().unwrap()),
             arrival.at,
             "{proto} {dst}:{dport}: {e}"
         );
@@ -169,7 +161,7 @@ fn group_flows(t: &Topology, n: u16, base: u16) -> [usize; 2] {
             .at;
         let member = e["member"].as_str().expect("a member");
         let dev = e["dev"].as_str().expect("a device");
-        assert_eq!(uplink(dev), at, "{src}:{sport}: explain said {e}");
+        assert_eq!(Place::of_dev(dev), at, "{src}:{sport}: explain said {e}");
         assert_eq!(member == "isp2", at == Place::Up2, "{e}");
         on[usize::from(at == Place::Up2)] += 1;
     }

@@ -195,15 +195,6 @@ fn too_big_with_df_gets_the_gateways_mtu_and_never_another_uplink() {
     );
 }
 
-fn place_of(dev: &str) -> Place {
-    match dev {
-        "wan1" => Place::Up1,
-        "wan2" => Place::Up2,
-        "lan1" => Place::Lan2,
-        other => panic!("explain named device {other}"),
-    }
-}
-
 #[test]
 fn explain_agrees_with_where_200_random_flows_went() {
     use rand::{seq::SliceRandom, Rng, SeedableRng};
@@ -235,7 +226,7 @@ fn explain_agrees_with_where_200_random_flows_went() {
             .as_str()
             .unwrap_or_else(|| panic!("no device: {e}"));
         assert_eq!(
-            place_of(dev),
+            Place::of_dev(dev),
             got.0,
             "flow {i} udp {src}:{sport} -> {dst}:{dport}: {e}"
         );

@@ -171,12 +171,7 @@ fn run_refuses_at_its_start_and_reports_foreign_state_that_appears_later() {
     assert_eq!(d.log_text().matches(warned).count(), 2, "said once");
 
     let status = cli::json(&t.router, &["status"]);
-    let foreign: Vec<&serde_json::Value> = status["drift"]
-        .as_array()
-        .expect("drift")
-        .iter()
-        .filter(|d| d["change"] == "foreign")
-        .collect();
+    let foreign = cli::items(&status, "drift", |d| d["change"] == "foreign");
     assert_eq!(foreign.len(), 2, "{status}");
     assert!(
         status["warnings"].to_string().contains("--adopt"),

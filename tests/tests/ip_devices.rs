@@ -43,12 +43,7 @@ fn every_path_through_the_tunnel(tag: &str, fast_path: bool) {
         );
     }
     let status = cli::json(&v.t.router, &["status"]);
-    let tun_hooks: Vec<&serde_json::Value> = status["hooks"]
-        .as_array()
-        .expect("hooks")
-        .iter()
-        .filter(|h| h["dev"] == "tun0")
-        .collect();
+    let tun_hooks = cli::items(&status, "hooks", |h| h["dev"] == "tun0");
     assert!(
         !tun_hooks.is_empty() && tun_hooks.iter().all(|h| h["frames"] == "ip"),
         "status names tun0's frames: {status}"

@@ -124,19 +124,14 @@ fn seed_003_imported_routes_only_smtp_to_the_second_router() {
         );
         Saved::capture(&t.host, &rt_tables)
     };
-    let out = Command::new(cli::bin())
-        .args(["--rt-tables", rt_tables.arg(), "import"])
-        .args(saved.args())
-        .output()
-        .expect("run policyroute import");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let imported = cli::succeeds(
+        Command::new(cli::bin())
+            .args(["--rt-tables", rt_tables.arg(), "import"])
+            .args(saved.args()),
     );
     let cg = Cgroup::new("seed3i");
     // Never the root cgroup in a test.
-    let policy = String::from_utf8_lossy(&out.stdout).replace(
+    let policy = imported.replace(
         "local = true\n",
         &format!("local = true\nlocal_cgroup = \"{}\"\n", cg.path),
     );

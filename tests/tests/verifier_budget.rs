@@ -102,8 +102,6 @@ fn every_program_keeps_headroom_under_the_bpf_limits() {
     for (object, globals) in [
         (objects::classifier(), &all_on[..]),
         (objects::probes(), &[][..]),
-        (objects::noop(), &[][..]),
-        (objects::redirect(), &[][..]),
     ] {
         reports.extend(verify_object(object, globals).expect("verify the programs"));
     }

@@ -1,4 +1,4 @@
-//! `cargo xtask bench ...` and `cargo xtask demo`: release binaries of the tests crate
+//! `cargo xtask bench ...` and `cargo xtask demo`: release binaries of the bench crate (demo: of the tests crate)
 //! (xtask itself must build before the eBPF toolchain exists, so it links none of it).
 //!
 //! `cargo xtask bench` runs every benchmark, then the report, which draws
@@ -35,9 +35,9 @@ impl Which {
     fn bin(self) -> &'static str {
         match self {
             Which::Classify => "bench-classify",
-            Which::E2e | Which::E2eSets => "bench_e2e",
-            Which::Control => "bench_control",
-            Which::Report => "bench_report",
+            Which::E2e | Which::E2eSets => "bench-e2e",
+            Which::Control => "bench-control",
+            Which::Report => "bench-report",
         }
     }
 }
@@ -70,29 +70,18 @@ pub fn run(which: Option<Which>) -> anyhow::Result<()> {
         "build",
         "--release",
         "--package",
-        "policyroute-tests",
+        "policyroute-bench",
         "--bins",
     ])?;
     for w in list {
         eprintln!("xtask: bench {}", w.bin());
         cmd::run(
-            Command::new(env!("CARGO"))
-                .args([
-                    "run",
-                    "--release",
-                    "--quiet",
-                    "-p",
-                    "policyroute-tests",
-                    "--bin",
-                ])
-                .arg(w.bin())
-                .env("POLICYROUTE_BIN", root().join("target/release/policyroute"))
+            release_run("policyroute-bench", w.bin())
                 .env("POLICYROUTE_BENCH_DIR", root().join("bench/results"))
                 .env(
                     "POLICYROUTE_BENCH_SCENARIO",
                     if w == Which::E2eSets { "sets" } else { "" },
-                )
-                .current_dir(root()),
+                ),
         )?;
     }
     Ok(())
@@ -101,18 +90,14 @@ pub fn run(which: Option<Which>) -> anyhow::Result<()> {
 /// Builds the release CLI and runs the demo against it.
 pub fn demo() -> anyhow::Result<()> {
     cargo(&["build", "--release", "--package", "policyroute"])?;
-    cmd::run(
-        Command::new(env!("CARGO"))
-            .args([
-                "run",
-                "--release",
-                "--quiet",
-                "-p",
-                "policyroute-tests",
-                "--bin",
-                "demo",
-            ])
-            .env("POLICYROUTE_BIN", root().join("target/release/policyroute"))
-            .current_dir(root()),
-    )
+    cmd::run(&mut release_run("policyroute-tests", "demo"))
+}
+
+/// `cargo run --release` of a package's binary against the release CLI.
+fn release_run(package: &str, bin: &str) -> Command {
+    let mut c = Command::new(env!("CARGO"));
+    c.args(["run", "--release", "--quiet", "-p", package, "--bin", bin])
+        .env("POLICYROUTE_BIN", root().join("target/release/policyroute"))
+        .current_dir(root());
+    c
 }

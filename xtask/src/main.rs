@@ -6,6 +6,7 @@
 mod bench;
 mod cmd;
 mod dist;
+mod layering;
 mod setup;
 mod test;
 mod test_binaries;

@@ -121,16 +121,17 @@ pub fn run(args: &[String], quick: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Formatting (the workspace, the eBPF crate and the fuzz targets) and lints.
+/// Formatting (the workspace, the eBPF crates and the fuzz targets), lints and the layering.
 fn checks() -> anyhow::Result<()> {
     cargo(&["fmt", "--all", "--", "--check"])?;
-    let ebpf_sources = root().join("policyroute-ebpf/src");
-    let fuzz_sources = root().join("fuzz/fuzz_targets");
+    let mut outside = Vec::new();
+    for dir in ["policyroute-ebpf/src", "bench/ebpf/src", "fuzz/fuzz_targets"] {
+        outside.extend(crate::layering::rust_files(&root().join(dir))?);
+    }
     cmd::run(
         Command::new("rustfmt")
             .args(["--check", "--edition", "2021"])
-            .args(rust_files(&ebpf_sources)?)
-            .args(rust_files(&fuzz_sources)?),
+            .args(outside),
     )?;
     cargo(&[
         "clippy",
@@ -139,7 +140,8 @@ fn checks() -> anyhow::Result<()> {
         "--",
         "-D",
         "warnings",
-    ])
+    ])?;
+    crate::layering::check(&root())
 }
 
 /// The documentation examples (rustdoc runs them; the harness above cannot).
@@ -269,33 +271,11 @@ fn fuzz(target: &str, seconds: u32) -> anyhow::Result<()> {
         ))
         .current_dir(root());
     // `cargo xtask` runs under stable cargo, whose settings must not reach the nightly
-    // build (the same list policyroute/build.rs clears for the eBPF build).
-    for var in [
-        "RUSTUP_TOOLCHAIN",
-        "RUSTC",
-        "RUSTC_WRAPPER",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "CARGO_BUILD_TARGET",
-        "CARGO_TARGET_DIR",
-    ] {
-        run.env_remove(var);
-    }
+    // build (the same ones the eBPF build clears).
+    policyroute_ebpf_build::clear_stable_settings(&mut run);
     let result = cmd::run(&mut run);
     let _ = fs::remove_dir_all(&scratch);
     result
-}
-
-fn rust_files(dir: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "rs") {
-            files.push(path);
-        }
-    }
-    Ok(files)
 }
 
 /// Namespaces left by a test run that was killed before its guards could clean up.

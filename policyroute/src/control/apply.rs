@@ -25,12 +25,12 @@ use crate::{
     plan::{
         self,
         foreign::{self, Foreign},
+        ip_text::DeviceNames,
         objects::{Diff, IpRoute, IpRule},
         record::Record,
         DataplaneStep, Devices, Observed, Plan, Waiting,
     },
     policy::{incremental::Digests, rt_tables::RtTables, Policy, PolicyText},
-    present::DeviceNames,
 };
 
 /// What an apply changed (or, with `dry_run`, would change).

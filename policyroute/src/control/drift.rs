@@ -10,8 +10,13 @@ use crate::{
         netlink::{Link, Netlink},
         observe::{self, Installed},
     },
-    plan::{self, foreign, record::Record, DataplaneStep, Devices, Observed, Plan},
-    present::{self, DeviceNames},
+    plan::{
+        self, foreign,
+        ip_text::DeviceNames,
+        objects::{IpRoute, IpRule},
+        record::Record,
+        DataplaneStep, Devices, Observed, Plan,
+    },
 };
 
 /// One thing that is not as the policy wants it.
@@ -68,26 +73,26 @@ fn of_plan(plan: &Plan, observed: &Observed, names: &DeviceNames) -> Vec<DriftIt
     for w in &plan.waiting {
         items.push(item("device", w.reason, w.dev.clone()));
     }
-    let routes = |change, list: &[_]| {
+    let routes = |change, list: &[IpRoute]| {
         list.iter()
-            .map(|r| item("route", change, present::route(r, names)))
+            .map(|r| item("route", change, r.display(names).to_string()))
             .collect::<Vec<_>>()
     };
     items.extend(routes("missing", &plan.routes.add));
     items.extend(routes("stale", &plan.routes.remove));
-    let rules = |change, list: &[_]| {
+    let rules = |change, list: &[IpRule]| {
         list.iter()
-            .map(|r| item("ip_rule", change, present::rule(r)))
+            .map(|r| item("ip_rule", change, r.to_string()))
             .collect::<Vec<_>>()
     };
     items.extend(rules("missing", &plan.ip_rules.add));
     items.extend(rules("stale", &plan.ip_rules.remove));
     let foreign = &plan.foreign;
     for r in &foreign.routes {
-        items.push(item("route", "foreign", present::foreign_route(r, names)));
+        items.push(item("route", "foreign", r.display(names).to_string()));
     }
     for r in &foreign.ip_rules {
-        items.push(item("ip_rule", "foreign", present::foreign_rule(r)));
+        items.push(item("ip_rule", "foreign", r.to_string()));
     }
     for hook in &plan.attach {
         items.push(item("hook", "missing", hook.describe()));
@@ -120,11 +125,11 @@ fn unrecorded(observed: &Observed, names: &DeviceNames) -> Vec<DriftItem> {
     let routes = observed
         .routes
         .iter()
-        .map(|r| item("route", "stale", present::route(r, names)));
+        .map(|r| item("route", "stale", r.display(names).to_string()));
     let rules = observed
         .ip_rules
         .iter()
-        .map(|r| item("ip_rule", "stale", present::rule(r)));
+        .map(|r| item("ip_rule", "stale", r.to_string()));
     let hooks = observed
         .attachments
         .iter()

@@ -12,10 +12,9 @@ use crate::kernel::{
     attach,
     dataplane::{Dataplane, DataplaneError},
     maps::{InstallStats, SwitchMaps},
-    namespace,
     netlink::{Netlink, NetlinkError, RTPROT_POLICYROUTE},
     observe::Installed,
-    pins, record_store, KernelError,
+    pins, record_store, run_dir, KernelError,
 };
 use crate::plan::{foreign::ForeignRoute, DataplaneStep, Plan};
 use policyroute_common::RuleKey;
@@ -58,7 +57,7 @@ pub async fn execute(
             warnings.push(format!("pinning in bpffs: {e}"));
         }
     }
-    namespace::set_cgroup_hints(&plan.cgroups).map_err(KernelError::io("recording cgroups"))?;
+    run_dir::set_cgroup_hints(&plan.cgroups).map_err(KernelError::io("recording cgroups"))?;
     match failed.is_empty() {
         true => Ok((entries, switch)),
         false if adopt => Err(ControlError::NotAdopted(failed)),

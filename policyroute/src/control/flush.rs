@@ -6,9 +6,9 @@ use serde::Serialize;
 use super::{execute::ignore_missing, lock, require_privileges, ControlError, Options};
 use crate::{
     kernel::{
-        attach, namespace,
+        attach,
         netlink::{Netlink, RTPROT_POLICYROUTE},
-        observe, pins, KernelError,
+        observe, pins, run_dir, KernelError,
     },
     plan::objects::{IpRoute, IpRule},
 };
@@ -42,6 +42,6 @@ pub async fn flush(opts: &Options) -> Result<FlushReport, ControlError> {
         report.routes.push(route);
     }
     report.unpinned = pins::unpin(&opts.pin_dir()?)?;
-    namespace::set_cgroup_hints(&[]).map_err(KernelError::io("removing the cgroup hints"))?;
+    run_dir::set_cgroup_hints(&[]).map_err(KernelError::io("removing the cgroup hints"))?;
     Ok(report)
 }

@@ -21,7 +21,7 @@ use prometheus_client::{
 use tokio::net::TcpListener;
 
 use super::status;
-use crate::{kernel::namespace::family_name, policy::matcher::Family as PolicyFamily};
+use crate::policy::matcher::Family as PolicyFamily;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
@@ -74,7 +74,7 @@ impl Metrics {
 
     /// A gateway's health for a family; `transition`: it just changed to this.
     pub fn gateway(&self, gateway: &str, family: PolicyFamily, up: bool, transition: bool) {
-        let family = family_name(family).to_owned();
+        let family = family.name().to_owned();
         let label = GatewayLabel {
             gateway: gateway.to_owned(),
             family: family.clone(),

@@ -20,8 +20,8 @@ use std::path::PathBuf;
 
 use crate::{
     kernel::{
-        attach::AttachError, dataplane::DataplaneError, namespace, netlink::NetlinkError,
-        record_store::RecordError, KernelError,
+        attach::AttachError, dataplane::DataplaneError, mounts, namespace, netlink::NetlinkError,
+        privileges, record_store::RecordError, KernelError,
     },
     plan::PlanError,
     policy::{bounded_file, rt_tables::RtTables, ConfigError},
@@ -53,7 +53,7 @@ pub enum ControlError {
     #[error(transparent)]
     Trace(#[from] trace::TraceError),
     #[error(transparent)]
-    Claim(#[from] crate::kernel::namespace::ClaimError),
+    Claim(#[from] crate::kernel::daemon_file::ClaimError),
     /// Everything else was applied.
     #[error("{} change(s) failed, everything else is in place:\n{}", .0.len(), lines(.0))]
     Incomplete(Vec<NetlinkError>),
@@ -120,7 +120,7 @@ impl Options {
     fn pin_dir(&self) -> Result<PathBuf, KernelError> {
         match &self.bpffs_dir {
             Some(d) => Ok(d.clone()),
-            None => namespace::default_pin_dir().map_err(KernelError::io("namespace id")),
+            None => mounts::default_pin_dir().map_err(KernelError::io("namespace id")),
         }
     }
 
@@ -142,7 +142,7 @@ impl Options {
 }
 
 fn require_privileges() -> Result<(), ControlError> {
-    if namespace::has_privileges() {
+    if privileges::has_privileges() {
         Ok(())
     } else {
         Err(ControlError::Privileges)

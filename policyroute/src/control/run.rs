@@ -30,21 +30,20 @@ use tracing::{error, info, warn};
 use super::{
     apply::{reconcile, OnForeign, Pass, Report, Source},
     failover::{check_specs, Checks, Switchboard},
-    flush,
+    flush::{self, FlushReport},
     metrics::{self, Metrics},
     require_privileges, ControlError, Options,
 };
 use crate::{
     health::{CheckReport, CheckSpec, Monitor, Transition},
     kernel::{
+        daemon_file::{DaemonFile, DaemonState, GatewayCheck},
         events::Events,
-        namespace::{family_name, DaemonFile, DaemonState, GatewayCheck},
         netlink::Netlink,
         KernelError,
     },
     plan::Devices,
     policy::{incremental::Digests, Policy},
-    present,
 };
 
 /// A burst of events is handled once: a pass starts when events have been quiet this
@@ -67,6 +66,16 @@ pub struct RunOptions {
     pub metrics: Option<SocketAddr>,
     /// Take over others' routes and rules in the policy's way at the start.
     pub adopt: bool,
+    /// How reports read in the log.
+    pub wording: Wording,
+}
+
+/// The text forms of the reports the daemon logs, one line per change. They belong to the
+/// presentation layer, which hands them down: control does not import it.
+#[derive(Clone, Copy)]
+pub struct Wording {
+    pub apply: fn(&Report) -> String,
+    pub flush: fn(&FlushReport) -> String,
 }
 
 /// What the daemon keeps between passes.
@@ -98,6 +107,7 @@ struct Daemon<'a> {
     foreign: Vec<String>,
     /// A pass refused: the daemon exits with this.
     refused: Option<usize>,
+    wording: Wording,
 }
 
 pub async fn run(opts: &Options, run: &RunOptions) -> Result<(), ControlError> {
@@ -144,6 +154,7 @@ pub async fn run(opts: &Options, run: &RunOptions) -> Result<(), ControlError> {
         },
         foreign: Vec::new(),
         refused: None,
+        wording: run.wording,
     };
     // Handled from now on: a SIGHUP during the first pass must not end the process.
     let mut signals = Signals::install()?;
@@ -156,7 +167,7 @@ pub async fn run(opts: &Options, run: &RunOptions) -> Result<(), ControlError> {
         .await?;
     if run.flush_on_exit {
         let r = flush::flush(opts).await?;
-        info!("{signal}: flushed: {}", present::flush(&r).trim_end());
+        info!("{signal}: flushed: {}", (run.wording.flush)(&r).trim_end());
     } else {
         info!("{signal}: exiting; the dataplane stays in place (`policyroute flush` removes it)");
     }
@@ -200,14 +211,18 @@ impl Daemon<'_> {
         let mut publish = tokio::time::interval(PUBLISH);
         // (first event of the burst, deadline)
         let mut pending: Option<(Instant, Instant)> = None;
+        // Without events (the subscription ended), the periodic pass is all there is.
+        let mut subscribed = true;
         loop {
             self.refusal()?;
             let due = pending.map(|(_, d)| d).or(self.retry.map(|(at, _)| at));
             tokio::select! {
-                change = events.next() => {
+                change = events.next(), if subscribed => {
                     let Some(change) = change else {
                         error!("the rtnetlink event subscription ended; relying on the periodic pass");
-                        return self.without_events(transitions, hup, term, int).await;
+                        subscribed = false;
+                        periodic.reset_immediately();
+                        continue;
                     };
                     let now = Instant::now();
                     let first = pending.map_or(now, |(f, _)| f);
@@ -310,29 +325,6 @@ impl Daemon<'_> {
         }
     }
 
-    /// Keeps reconciling on the periodic pass when events are gone.
-    async fn without_events(
-        &mut self,
-        transitions: &mut UnboundedReceiver<Transition>,
-        hup: &mut Signal,
-        term: &mut Signal,
-        int: &mut Signal,
-    ) -> Result<&'static str, ControlError> {
-        let mut periodic = tokio::time::interval(PERIOD);
-        let mut publish = tokio::time::interval(PUBLISH);
-        loop {
-            self.refusal()?;
-            tokio::select! {
-                Some(t) = transitions.recv() => self.transition(t),
-                _ = publish.tick() => self.publish(),
-                _ = periodic.tick() => self.pass("periodic").await,
-                _ = hup.recv() => self.reload().await,
-                _ = term.recv() => return Ok("SIGTERM"),
-                _ = int.recv() => return Ok("SIGINT"),
-            }
-        }
-    }
-
     /// SIGHUP: the file again. A broken file changes nothing in the kernel.
     async fn reload(&mut self) {
         let start = Instant::now();
@@ -381,7 +373,7 @@ impl Daemon<'_> {
         }
         match result {
             Ok((report, _)) if report.refused => {
-                for line in present::apply(&report).lines() {
+                for line in (self.wording.apply)(&report).lines() {
                     error!("{why}: {line}");
                 }
                 self.refused = Some(report.foreign.len());
@@ -428,7 +420,7 @@ impl Daemon<'_> {
             self.metrics.repaired(kind, count);
         }
         if report.changed() {
-            for line in present::apply(report).lines() {
+            for line in (self.wording.apply)(report).lines() {
                 info!("{why}: {line}");
             }
         }
@@ -472,7 +464,7 @@ impl Daemon<'_> {
     fn left_in_place(&mut self, why: &str, report: &Report) {
         let foreign = match report.adopted {
             true => Vec::new(),
-            false => present::foreign(&report.foreign, &report.devices),
+            false => report.foreign.lines(&report.devices),
         };
         if foreign == self.foreign {
             return;
@@ -540,7 +532,7 @@ fn far_future() -> Instant {
 fn gateway_check(r: CheckReport) -> GatewayCheck {
     GatewayCheck {
         gateway: r.gateway,
-        family: family_name(r.family).to_owned(),
+        family: r.family.name().to_owned(),
         up: r.up,
         since: r.since,
         loss_percent: r.loss_percent,

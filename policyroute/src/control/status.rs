@@ -1,12 +1,13 @@
 //! `policyroute status`: what is installed in this namespace, read from the kernel alone:
 //! hooks, gateways, every rule with its packet and byte counters (in the spirit of
 //! `iptables -t mangle -nvL`), and the ip rules and routes policyroute owns. The text form
-//! is `present::status`.
+//! is the presentation layer's.
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
 };
 
+use policyroute_common::fast::FastStats;
 use serde::Serialize;
 
 use super::{require_privileges, ControlError};
@@ -14,19 +15,20 @@ use crate::{
     control::drift::DriftItem,
     kernel::{
         attach::Attached,
+        daemon_file::{DaemonFile, DaemonState, GatewayCheck},
         dataplane::Dataplane,
-        namespace::{self, family_name, DaemonFile, DaemonState, GatewayCheck},
+        namespace,
         netlink::{Netlink, RTPROT_POLICYROUTE},
         observe, record_store, KernelError,
     },
     plan::{
         fast_path,
+        ip_text::DeviceNames,
         objects::{Frames, Hook, IpRoute, IpRule, TcPath},
         record::Record,
         targets::{self, GatewayHealth},
     },
     policy::{Target, WhenDown},
-    present::DeviceNames,
 };
 
 #[derive(Debug, Serialize)]
@@ -69,12 +71,9 @@ pub struct Status {
 /// caveats.
 #[derive(Debug, Serialize)]
 pub struct FastPathStatus {
-    pub forwarded: u64,
-    pub to_kernel: u64,
-    pub expired: u64,
-    pub too_big: u64,
-    pub dropped_fragment: u64,
-    pub no_route: u64,
+    /// What the fast path did (`forwarded`, `to_kernel`, ...), summed over the CPUs.
+    #[serde(flatten)]
+    pub counts: FastStats,
     /// Always: what forwarding in the dataplane skips.
     pub bypass: &'static str,
     /// Why ip rules are installed anyway (empty: none are, and unmatched traffic keeps the
@@ -296,8 +295,8 @@ fn fill_from_record(
                         .is_some_and(|c| c.targets_of(f).next().is_some());
                     let check = checks
                         .iter()
-                        .find(|c| c.gateway == g.name && c.family == family_name(f));
-                    (family_name(f), family_health(up, checked, check))
+                        .find(|c| c.gateway == g.name && c.family == f.name());
+                    (f.name(), family_health(up, checked, check))
                 })
                 .collect(),
         })
@@ -319,14 +318,8 @@ fn fill_from_record(
         })
         .collect();
     if policy.fast_path {
-        let f = dp.maps.fast_stats()?;
         s.fast_path = Some(FastPathStatus {
-            forwarded: f.forwarded,
-            to_kernel: f.to_kernel,
-            expired: f.expired,
-            too_big: f.too_big,
-            dropped_fragment: f.dropped_fragment,
-            no_route: f.no_route,
+            counts: dp.maps.fast_stats()?,
             bypass: fast_path::BYPASS,
             rules_needed_by: fast_path::rules_needed_by(policy, frames),
         });

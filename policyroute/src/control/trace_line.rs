@@ -36,7 +36,7 @@ pub struct TraceLine {
     pub gateway: Option<String>,
     /// The group the rule names, if it names one.
     pub group: Option<String>,
-    /// How the mark was decided (see `present::trace_decision`).
+    /// How the mark was decided.
     pub decision: &'static str,
     /// The packet or call was dropped (`when_down = "blackhole"`).
     pub dropped: bool,

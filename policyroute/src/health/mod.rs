@@ -98,10 +98,7 @@ pub struct CheckReport {
 }
 
 fn family_name<S: serde::Serializer>(family: &Family, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(match family {
-        Family::V4 => "ipv4",
-        Family::V6 => "ipv6",
-    })
+    s.serialize_str(family.name())
 }
 
 /// Runs the checks, one tokio task each.

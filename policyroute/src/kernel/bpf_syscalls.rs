@@ -246,30 +246,34 @@ pub fn map_dump<K: Copy + Default, V: Copy + Default>(
 
 /// Inserts or replaces entries, a batch per syscall.
 pub fn map_update_batch<K, V>(map: BorrowedFd<'_>, keys: &[K], values: &[V]) -> io::Result<()> {
-    let batch = batch_len::<K, V>();
-    for (k, v) in keys.chunks(batch).zip(values.chunks(batch)) {
-        let mut attr = BatchAttr {
-            keys: k.as_ptr() as u64,
-            values: v.as_ptr() as u64,
-            count: k.len() as u32,
-            map_fd: map.as_raw_fd() as u32,
-            ..BatchAttr::default()
-        };
-        bpf(BPF_MAP_UPDATE_BATCH, &mut attr)?;
-    }
-    Ok(())
+    assert_eq!(keys.len(), values.len(), "a value per key");
+    in_batches::<K, V>(BPF_MAP_UPDATE_BATCH, map, keys, Some(values))
 }
 
 /// Deletes entries, a batch per syscall.
 pub fn map_delete_batch<K>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<()> {
-    for k in keys.chunks(batch_len::<K, ()>()) {
+    in_batches::<K, ()>(BPF_MAP_DELETE_BATCH, map, keys, None)
+}
+
+/// Runs a batch command over `keys` (and `values`, where it takes them), as many entries
+/// per syscall as [`batch_len`] allows.
+fn in_batches<K, V>(
+    cmd: bpf_cmd,
+    map: BorrowedFd<'_>,
+    keys: &[K],
+    values: Option<&[V]>,
+) -> io::Result<()> {
+    let batch = batch_len::<K, V>();
+    for (i, k) in keys.chunks(batch).enumerate() {
+        let v = values.map_or(0, |v| v[i * batch..].as_ptr() as u64);
         let mut attr = BatchAttr {
             keys: k.as_ptr() as u64,
+            values: v,
             count: k.len() as u32,
             map_fd: map.as_raw_fd() as u32,
             ..BatchAttr::default()
         };
-        bpf(BPF_MAP_DELETE_BATCH, &mut attr)?;
+        bpf(cmd, &mut attr)?;
     }
     Ok(())
 }

@@ -462,14 +462,7 @@ impl Maps {
     /// What the fast path did, summed over the CPUs.
     pub fn fast_stats(&self) -> Result<FastStats, DataplaneError> {
         let per_cpu = self.fast_stats.get(&0, 0)?;
-        Ok(per_cpu.iter().fold(FastStats::default(), |a, s| FastStats {
-            forwarded: a.forwarded + s.forwarded,
-            to_kernel: a.to_kernel + s.to_kernel,
-            expired: a.expired + s.expired,
-            too_big: a.too_big + s.too_big,
-            dropped_fragment: a.dropped_fragment + s.dropped_fragment,
-            no_route: a.no_route + s.no_route,
-        }))
+        Ok(per_cpu.iter().fold(FastStats::default(), |a, s| a + *s))
     }
 
     /// The gateway and group states, by key.

@@ -3,17 +3,21 @@
 //! Only this module makes syscalls.
 pub mod attach;
 pub mod bpf_syscalls;
+pub mod daemon_file;
 pub mod dataplane;
 pub mod enter_netns;
 pub mod events;
 pub mod features;
 pub mod maps;
+pub mod mounts;
 pub mod namespace;
 pub mod netlink;
 pub mod objects;
 pub mod observe;
 pub mod pins;
+pub mod privileges;
 pub mod record_store;
+pub mod run_dir;
 pub mod tc_filters;
 pub mod testrun;
 pub mod trie_map;

@@ -14,9 +14,9 @@ use crate::{
     kernel::{
         attach::{self, Attached},
         dataplane::{Dataplane, DataplaneError},
-        namespace,
+        mounts, namespace,
         netlink::{Link, Netlink, RTPROT_POLICYROUTE},
-        KernelError,
+        run_dir, KernelError,
     },
     plan::{
         objects::{Frames, Hook},
@@ -58,11 +58,11 @@ pub fn installed(links: &[Link], cgroups: &[String]) -> Result<Installed, Kernel
     let links: Vec<(u32, String)> = links.iter().map(|l| (l.index, l.name.clone())).collect();
     let tcx = attach::tcx_available();
     let mut found = attach::find_devices(&links, tcx)?;
-    let cgroup_root = namespace::cgroup2_root().map_err(KernelError::io("finding cgroup2"))?;
+    let cgroup_root = mounts::cgroup2_root().map_err(KernelError::io("finding cgroup2"))?;
     if let Some(root) = &cgroup_root {
         let mut candidates: BTreeSet<String> = cgroups.iter().cloned().collect();
         candidates.insert("/".into());
-        candidates.extend(namespace::cgroup_hints());
+        candidates.extend(run_dir::cgroup_hints());
         for cg in &candidates {
             found.extend(attach::find_cgroup(root, cg)?);
         }

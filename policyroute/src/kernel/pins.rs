@@ -3,12 +3,12 @@
 //! right after this process pinned them.
 use std::path::Path;
 
-use crate::kernel::{dataplane::Dataplane, namespace, KernelError};
+use crate::kernel::{dataplane::Dataplane, mounts, KernelError};
 
 /// Pins the maps (and the programs this process loaded) in `dir`, replacing older pins;
 /// mounts bpffs when it is missing.
 pub fn pin(dp: &mut Dataplane, dir: &Path) -> Result<(), KernelError> {
-    namespace::ensure_bpffs(dir).map_err(KernelError::io(format!("bpffs at {}", dir.display())))?;
+    mounts::ensure_bpffs(dir).map_err(KernelError::io(format!("bpffs at {}", dir.display())))?;
     Ok(dp.pin(dir)?)
 }
 

@@ -15,7 +15,10 @@ use std::{collections::BTreeSet, net::IpAddr};
 use ipnet::IpNet;
 use serde::Serialize;
 
-use super::objects::{IpRoute, IpRule};
+use super::{
+    ip_text::{self, DeviceNames},
+    objects::{IpRoute, IpRule},
+};
 use crate::policy::{matcher::Family, rt_tables, Policy};
 
 /// `rtm_protocol` of the routes the kernel adds itself (connected prefixes, link-local
@@ -92,6 +95,61 @@ impl ForeignRule {
     }
 }
 
+/// As `ip rule` prints it, with its other selectors, its action and `proto`.
+impl std::fmt::Display for ForeignRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        ip_text::rule_selectors(
+            f,
+            self.family,
+            self.priority,
+            self.invert,
+            self.src,
+            self.fwmark,
+        )?;
+        for selector in &self.selectors {
+            write!(f, " {selector}")?;
+        }
+        match (self.action, self.goto) {
+            ("lookup", _) => ip_text::lookup(f, self.table)?,
+            ("goto", Some(p)) => write!(f, " goto {p}")?,
+            (action, _) => write!(f, " {action}")?,
+        }
+        ip_text::suppress(f, self.suppress_prefixlen)?;
+        write!(f, " proto {}", ip_text::route_protocol(self.protocol))
+    }
+}
+
+impl ForeignRoute {
+    /// As `ip route` prints it, with device names, its type, next hops, `proto` and
+    /// `metric`.
+    pub fn display<'a>(&'a self, devices: &'a DeviceNames) -> impl std::fmt::Display + 'a {
+        std::fmt::from_fn(move |f| {
+            let kind = match self.kind {
+                "unicast" => String::new(),
+                k => format!("{k} "),
+            };
+            f.write_str(&ip_text::route_head(
+                self.family,
+                self.table,
+                &kind,
+                &self.dst,
+            ))?;
+            let multipath = self.nexthops.len() > 1;
+            for hop in &self.nexthops {
+                if multipath {
+                    f.write_str(" nexthop")?;
+                }
+                f.write_str(&ip_text::next_hop(hop.gateway, hop.oif, devices))?;
+            }
+            write!(f, " proto {}", ip_text::route_protocol(self.protocol))?;
+            match self.metric {
+                0 => Ok(()),
+                m => write!(f, " metric {m}"),
+            }
+        })
+    }
+}
+
 /// The foreign objects in policyroute's way.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Foreign {
@@ -106,6 +164,16 @@ impl Foreign {
 
     pub fn len(&self) -> usize {
         self.routes.len() + self.ip_rules.len()
+    }
+
+    /// One line each, as ip(8) prints them: `route ...`, `ip rule ...`.
+    pub fn lines(&self, devices: &DeviceNames) -> Vec<String> {
+        let routes = self
+            .routes
+            .iter()
+            .map(|r| format!("route {}", r.display(devices)));
+        let rules = self.ip_rules.iter().map(|r| format!("ip rule {r}"));
+        routes.chain(rules).collect()
     }
 
     /// The foreign route that holds `route`'s place: same table, destination and metric,

@@ -8,6 +8,7 @@ pub mod compile;
 pub mod desired;
 pub mod fast_path;
 pub mod foreign;
+pub mod ip_text;
 pub mod objects;
 pub mod prefix_trie;
 pub mod record;

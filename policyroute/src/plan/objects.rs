@@ -7,6 +7,7 @@ use ipnet::IpNet;
 use policyroute_common::names::{TC_EGRESS, TC_INGRESS};
 use serde::Serialize;
 
+use super::ip_text::{self, DeviceNames};
 use crate::policy::matcher::Family;
 
 /// An ip rule as policyroute uses them (action `lookup TABLE`). Equality is what
@@ -39,6 +40,25 @@ pub struct IpRoute {
     pub gateway: Option<IpAddr>,
     /// Output interface index.
     pub oif: u32,
+}
+
+/// As `ip rule` prints it: `-4 PRIORITY: from SRC [fwmark V/M] lookup TABLE`.
+impl std::fmt::Display for IpRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        ip_text::rule_selectors(f, self.family, self.priority, false, self.src, self.fwmark)?;
+        ip_text::lookup(f, self.table)?;
+        ip_text::suppress(f, self.suppress_prefixlen)
+    }
+}
+
+impl IpRoute {
+    /// As `ip route` prints it, with device names: `-4 table T: DST via GW dev DEV`.
+    pub fn display<'a>(&'a self, devices: &'a DeviceNames) -> impl std::fmt::Display + 'a {
+        std::fmt::from_fn(move |f| {
+            f.write_str(&ip_text::route_head(self.family, self.table, "", &self.dst))?;
+            f.write_str(&ip_text::next_hop(self.gateway, Some(self.oif), devices))
+        })
+    }
 }
 
 /// Where a program is attached.

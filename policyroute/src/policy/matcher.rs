@@ -23,6 +23,14 @@ impl std::fmt::Display for Family {
 }
 
 impl Family {
+    /// `ipv4` / `ipv6`, as JSON output and metrics labels name a family.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::V4 => "ipv4",
+            Family::V6 => "ipv6",
+        }
+    }
+
     pub fn of(addr: &IpAddr) -> Self {
         match addr {
             IpAddr::V4(_) => Family::V4,

@@ -11,13 +11,13 @@ use std::{
 
 use serde_json::{json, Value};
 
-use crate::fixture::TempFile;
+use policyroute_tests::fixture::TempFile;
 
 /// `bench/results/` of the workspace (or `$POLICYROUTE_BENCH_DIR`), created when missing.
 pub fn results_dir() -> PathBuf {
     let dir = std::env::var_os("POLICYROUTE_BENCH_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bench/results"));
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results"));
     fs::create_dir_all(&dir).expect("create the results directory");
     dir
 }

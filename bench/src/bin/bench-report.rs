@@ -9,7 +9,7 @@
 //! section as `readme-section.md` beside them.
 use std::{fmt::Write as _, fs, path::PathBuf, process::Command};
 
-use policyroute_tests::bench::{self, read_json};
+use policyroute_bench::results::{self, read_json};
 use serde_json::Value;
 
 fn workspace() -> PathBuf {
@@ -451,8 +451,8 @@ fn main() {
         .flatten()
         .map(|v| v["environment"].clone())
         .next()
-        .unwrap_or_else(bench::environment);
-    let results = bench::results_dir();
+        .unwrap_or_else(results::environment);
+    let results = results::results_dir();
     let png = results.join("bench.png");
     let plotted = plot(classify.as_ref(), e2e.as_ref(), control.as_ref(), &png);
     if !plotted {
@@ -483,7 +483,7 @@ fn main() {
         &parts,
         &notes,
     );
-    bench::write_result("report.md", &report);
+    results::write_result("report.md", &report);
     let mut section = readme_section(
         &env,
         plotted,
@@ -499,7 +499,7 @@ fn main() {
         }
     }
     if !results_are_the_repos(&results) {
-        bench::write_result("readme-section.md", &section);
+        results::write_result("readme-section.md", &section);
         eprintln!(
             "report: results in {}, not bench/results/: README.md left as it is",
             results.display()
@@ -970,7 +970,7 @@ const METHOD: &str = "## Method\n\n\
   (`iptables-restore`); an nftables `meta mark set ip daddr . udp dport map @m` map \
   (`nft -f`); `ip rule ... to X ipproto udp dport P lookup 102` selectors (`ip -batch`); \
   and a tc program that sends every packet to uplink 2's next hop with `bpf_redirect_neigh` \
-  and decides nothing (no parsing, no lookup; `policyroute-ebpf/src/redirect.rs`, both mixes \
+  and decides nothing (no parsing, no lookup; `bench/ebpf/src/redirect.rs`, both mixes \
   go to uplink 2): the least any tc-ingress fast path does per packet, so its router CPU per \
   packet bounds what the fast path can reach on this machine; and the empty tc program \
   attached at lan0 ingress (every packet goes on to the kernel, as the baseline): what the \

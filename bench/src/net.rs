@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::netns::NetNs;
+use policyroute_tests::netns::NetNs;
 
 /// One UDP/IPv4 datagram to send.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

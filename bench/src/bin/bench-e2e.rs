@@ -32,20 +32,17 @@ use std::{
 };
 
 use aya::{programs::TcAttachType, Ebpf, EbpfLoader};
-use policyroute::kernel::{dataplane::classifier_mut, objects};
-use policyroute_common::names::{NOOP, REDIRECT, REDIRECT_IFINDEX_GLOBAL, REDIRECT_NH_GLOBAL};
-use policyroute_tests::topology::Place;
-use policyroute_tests::{
-    bench::{
+use policyroute::kernel::dataplane::classifier_mut;
+use policyroute_bench::{
+    net::{self, cpu_busy_ns, mac_of, settle, udp_frame, Flow, FrameSender, IpReceived},
+    objects::{self as bench_objects, NOOP, REDIRECT, REDIRECT_IFINDEX_GLOBAL, REDIRECT_NH_GLOBAL},
+    results::{
         self, entry, env_or, measure, perf_symbols, pin_to_cpu, policy_toml, Spread, Table, MARK,
         SIZES, TABLE,
     },
-    bench_net::{self, cpu_busy_ns, mac_of, settle, udp_frame, Flow, FrameSender, IpReceived},
-    cli,
-    fixture::TempFile,
-    netns::NetNs,
-    topology::Topology,
 };
+use policyroute_tests::topology::Place;
+use policyroute_tests::{cli, fixture::TempFile, netns::NetNs, topology::Topology};
 use serde_json::{json, Value};
 
 /// Distinct flows in each traffic mix.
@@ -581,8 +578,8 @@ fn setup(v: Variant, n: usize, cap: Duration, skip: Option<String>) -> Setup {
 /// ingress (tcx) while the returned object lives; None for every other variant.
 fn attach_bare(v: Variant, r: &NetNs) -> anyhow::Result<Option<Ebpf>> {
     let (bytes, name) = match v {
-        Variant::Redirect => (objects::redirect(), REDIRECT),
-        Variant::Hook => (objects::noop(), NOOP),
+        Variant::Redirect => (bench_objects::redirect(), REDIRECT),
+        Variant::Hook => (bench_objects::noop(), NOOP),
         _ => return Ok(None),
     };
     let _inside = r.enter();
@@ -606,7 +603,7 @@ fn attach_bare(v: Variant, r: &NetNs) -> anyhow::Result<Option<Ebpf>> {
 /// The router's device towards up2 (ifindex, in the namespace the caller entered) and up2's
 /// IPv4 address in network byte order: where the redirect program sends everything.
 fn up2_next_hop() -> anyhow::Result<(u32, u32)> {
-    let ifindex = bench_net::ifindex(Place::Up2.dev());
+    let ifindex = net::ifindex(Place::Up2.dev());
     anyhow::ensure!(ifindex != 0, "no {} in the router", Place::Up2.dev());
     let via: Ipv4Addr = Place::Up2.via(false).parse()?;
     Ok((ifindex, u32::from_ne_bytes(via.octets())))
@@ -963,7 +960,7 @@ fn write_all(res: &Results, cfg: &Config, env: Value) {
         })
         .collect();
     if !full.is_empty() {
-        bench::write_result(&format!("{}-perf.txt", scenario().results()), &full);
+        results::write_result(&format!("{}-perf.txt", scenario().results()), &full);
     }
     let md = markdown(res, cfg, &env);
     let profiles: Vec<Value> = res.profiles.iter()
@@ -971,7 +968,7 @@ fn write_all(res: &Results, cfg: &Config, env: Value) {
             json!({"entries": n, "variant": v.key(), "mix": mix.key(), "top": top})
         })
         .collect();
-    bench::write_results(
+    results::write_results(
         scenario().results(),
         &md,
         &json!({
@@ -994,7 +991,7 @@ fn main() {
         "needs at least 2 CPUs"
     );
     // Read before pinning: the machine's core count, not the one CPU left to this process.
-    let env = bench::environment();
+    let env = results::environment();
     // The whole process (sender included) and the tools it starts stay off the router CPU.
     pin_to_cpu(SENDER_CPU);
     eprintln!(

@@ -21,16 +21,18 @@ use policyroute::{
     policy::matcher::Rule,
     reference::frame::FrameSpec,
 };
-use policyroute_common::names::NOOP;
+use policyroute_bench::{
+    objects::{self as bench_objects, NOOP},
+    results::{self, env_or, measure, Spread, Table, SIZES},
+};
 use policyroute_tests::{
-    bench::{self, env_or, measure, Spread, Table, SIZES},
     cli,
     fixture::{frame, lone_router, TempFile, TCP},
     netns::NetNs,
     rules::rule,
 };
 use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
-use serde_json::json;
+use serde_json::{json, Value};
 
 /// The target: 100k rules cost at most this many times one rule.
 const TARGET_RATIO: f64 = 1.5;
@@ -58,7 +60,7 @@ fn main() -> anyhow::Result<()> {
     };
     let mut noop_obj = {
         let _inside = b.ns.enter();
-        let mut obj = Ebpf::load(objects::noop())?;
+        let mut obj = Ebpf::load(bench_objects::noop())?;
         classifier_mut(&mut obj, NOOP)?.load()?;
         obj
     };
@@ -177,7 +179,7 @@ fn main() -> anyhow::Result<()> {
          and redrawn where they do not fit; uniform 100000: lengths drawn uniformly from \
          /1–/32 and /1–/128 with no other constraint, so the list holds its family's /1 many \
          times over and the trie keeps only that (a prefix inside another of the same set \
-         adds nothing); country: `bench::country_list`, 50,000 IPv4 prefixes over 24 lengths \
+         adds nothing); country: `results::country_list`, 50,000 IPv4 prefixes over 24 lengths \
          (mostly /16–/24) and 37,000 IPv6 over about 110 (mostly /29, /32, /48); a \
          rule `dst = \"@big\"` alone, or with `proto = \"tcp\"` and \
          `dport = 443`. Each row runs interleaved, round by round, with the 1-rule policy of \
@@ -222,12 +224,12 @@ fn main() -> anyhow::Result<()> {
 }
 
 impl Bench {
-    /// `bench::write_results` with the environment and this run's sizes added to `json`.
+    /// `results::write_results` with the environment and this run's sizes added to `json`.
     fn write_results(&self, name: &str, md: &str, mut json: serde_json::Value) {
-        json["environment"] = bench::environment();
+        json["environment"] = results::environment();
         json["packets"] = json!(self.packets);
         json["rounds"] = json!(self.rounds);
-        bench::write_results(name, md, &json);
+        results::write_results(name, md, &json);
     }
 
     /// [`apply_in`] the bench's namespace.
@@ -403,15 +405,17 @@ fn attribution(
         (noop, &frames, false),
     ];
     let samples = interleaved(&mut b.rng, b.rounds * 2 + 1, &runs, false)?;
-    let base = Spread::of(&samples[3]);
-    let mut table = Table::new(&[
-        "IPv4 hit",
-        ">ns/packet",
-        ">empty program",
-        ">classifier − empty",
-    ]);
+    let names: Vec<&str> = cases.iter().take(3).copied().collect();
+    Ok(over_empty("IPv4 hit", "case", &names, &samples))
+}
+
+/// A table of each case's cost against the empty program's, whose samples follow the
+/// cases'; and the same as JSON rows keyed by `key`.
+fn over_empty(head: &str, key: &str, cases: &[&str], samples: &[Vec<f64>]) -> (Table, Vec<Value>) {
+    let base = Spread::of(&samples[cases.len()]);
+    let mut table = Table::new(&[head, ">ns/packet", ">empty program", ">classifier − empty"]);
     let mut rows = Vec::new();
-    for (case, what) in cases.iter().enumerate().take(3) {
+    for (case, what) in cases.iter().enumerate() {
         let cost = Spread::of(&samples[case]);
         table.row(vec![
             (*what).into(),
@@ -419,9 +423,9 @@ fn attribution(
             format!("{:.1}", base.median),
             format!("{:.1}", cost.median - base.median),
         ]);
-        rows.push(json!({"case": what, "ns": cost.json(), "empty_ns": base.json()}));
+        rows.push(json!({key: what, "ns": cost.json(), "empty_ns": base.json()}));
     }
-    Ok((table, rows))
+    (table, rows)
 }
 
 /// What trace costs while no trace runs: two copies of the applied 1-rule classifier's
@@ -764,24 +768,8 @@ fn targets_table(
             });
         }
     }
-    let base = Spread::of(&samples[cases.len()]);
-    let mut table = Table::new(&[
-        "target",
-        ">ns/packet",
-        ">empty program",
-        ">classifier − empty",
-    ]);
-    let mut rows = Vec::new();
-    for (case, (what, _, _)) in cases.iter().enumerate() {
-        let cost = Spread::of(&samples[case]);
-        table.row(vec![
-            (*what).into(),
-            cost.show(1),
-            format!("{:.1}", base.median),
-            format!("{:.1}", cost.median - base.median),
-        ]);
-        rows.push(json!({"target": what, "ns": cost.json(), "empty_ns": base.json()}));
-    }
+    let names: Vec<&str> = cases.iter().map(|(what, _, _)| *what).collect();
+    let (table, rows) = over_empty("target", "target", &names, &samples);
     for (ns, _) in &routers {
         let _ = cli::run(ns, &["flush"]);
     }
@@ -834,7 +822,7 @@ fn set_prefix(rng: &mut StdRng, v6: bool) -> ipnet::IpNet {
 /// only the shorter), of lengths drawn uniformly from /16–/32 (IPv4) and /16–/128 (IPv6),
 /// where they fit.
 fn disjoint_prefixes(rng: &mut StdRng, n: usize, v6: bool) -> Vec<ipnet::IpNet> {
-    let mut taken = policyroute_tests::bench::Disjoint::default();
+    let mut taken = policyroute_bench::results::Disjoint::default();
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
         let net = if v6 {
@@ -908,7 +896,7 @@ fn sets_rows(
         1,
         (
             "country 50k + 37k".into(),
-            policyroute_tests::bench::country_list(7),
+            policyroute_bench::results::country_list(7),
         ),
     );
     // The issue's length mix drawn freely: such a list holds its family's /1 many times

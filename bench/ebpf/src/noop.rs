@@ -3,16 +3,12 @@
 #![no_main]
 
 use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, programs::TcContext};
+// The panic handler every eBPF binary needs.
+use policyroute_common as _;
 
 #[classifier]
 pub fn policyroute_noop(_ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
-}
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
 }
 
 #[link_section = "license"]

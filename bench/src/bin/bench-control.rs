@@ -6,10 +6,10 @@
 //! goes.
 use std::{process::Command, time::Duration};
 
+use policyroute_bench::results::{
+    self, country_list, env_or, measure, perf_symbols, policy_toml, Measured, Spread, Table,
+};
 use policyroute_tests::{
-    bench::{
-        self, country_list, env_or, measure, perf_symbols, policy_toml, Measured, Spread, Table,
-    },
     cli,
     daemon::Daemon,
     fixture::{lone_router, TempFile},
@@ -173,7 +173,7 @@ fn list_note(m: &Measured) -> String {
 fn main() {
     let cap = Duration::from_secs(env_or("POLICYROUTE_BENCH_CONTROL_CAP", 300));
     let big: usize = env_or("POLICYROUTE_BENCH_CONTROL_RULES", 100_000);
-    let env = bench::environment();
+    let env = results::environment();
     // The devices the benchmark policies name: lan0 (ingress) and wan2 (the gateway's
     // device, with 203.0.113.2 on-link).
     let ns = lone_router("control");
@@ -334,7 +334,7 @@ fn main() {
             ))
             .unwrap_or_default()
     );
-    bench::write_results(
+    results::write_results(
         "control",
         &md,
         &json!({
@@ -415,6 +415,6 @@ fn profile(n: usize, cap: Duration) -> Option<String> {
                 .join("\n")
         ));
     }
-    bench::write_result("control-perf.txt", &full);
+    results::write_result("control-perf.txt", &full);
     Some(summary)
 }
