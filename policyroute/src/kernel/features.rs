@@ -3,7 +3,7 @@
 //! policy keys that need it, instead of a verifier log or an errno from deep inside.
 //!
 //! tcx is not here: without it the TC programs attach through clsact (see
-//! `plan::tc_path`). README.md's "Kernel requirements" table lists the same features.
+//! `plan::tc_path`). docs/architecture.md's "Kernel features" table lists the same features.
 use std::{ffi::CStr, io, sync::OnceLock};
 
 use aya::{
