@@ -35,6 +35,9 @@ const PACKAGES: &[(&str, &str)] = &[
     // The manual page tests render the pages as `man` does, with groff's warnings on.
     ("man", "man-db"),
     ("groff", "groff-base"),
+    // The package test installs the .deb into a throwaway root whose /bin/sh it is
+    // (dpkg runs the maintainer scripts chrooted there).
+    ("busybox", "busybox-static"),
 ];
 /// What only the benchmarks need: the classic tools policyroute is compared with, GRO on
 /// veth, plots, profiles. Installed by `cargo xtask bench`, not by every command.
