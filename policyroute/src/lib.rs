@@ -19,6 +19,7 @@ pub mod control;
 pub mod health;
 pub mod import;
 pub mod kernel;
+pub mod manual;
 pub mod plan;
 pub mod policy;
 pub mod present;

@@ -196,8 +196,13 @@ enum Command {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
-    /// Print the manual page (roff), e.g. `policyroute man | man -l -`.
-    Man,
+    /// Print a manual page (roff), e.g. `policyroute man | man -l -`: section 8, the
+    /// commands (policyroute(8)), or section 5, the policy file (policyroute.toml(5)).
+    Man {
+        /// 8: the commands; 5: the policy file.
+        #[arg(long, value_name = "N", default_value = "8", value_parser = ["5", "8"])]
+        section: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -212,32 +217,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// The manual page's EXIT STATUS section (the codes [`exit_status`] gives).
-const EXIT_STATUS_ROFF: &str = r#".SH "EXIT STATUS"
-.TP
-\fB0\fR
-Success.
-.TP
-\fB1\fR
-\fBcheck\fR found drift; or \fBapply\fR or \fBrun\fR refused because of foreign state:
-routes in a gateway's table or ip rules matching a gateway's mark that policyroute does
-not own (they are named, nothing was changed, and \fB\-\-adopt\fR takes them over); or some
-changes failed (everything else is in place, and the failed changes are named); or the
-kernel refused an operation.
-.TP
-\fB2\fR
-Invalid input: a policy or list file (with file:line), an argument, an \fBexplain\fR
-question no packet could ask (two address families, ports for a protocol without them),
-or a device that does not exist.
-.TP
-\fB3\fR
-\fBcheck\fR: no policy is applied in this namespace.
-.TP
-\fB4\fR
-Missing privileges (CAP_NET_ADMIN and CAP_BPF).
-"#;
-
-/// The documented exit status of a failed command (see `ControlError::exit_status`):
+/// The documented exit status of a failed command (see `ControlError::exit_status`; the
+/// manual page's EXIT STATUS, in policyroute/src/manual/policyroute.8.md, lists them):
 /// arguments the CLI itself refuses (an unknown protocol) are input too.
 fn exit_status(e: &anyhow::Error) -> u8 {
     if let Some(e) = e.downcast_ref::<ControlError>() {
@@ -373,12 +354,12 @@ async fn dispatch(command: Command, opts: Options) -> anyhow::Result<ExitCode> {
             let mut cli = Cli::command();
             clap_complete::generate(shell, &mut cli, "policyroute", &mut std::io::stdout());
         }
-        Command::Man => {
-            // Section 8: administration commands.
-            let man = clap_mangen::Man::new(Cli::command()).section("8");
-            let mut out = std::io::stdout();
-            man.render(&mut out)?;
-            std::io::Write::write_all(&mut out, EXIT_STATUS_ROFF.as_bytes())?;
+        Command::Man { section } => {
+            let page = match section.as_str() {
+                "5" => policyroute::manual::policy_file(),
+                _ => policyroute::manual::commands(Cli::command()),
+            };
+            print!("{page}");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod faults;
 pub mod fixture;
 pub mod hops;
+pub mod manpage;
 pub mod metrics;
 pub mod netns;
 pub mod probe;

@@ -53,8 +53,8 @@ enum Command {
     },
     /// Build, run a throwaway multi-uplink topology and show where each flow went.
     Demo,
-    /// Build the Debian package target/debian/policyroute.deb (binary, systemd unit,
-    /// completions, manual page, example policy).
+    /// Build the Debian package target/debian/policyroute.deb (binary, systemd unit and
+    /// maintainer scripts, completions, manual pages, example policy).
     Dist,
 }
 

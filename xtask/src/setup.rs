@@ -22,7 +22,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// Builds the .deb of `cargo xtask dist` (and of the package test in `cargo xtask test`).
 const CARGO_DEB_VERSION: &str = "3.8.0";
-/// Debian packages (binary, package) the tests call as independent witnesses.
+/// Debian packages (binary, package) the tests call as independent witnesses, or need.
 /// (systemd-analyze checks the shipped unit file; nft makes upstream faults and health-check
 /// peers that stop answering.)
 const PACKAGES: &[(&str, &str)] = &[
@@ -32,6 +32,12 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nft", "nftables"),
     ("setpriv", "util-linux"),
     ("systemd-analyze", "systemd"),
+    // The manual page tests render the pages as `man` does, with groff's warnings on.
+    ("man", "man-db"),
+    ("groff", "groff-base"),
+    // The package test installs the .deb into a throwaway root whose /bin/sh it is
+    // (dpkg runs the maintainer scripts chrooted there).
+    ("busybox", "busybox-static"),
 ];
 /// What only the benchmarks need: the classic tools policyroute is compared with, GRO on
 /// veth, plots, profiles. Installed by `cargo xtask bench`, not by every command.
