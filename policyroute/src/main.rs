@@ -10,7 +10,6 @@ use policyroute::{
         apply, drift, explain, flush, metrics, question::Question, run, status, trace, validate,
         ControlError, Options,
     },
-    policy::protocol,
     present,
 };
 
@@ -123,31 +122,8 @@ enum Command {
     /// sticky or group decision. Runs until Ctrl-C or --count; never changes routing.
     /// Rate-limited (--rate); dropped lines are reported when it stops.
     Trace {
-        /// Only packets arriving on (tc ingress) or leaving (tc egress) this device.
-        #[arg(long, value_name = "DEV")]
-        iif: Option<String>,
-        /// tcp, udp, icmp, icmpv6, sctp or a number.
-        #[arg(long, value_name = "PROTO")]
-        proto: Option<String>,
-        /// Only sources in this prefix (an address is a /32 or /128).
-        #[arg(long, value_name = "PREFIX", value_parser = parse_prefix)]
-        src: Option<ipnet::IpNet>,
-        /// Only destinations in this prefix.
-        #[arg(long, value_name = "PREFIX", value_parser = parse_prefix)]
-        dst: Option<ipnet::IpNet>,
-        /// Only this source port.
-        #[arg(long, value_name = "PORT")]
-        sport: Option<u16>,
-        /// Only this destination port.
-        #[arg(long, value_name = "PORT")]
-        dport: Option<u16>,
-        /// Stop after N lines.
-        #[arg(long, value_name = "N")]
-        count: Option<u64>,
-        /// Most lines per second (over all CPUs); the rest are dropped and counted.
-        #[arg(long, value_name = "N", default_value_t = 1000,
-              value_parser = clap::value_parser!(u32).range(1..))]
-        rate: u32,
+        #[command(flatten)]
+        filter: trace::TraceOptions,
         /// One JSON object per line (keys: time, hook, dev, proto, src, sport, dst, dport,
         /// rule, mark, gateway, group, decision, dropped, out_dev).
         #[arg(long)]
@@ -309,28 +285,8 @@ async fn dispatch(command: Command, opts: Options) -> anyhow::Result<ExitCode> {
             let e = explain::explain(&q).await?;
             print(json, &e, || present::explain(&e))?;
         }
-        Command::Trace {
-            iif,
-            proto,
-            src,
-            dst,
-            sport,
-            dport,
-            count,
-            rate,
-            json,
-        } => {
-            let opts = trace::TraceOptions {
-                iif,
-                proto: proto.as_deref().map(parse_proto).transpose()?,
-                src,
-                dst,
-                sport,
-                dport,
-                count,
-                rate,
-            };
-            return run_trace(&opts, json).await;
+        Command::Trace { filter, json } => {
+            return run_trace(&filter, json).await;
         }
         Command::Flush { json } => {
             let r = flush::flush(&opts).await?;
@@ -429,16 +385,4 @@ async fn run_trace(opts: &trace::TraceOptions, json: bool) -> anyhow::Result<Exi
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// A prefix, or an address as a host prefix.
-fn parse_prefix(s: &str) -> Result<ipnet::IpNet, String> {
-    s.parse::<ipnet::IpNet>()
-        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-        .map(|n| n.trunc())
-        .map_err(|_| format!("{s:?} is not a prefix or an address"))
-}
-
-fn parse_proto(s: &str) -> anyhow::Result<u8> {
-    protocol::parse(s).ok_or_else(|| BadArgument(protocol::unknown(s)).into())
 }

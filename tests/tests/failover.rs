@@ -153,6 +153,14 @@ impl Running {
             .to_string()
     }
 
+    /// [`Running::transitions`] of each family, in `FAMILIES` order.
+    fn transitions_per_family(&self, gateway: &str) -> Vec<u64> {
+        FAMILIES
+            .iter()
+            .map(|(f, _)| self.transitions(gateway, f))
+            .collect()
+    }
+
     fn transitions(&self, gateway: &str, family: &str) -> u64 {
         let h = self.health(gateway, family);
         h["transitions"]
@@ -279,10 +287,7 @@ fn a_failed_gateway_falls_back_to_main_and_comes_back() {
     let r = running("fall", &single_isp2(None), &[]);
     let t = &r.t;
     r.wait_up(&["isp2"]);
-    let before: Vec<u64> = FAMILIES
-        .iter()
-        .map(|(f, _)| r.transitions("isp2", f))
-        .collect();
+    let before = r.transitions_per_family("isp2");
     for (f, v6) in FAMILIES {
         assert_all_at(&land(t, v6, 100), 100, Place::Up2, f);
     }
@@ -500,10 +505,7 @@ fn random_probe_loss_of_30_percent_does_not_flap() {
     let r = running("noflap", &single_isp2(None), &[]);
     let t = &r.t;
     r.wait_up(&["isp2"]);
-    let before: Vec<u64> = FAMILIES
-        .iter()
-        .map(|(f, _)| r.transitions("isp2", f))
-        .collect();
+    let before = r.transitions_per_family("isp2");
     // 30 % of the echo requests lost at random. A round sends 3 probes (the default
     // count) and is lost only if all are: 2.7 % of rounds, three in a row about once in
     // 50,000 rounds; these 15 s are 75 rounds.

@@ -16,7 +16,7 @@ use syn::visit::Visit;
 /// Each top module of the product's library and its layer: a module imports only from
 /// lower layers, never from another module of its own layer. `reference` (the judge) and
 /// `import` (a front end that writes policy text) sit beside `plan`; `health` (the checks'
-/// probes) beside `kernel`.
+/// probes) beside `kernel`; `manual` (the manual pages' text) beside `present`.
 const LAYERS: &[(&str, u8)] = &[
     ("policy", 0),
     ("plan", 1),
@@ -26,6 +26,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("health", 2),
     ("control", 3),
     ("present", 4),
+    ("manual", 4),
 ];
 
 /// The eBPF objects the product embeds: what it loads and nothing else (benchmark

@@ -125,7 +125,11 @@ pub fn run(args: &[String], quick: bool) -> anyhow::Result<()> {
 fn checks() -> anyhow::Result<()> {
     cargo(&["fmt", "--all", "--", "--check"])?;
     let mut outside = Vec::new();
-    for dir in ["policyroute-ebpf/src", "bench/ebpf/src", "fuzz/fuzz_targets"] {
+    for dir in [
+        "policyroute-ebpf/src",
+        "bench/ebpf/src",
+        "fuzz/fuzz_targets",
+    ] {
         outside.extend(crate::layering::rust_files(&root().join(dir))?);
     }
     cmd::run(

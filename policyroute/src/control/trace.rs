@@ -34,19 +34,48 @@ use crate::{
     plan::compile::addr_words,
 };
 
-/// What to trace; `None` conditions match everything.
-#[derive(Clone, Debug, Default)]
+/// What to trace, as the command line asks it (read by clap); `None` conditions match
+/// everything.
+#[derive(Clone, Debug, clap::Args)]
 pub struct TraceOptions {
+    /// Only packets arriving on (tc ingress) or leaving (tc egress) this device.
+    #[arg(long, value_name = "DEV")]
     pub iif: Option<String>,
+    /// tcp, udp, icmp, icmpv6, sctp or a number.
+    #[arg(long, value_name = "PROTO", value_parser = parse_proto)]
     pub proto: Option<u8>,
+    /// Only sources in this prefix (an address is a /32 or /128).
+    #[arg(long, value_name = "PREFIX", value_parser = parse_prefix)]
     pub src: Option<IpNet>,
+    /// Only destinations in this prefix.
+    #[arg(long, value_name = "PREFIX", value_parser = parse_prefix)]
     pub dst: Option<IpNet>,
+    /// Only this source port.
+    #[arg(long, value_name = "PORT")]
     pub sport: Option<u16>,
+    /// Only this destination port.
+    #[arg(long, value_name = "PORT")]
     pub dport: Option<u16>,
-    /// Stop after this many lines.
+    /// Stop after N lines.
+    #[arg(long, value_name = "N")]
     pub count: Option<u64>,
-    /// Most lines per second, over all CPUs.
+    /// Most lines per second (over all CPUs); the rest are dropped and counted.
+    #[arg(long, value_name = "N", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..))]
     pub rate: u32,
+}
+
+/// A prefix, or an address as its /32 or /128; host bits cleared.
+fn parse_prefix(s: &str) -> Result<IpNet, String> {
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map(|n| n.trunc())
+        .map_err(|_| format!("{s:?} is not a prefix or an address"))
+}
+
+/// A protocol by name or number.
+fn parse_proto(s: &str) -> Result<u8, String> {
+    crate::policy::protocol::parse(s).ok_or_else(|| crate::policy::protocol::unknown(s))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -363,10 +392,12 @@ mod tests {
 
     #[test]
     fn the_rate_is_split_over_cpus_and_never_zero() {
-        let opts = TraceOptions {
-            rate: 1,
-            ..Default::default()
-        };
+        #[derive(clap::Parser)]
+        struct Line {
+            #[command(flatten)]
+            opts: TraceOptions,
+        }
+        let opts = <Line as clap::Parser>::parse_from(["trace", "--rate", "1"]).opts;
         let f = filter(&opts, &[]).unwrap();
         assert_eq!(f.per_cpu_rate, 1);
         assert_eq!(f.flags, TRACE_ON);
