@@ -18,15 +18,15 @@ use std::{
 
 use policyroute_tests::manpage;
 
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("run");
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+use policyroute_tests::cli::succeeds as run;
+
+/// The tests here write executables and then run them. A test beside it forking at that
+/// moment would keep the file open for writing in its child until that child's exec, and
+/// running the file then fails with ETXTBSY ("Text file busy", seen once in CI): they
+/// take turns instead (each takes about a second).
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn deb() -> String {
@@ -54,6 +54,7 @@ impl Drop for TempDir {
 
 #[test]
 fn the_package_holds_what_an_operator_needs() {
+    let _turn = one_at_a_time();
     let deb = deb();
     let root = TempDir::new("deb-root");
     let root = &root.0;
@@ -258,6 +259,7 @@ fn namespaces(root: &Path) {
 
 #[test]
 fn install_upgrade_remove_and_purge_run_the_promised_maintainer_scripts() {
+    let _turn = one_at_a_time();
     let deb = deb();
     let dir = TempDir::new("deb-lifecycle");
     let root = dir.0.join("root");
@@ -351,6 +353,7 @@ fn install_upgrade_remove_and_purge_run_the_promised_maintainer_scripts() {
 /// replaces every occurrence, comments included).
 #[test]
 fn the_maintainer_scripts_are_posix_sh_with_their_systemd_sections() {
+    let _turn = one_at_a_time();
     let dir = TempDir::new("deb-control");
     run(Command::new("dpkg-deb").args(["-e", &deb()]).arg(&dir.0));
     let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/debian");
