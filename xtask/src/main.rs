@@ -31,9 +31,9 @@ enum Command {
     /// Build the release binary target/release/policyroute (eBPF object embedded).
     Build,
     /// Check formatting and lints, run every test (needs root for the kernel tests), the
-    /// kernel tests once more with classic tc attach, then the Debian 6.1 VM lane beside a
-    /// 30 s fuzz run of the policy reader and explain's arguments; ends with the 10 slowest
-    /// tests and the time of each lane.
+    /// kernel tests once more with classic tc attach, the Debian 6.1 VM lane, then fuzz
+    /// the policy reader and explain's arguments for 30 s; ends with the 10 slowest tests
+    /// and the time of each lane.
     Test {
         /// Only the kernel tests in a VM booting this kernel (`debian-6.1`: Debian 12's).
         #[arg(long)]

@@ -28,7 +28,8 @@ use crate::{
 /// tests of it to run (empty: all). Only what differs on an older kernel: the verifier
 /// accepting every program in its largest configuration, classic tc attach and its
 /// refusals, the socket hooks, the fast path's helpers and the test-run explain uses, with
-/// real packets once per seed scenario; what the host lane proves is not run again here,
+/// real packets once per seed scenario (apply, re-apply and flush through classic tc are
+/// attach_mode's); what the host lane proves is not run again here,
 /// where TCG makes every program load and process start many times slower.
 pub const TESTS: &[(&str, &[&str])] = &[
     ("verifier_budget", &[]),
@@ -43,10 +44,6 @@ pub const TESTS: &[(&str, &[&str])] = &[
         ],
     ),
     ("explain", &["explain_agrees_with_real_packets"]),
-    (
-        "lifecycle",
-        &["apply_is_idempotent_and_flush_removes_everything"],
-    ),
 ];
 /// Set in the guest: tests that repeat what the host lane already proves (many random
 /// flows, say) run a handful there (the same name as `policyroute_tests::fixture::EMULATED_ENV`:
