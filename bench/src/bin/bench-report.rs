@@ -230,11 +230,9 @@ fn targets(classify: Option<&Value>, e2e: Option<&Value>, control: Option<&Value
                 "SIGHUP to `run` with one rule of 100k changed under 150 ms",
             ),
         ] {
-            let row = c["rows"].as_array().and_then(|rows| {
-                rows.iter()
-                    .find(|r| r["operation"] == op && r["rules"] == rules)
-            });
-            let Some(row) = row else { continue };
+            let Some(row) = control_row(c, op, rules) else {
+                continue;
+            };
             let med = f(&row["wall_s"]["median"]);
             let text = if med.is_nan() {
                 "not finished within the cap — **missed**".to_string()
@@ -904,11 +902,9 @@ fn readme_section(
                 "under 150 ms",
             ),
         ] {
-            let row = c["rows"].as_array().and_then(|rows| {
-                rows.iter()
-                    .find(|r| r["operation"] == op && r["rules"] == rules)
-            });
-            let Some(row) = row else { continue };
+            let Some(row) = control_row(c, op, rules) else {
+                continue;
+            };
             let med = f(&row["wall_s"]["median"]);
             let result = if med.is_nan() {
                 "not finished within the cap".to_string()
@@ -998,6 +994,14 @@ const METHOD: &str = "## Method\n\n\
   `apply` at 100,000 rules (10,000 when that is slow; this VM has no hardware counters), and \
   `perf record -C 1` the router CPU during end-to-end runs at 10,000 entries (matched \
   traffic).\n";
+
+/// The control-plane benchmark's row of `operation` at `rules` rules, if it ran.
+fn control_row<'a>(control: &'a Value, operation: &str, rules: u64) -> Option<&'a Value> {
+    control["rows"]
+        .as_array()?
+        .iter()
+        .find(|r| r["operation"] == operation && r["rules"] == rules)
+}
 
 #[cfg(test)]
 mod tests {
